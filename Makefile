@@ -1,0 +1,68 @@
+# Every install step lives here: CI (.ci/run) and people call the same targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEPS_STAMP := $(VENV)/.deps-installed
+# The editable install is a tree of links (setuptools "strict" mode, which mypy can
+# follow); it must be rebuilt when a module is added or removed, not when one is edited.
+MANIFEST := $(VENV)/.manifest
+_ := $(shell mkdir -p $(VENV) && find workers tasks schedules migrations -name '*.py' -o -name '*.mako' 2>/dev/null | sort > $(MANIFEST).new && (cmp -s $(MANIFEST).new $(MANIFEST) || mv $(MANIFEST).new $(MANIFEST)))
+
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-unit test-integration test-e2e lint format typecheck check bench bench-quick services clean
+
+install: $(VENV)/.installed
+
+$(DEPS_STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]' --config-settings editable_mode=strict
+	touch $@
+
+$(VENV)/.installed: $(DEPS_STAMP) $(MANIFEST)
+	$(BIN)/python -m pip install -q --no-deps -e . --config-settings editable_mode=strict
+	touch $@
+
+demo: install
+	$(BIN)/pynomaly-workers migrate
+	$(BIN)/pynomaly-workers demo
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: install
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: install
+	$(BIN)/mypy workers tasks schedules migrations tests benchmarks
+
+check: lint typecheck test
+
+bench: install
+	$(BIN)/python -m benchmarks --json
+
+bench-quick: install
+	$(BIN)/python -m benchmarks --quick --json
+
+# Start the local PostgreSQL and Redis the tests use, if they are not answering.
+services:
+	bash .ci/services
+
+clean:
+	rm -rf build .pynomaly .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Thin Celery entry points: decode the message, call a service, map errors to retry/fail."""

@@ -1,0 +1,46 @@
+"""What every task shares: which errors are transient, and the retry policy for them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.exceptions
+import sqlalchemy.exc
+from celery import Task
+from kombu.exceptions import OperationalError as KombuOperationalError
+
+from pynomaly_workers.domain.errors import InvalidInput
+from pynomaly_workers.settings import get_settings
+
+# Outages that retrying fixes: the database or Redis is down, restarting or overloaded.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    KombuOperationalError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def retry_options() -> dict[str, Any]:
+    """Celery task options: exponential backoff with full jitter on transient errors;
+    bad input is an expected outcome (``throws``), logged without a traceback."""
+    settings = get_settings()
+    return {
+        "bind": True,
+        "autoretry_for": TRANSIENT_ERRORS,
+        "retry_backoff": 1,
+        "retry_backoff_max": settings.retry_backoff_max,
+        "retry_jitter": True,
+        "max_retries": settings.retry_max,
+        "throws": (InvalidInput,),
+    }
+
+
+class PynomalyTask(Task):  # type: ignore[type-arg]
+    """Base task: JSON-serialisable error results."""
+
+    abstract = True

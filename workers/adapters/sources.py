@@ -1,0 +1,175 @@
+"""CSV and Parquet sources, read in bounded chunks with pyarrow.
+
+Columns named ``record_id`` and ``timestamp`` are carried along; every other column is a
+feature and must be numeric. A CSV whose first line is all numbers has no header.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from pynomaly_workers.domain.errors import InvalidSource
+from pynomaly_workers.domain.jobs import parse_timestamp
+from pynomaly_workers.domain.ports import Dataset, SourceChunk
+from pynomaly_workers.domain.records import check_finite
+
+META_COLUMNS = ("record_id", "timestamp")
+_CSV_BLOCK_BYTES = 8 << 20
+
+
+class ArrowSourceReader:
+    """Reads local CSV/Parquet files, optionally only below allowed root folders."""
+
+    def __init__(self, *, allowed_roots: tuple[Path, ...] = ()) -> None:
+        self.allowed_roots = tuple(root.resolve() for root in allowed_roots)
+
+    def resolve(self, uri: str) -> Path:
+        """The local path of ``uri`` after checking it exists and is allowed."""
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("", "file"):
+            raise InvalidSource(f"source {uri!r}: only local paths and file:// URIs are read")
+        path = Path(unquote(parsed.path) if parsed.scheme == "file" else uri).resolve()
+        if self.allowed_roots and not any(path.is_relative_to(r) for r in self.allowed_roots):
+            roots = ", ".join(str(r) for r in self.allowed_roots)
+            raise InvalidSource(f"source {uri!r} is outside the allowed folders ({roots})")
+        if not path.is_file():
+            raise InvalidSource(f"source {uri!r} does not exist or is not a file on this worker")
+        if _format(path) not in ("csv", "parquet"):
+            raise InvalidSource(f"source {uri!r}: use a .csv or .parquet file")
+        return path
+
+    def describe(self, path: str) -> Dataset:
+        resolved = self.resolve(path)
+        n_rows, columns = 0, list[str]()
+        for batch in self._batches(resolved, chunk_rows=1 << 20):
+            columns = [c for c in batch.schema.names if c not in META_COLUMNS]
+            n_rows += batch.num_rows
+        if n_rows == 0:
+            raise InvalidSource(f"source {path!r} has no rows")
+        return Dataset(
+            name="",
+            uri=str(resolved),
+            format=_format(resolved),
+            n_rows=n_rows,
+            n_features=len(columns),
+            columns=columns,
+        )
+
+    def read_chunks(self, path: str, *, chunk_rows: int) -> Iterator[SourceChunk]:
+        offset = 0
+        for batch in self._batches(self.resolve(path), chunk_rows=chunk_rows):
+            if batch.num_rows == 0:
+                continue
+            yield _chunk(batch, offset=offset, path=path)
+            offset += batch.num_rows
+
+    def _batches(self, path: Path, *, chunk_rows: int) -> Iterator[Any]:
+        import pyarrow as pa
+
+        try:
+            if _format(path) == "parquet":
+                import pyarrow.parquet as pq
+
+                yield from pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+            else:
+                yield from _rebatch(_csv_batches(path), chunk_rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+            raise InvalidSource(f"cannot read {path}: {exc}") from None
+
+
+def _format(path: Path) -> str:
+    return {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(path.suffix.lower(), "")
+
+
+def _csv_batches(path: Path) -> Iterator[Any]:
+    import pyarrow.csv as pacsv
+
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        first = handle.readline().strip().split(",")
+    has_header = not all(_is_number(field) for field in first)
+    read_options = pacsv.ReadOptions(
+        block_size=_CSV_BLOCK_BYTES, autogenerate_column_names=not has_header
+    )
+    yield from pacsv.open_csv(path, read_options=read_options)
+
+
+def _rebatch(batches: Iterator[Any], chunk_rows: int) -> Iterator[Any]:
+    """Cut Arrow's byte-sized CSV blocks into batches of exactly ``chunk_rows`` rows."""
+    import pyarrow as pa
+
+    pending: list[Any] = []
+    rows = 0
+    for batch in itertools.chain(batches, [None]):
+        if batch is not None:
+            pending.append(batch)
+            rows += batch.num_rows
+        while rows >= chunk_rows or (batch is None and rows > 0):
+            table = pa.Table.from_batches(pending)
+            take = min(chunk_rows, rows)
+            yield from table.slice(0, take).combine_chunks().to_batches()
+            rest = table.slice(take)
+            pending = list(rest.to_batches())
+            rows -= take
+
+
+def _chunk(batch: Any, *, offset: int, path: str) -> SourceChunk:
+    import pyarrow as pa
+
+    assert isinstance(batch, pa.RecordBatch)
+    names = batch.schema.names
+    features = [i for i, name in enumerate(names) if name not in META_COLUMNS]
+    if not features:
+        raise InvalidSource(f"source {path!r} has no feature columns")
+    columns = []
+    for i in features:
+        column = batch.column(i)
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            raise InvalidSource(
+                f"source {path!r}: column {names[i]!r} is {column.type}, not numeric"
+            )
+        columns.append(column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False))
+    matrix = np.column_stack(columns) if len(columns) > 1 else columns[0].reshape(-1, 1)
+    check_finite(matrix, first_index=offset)
+    return SourceChunk(
+        offset=offset,
+        matrix=np.ascontiguousarray(matrix),
+        record_ids=_strings(batch, "record_id"),
+        timestamps=_times(batch, offset),
+    )
+
+
+def _strings(batch: Any, name: str) -> list[str] | None:
+    import pyarrow as pa
+
+    assert isinstance(batch, pa.RecordBatch)
+    if name not in batch.schema.names:
+        return None
+    return [str(v) for v in batch.column(name).to_pylist()]
+
+
+def _times(batch: Any, offset: int) -> list[datetime] | None:
+    import pyarrow as pa
+
+    assert isinstance(batch, pa.RecordBatch)
+    if "timestamp" not in batch.schema.names:
+        return None
+    column = batch.column("timestamp")
+    values = column.to_pylist()
+    if pa.types.is_timestamp(column.type):
+        return [parse_timestamp(v.isoformat(), index=offset + i) for i, v in enumerate(values)]
+    return [parse_timestamp(v, index=offset + i) for i, v in enumerate(values)]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

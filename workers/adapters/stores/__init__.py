@@ -1,0 +1,1 @@
+"""Store adapters: the SQL store (PostgreSQL or SQLite) and the in-memory fake."""

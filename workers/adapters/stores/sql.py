@@ -1,0 +1,397 @@
+"""The SQL store: one class for PostgreSQL and SQLite, SQLAlchemy 2 Core and ORM."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pynomaly_workers.adapters.stores.tables import (
+    AnomalyRow,
+    DatasetRow,
+    DetectionJobRow,
+    ModelArtifactRow,
+    ModelRow,
+)
+from pynomaly_workers.domain.errors import ArtifactCorrupt, UnknownDataset, UnknownModel
+from pynomaly_workers.domain.jobs import JobStatus, JobSummary
+from pynomaly_workers.domain.models import ModelRef, ModelVersion
+from pynomaly_workers.domain.ports import (
+    AnomalyBatch,
+    AnomalyRecord,
+    Dataset,
+    JobRecord,
+    ModelDraft,
+)
+from pynomaly_workers.domain.scoring import ScoreStats
+
+_OPEN_STATUSES = ("queued", "running")
+_REGISTER_ATTEMPTS = 5
+
+
+class SqlStore:
+    """Implements every store role on one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    # -- models -----------------------------------------------------------------------
+    def register_model(self, draft: ModelDraft, *, now: datetime) -> ModelVersion:
+        """Next version number for the name; retried if two trainers race for it."""
+        for attempt in range(_REGISTER_ATTEMPTS):
+            try:
+                return self._insert_model(draft, now=now)
+            except IntegrityError:
+                if attempt == _REGISTER_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _insert_model(self, draft: ModelDraft, *, now: datetime) -> ModelVersion:
+        with Session(self.engine) as session, session.begin():
+            for content, media in ((draft.artifact, "sklearn"), (draft.onnx, "onnx")):
+                if content is not None:
+                    self._put_artifact(session, content, media_type=media, now=now)
+            latest = session.scalar(
+                select(func.max(ModelRow.version)).where(ModelRow.name == draft.name)
+            )
+            session.execute(
+                update(ModelRow).where(ModelRow.name == draft.name).values(active=False)
+            )
+            session.flush()
+            row = ModelRow(
+                name=draft.name,
+                version=(latest or 0) + 1,
+                algorithm=draft.algorithm,
+                artifact_sha256=sha256(draft.artifact),
+                onnx_sha256=sha256(draft.onnx) if draft.onnx is not None else None,
+                n_features=draft.n_features,
+                contamination=draft.stats.contamination,
+                threshold=draft.stats.threshold,
+                score_stats=draft.stats.to_dict(),
+                params=draft.params,
+                parity_max_error=draft.parity_max_error,
+                parity_tolerance=draft.parity_tolerance,
+                n_training_rows=draft.n_training_rows,
+                active=True,
+                created_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return _model_version(row)
+
+    def _put_artifact(
+        self, session: Session, content: bytes, *, media_type: str, now: datetime
+    ) -> None:
+        digest = sha256(content)
+        if session.get(ModelArtifactRow, digest) is None:
+            session.add(
+                ModelArtifactRow(
+                    sha256=digest,
+                    media_type=media_type,
+                    size_bytes=len(content),
+                    content=content,
+                    created_at=now,
+                )
+            )
+            session.flush()
+
+    def get_model(self, ref: ModelRef) -> ModelVersion:
+        query = select(ModelRow).where(ModelRow.name == ref.name)
+        if ref.version is None:
+            query = query.where(ModelRow.active.is_(True))
+        else:
+            query = query.where(ModelRow.version == ref.version)
+        with Session(self.engine) as session:
+            row = session.scalars(query).first()
+            if row is None:
+                raise UnknownModel(_unknown_model_message(session, ref))
+            return _model_version(row)
+
+    def list_models(self, *, name: str | None = None) -> list[ModelVersion]:
+        query = select(ModelRow).order_by(ModelRow.name, ModelRow.version.desc())
+        if name is not None:
+            query = query.where(ModelRow.name == name)
+        with Session(self.engine) as session:
+            return [_model_version(row) for row in session.scalars(query)]
+
+    def load_artifact(self, sha256_hex: str) -> bytes:
+        with Session(self.engine) as session:
+            content = session.scalar(
+                select(ModelArtifactRow.content).where(ModelArtifactRow.sha256 == sha256_hex)
+            )
+        if content is None:
+            raise ArtifactCorrupt(f"artifact {sha256_hex} is missing from model_artifacts")
+        if sha256(content) != sha256_hex:
+            raise ArtifactCorrupt(f"artifact {sha256_hex} does not match its sha256; refusing it")
+        return bytes(content)
+
+    # -- jobs -------------------------------------------------------------------------
+    def enqueue_job(self, job_id: str, *, model: str, now: datetime) -> None:
+        self._insert_job_if_absent(job_id, model=model, status="queued", now=now)
+
+    def claim_job(self, job_id: str, *, model: str, now: datetime) -> JobRecord:
+        self._insert_job_if_absent(job_id, model=model, status="queued", now=now)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(DetectionJobRow)
+                .where(
+                    DetectionJobRow.job_id == job_id,
+                    DetectionJobRow.status.in_(_OPEN_STATUSES),
+                )
+                .values(
+                    status="running",
+                    attempts=DetectionJobRow.attempts + 1,
+                    started_at=func.coalesce(DetectionJobRow.started_at, now),
+                    model_name=model,
+                )
+            )
+        job = self.get_job(job_id)
+        assert job is not None
+        return job
+
+    def _insert_job_if_absent(
+        self, job_id: str, *, model: str, status: JobStatus, now: datetime
+    ) -> None:
+        values = {"job_id": job_id, "status": status, "model_name": model, "created_at": now}
+        statement = self._insert(DetectionJobRow).values(**values)
+        with self.engine.begin() as conn:
+            conn.execute(statement.on_conflict_do_nothing(index_elements=["job_id"]))
+
+    def complete_job(
+        self, summary: JobSummary, *, model_id: int, now: datetime, extra: dict[str, Any]
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(DetectionJobRow)
+                .where(DetectionJobRow.job_id == summary.job_id)
+                .values(
+                    status="succeeded",
+                    model_id=model_id,
+                    n_records=summary.n_records,
+                    n_anomalies=summary.n_anomalies,
+                    cache_hits=summary.cache_hits,
+                    threshold=summary.threshold,
+                    summary=summary.to_dict(),
+                    error=None,
+                    error_type=None,
+                    finished_at=now,
+                    duration_ms=summary.duration_ms,
+                    **extra,
+                )
+            )
+
+    def fail_job(self, job_id: str, *, error: str, error_type: str, now: datetime) -> None:
+        self._insert_job_if_absent(job_id, model="", status="queued", now=now)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(DetectionJobRow)
+                .where(DetectionJobRow.job_id == job_id, DetectionJobRow.status != "succeeded")
+                .values(status="failed", error=error[:4000], error_type=error_type, finished_at=now)
+            )
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with Session(self.engine) as session:
+            row = session.scalars(
+                select(DetectionJobRow).where(DetectionJobRow.job_id == job_id)
+            ).first()
+            return _job_record(row) if row is not None else None
+
+    def list_jobs(self, *, status: str | None = None, limit: int = 50) -> list[JobRecord]:
+        query = select(DetectionJobRow).order_by(DetectionJobRow.created_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(DetectionJobRow.status == status)
+        with Session(self.engine) as session:
+            return [_job_record(row) for row in session.scalars(query)]
+
+    # -- anomalies --------------------------------------------------------------------
+    def add_anomalies(self, batch: AnomalyBatch) -> int:
+        if len(batch) == 0:
+            return 0
+        rows = [
+            {
+                "job_id": batch.job_id,
+                "record_index": int(index),
+                "model_id": batch.model_id,
+                "record_id": record_id,
+                "timestamp": timestamp,
+                "score": float(score),
+                "severity": float(severity),
+                "status": "active",
+            }
+            for index, record_id, timestamp, score, severity in zip(
+                batch.record_index.tolist(),
+                batch.record_id,
+                batch.timestamp,
+                batch.score.tolist(),
+                batch.severity.tolist(),
+                strict=True,
+            )
+        ]
+        statement = (
+            self._insert(AnomalyRow)
+            .on_conflict_do_nothing(index_elements=["job_id", "record_index"])
+            .returning(AnomalyRow.id)
+        )
+        with self.engine.begin() as conn:
+            return len(conn.execute(statement, rows).all())
+
+    def list_anomalies(
+        self,
+        *,
+        job_id: str | None = None,
+        model: str | None = None,
+        min_severity: float = 0.0,
+        limit: int = 50,
+    ) -> list[AnomalyRecord]:
+        query = (
+            select(AnomalyRow)
+            .where(AnomalyRow.severity >= min_severity)
+            .order_by(AnomalyRow.severity.desc(), AnomalyRow.record_index)
+            .limit(limit)
+        )
+        if job_id is not None:
+            query = query.where(AnomalyRow.job_id == job_id)
+        if model is not None:
+            ids = select(ModelRow.id).where(ModelRow.name == model)
+            query = query.where(AnomalyRow.model_id.in_(ids))
+        with Session(self.engine) as session:
+            return [_anomaly_record(row) for row in session.scalars(query)]
+
+    def delete_job_anomalies(self, job_id: str) -> int:
+        """Remove a job's anomalies (used by retention and by tests)."""
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(AnomalyRow).where(AnomalyRow.job_id == job_id))
+            return int(result.rowcount)
+
+    # -- datasets ---------------------------------------------------------------------
+    def register_dataset(self, dataset: Dataset, *, now: datetime) -> Dataset:
+        values = {
+            "name": dataset.name,
+            "uri": dataset.uri,
+            "format": dataset.format,
+            "n_rows": dataset.n_rows,
+            "n_features": dataset.n_features,
+            "columns": {"features": dataset.columns},
+            "status": dataset.status,
+            "created_at": now,
+        }
+        statement = self._insert(DatasetRow).values(**values)
+        updates = {k: v for k, v in values.items() if k != "name"}
+        with self.engine.begin() as conn:
+            conn.execute(statement.on_conflict_do_update(index_elements=["name"], set_=updates))
+        return self.get_dataset(dataset.name)
+
+    def get_dataset(self, name: str) -> Dataset:
+        with Session(self.engine) as session:
+            row = session.scalars(select(DatasetRow).where(DatasetRow.name == name)).first()
+            if row is None:
+                raise UnknownDataset(
+                    f"no dataset named {name!r}; register it with "
+                    "'pynomaly-workers datasets add NAME PATH' or pass 'source' instead"
+                )
+            return _dataset(row)
+
+    def list_datasets(self) -> list[Dataset]:
+        with Session(self.engine) as session:
+            rows = session.scalars(select(DatasetRow).order_by(DatasetRow.created_at.desc()))
+            return [_dataset(row) for row in rows]
+
+    # -- helpers ----------------------------------------------------------------------
+    def _insert(self, table: Any) -> Any:
+        """A dialect insert that knows ON CONFLICT (PostgreSQL and SQLite both do)."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        if self.dialect == "sqlite":
+            return sqlite.insert(table)
+        return insert(table)
+
+
+def sha256(content: bytes) -> str:
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(content).hexdigest()
+
+
+def _unknown_model_message(session: Session, ref: ModelRef) -> str:
+    versions = session.scalars(
+        select(ModelRow.version).where(ModelRow.name == ref.name).order_by(ModelRow.version)
+    ).all()
+    if not versions:
+        return (
+            f"no model named {ref.name!r}; train one with pynomaly.train "
+            "('pynomaly-workers train') or check the name with 'pynomaly-workers models'"
+        )
+    if ref.version is None:
+        return f"model {ref.name!r} has no active version; pass 'name@version'"
+    return f"model {ref.name!r} has no version {ref.version}; it has versions {list(versions)}"
+
+
+def _model_version(row: ModelRow) -> ModelVersion:
+    return ModelVersion(
+        id=row.id,
+        name=row.name,
+        version=row.version,
+        algorithm=row.algorithm,
+        artifact_sha256=row.artifact_sha256,
+        onnx_sha256=row.onnx_sha256,
+        n_features=row.n_features,
+        stats=ScoreStats.from_dict(row.score_stats),
+        params=dict(row.params),
+        parity_max_error=row.parity_max_error,
+        parity_tolerance=row.parity_tolerance,
+        n_training_rows=row.n_training_rows,
+        active=row.active,
+        created_at=row.created_at,
+    )
+
+
+def _job_record(row: DetectionJobRow) -> JobRecord:
+    status: JobStatus = row.status  # type: ignore[assignment]
+    return JobRecord(
+        job_id=row.job_id,
+        status=status,
+        model=row.model_name,
+        n_records=row.n_records,
+        n_anomalies=row.n_anomalies,
+        cache_hits=row.cache_hits,
+        threshold=row.threshold,
+        error=row.error,
+        error_type=row.error_type,
+        summary=row.summary,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        duration_ms=row.duration_ms,
+    )
+
+
+def _anomaly_record(row: AnomalyRow) -> AnomalyRecord:
+    return AnomalyRecord(
+        job_id=row.job_id,
+        record_index=row.record_index,
+        model_id=row.model_id,
+        record_id=row.record_id,
+        timestamp=row.timestamp,
+        score=row.score,
+        severity=row.severity,
+        status=row.status,
+    )
+
+
+def _dataset(row: DatasetRow) -> Dataset:
+    return Dataset(
+        name=row.name,
+        uri=row.uri,
+        format=row.format,
+        n_rows=row.n_rows,
+        n_features=row.n_features,
+        status=row.status,
+        created_at=row.created_at,
+        columns=list(row.columns.get("features", [])),
+    )

@@ -1,0 +1,194 @@
+"""SQLAlchemy table definitions. ORM classes stay inside the store adapter."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Integer on SQLite (so the key is the rowid and autoincrements), BIGINT on PostgreSQL.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class ModelArtifactRow(Base):
+    """Content-addressed model bytes (scikit-learn pickle or ONNX), shared by all workers."""
+
+    __tablename__ = "model_artifacts"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    algorithm: Mapped[str] = mapped_column(String(32))
+    artifact_sha256: Mapped[str] = mapped_column(ForeignKey("model_artifacts.sha256"))
+    onnx_sha256: Mapped[str | None] = mapped_column(ForeignKey("model_artifacts.sha256"))
+    n_features: Mapped[int] = mapped_column(Integer)
+    contamination: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    score_stats: Mapped[dict[str, Any]]
+    params: Mapped[dict[str, Any]]
+    parity_max_error: Mapped[float | None] = mapped_column(Float)
+    parity_tolerance: Mapped[float | None] = mapped_column(Float)
+    n_training_rows: Mapped[int] = mapped_column(BigInteger)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_models_name_version"),
+        CheckConstraint("version >= 1", name="version_positive"),
+        Index("idx_models_algorithm", "algorithm", text("created_at DESC")),
+        # At most one active version per name.
+        Index(
+            "uq_models_active_name",
+            "name",
+            unique=True,
+            postgresql_where=text("active"),
+            sqlite_where=text("active"),
+        ),
+    )
+
+
+class DatasetRow(Base):
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    uri: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(16))
+    n_rows: Mapped[int] = mapped_column(BigInteger)
+    n_features: Mapped[int] = mapped_column(Integer)
+    columns: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("idx_datasets_created", text("created_at DESC")),
+        Index("idx_datasets_status", "status", text("created_at DESC")),
+    )
+
+
+class DetectionJobRow(Base):
+    __tablename__ = "detection_jobs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    model_name: Mapped[str | None] = mapped_column(String(140))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    dataset_name: Mapped[str | None] = mapped_column(String(128))
+    n_records: Mapped[int | None] = mapped_column(BigInteger)
+    n_anomalies: Mapped[int | None] = mapped_column(BigInteger)
+    cache_hits: Mapped[int | None] = mapped_column(BigInteger)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    summary: Mapped[dict[str, Any] | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed')", name="status_valid"
+        ),
+        Index("idx_detection_jobs_created", text("created_at DESC")),
+        Index("idx_detection_jobs_status", "status", text("created_at DESC")),
+        Index("idx_detection_jobs_model", "model_id", text("created_at DESC")),
+    )
+
+
+class AnomalyRow(Base):
+    __tablename__ = "anomalies"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(128))
+    record_index: Mapped[int] = mapped_column(BigInteger)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    record_id: Mapped[str | None] = mapped_column(String(256))
+    timestamp: Mapped[datetime]
+    score: Mapped[float] = mapped_column(Float)
+    severity: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "record_index", name="uq_anomalies_job_record"),
+        CheckConstraint("severity >= 0 AND severity <= 1", name="severity_range"),
+        CheckConstraint("status IN ('active', 'acknowledged', 'resolved')", name="status_valid"),
+        # The guide's indexes. Its (model_id, timestamp DESC) index is a prefix of the
+        # composite one below, so it is left out: it would cost every insert and serve
+        # no query the composite does not.
+        Index("idx_anomalies_timestamp", text("timestamp DESC")),
+        Index("idx_anomalies_composite", "model_id", text("timestamp DESC"), text("severity DESC")),
+        Index(
+            "idx_anomalies_severity",
+            "severity",
+            text("timestamp DESC"),
+            postgresql_where=text("severity > 0.5"),
+            sqlite_where=text("severity > 0.5"),
+        ),
+        Index(
+            "idx_anomalies_active",
+            "id",
+            "timestamp",
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
+    )
+
+
+class MetricRow(Base):
+    __tablename__ = "metrics"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    timestamp: Mapped[datetime]
+    metric_name: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float] = mapped_column(Float)
+    labels: Mapped[dict[str, Any]]
+    granularity: Mapped[str] = mapped_column(String(16), default="raw")
+
+    __table_args__ = (
+        Index("idx_metrics_timestamp", text("timestamp DESC"), "metric_name"),
+        Index(
+            "idx_metrics_rollup",
+            "metric_name",
+            text("timestamp DESC"),
+            postgresql_where=text("granularity = 'hour'"),
+            sqlite_where=text("granularity = 'hour'"),
+        ),
+    )

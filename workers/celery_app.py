@@ -1,0 +1,98 @@
+"""The Celery application: JSON only, routed queues, late acks, per-process resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Exchange, Queue
+
+from pynomaly_workers.settings import Settings, get_settings
+
+QUEUES = ("detection", "training", "maintenance")
+TASK_MODULES = (
+    "pynomaly_workers.tasks.detection",
+    "pynomaly_workers.tasks.training",
+    "pynomaly_workers.tasks.maintenance",
+    "pynomaly_workers.tasks.health",
+)
+ROUTES = {
+    "pynomaly.detect": {"queue": "detection", "routing_key": "detection"},
+    "pynomaly.detect.*": {"queue": "detection", "routing_key": "detection"},
+    "pynomaly.train": {"queue": "training", "routing_key": "training"},
+    "pynomaly.maintenance.*": {"queue": "maintenance", "routing_key": "maintenance"},
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings derived from ours."""
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.resolved_result_backend,
+        "broker_transport_options": broker_options(settings),
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # One direct exchange per queue, so routing by queue name never fans out.
+        "task_queues": tuple(Queue(n, Exchange(n, type="direct"), routing_key=n) for n in QUEUES),
+        "task_default_queue": "detection",
+        "task_default_exchange": "detection",
+        "task_default_routing_key": "detection",
+        "task_routes": ROUTES,
+        # A task is acknowledged after it finishes, and requeued if its process dies,
+        # so a crash mid-job redelivers it; job_id makes the second run harmless.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 4,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "task_track_started": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "result_expires": 7 * 24 * 3600,
+        "result_extended": True,
+        "enable_utc": True,
+        "timezone": "UTC",
+        "worker_concurrency": settings.worker_concurrency or None,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """Transport options: the embedded broker's folders, or Redis's visibility timeout."""
+    if settings.is_embedded:
+        folder = settings.broker_folder
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "data_folder_processed": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": 0.05,
+        }
+    # Longer than the hard time limit, or Redis would hand a long job to a second worker.
+    return {"visibility_timeout": settings.visibility_timeout}
+
+
+def create_app(settings: Settings) -> Celery:
+    """A configured Celery app for ``settings``."""
+    application = Celery("pynomaly_workers", include=list(TASK_MODULES))
+    application.conf.update(celery_config(settings))
+    from pynomaly_workers.schedules import beat_schedule
+
+    application.conf.beat_schedule = beat_schedule(settings)
+    return application
+
+
+app = create_app(get_settings())
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_: Any) -> None:
+    from pynomaly_workers.bootstrap import reset_services
+
+    reset_services()

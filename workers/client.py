@@ -1,0 +1,94 @@
+"""A small client for upstream Python services: publish jobs by task name.
+
+It needs only the broker URL; no worker code is imported. Services in other languages
+publish the same message themselves (see README, "Enqueueing from any language").
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from pynomaly_workers.settings import Settings, get_settings
+
+DETECT_TASK = "pynomaly.detect"
+TRAIN_TASK = "pynomaly.train"
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """What was published: the job's idempotency key and Celery's task id."""
+
+    job_id: str
+    task_id: str
+
+
+def client_app(settings: Settings | None = None) -> Celery:
+    """A Celery app that can publish (and read results) but defines no tasks."""
+    from pynomaly_workers.celery_app import celery_config
+
+    settings = settings or get_settings()
+    app = Celery("pynomaly_client", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def new_job_id() -> str:
+    """A fresh, unique job id."""
+    return f"job-{uuid.uuid4().hex}"
+
+
+def submit_detection(
+    *,
+    model: str,
+    records: Sequence[Sequence[float]] | None = None,
+    record_ids: Sequence[str | int] | None = None,
+    timestamps: Sequence[str | float] | None = None,
+    dataset: str | None = None,
+    source: str | None = None,
+    job_id: str | None = None,
+    app: Celery | None = None,
+) -> Submission:
+    """Publish ``pynomaly.detect``. Re-sending the same ``job_id`` is safe: the workers
+    run each job id to one outcome and write its anomalies once."""
+    job_id = job_id or new_job_id()
+    kwargs: dict[str, Any] = {"job_id": job_id, "model": model}
+    optional = {
+        "records": [list(map(float, row)) for row in records] if records is not None else None,
+        "record_ids": list(record_ids) if record_ids is not None else None,
+        "timestamps": list(timestamps) if timestamps is not None else None,
+        "dataset": dataset,
+        "source": source,
+    }
+    kwargs.update({key: value for key, value in optional.items() if value is not None})
+    result = (app or client_app()).send_task(DETECT_TASK, kwargs=kwargs, queue="detection")
+    return Submission(job_id=job_id, task_id=str(result.id))
+
+
+def submit_training(
+    *,
+    model: str,
+    algorithm: str = "iforest",
+    records: Sequence[Sequence[float]] | None = None,
+    dataset: str | None = None,
+    source: str | None = None,
+    contamination: float = 0.01,
+    params: dict[str, Any] | None = None,
+    app: Celery | None = None,
+) -> Submission:
+    """Publish ``pynomaly.train``; the job id is Celery's task id."""
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "algorithm": algorithm,
+        "contamination": contamination,
+        "params": params or {},
+    }
+    if records is not None:
+        kwargs["records"] = [list(map(float, row)) for row in records]
+    kwargs.update({k: v for k, v in {"dataset": dataset, "source": source}.items() if v})
+    result = (app or client_app()).send_task(TRAIN_TASK, kwargs=kwargs, queue="training")
+    return Submission(job_id=str(result.id), task_id=str(result.id))

@@ -1,0 +1,285 @@
+"""Detection and training requests as the public contract defines them, and the job summary."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from pynomaly_workers.domain.errors import InvalidMessage, InvalidRecords, PayloadTooLarge
+from pynomaly_workers.domain.models import ALGORITHMS, ModelRef, check_model_name, parse_model_ref
+from pynomaly_workers.domain.records import Matrix, RecordLimits, to_matrix
+
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed")
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_DETECT_KEYS = frozenset(
+    {"job_id", "model", "records", "record_ids", "timestamps", "dataset", "source"}
+)
+_TRAIN_KEYS = frozenset(
+    {"model", "algorithm", "dataset", "records", "source", "contamination", "params"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InlineRecords:
+    """Records carried in the message itself."""
+
+    matrix: Matrix
+    record_ids: tuple[str, ...] | None
+    timestamps: tuple[datetime, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetInput:
+    """A registered dataset, by name."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInput:
+    """A CSV/Parquet file the workers can read (the claim-check for large inputs)."""
+
+    path: str
+
+
+DetectionInput = InlineRecords | DatasetInput | SourceInput
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionRequest:
+    """A validated ``pynomaly.detect`` message."""
+
+    job_id: str
+    model: ModelRef
+    input: DetectionInput
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingRequest:
+    """A validated ``pynomaly.train`` message."""
+
+    model: str
+    algorithm: str
+    input: DetectionInput
+    contamination: float
+    params: dict[str, Any]
+
+
+def parse_detection_request(
+    kwargs: Mapping[str, Any], *, default_job_id: str, limits: RecordLimits
+) -> DetectionRequest:
+    """Validate the keyword arguments of ``pynomaly.detect``."""
+    _reject_unknown_keys(kwargs, _DETECT_KEYS, task="pynomaly.detect")
+    job_id = check_job_id(kwargs.get("job_id") or default_job_id)
+    if "model" not in kwargs:
+        raise InvalidMessage("pynomaly.detect needs 'model' (a model name or 'name@version')")
+    model = parse_model_ref(kwargs["model"])
+    return DetectionRequest(job_id=job_id, model=model, input=_parse_input(kwargs, limits))
+
+
+def parse_training_request(kwargs: Mapping[str, Any], *, limits: RecordLimits) -> TrainingRequest:
+    """Validate the keyword arguments of ``pynomaly.train``."""
+    _reject_unknown_keys(kwargs, _TRAIN_KEYS, task="pynomaly.train")
+    name = kwargs.get("model")
+    if not isinstance(name, str):
+        raise InvalidMessage("pynomaly.train needs 'model': the name to register the version under")
+    algorithm = kwargs.get("algorithm", "iforest")
+    if algorithm not in ALGORITHMS:
+        raise InvalidMessage(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    contamination = kwargs.get("contamination", 0.01)
+    if isinstance(contamination, bool) or not isinstance(contamination, int | float):
+        raise InvalidMessage(f"contamination must be a number in (0, 0.5), got {contamination!r}")
+    if not 0.0 < float(contamination) < 0.5:
+        raise InvalidMessage(f"contamination must be in (0, 0.5), got {contamination}")
+    params = kwargs.get("params") or {}
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise InvalidMessage("params must be a JSON object of estimator parameters")
+    return TrainingRequest(
+        model=check_model_name(name),
+        algorithm=str(algorithm),
+        input=_parse_input(kwargs, limits),
+        contamination=float(contamination),
+        params=dict(params),
+    )
+
+
+def check_job_id(job_id: object) -> str:
+    """Return ``job_id`` if it is a usable idempotency key, else raise."""
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise InvalidMessage(
+            f"job_id {job_id!r} is invalid: use 1-128 letters, digits, '_', '-', '.' or ':'"
+        )
+    return job_id
+
+
+def _reject_unknown_keys(kwargs: Mapping[str, Any], allowed: frozenset[str], *, task: str) -> None:
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise InvalidMessage(
+            f"{task} got unknown argument(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _parse_input(kwargs: Mapping[str, Any], limits: RecordLimits) -> DetectionInput:
+    given = [key for key in ("records", "dataset", "source") if kwargs.get(key) is not None]
+    if len(given) != 1:
+        raise InvalidMessage(
+            "give exactly one of 'records', 'dataset' or 'source'"
+            + (f" (got {', '.join(given)})" if given else "")
+        )
+    if given[0] == "dataset":
+        return DatasetInput(check_model_name(_string(kwargs["dataset"], "dataset")))
+    if given[0] == "source":
+        return SourceInput(_string(kwargs["source"], "source"))
+    matrix = to_matrix(kwargs["records"], limits=limits)
+    return InlineRecords(
+        matrix=matrix,
+        record_ids=_record_ids(kwargs.get("record_ids"), len(matrix)),
+        timestamps=_timestamps(kwargs.get("timestamps"), len(matrix)),
+    )
+
+
+def _string(value: object, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidMessage(f"{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _record_ids(value: object, n: int) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    _check_parallel(value, n, "record_ids")
+    assert isinstance(value, Sequence)
+    if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
+        raise InvalidRecords("record_ids must be strings or integers")
+    ids = tuple(str(v) for v in value)
+    if any(len(v) > 256 for v in ids):
+        raise InvalidRecords("record_ids must be at most 256 characters each")
+    return ids
+
+
+def _timestamps(value: object, n: int) -> tuple[datetime, ...] | None:
+    if value is None:
+        return None
+    _check_parallel(value, n, "timestamps")
+    assert isinstance(value, Sequence)
+    return tuple(parse_timestamp(v, index=i) for i, v in enumerate(value))
+
+
+def _check_parallel(value: object, n: int, key: str) -> None:
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+        raise InvalidRecords(f"{key} must be a list with one entry per record")
+    if len(value) != n:
+        raise InvalidRecords(f"{key} has {len(value)} entries but there are {n} records")
+
+
+def parse_timestamp(value: object, *, index: int) -> datetime:
+    """ISO-8601 text or Unix seconds -> aware UTC datetime (naive text is taken as UTC)."""
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(float(value), tz=UTC)
+        if isinstance(value, str):
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    raise InvalidRecords(f"timestamp {index} ({value!r}) is neither ISO-8601 text nor Unix seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class TopAnomaly:
+    """One of the highest-scoring anomalies of a job."""
+
+    record_index: int
+    record_id: str | None
+    score: float
+    severity: float
+
+
+def top_anomalies(
+    scores: npt.NDArray[np.float64],
+    severities: npt.NDArray[np.float64],
+    mask: npt.NDArray[np.bool_],
+    *,
+    k: int,
+    offset: int = 0,
+    record_ids: Sequence[str] | None = None,
+) -> list[TopAnomaly]:
+    """The ``k`` anomalies with the highest scores, highest first."""
+    indices = np.flatnonzero(mask)
+    if k <= 0 or indices.size == 0:
+        return []
+    if indices.size > k:
+        best = np.argpartition(-scores[indices], k - 1)[:k]
+        indices = indices[best]
+    indices = indices[np.argsort(-scores[indices], kind="stable")]
+    return [
+        TopAnomaly(
+            record_index=offset + i,
+            record_id=record_ids[i] if record_ids is not None else None,
+            score=float(scores[i]),
+            severity=float(severities[i]),
+        )
+        for i in indices.tolist()
+    ]
+
+
+def merge_top(groups: Sequence[Sequence[TopAnomaly]], *, k: int) -> list[TopAnomaly]:
+    """Merge per-chunk top lists into the job's top ``k``."""
+    merged = [item for group in groups for item in group]
+    merged.sort(key=lambda a: (-a.score, a.record_index))
+    return merged[:k]
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """The JSON summary ``pynomaly.detect`` returns and the job record keeps."""
+
+    job_id: str
+    model: str
+    model_version: int
+    n_records: int
+    n_anomalies: int
+    threshold: float
+    cache_hits: int
+    duration_ms: float
+    top_anomalies: list[TopAnomaly]
+    status: JobStatus = "succeeded"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; the key names are part of the public contract."""
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "model": self.model,
+            "model_version": self.model_version,
+            "n_records": self.n_records,
+            "n_anomalies": self.n_anomalies,
+            "threshold": self.threshold,
+            "cache_hits": self.cache_hits,
+            "duration_ms": round(self.duration_ms, 3),
+            "top_anomalies": [
+                {
+                    "record_index": a.record_index,
+                    "record_id": a.record_id,
+                    "score": a.score,
+                    "severity": a.severity,
+                }
+                for a in self.top_anomalies
+            ],
+        }
+
+
+def split_rows(n_rows: int, *, max_rows: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges covering ``n_rows`` in pieces of at most ``max_rows``."""
+    if max_rows <= 0:
+        raise PayloadTooLarge("max_rows must be positive")
+    return [(start, min(start + max_rows, n_rows)) for start in range(0, n_rows, max_rows)]

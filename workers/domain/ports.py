@@ -1,0 +1,211 @@
+"""The interfaces the core needs from the outside world. Adapters implement them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from pynomaly_workers.domain.jobs import JobStatus, JobSummary
+from pynomaly_workers.domain.models import ModelRef, ModelVersion
+from pynomaly_workers.domain.records import Matrix
+from pynomaly_workers.domain.scoring import Scores, ScoreStats
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDraft:
+    """Everything needed to register a new version; the store assigns id and version."""
+
+    name: str
+    algorithm: str
+    artifact: bytes
+    onnx: bytes | None
+    n_features: int
+    stats: ScoreStats
+    params: dict[str, Any]
+    parity_max_error: float | None
+    parity_tolerance: float | None
+    n_training_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyBatch:
+    """Columnar anomalies of one job (or one chunk of it), ready for a bulk write."""
+
+    job_id: str
+    model_id: int
+    record_index: npt.NDArray[np.int64]
+    score: Scores
+    severity: Scores
+    timestamp: Sequence[datetime]
+    record_id: Sequence[str | None]
+
+    def __len__(self) -> int:
+        return int(self.record_index.size)
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyRecord:
+    """One stored anomaly."""
+
+    job_id: str
+    record_index: int
+    model_id: int
+    record_id: str | None
+    timestamp: datetime
+    score: float
+    severity: float
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """The stored state of a detection job."""
+
+    job_id: str
+    status: JobStatus
+    model: str | None
+    n_records: int | None = None
+    n_anomalies: int | None = None
+    cache_hits: int | None = None
+    threshold: float | None = None
+    error: str | None = None
+    error_type: str | None = None
+    summary: dict[str, Any] | None = None
+    attempts: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """A named CSV/Parquet file registered for training and detection."""
+
+    name: str
+    uri: str
+    format: str
+    n_rows: int
+    n_features: int
+    status: str = "ready"
+    created_at: datetime | None = None
+    columns: list[str] = field(default_factory=list)
+
+
+class ModelStore(Protocol):
+    """Registry of immutable model versions and their artifacts."""
+
+    def register_model(self, draft: ModelDraft, *, now: datetime) -> ModelVersion:
+        """Store a new version (next number for the name) and make it the active one."""
+
+    def get_model(self, ref: ModelRef) -> ModelVersion:
+        """The referenced version; raises ``UnknownModel``."""
+
+    def list_models(self, *, name: str | None = None) -> list[ModelVersion]:
+        """All versions, newest first."""
+
+    def load_artifact(self, sha256: str) -> bytes:
+        """Artifact bytes by content hash; raises ``ArtifactCorrupt`` if they do not match."""
+
+
+class JobStore(Protocol):
+    """Detection job records: one row per ``job_id``, one terminal status."""
+
+    def enqueue_job(self, job_id: str, *, model: str, now: datetime) -> None:
+        """Record a job as ``queued`` unless it exists already."""
+
+    def claim_job(self, job_id: str, *, model: str, now: datetime) -> JobRecord:
+        """Mark the job ``running`` (creating it if needed) and return it. A job that is
+        already ``succeeded`` or ``failed`` is returned unchanged."""
+
+    def complete_job(
+        self, summary: JobSummary, *, model_id: int, now: datetime, extra: dict[str, Any]
+    ) -> None:
+        """Store the summary and mark the job ``succeeded``."""
+
+    def fail_job(self, job_id: str, *, error: str, error_type: str, now: datetime) -> None:
+        """Mark the job ``failed`` with a message, unless it already succeeded."""
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The job, or None."""
+
+    def list_jobs(self, *, status: str | None = None, limit: int = 50) -> list[JobRecord]:
+        """Most recent jobs first."""
+
+
+class AnomalyStore(Protocol):
+    """Anomalies, unique on (job_id, record_index)."""
+
+    def add_anomalies(self, batch: AnomalyBatch) -> int:
+        """Insert the batch, skipping rows that exist; return how many were new."""
+
+    def list_anomalies(
+        self,
+        *,
+        job_id: str | None = None,
+        model: str | None = None,
+        min_severity: float = 0.0,
+        limit: int = 50,
+    ) -> list[AnomalyRecord]:
+        """Most severe first."""
+
+
+class DatasetStore(Protocol):
+    """Named datasets."""
+
+    def register_dataset(self, dataset: Dataset, *, now: datetime) -> Dataset:
+        """Create or replace the dataset of that name."""
+
+    def get_dataset(self, name: str) -> Dataset:
+        """The dataset; raises ``UnknownDataset``."""
+
+    def list_datasets(self) -> list[Dataset]:
+        """All datasets, newest first."""
+
+
+class Store(ModelStore, JobStore, AnomalyStore, DatasetStore, Protocol):
+    """All four roles; one database implements them together."""
+
+
+class Scorer(Protocol):
+    """Turns a feature matrix into anomaly scores (higher = more anomalous)."""
+
+    backend: str
+
+    def score(self, matrix: Matrix) -> Scores:
+        """One score per row."""
+
+
+class PredictionCache(Protocol):
+    """Scores of rows already seen, keyed by model content hash and row bytes."""
+
+    def get_many(self, model_hash: str, matrix: Matrix) -> Scores:
+        """Cached scores, NaN where missing."""
+
+    def set_many(self, model_hash: str, matrix: Matrix, scores: Scores) -> None:
+        """Remember scores for the rows."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceChunk:
+    """A slice of a source file: features plus optional ids and timestamps."""
+
+    offset: int
+    matrix: Matrix
+    record_ids: Sequence[str] | None
+    timestamps: Sequence[datetime] | None
+
+
+class SourceReader(Protocol):
+    """Reads CSV/Parquet files in bounded chunks."""
+
+    def describe(self, path: str) -> Dataset:
+        """Row count, feature count and format of a file (name left empty)."""
+
+    def read_chunks(self, path: str, *, chunk_rows: int) -> Iterator[SourceChunk]:
+        """The file's rows, ``chunk_rows`` at a time, in order."""

@@ -1,0 +1,1 @@
+"""Service layer: the use cases tasks and the CLI call. Plain functions over ports."""

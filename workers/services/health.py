@@ -1,0 +1,58 @@
+"""Health: the database answers, and a canary task round-trips through each queue."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import text
+
+from pynomaly_workers.services.context import Services
+
+PING_TASK = "pynomaly.health.ping"
+
+
+def check_health(services: Services, *, queues: Sequence[str], timeout: float) -> dict[str, Any]:
+    """A report with one check per dependency and per queue; ``ok`` if all passed."""
+    checks = {"database": _check_database(services)}
+    pending = _send_canaries(services, queues)
+    for queue, result in pending.items():
+        checks[f"queue:{queue}"] = _await_canary(result, timeout=timeout)
+    return {"ok": all(c["ok"] for c in checks.values()), "checks": checks}
+
+
+def _check_database(services: Services) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        with services.maintenance.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"ok": True, "detail": f"answered in {(time.perf_counter() - started) * 1000:.1f} ms"}
+
+
+def _send_canaries(services: Services, queues: Sequence[str]) -> dict[str, Any]:
+    from pynomaly_workers.client import client_app
+
+    app = client_app(services.settings)
+    return {
+        queue: app.send_task(PING_TASK, args=[time.time()], queue=queue, expires=300)
+        for queue in queues
+    }
+
+
+def _await_canary(result: Any, *, timeout: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        answer = result.get(timeout=timeout)
+    except Exception as exc:
+        return {
+            "ok": False,
+            "detail": f"no worker answered within {timeout:.0f}s ({type(exc).__name__})",
+        }
+    elapsed = (time.perf_counter() - started) * 1000
+    return {
+        "ok": True,
+        "detail": f"round trip {elapsed:.0f} ms via {answer['host']} pid {answer['pid']}",
+    }

@@ -1,0 +1,51 @@
+"""Turning any detection/training input into chunks of validated rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pynomaly_workers.domain.jobs import (
+    DatasetInput,
+    DetectionInput,
+    InlineRecords,
+    SourceInput,
+    split_rows,
+)
+from pynomaly_workers.domain.ports import DatasetStore, SourceChunk, SourceReader
+
+
+def iter_chunks(
+    data: DetectionInput,
+    *,
+    datasets: DatasetStore,
+    sources: SourceReader,
+    chunk_rows: int,
+) -> Iterator[SourceChunk]:
+    """The input's rows in order, at most ``chunk_rows`` at a time."""
+    if isinstance(data, InlineRecords):
+        yield from _inline_chunks(data, chunk_rows=chunk_rows)
+        return
+    path = datasets.get_dataset(data.name).uri if isinstance(data, DatasetInput) else None
+    if isinstance(data, SourceInput):
+        path = data.path
+    assert path is not None
+    yield from sources.read_chunks(path, chunk_rows=chunk_rows)
+
+
+def _inline_chunks(data: InlineRecords, *, chunk_rows: int) -> Iterator[SourceChunk]:
+    for start, stop in split_rows(len(data.matrix), max_rows=chunk_rows):
+        yield SourceChunk(
+            offset=start,
+            matrix=data.matrix[start:stop],
+            record_ids=data.record_ids[start:stop] if data.record_ids else None,
+            timestamps=data.timestamps[start:stop] if data.timestamps else None,
+        )
+
+
+def input_label(data: DetectionInput) -> str | None:
+    """The dataset name (or source path) a job read, for the job record."""
+    if isinstance(data, DatasetInput):
+        return data.name
+    if isinstance(data, SourceInput):
+        return data.path[:128]
+    return None

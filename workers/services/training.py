@@ -1,0 +1,129 @@
+"""Training: fit an estimator, calibrate it, export and parity-check ONNX, register it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pynomaly_workers.adapters.scorers import onnx, sklearn
+from pynomaly_workers.domain.errors import InvalidRecords, PayloadTooLarge
+from pynomaly_workers.domain.jobs import TrainingRequest
+from pynomaly_workers.domain.models import ModelVersion
+from pynomaly_workers.domain.ports import ModelDraft
+from pynomaly_workers.domain.records import Matrix
+from pynomaly_workers.domain.scoring import fit_score_stats, parity_error
+from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.inputs import iter_chunks
+
+MIN_TRAINING_ROWS = 10
+_HOLDOUT_MIN_ROWS = 50
+_HOLDOUT_MAX = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class OnnxCandidate:
+    """The ONNX export and how far its scores strayed from scikit-learn's."""
+
+    content: bytes | None
+    max_error: float | None
+
+
+def train_model(services: Services, request: TrainingRequest) -> ModelVersion:
+    """Fit, calibrate and register a new immutable version of ``request.model``."""
+    matrix = load_training_matrix(services, request)
+    fit_rows, holdout = split_holdout(matrix)
+    estimator = sklearn.build_estimator(
+        request.algorithm, contamination=request.contamination, params=request.params
+    )
+    sklearn.fit(estimator, fit_rows)
+    stats = fit_score_stats(
+        sklearn.training_scores(estimator, fit_rows), contamination=request.contamination
+    )
+    tolerance = services.settings.onnx_parity_tolerance
+    candidate = onnx_candidate(estimator, holdout, tolerance=tolerance)
+    draft = ModelDraft(
+        name=request.model,
+        algorithm=request.algorithm,
+        artifact=sklearn.dump(estimator),
+        onnx=candidate.content,
+        n_features=matrix.shape[1],
+        stats=stats,
+        params=_json_params(estimator, request.params),
+        parity_max_error=candidate.max_error,
+        parity_tolerance=tolerance,
+        n_training_rows=len(fit_rows),
+    )
+    return services.store.register_model(draft, now=services.clock.now())
+
+
+def load_training_matrix(services: Services, request: TrainingRequest) -> Matrix:
+    """All training rows as one matrix, bounded by ``max_training_rows``."""
+    limit = services.settings.max_training_rows
+    parts, total = [], 0
+    for chunk in iter_chunks(
+        request.input,
+        datasets=services.store,
+        sources=services.sources,
+        chunk_rows=services.settings.chunk_rows,
+    ):
+        total += len(chunk.matrix)
+        if total > limit:
+            raise PayloadTooLarge(
+                f"training data has more than {limit} rows; sample it or raise "
+                "PYNOMALY_MAX_TRAINING_ROWS"
+            )
+        parts.append(chunk.matrix)
+    matrix = np.vstack(parts) if parts else np.empty((0, 0))
+    if len(matrix) < MIN_TRAINING_ROWS:
+        raise InvalidRecords(f"training needs at least {MIN_TRAINING_ROWS} rows, got {len(matrix)}")
+    return matrix
+
+
+def split_holdout(matrix: Matrix) -> tuple[Matrix, Matrix]:
+    """Rows to fit on and rows held out for the ONNX parity check (seeded, repeatable).
+
+    Below 50 rows nothing can be spared; the parity check then uses the training rows.
+    """
+    n = len(matrix)
+    if n < _HOLDOUT_MIN_ROWS:
+        return matrix, matrix
+    n_holdout = min(max(n // 10, 1), _HOLDOUT_MAX)
+    order = np.random.default_rng(0).permutation(n)
+    return matrix[np.sort(order[n_holdout:])], matrix[np.sort(order[:n_holdout])]
+
+
+def onnx_candidate(estimator: Any, holdout: Matrix, *, tolerance: float) -> OnnxCandidate:
+    """Export to ONNX and keep it only if it scores the held-out rows like scikit-learn."""
+    content = onnx.export(estimator, n_features=holdout.shape[1])
+    if content is None:
+        return OnnxCandidate(content=None, max_error=None)
+    reference = sklearn.SklearnScorer(estimator).score(holdout)
+    error = parity_error(reference, onnx.OnnxScorer(content).score(holdout))
+    return OnnxCandidate(content=content if error <= tolerance else None, max_error=error)
+
+
+def _json_params(estimator: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    params = estimator.get_params()
+    kept = {k: v for k, v in params.items() if isinstance(v, int | float | str | bool | None)}
+    return {**kept, **overrides}
+
+
+def version_summary(version: ModelVersion) -> dict[str, Any]:
+    """The JSON ``pynomaly.train`` returns."""
+    return {
+        "model": version.name,
+        "model_version": version.version,
+        "model_id": version.id,
+        "algorithm": version.algorithm,
+        "artifact_sha256": version.artifact_sha256,
+        "onnx": version.onnx_sha256 is not None,
+        "onnx_sha256": version.onnx_sha256,
+        "parity_max_error": version.parity_max_error,
+        "parity_tolerance": version.parity_tolerance,
+        "n_features": version.n_features,
+        "n_training_rows": version.n_training_rows,
+        "threshold": version.threshold,
+        "contamination": version.stats.contamination,
+    }

@@ -1,0 +1,128 @@
+"""The one typed settings object. No other module reads the environment.
+
+With no ``PYNOMALY_*`` variable set, everything runs on an embedded default under
+``./.pynomaly/``: a SQLite database, a file-system broker, a SQLite result backend and
+no cache server. Setting the URLs moves the same code onto Redis + PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_BROKER = "filesystem://"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration, read once from ``PYNOMALY_*`` variables (or a ``.env`` file)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PYNOMALY_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    home: Path = Field(
+        default=Path(".pynomaly"),
+        description="Folder for embedded-mode state: SQLite files, broker folders, artifacts.",
+    )
+
+    broker_url: str = EMBEDDED_BROKER
+    result_backend: str = ""
+    database_url: str = ""
+    cache_url: str = Field(
+        default="", description="Redis URL of the prediction cache; empty = off."
+    )
+
+    # Detection limits: anything past these is bad input, failed without retry.
+    max_records_per_job: int = Field(default=100_000, gt=0)
+    max_features: int = Field(default=1_024, gt=0)
+    top_anomalies: int = Field(default=10, ge=0, le=1_000)
+    chunk_rows: int = Field(default=100_000, gt=0, description="Rows read per source chunk.")
+    source_roots: tuple[Path, ...] = Field(
+        default=(),
+        description="Folders 'source' files must lie in (JSON list); empty allows any path.",
+    )
+
+    # Prediction cache.
+    cache_ttl_seconds: int = Field(default=3_600, gt=0)
+
+    # Training.
+    onnx_parity_tolerance: float = Field(default=1e-4, gt=0)
+    max_training_rows: int = Field(default=1_000_000, gt=0)
+
+    # Worker behaviour.
+    task_soft_time_limit: int = Field(default=600, gt=0)
+    task_time_limit: int = Field(default=660, gt=0)
+    retry_max: int = Field(default=8, ge=0)
+    retry_backoff_max: int = Field(default=300, gt=0)
+    model_cache_size: int = Field(default=8, gt=0)
+    worker_concurrency: int = Field(default=0, ge=0, description="0 = one process per core.")
+
+    # Operations.
+    metrics_port: int = Field(default=9808, ge=0, le=65_535)
+    flower_basic_auth: str = ""
+    retention_days: int = Field(default=90, gt=0)
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _check_basic_auth(cls, value: str) -> str:
+        if value and ":" not in value:
+            raise ValueError(
+                "PYNOMALY_FLOWER_BASIC_AUTH must look like 'user:password' (a colon between them)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.task_time_limit <= self.task_soft_time_limit:
+            raise ValueError(
+                "PYNOMALY_TASK_TIME_LIMIT must be greater than PYNOMALY_TASK_SOFT_TIME_LIMIT "
+                "so a task can clean up between the soft and the hard limit"
+            )
+        if self.environment == "production" and self.is_embedded:
+            raise ValueError(
+                "PYNOMALY_ENVIRONMENT=production needs PYNOMALY_BROKER_URL and "
+                "PYNOMALY_DATABASE_URL: the embedded SQLite/file-system default is for one machine"
+            )
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the broker is the file-system default (one machine, no servers)."""
+        return self.broker_url == EMBEDDED_BROKER
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL of the store: the configured one or the embedded SQLite file."""
+        return self.database_url or f"sqlite:///{(self.home / 'pynomaly.sqlite3').resolve()}"
+
+    @property
+    def resolved_result_backend(self) -> str:
+        """Celery's result backend: the configured one, else Redis beside a Redis broker,
+        else a SQLite file."""
+        if self.result_backend:
+            return self.result_backend
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return f"db+sqlite:///{(self.home / 'results.sqlite3').resolve()}"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the embedded file-system broker keeps its messages."""
+        return (self.home / "broker").resolve()
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Seconds before Redis redelivers an unacknowledged message: longer than the hard
+        time limit, or a long task would run twice."""
+        return self.task_time_limit * 2 + 60
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built on first use."""
+    return Settings()

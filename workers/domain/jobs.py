@@ -17,7 +17,7 @@ from pynomaly_workers.domain.records import Matrix, RecordLimits, to_matrix
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed")
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _DETECT_KEYS = frozenset(
     {"job_id", "model", "records", "record_ids", "timestamps", "dataset", "source"}
 )
@@ -112,7 +112,7 @@ def parse_training_request(kwargs: Mapping[str, Any], *, limits: RecordLimits) -
 
 def check_job_id(job_id: object) -> str:
     """Return ``job_id`` if it is a usable idempotency key, else raise."""
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise InvalidMessage(
             f"job_id {job_id!r} is invalid: use 1-128 letters, digits, '_', '-', '.' or ':'"
         )
@@ -188,7 +188,7 @@ def parse_timestamp(value: object, *, index: int) -> datetime:
             return datetime.fromtimestamp(float(value), tz=UTC)
         if isinstance(value, str):
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     except (ValueError, OverflowError, OSError):
         pass
     raise InvalidRecords(f"timestamp {index} ({value!r}) is neither ISO-8601 text nor Unix seconds")

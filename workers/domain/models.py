@@ -11,7 +11,7 @@ from pynomaly_workers.domain.errors import InvalidInput
 from pynomaly_workers.domain.scoring import ScoreStats
 
 ALGORITHMS = ("iforest", "lof", "ocsvm", "elliptic")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +33,14 @@ def parse_model_ref(text: object) -> ModelRef:
     check_model_name(name)
     if not sep:
         return ModelRef(name)
-    if not version.isdigit() or int(version) < 1:
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
         raise InvalidInput(f"model version in {text!r} must be a positive integer")
     return ModelRef(name, int(version))
 
 
 def check_model_name(name: str) -> str:
     """Return ``name`` if it is a valid model or dataset name, else raise."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidInput(
             f"name {name!r} is invalid: use 1-128 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
+from typing import Any, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -72,15 +74,22 @@ def _as_numeric_array(records: Sequence[object]) -> Matrix:
         array = np.asarray(records)
     except ValueError:
         raise InvalidRecords(_describe_ragged(records)) from None
-    if array.dtype.kind not in "iuf" or array.ndim != 2:
+    # numpy turns True into 1 when it sits among numbers; JSON booleans are not features.
+    if array.dtype.kind not in "iuf" or array.ndim != 2 or _holds_bool(records):
         raise InvalidRecords(_describe_bad_row(records))
     if array.shape[1] == 0:
         raise InvalidRecords("records have zero features: each row needs at least one number")
     return np.ascontiguousarray(array, dtype=np.float64)
 
 
+def _holds_bool(rows: Sequence[Any]) -> bool:
+    return bool in set(map(type, chain.from_iterable(rows)))
+
+
 def _describe_ragged(records: Sequence[object]) -> str:
-    widths = [len(row) if isinstance(row, Sequence) else -1 for row in records]
+    widths = [len(row) if _is_row(row) else -1 for row in records]
+    if -1 in widths:
+        return _describe_bad_row(records)
     first = widths[0]
     for index, width in enumerate(widths):
         if width != first:
@@ -93,7 +102,7 @@ def _describe_ragged(records: Sequence[object]) -> str:
 
 def _describe_bad_row(records: Sequence[object]) -> str:
     for index, row in enumerate(records):
-        if not isinstance(row, Sequence) or isinstance(row, str | bytes):
+        if not _is_row(row):
             return f"record {index} must be a list of numbers, got {type(row).__name__}"
         for position, value in enumerate(row):
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -102,3 +111,7 @@ def _describe_bad_row(records: Sequence[object]) -> str:
                     "only JSON numbers can be scored"
                 )
     return "records must be a list of equal-length lists of numbers"
+
+
+def _is_row(row: object) -> TypeGuard[Sequence[object]]:
+    return isinstance(row, Sequence) and not isinstance(row, str | bytes)

@@ -27,6 +27,7 @@ Scores = npt.NDArray[np.float64]
 
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 201)
 _MIN_SCALE = 1e-12
+_ABOVE_HALF = float(np.nextafter(0.5, 1.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,12 @@ def severity(scores: Scores, stats: ScoreStats) -> Scores:
     cdf = np.interp(scores, quantiles, QUANTILE_LEVELS, left=0.0, right=1.0)
     cdf_at_threshold = float(np.interp(stats.threshold, quantiles, QUANTILE_LEVELS))
     below = 0.5 * cdf / max(cdf_at_threshold, _MIN_SCALE)
-    above = 0.5 + 0.5 * -np.expm1(-(scores - stats.threshold) / stats.scale)
+    # Only the excess over the threshold matters (clamping it keeps scores far below from
+    # overflowing expm1), and a huge excess over a tiny scale saturates at 1 by design. The
+    # floor keeps 'severity > 0.5' true for an anomaly a rounding error above the threshold.
+    with np.errstate(over="ignore"):
+        excess = np.maximum(scores - stats.threshold, 0.0)
+        above = np.maximum(0.5 + 0.5 * -np.expm1(-excess / stats.scale), _ABOVE_HALF)
     result = np.where(scores > stats.threshold, above, np.minimum(below, 0.5))
     return np.clip(result, 0.0, 1.0)
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import redis
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from pynomaly_workers.adapters.stores.engine import build_engine, normalize_url
 from pynomaly_workers.adapters.stores.sql import SqlStore
@@ -35,18 +36,24 @@ HOW_TO_START = "start it with 'make services' (or bash .ci/services)"
 
 
 def _require_postgres() -> None:
+    engine = create_engine(normalize_url(DATABASE_URL), poolclass=NullPool)
     try:
-        with create_engine(normalize_url(DATABASE_URL)).connect() as conn:
+        with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:
         pytest.fail(f"PostgreSQL at {DATABASE_URL} is not answering ({exc}); {HOW_TO_START}")
+    finally:
+        engine.dispose()
 
 
 def _require_redis() -> None:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        client.ping()
     except Exception as exc:
         pytest.fail(f"Redis at {REDIS_URL} is not answering ({exc}); {HOW_TO_START}")
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

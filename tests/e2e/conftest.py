@@ -1,0 +1,91 @@
+"""Real worker processes on Redis + PostgreSQL, started per test module."""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from pynomaly_workers.bootstrap import bootstrap
+from pynomaly_workers.client import client_app
+from pynomaly_workers.demo import WorkerProcess
+from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.health import check_health
+from pynomaly_workers.settings import Settings
+from tests.conftest import REDIS_URL, _require_redis
+
+BROKER_DB, RESULTS_DB, CACHE_DB = 12, 13, 14
+
+
+def redis_db(db: int) -> str:
+    return f"{REDIS_URL.rstrip('/')}/{db}"
+
+
+@pytest.fixture(scope="module")
+def e2e_env(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """PYNOMALY_* variables pointing a worker at Redis + PostgreSQL."""
+    _require_redis()
+    for db in (BROKER_DB, RESULTS_DB, CACHE_DB):
+        with redis.Redis.from_url(redis_db(db)) as client:
+            client.flushdb()
+    return {
+        "PYNOMALY_BROKER_URL": redis_db(BROKER_DB),
+        "PYNOMALY_RESULT_BACKEND": redis_db(RESULTS_DB),
+        "PYNOMALY_CACHE_URL": redis_db(CACHE_DB),
+        "PYNOMALY_DATABASE_URL": pg_url,
+        "PYNOMALY_HOME": str(tmp_path_factory.mktemp("home")),
+        "PYNOMALY_ENVIRONMENT": "test",
+        "PYNOMALY_RETRY_BACKOFF_MAX": "2",
+    }
+
+
+@pytest.fixture(scope="module")
+def e2e_settings(e2e_env: dict[str, str]) -> Settings:
+    """The same settings, as an object for the test process."""
+    values = {k.removeprefix("PYNOMALY_").lower(): v for k, v in e2e_env.items()}
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def e2e_services(e2e_settings: Settings) -> Iterator[Services]:
+    """Services in the test process, to inspect what the worker wrote."""
+    services = bootstrap(e2e_settings)
+    yield services
+    services.maintenance.engine.dispose()
+    if services.cache is not None:
+        services.cache.client.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def e2e_app(e2e_settings: Settings) -> Iterator[Celery]:
+    """A publishing client on the e2e broker."""
+    app = client_app(e2e_settings)
+    yield app
+    gc.collect()  # finalise AsyncResults now: they unsubscribe through the backend
+    backend: Any = app.backend
+    pubsub = getattr(backend.result_consumer, "_pubsub", None)
+    if pubsub is not None:
+        pubsub.close()
+    backend.client.close()
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def worker(
+    e2e_env: dict[str, str], e2e_services: Services, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """One real ``pynomaly-workers worker`` process (prefork, 2 children)."""
+    log = Path(tmp_path_factory.mktemp("logs")) / "worker.log"
+    process = WorkerProcess(log_path=log, concurrency=2, env={**os.environ, **e2e_env})
+    report = check_health(e2e_services, queues=["detection", "training"], timeout=60)
+    if not report["ok"]:
+        process.stop()
+        pytest.fail(f"worker did not answer: {report}; log:\n{log.read_text()[-3000:]}")
+    yield process
+    process.stop()

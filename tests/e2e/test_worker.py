@@ -1,0 +1,118 @@
+"""End to end: real worker processes consume tasks published by name."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from pynomaly_workers.client import submit_detection, submit_training
+from pynomaly_workers.demo import WorkerProcess
+from pynomaly_workers.domain.ports import JobRecord
+from pynomaly_workers.services.context import Services
+from tests.factories import rows_with_outliers, training_rows
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_job(services: Services, job_id: str, timeout: float = 60) -> JobRecord:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = services.store.get_job(job_id)
+        if job is not None and job.status in ("succeeded", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def trained(worker: WorkerProcess, e2e_app: Celery) -> dict[str, Any]:
+    submission = submit_training(
+        model="e2e", records=training_rows(), params={"n_estimators": 25}, app=e2e_app
+    )
+    result: dict[str, Any] = e2e_app.AsyncResult(submission.task_id).get(timeout=120)
+    return result
+
+
+def test_train_then_detect_by_task_name(
+    trained: dict[str, Any], e2e_app: Celery, e2e_services: Services
+) -> None:
+    # Given a model trained through the training queue
+    assert trained["model"] == "e2e"
+    assert trained["onnx"]
+
+    # When an upstream service publishes pynomaly.detect by name
+    submission = submit_detection(
+        model="e2e", records=rows_with_outliers(), job_id="e2e-1", app=e2e_app
+    )
+
+    # Then the worker writes the job and its anomalies, and returns the summary
+    job = wait_job(e2e_services, submission.job_id)
+    assert job.status == "succeeded", job.error
+    result = e2e_app.AsyncResult(submission.task_id).get(timeout=30)
+    assert result == job.summary
+    found = e2e_services.store.list_anomalies(job_id="e2e-1", limit=1000)
+    assert len(found) == job.n_anomalies
+    assert {3, 50, 120} <= {a.record_index for a in found}
+
+
+def test_a_job_sent_three_times_writes_once(
+    trained: dict[str, Any], e2e_app: Celery, e2e_services: Services
+) -> None:
+    rows = rows_with_outliers()
+    for _ in range(3):
+        submit_detection(model="e2e", records=rows, job_id="e2e-dup", app=e2e_app)
+    job = wait_job(e2e_services, "e2e-dup")
+    time.sleep(1.0)  # let the duplicates finish too
+
+    assert job.status == "succeeded"
+    assert len(e2e_services.store.list_anomalies(job_id="e2e-dup", limit=1000)) == job.n_anomalies
+    assert [j.job_id for j in e2e_services.store.list_jobs(limit=1000)].count("e2e-dup") == 1
+
+
+def test_bad_input_fails_once_without_retry(
+    trained: dict[str, Any], e2e_app: Celery, e2e_services: Services
+) -> None:
+    submission = submit_detection(model="e2e", records=[[1.0, 2.0]], job_id="e2e-bad", app=e2e_app)
+
+    job = wait_job(e2e_services, submission.job_id)
+
+    assert job.status == "failed"
+    assert job.error == "records have 2 features but model e2e@1 expects 4"
+    assert job.attempts == 1
+    result = e2e_app.AsyncResult(submission.task_id)
+    result.get(timeout=30, propagate=False)
+    assert result.state == "FAILURE"
+
+
+def test_a_raw_message_from_another_language_is_consumed(
+    trained: dict[str, Any], e2e_app: Celery, e2e_services: Services
+) -> None:
+    # A non-Python producer sends only the task name and JSON kwargs, without job_id:
+    # the worker uses the task id as the job id.
+    result = e2e_app.send_task(
+        "pynomaly.detect",
+        kwargs={"model": "e2e@1", "records": [[0.1, 0.2, 0.3, 0.4]]},
+        queue="detection",
+    )
+
+    job = wait_job(e2e_services, str(result.id))
+
+    assert job.status == "succeeded"
+    assert job.n_records == 1
+
+
+def test_unknown_model_fails_with_advice(
+    worker: WorkerProcess, e2e_app: Celery, e2e_services: Services
+) -> None:
+    submission = submit_detection(
+        model="missing", records=[[1.0]], job_id="e2e-unknown", app=e2e_app
+    )
+
+    job = wait_job(e2e_services, submission.job_id)
+
+    assert job.status == "failed"
+    assert job.error_type == "unknown_model"
+    assert "train one with pynomaly.train" in (job.error or "")

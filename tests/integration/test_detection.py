@@ -1,0 +1,223 @@
+"""Detection through the service layer on SQLite and PostgreSQL (and the Redis cache)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pynomaly_workers.bootstrap import bootstrap
+from pynomaly_workers.domain.errors import (
+    InvalidInput,
+    InvalidMessage,
+    InvalidRecords,
+    PayloadTooLarge,
+    UnknownModel,
+)
+from pynomaly_workers.domain.models import ModelRef
+from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.detection import JobAlreadyFailed, run_detection
+from pynomaly_workers.settings import Settings
+from tests.factories import rows_with_outliers, train, write_csv
+
+pytestmark = pytest.mark.integration
+CONTRACT_KEYS = {
+    "job_id",
+    "status",
+    "model",
+    "model_version",
+    "n_records",
+    "n_anomalies",
+    "threshold",
+    "cache_hits",
+    "duration_ms",
+    "top_anomalies",
+}
+
+
+def detect(services: Services, **kwargs: Any) -> dict[str, Any]:
+    kwargs.setdefault("job_id", "job-1")
+    kwargs.setdefault("model", "m")
+    return run_detection(services, kwargs, default_job_id="fallback")
+
+
+def stored(services: Services, job_id: str = "job-1") -> list[int]:
+    return sorted(
+        a.record_index for a in services.store.list_anomalies(job_id=job_id, limit=100_000)
+    )
+
+
+def test_detect_returns_the_contract_summary_and_persists_anomalies(services: Services) -> None:
+    # Given a trained model and records with three far outliers
+    version = train(services)
+    rows = rows_with_outliers()
+
+    # When the job runs
+    summary = detect(services, records=rows, record_ids=[f"id-{i}" for i in range(len(rows))])
+
+    # Then the summary follows the contract and the anomalies are stored
+    assert set(summary) == CONTRACT_KEYS
+    assert summary["status"] == "succeeded"
+    assert (summary["model"], summary["model_version"]) == ("m", version.version)
+    assert summary["n_records"] == 200
+    assert {3, 50, 120} <= {a["record_index"] for a in summary["top_anomalies"]}
+    assert summary["top_anomalies"][0]["record_id"].startswith("id-")
+    assert len(stored(services)) == summary["n_anomalies"]
+    job = services.store.get_job("job-1")
+    assert job is not None
+    assert job.status == "succeeded"
+    assert job.summary == summary
+    severities = [a.severity for a in services.store.list_anomalies(job_id="job-1")]
+    assert all(0.5 < s <= 1.0 for s in severities)
+
+
+def test_running_the_same_job_twice_writes_once(services: Services) -> None:
+    train(services)
+    first = detect(services, records=rows_with_outliers())
+    second = detect(services, records=rows_with_outliers())
+
+    assert second == first
+    assert len(stored(services)) == first["n_anomalies"]
+    assert len(services.store.list_jobs()) == 1
+
+
+def test_a_redelivered_running_job_finishes_with_one_set_of_anomalies(
+    services: Services,
+) -> None:
+    # Given a job that crashed after claiming and writing part of its anomalies
+    train(services)
+    services.store.claim_job("job-1", model="m", now=services.clock.now())
+
+    # When it is delivered again
+    summary = detect(services, records=rows_with_outliers())
+
+    # Then it succeeds once, on its second attempt
+    job = services.store.get_job("job-1")
+    assert job is not None
+    assert job.status == "succeeded"
+    assert job.attempts == 2
+    assert len(stored(services)) == summary["n_anomalies"]
+
+
+def test_chunked_scoring_writes_exactly_the_anomalies_of_unchunked(
+    store_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    whole = bootstrap(make_settings(database_url=store_url))
+    chunked = dataclasses.replace(
+        whole, settings=make_settings(database_url=store_url, chunk_rows=7)
+    )
+    train(whole)
+    rows = rows_with_outliers(n=500, outliers=(0, 6, 7, 250, 499))
+
+    a = detect(whole, job_id="whole", records=rows)
+    b = detect(chunked, job_id="chunked", records=rows)
+
+    # Small chunks may score on ONNX (float32), large ones on scikit-learn (float64):
+    # the same rows are flagged and the scores agree within the version's tolerance.
+    assert stored(whole, "whole") == stored(whole, "chunked")
+    assert a["n_anomalies"] == b["n_anomalies"]
+    tolerance = whole.store.get_model(ModelRef("m")).parity_tolerance or 0.0
+    for x, y in zip(a["top_anomalies"], b["top_anomalies"], strict=True):
+        assert x["record_index"] == y["record_index"]
+        assert x["score"] == pytest.approx(y["score"], abs=tolerance)
+    whole.maintenance.engine.dispose()
+
+
+def test_source_and_dataset_jobs_carry_ids_and_timestamps(
+    services: Services, tmp_path: Path
+) -> None:
+    train(services)
+    path = write_csv(tmp_path / "in.csv", rows_with_outliers(), ids=True)
+
+    summary = detect(services, source=f"file://{path}")
+
+    top = summary["top_anomalies"][0]
+    assert top["record_id"] == f"r{top['record_index']}"
+    anomaly = services.store.list_anomalies(job_id="job-1", limit=1)[0]
+    assert anomaly.timestamp.year == 2026
+    inline = detect(services, job_id="job-2", records=rows_with_outliers())
+    assert stored(services, "job-1") == stored(services, "job-2")
+    assert inline["n_anomalies"] == summary["n_anomalies"]
+
+
+BAD_INPUTS = [
+    ({"model": "nope"}, UnknownModel, "no model named 'nope'"),
+    ({"model": "m@9"}, UnknownModel, "has no version 9"),
+    ({"records": [[1.0, 2.0]]}, InvalidRecords, "2 features but model m@1 expects 4"),
+    ({"records": [[1.0, float("nan"), 1.0, 1.0]]}, InvalidRecords, "non-finite"),
+    ({"records": []}, InvalidInput, "records"),
+    ({"records": [[1.0, "x", 1.0, 1.0]]}, InvalidRecords, "non-numeric value 'x'"),
+    ({"records": [[1.0] * 4] * 11}, PayloadTooLarge, "exceed the limit of 10"),
+    ({"records": [[1.0] * 4], "extra": 1}, InvalidMessage, "unknown argument"),
+    ({"records": [[1.0] * 4], "dataset": "d", "source": "/x"}, InvalidMessage, "exactly one"),
+    ({"source": "/nonexistent.csv"}, InvalidInput, "does not exist"),
+    ({"dataset": "nope"}, InvalidInput, "no dataset named"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_INPUTS)
+def test_bad_input_fails_the_job_with_a_message(
+    store_url: str,
+    make_settings: Callable[..., Settings],
+    kwargs: dict[str, Any],
+    error: type[Exception],
+    message: str,
+) -> None:
+    services = bootstrap(make_settings(database_url=store_url, max_records_per_job=10))
+    train(services)
+    message_kwargs = {"records": [[1.0] * 4], **kwargs}
+    if ("dataset" in kwargs or "source" in kwargs) and "records" not in kwargs:
+        message_kwargs.pop("records")
+
+    with pytest.raises(error, match=message) as raised:
+        detect(services, **message_kwargs)
+
+    job = services.store.get_job("job-1")
+    assert job is not None
+    assert job.status == "failed"
+    assert job.error == str(raised.value)
+    assert job.error_type == raised.value.code  # type: ignore[attr-defined]
+    assert stored(services) == []
+    with pytest.raises(JobAlreadyFailed, match="already failed"):
+        detect(services, **message_kwargs)
+    services.maintenance.engine.dispose()
+
+
+def test_cache_serves_repeated_rows_and_never_another_version(
+    clean_pg: str, redis_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    services = bootstrap(make_settings(database_url=clean_pg, cache_url=redis_url))
+    train(services)
+    rows = rows_with_outliers()
+
+    cold = detect(services, job_id="cold", records=rows)
+    warm = detect(services, job_id="warm", records=rows)
+    train(services, params={"n_estimators": 20})  # version 2 becomes active
+    fresh = detect(services, job_id="fresh", records=rows)
+
+    assert cold["cache_hits"] == 0
+    assert warm["cache_hits"] == len(rows)
+    assert warm["top_anomalies"] == cold["top_anomalies"]
+    assert fresh["model_version"] == 2
+    assert fresh["cache_hits"] == 0
+    assert fresh["threshold"] != cold["threshold"]
+    services.maintenance.engine.dispose()
+
+
+def test_cached_scores_equal_computed_scores(
+    clean_pg: str, redis_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    services = bootstrap(make_settings(database_url=clean_pg, cache_url=redis_url))
+    version = train(services)
+    assert services.cache is not None
+    rows = np.asarray(rows_with_outliers())
+    computed = services.models.load(version).sklearn.score(rows)
+    services.cache.set_many(version.content_hash, rows, computed)
+
+    assert np.array_equal(services.cache.get_many(version.content_hash, rows), computed)
+    assert np.isnan(services.cache.get_many("other-hash", rows)).all()
+    services.maintenance.engine.dispose()

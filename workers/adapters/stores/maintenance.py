@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, bindparam, text
+
+from pynomaly_workers.adapters.stores.tables import UtcDateTime
 
 MATERIALIZED_VIEWS = ("mv_recent_anomalies", "mv_model_performance", "mv_dataset_summary")
 TABLES = ("anomalies", "detection_jobs", "models", "datasets", "metrics", "model_artifacts")
@@ -64,8 +66,9 @@ class SqlMaintenance:
         total = 0
         while True:
             with self.engine.begin() as conn:
+                query = text(statement).bindparams(bindparam("cutoff", type_=UtcDateTime()))
                 deleted = conn.execute(
-                    text(statement), {"cutoff": cutoff, "batch": _RETENTION_BATCH}
+                    query, {"cutoff": cutoff, "batch": _RETENTION_BATCH}
                 ).rowcount
             total += deleted
             if deleted < _RETENTION_BATCH:

@@ -54,6 +54,10 @@ class SqlStore:
 
     def _insert_model(self, draft: ModelDraft, *, now: datetime) -> ModelVersion:
         with Session(self.engine) as session, session.begin():
+            if self.dialect == "postgresql":
+                # Serialize registrations of one name: optimistic retries alone starve
+                # when several trainers race (8 at once exhausted the 5 attempts).
+                session.execute(select(func.pg_advisory_xact_lock(func.hashtext(draft.name))))
             for content, media in ((draft.artifact, "sklearn"), (draft.onnx, "onnx")):
                 if content is not None:
                     self._put_artifact(session, content, media_type=media, now=now)

@@ -1,0 +1,587 @@
+"""One contract, three stores: the in-memory fake, SqlStore on SQLite, SqlStore on PostgreSQL.
+
+Every test runs against each backend, so the fake the unit tests use cannot drift from
+the stores production uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+from sqlalchemy import update
+
+from pynomaly_workers.adapters.stores.engine import build_engine
+from pynomaly_workers.adapters.stores.memory import InMemoryStore
+from pynomaly_workers.adapters.stores.sql import SqlStore, sha256
+from pynomaly_workers.adapters.stores.tables import ModelArtifactRow
+from pynomaly_workers.domain.errors import ArtifactCorrupt, UnknownDataset, UnknownModel
+from pynomaly_workers.domain.jobs import JobSummary, TopAnomaly
+from pynomaly_workers.domain.models import ModelRef, ModelVersion
+from pynomaly_workers.domain.ports import (
+    AnomalyBatch,
+    AnomalyRecord,
+    Dataset,
+    JobRecord,
+    ModelDraft,
+    Store,
+)
+from pynomaly_workers.domain.scoring import fit_score_stats
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+_Record = TypeVar("_Record", AnomalyRecord, Dataset, JobRecord, ModelVersion)
+
+
+# -- fixtures and factories -------------------------------------------------------------
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """Each store implementation in turn, empty."""
+    if request.param == "memory":
+        yield InMemoryStore()
+        return
+    fixture = "sqlite_url" if request.param == "sqlite" else "clean_pg"
+    engine = build_engine(str(request.getfixturevalue(fixture)))
+    yield SqlStore(engine)
+    engine.dispose()
+
+
+def corrupt_artifact(store: Store, digest: str, content: bytes) -> None:
+    """Replace stored artifact bytes behind the store's back, as a bad disk would."""
+    if isinstance(store, InMemoryStore):
+        store.artifacts[digest] = content
+        return
+    assert isinstance(store, SqlStore)
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(ModelArtifactRow)
+            .where(ModelArtifactRow.sha256 == digest)
+            .values(content=content)
+        )
+
+
+def draft(
+    name: str = "m", *, artifact: bytes = b"sklearn-bytes", onnx: bytes | None = None
+) -> ModelDraft:
+    scores = np.linspace(0.0, 1.0, 101)
+    return ModelDraft(
+        name=name,
+        algorithm="iforest",
+        artifact=artifact,
+        onnx=onnx,
+        n_features=4,
+        stats=fit_score_stats(scores, contamination=0.1),
+        params={"n_estimators": 50},
+        parity_max_error=1e-6,
+        parity_tolerance=1e-4,
+        n_training_rows=101,
+    )
+
+
+def batch(
+    model_id: int,
+    indices: list[int],
+    *,
+    job_id: str = "job-1",
+    severities: list[float] | None = None,
+) -> AnomalyBatch:
+    severity = severities if severities is not None else [0.6 + i / 1000 for i in indices]
+    return AnomalyBatch(
+        job_id=job_id,
+        model_id=model_id,
+        record_index=np.asarray(indices, dtype=np.int64),
+        score=np.asarray([1.0 + s for s in severity], dtype=np.float64),
+        severity=np.asarray(severity, dtype=np.float64),
+        timestamp=[T0 + timedelta(seconds=i) for i in indices],
+        record_id=[f"r{i}" if i % 2 == 0 else None for i in indices],
+    )
+
+
+def job_summary(job_id: str = "job-1") -> JobSummary:
+    return JobSummary(
+        job_id=job_id,
+        model="m",
+        model_version=1,
+        n_records=100,
+        n_anomalies=2,
+        threshold=0.9,
+        cache_hits=7,
+        duration_ms=12.5,
+        top_anomalies=[TopAnomaly(record_index=3, record_id="r3", score=2.0, severity=0.8)],
+    )
+
+
+def dataset(name: str = "ds", *, n_rows: int = 10) -> Dataset:
+    return Dataset(
+        name=name,
+        uri=f"file:///data/{name}.csv",
+        format="csv",
+        n_rows=n_rows,
+        n_features=3,
+        columns=["a", "b", "c"],
+    )
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """The same instant in UTC. SQLite hands back naive datetimes, stored as UTC."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def normalized(item: _Record) -> _Record:
+    """A record with its datetime fields in UTC, so backends compare equal."""
+    changes: dict[str, Any] = {
+        f.name: utc(getattr(item, f.name))
+        for f in dataclasses.fields(item)
+        if isinstance(getattr(item, f.name), datetime)
+    }
+    return dataclasses.replace(item, **changes)
+
+
+def stored_job(store: Store, job_id: str = "job-1") -> JobRecord:
+    job = store.get_job(job_id)
+    assert job is not None, f"{job_id} is not stored"
+    return job
+
+
+# -- models -----------------------------------------------------------------------------
+def test_first_registration_is_version_1_active_and_round_trips(store: Store) -> None:
+    # Given a draft
+    given = draft(onnx=b"onnx-bytes")
+
+    # When it is registered
+    version = store.register_model(given, now=T0)
+
+    # Then it is version 1, active, hashed, and reads back as registered
+    assert (version.name, version.version, version.active) == ("m", 1, True)
+    assert version.artifact_sha256 == sha256(given.artifact)
+    assert version.onnx_sha256 == sha256(b"onnx-bytes")
+    assert version.stats == given.stats
+    assert version.params == {"n_estimators": 50}
+    assert (version.parity_max_error, version.parity_tolerance) == (1e-6, 1e-4)
+    assert (version.n_features, version.n_training_rows, version.algorithm) == (4, 101, "iforest")
+    assert utc(version.created_at) == T0
+    assert normalized(store.get_model(ModelRef("m"))) == normalized(version)
+
+
+def test_second_registration_is_version_2_and_the_only_active_one(store: Store) -> None:
+    # Given a registered model
+    first = store.register_model(draft(artifact=b"v1"), now=T0)
+
+    # When a second version of the same name is registered
+    second = store.register_model(draft(artifact=b"v2"), now=T0 + timedelta(hours=1))
+
+    # Then it is version 2, the name resolves to it, and only it is active
+    assert second.version == 2
+    assert second.id != first.id
+    assert store.get_model(ModelRef("m")).version == 2
+    listed = store.list_models(name="m")
+    assert [(m.version, m.active) for m in listed] == [(2, True), (1, False)]
+
+
+def test_name_at_version_resolves_an_inactive_version(store: Store) -> None:
+    # Given two versions of a model
+    first = store.register_model(draft(artifact=b"v1"), now=T0)
+    store.register_model(draft(artifact=b"v2"), now=T0)
+
+    # When version 1 is asked for by number
+    found = store.get_model(ModelRef("m", 1))
+
+    # Then that exact version comes back, no longer active
+    assert (found.id, found.version, found.active) == (first.id, 1, False)
+    assert found.artifact_sha256 == sha256(b"v1")
+
+
+def test_versions_are_numbered_per_name(store: Store) -> None:
+    # Given two versions of one name
+    store.register_model(draft("a", artifact=b"a1"), now=T0)
+    store.register_model(draft("a", artifact=b"a2"), now=T0)
+
+    # When another name is registered
+    other = store.register_model(draft("b"), now=T0)
+
+    # Then it starts at 1, and each name keeps its own active version
+    assert other.version == 1
+    assert [(m.name, m.version, m.active) for m in store.list_models()] == [
+        ("a", 2, True),
+        ("a", 1, False),
+        ("b", 1, True),
+    ]
+    assert [m.name for m in store.list_models(name="b")] == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        (
+            ModelRef("ghost"),
+            "no model named 'ghost'; train one with pynomaly.train "
+            "('pynomaly-workers train') or check the name with 'pynomaly-workers models'",
+        ),
+        (ModelRef("ghost", 1), "no model named 'ghost'"),
+        (ModelRef("m", 3), "model 'm' has no version 3; it has versions [1, 2]"),
+    ],
+)
+def test_unknown_model_says_what_exists(store: Store, ref: ModelRef, message: str) -> None:
+    # Given versions 1 and 2 of "m"
+    store.register_model(draft(artifact=b"v1"), now=T0)
+    store.register_model(draft(artifact=b"v2"), now=T0)
+
+    # When / Then an unknown reference names what does exist
+    with pytest.raises(UnknownModel) as raised:
+        store.get_model(ref)
+    assert str(raised.value).startswith(message)
+
+
+def test_artifacts_are_content_addressed_and_shared(store: Store) -> None:
+    # Given two versions with the same artifact bytes, one also with ONNX bytes
+    first = store.register_model(draft(artifact=b"same"), now=T0)
+    second = store.register_model(draft(artifact=b"same", onnx=b"onnx"), now=T0)
+
+    # When / Then both point at one artifact, and every artifact loads by its hash
+    assert first.artifact_sha256 == second.artifact_sha256 == sha256(b"same")
+    assert store.load_artifact(first.artifact_sha256) == b"same"
+    assert second.onnx_sha256 is not None
+    assert store.load_artifact(second.onnx_sha256) == b"onnx"
+
+
+def test_missing_artifact_is_refused(store: Store) -> None:
+    with pytest.raises(ArtifactCorrupt, match="missing"):
+        store.load_artifact(sha256(b"never stored"))
+
+
+def test_corrupted_artifact_is_refused(store: Store) -> None:
+    # Given a registered model whose artifact bytes were changed behind the store's back
+    version = store.register_model(draft(artifact=b"good bytes"), now=T0)
+    corrupt_artifact(store, version.artifact_sha256, b"evil bytes")
+
+    # When / Then loading it fails instead of unpickling the wrong bytes
+    with pytest.raises(ArtifactCorrupt, match="does not match its sha256"):
+        store.load_artifact(version.artifact_sha256)
+
+
+def test_concurrent_registrations_get_distinct_versions(store: Store) -> None:
+    # Given eight trainers registering the same name at once
+    versions: list[ModelVersion] = []
+    errors: list[BaseException] = []
+
+    def register(i: int) -> None:
+        try:
+            versions.append(store.register_model(draft(artifact=f"v{i}".encode()), now=T0))
+        except BaseException as exc:
+            errors.append(exc)
+
+    run_in_threads(register, 8)
+
+    # Then each got its own number and exactly one version is active
+    assert errors == []
+    assert sorted(v.version for v in versions) == list(range(1, 9))
+    assert [m.version for m in store.list_models(name="m") if m.active] == [8]
+
+
+def run_in_threads(target: Callable[[int], None], n: int) -> None:
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+
+# -- jobs -------------------------------------------------------------------------------
+def test_enqueue_records_a_queued_job_once(store: Store) -> None:
+    # Given an enqueued job
+    store.enqueue_job("job-1", model="m", now=T0)
+
+    # When it is enqueued again (a re-sent message)
+    store.enqueue_job("job-1", model="other", now=T0 + timedelta(minutes=5))
+
+    # Then the first record stands
+    job = stored_job(store)
+    assert (job.status, job.model, job.attempts, utc(job.created_at)) == ("queued", "m", 0, T0)
+    assert (job.started_at, job.finished_at, job.error) == (None, None, None)
+
+
+def test_get_job_of_an_unknown_id_is_none(store: Store) -> None:
+    assert store.get_job("nope") is None
+
+
+def test_claim_marks_running_and_counts_attempts(store: Store) -> None:
+    # Given a queued job
+    store.enqueue_job("job-1", model="m", now=T0)
+
+    # When it is claimed twice (a redelivery after a crash)
+    first = store.claim_job("job-1", model="m@1", now=T0 + timedelta(seconds=1))
+    second = store.claim_job("job-1", model="m@1", now=T0 + timedelta(seconds=2))
+
+    # Then it is running, counts both attempts and keeps the first start time
+    assert (first.status, first.attempts) == ("running", 1)
+    assert (second.status, second.attempts, second.model) == ("running", 2, "m@1")
+    assert utc(second.started_at) == T0 + timedelta(seconds=1)
+    assert normalized(stored_job(store)) == normalized(second)
+
+
+def test_concurrent_claims_count_every_attempt(store: Store) -> None:
+    # Given one job delivered to four workers at once
+    store.enqueue_job("job-1", model="m", now=T0)
+
+    def claim(_: int) -> None:
+        store.claim_job("job-1", model="m", now=T0)
+
+    run_in_threads(claim, 4)
+
+    # Then it is running once, with every attempt counted
+    job = stored_job(store)
+    assert (job.status, job.attempts) == ("running", 4)
+
+
+def test_claim_creates_a_job_never_enqueued(store: Store) -> None:
+    job = store.claim_job("job-1", model="m", now=T0)
+
+    assert (job.status, job.attempts, job.model) == ("running", 1, "m")
+    assert utc(job.created_at) == utc(job.started_at) == T0
+
+
+def test_complete_stores_the_summary(store: Store) -> None:
+    # Given a running job and the model it ran
+    version = store.register_model(draft(), now=T0)
+    store.claim_job("job-1", model="m", now=T0)
+    store.fail_job("job-1", error="transient", error_type="Retry", now=T0)
+    store.claim_job("job-1", model="m", now=T0)
+
+    # When it completes
+    summary = job_summary()
+    later = T0 + timedelta(seconds=3)
+    store.complete_job(summary, model_id=version.id, now=later, extra={"dataset_name": None})
+
+    # Then the record holds the summary, with the earlier error cleared
+    job = stored_job(store)
+    assert job.status == "succeeded"
+    assert (job.n_records, job.n_anomalies, job.cache_hits) == (100, 2, 7)
+    assert (job.threshold, job.duration_ms) == (0.9, 12.5)
+    assert job.summary == summary.to_dict()
+    assert (job.error, job.error_type) == (None, None)
+    assert utc(job.finished_at) == later
+
+
+@pytest.mark.parametrize("terminal", ["succeeded", "failed"])
+def test_claim_of_a_finished_job_returns_it_unchanged(store: Store, terminal: str) -> None:
+    # Given a job that already reached a terminal status
+    finished = finish_job(store, terminal)
+
+    # When it is claimed again (a late redelivery)
+    claimed = store.claim_job("job-1", model="m", now=T0 + timedelta(hours=1))
+
+    # Then nothing changes
+    assert normalized(claimed) == normalized(finished)
+    assert normalized(stored_job(store)) == normalized(finished)
+
+
+def finish_job(store: Store, status: str) -> JobRecord:
+    version = store.register_model(draft(), now=T0)
+    store.claim_job("job-1", model="m", now=T0)
+    if status == "succeeded":
+        store.complete_job(job_summary(), model_id=version.id, now=T0, extra={})
+    else:
+        store.fail_job("job-1", error="bad input", error_type="InvalidRecords", now=T0)
+    job = stored_job(store)
+    assert job.status == status
+    return job
+
+
+def test_fail_after_success_keeps_succeeded(store: Store) -> None:
+    # Given a succeeded job
+    finished = finish_job(store, "succeeded")
+
+    # When a stale failure arrives
+    store.fail_job("job-1", error="late", error_type="Timeout", now=T0 + timedelta(hours=1))
+
+    # Then it is still succeeded, without the error
+    assert normalized(stored_job(store)) == normalized(finished)
+
+
+def test_fail_marks_failed_with_a_bounded_message(store: Store) -> None:
+    # Given a running job
+    store.claim_job("job-1", model="m", now=T0)
+
+    # When it fails with a very long message
+    store.fail_job("job-1", error="x" * 5000, error_type="InvalidRecords", now=T0)
+
+    # Then it is failed, the message is cut at 4000 characters
+    job = stored_job(store)
+    assert (job.status, job.error_type, utc(job.finished_at)) == ("failed", "InvalidRecords", T0)
+    assert job.error == "x" * 4000
+
+
+def test_fail_of_an_unknown_job_records_it(store: Store) -> None:
+    store.fail_job("job-9", error="malformed", error_type="InvalidMessage", now=T0)
+
+    job = stored_job(store, "job-9")
+    assert (job.status, job.model, job.error, job.attempts) == ("failed", "", "malformed", 0)
+
+
+def test_list_jobs_newest_first_with_status_filter_and_limit(store: Store) -> None:
+    # Given jobs created a minute apart, one of them claimed
+    for i in range(4):
+        store.enqueue_job(f"job-{i}", model="m", now=T0 + timedelta(minutes=i))
+    store.claim_job("job-2", model="m", now=T0 + timedelta(minutes=10))
+
+    # When / Then they list newest first, filtered and limited
+    assert [j.job_id for j in store.list_jobs()] == ["job-3", "job-2", "job-1", "job-0"]
+    assert [j.job_id for j in store.list_jobs(status="queued")] == ["job-3", "job-1", "job-0"]
+    assert [j.job_id for j in store.list_jobs(status="running")] == ["job-2"]
+    assert [j.job_id for j in store.list_jobs(limit=2)] == ["job-3", "job-2"]
+    assert store.list_jobs(status="failed") == []
+
+
+# -- anomalies --------------------------------------------------------------------------
+def test_adding_the_same_batch_twice_writes_it_once(store: Store) -> None:
+    # Given a model and a batch of three anomalies
+    version = store.register_model(draft(), now=T0)
+    given = batch(version.id, [0, 5, 9])
+
+    # When the batch is written twice (a redelivered job)
+    first = store.add_anomalies(given)
+    second = store.add_anomalies(given)
+
+    # Then the second write adds nothing, and there is one row per record
+    assert (first, second) == (3, 0)
+    stored = store.list_anomalies(job_id="job-1", limit=100)
+    assert sorted(a.record_index for a in stored) == [0, 5, 9]
+
+
+def test_overlapping_batches_count_only_new_rows(store: Store) -> None:
+    # Given a stored batch
+    version = store.register_model(draft(), now=T0)
+    store.add_anomalies(batch(version.id, [0, 1, 2]))
+
+    # When an overlapping batch arrives, then the same indices for another job
+    overlapping = store.add_anomalies(batch(version.id, [2, 3, 4]))
+    other_job = store.add_anomalies(batch(version.id, [0, 1], job_id="job-2"))
+
+    # Then only unseen (job_id, record_index) pairs count
+    assert (overlapping, other_job) == (2, 2)
+    assert len(store.list_anomalies(limit=100)) == 7
+
+
+def test_empty_batch_adds_nothing(store: Store) -> None:
+    version = store.register_model(draft(), now=T0)
+
+    assert store.add_anomalies(batch(version.id, [])) == 0
+    assert store.list_anomalies() == []
+
+
+def test_concurrent_writes_of_one_batch_store_it_once(store: Store) -> None:
+    # Given one batch delivered to four workers at once
+    version = store.register_model(draft(), now=T0)
+    given = batch(version.id, list(range(50)))
+    added: list[int] = []
+
+    def write(_: int) -> None:
+        added.append(store.add_anomalies(given))
+
+    run_in_threads(write, 4)
+
+    # Then the rows are new exactly once in total
+    assert sum(added) == 50
+    assert len(store.list_anomalies(limit=1000)) == 50
+
+
+def test_anomalies_round_trip(store: Store) -> None:
+    version = store.register_model(draft(), now=T0)
+    store.add_anomalies(batch(version.id, [4], severities=[0.75]))
+
+    [found] = store.list_anomalies()
+
+    assert normalized(found) == AnomalyRecord(
+        job_id="job-1",
+        record_index=4,
+        model_id=version.id,
+        record_id="r4",
+        timestamp=T0 + timedelta(seconds=4),
+        score=1.75,
+        severity=0.75,
+        status="active",
+    )
+
+
+def test_list_anomalies_most_severe_first_with_filters(store: Store) -> None:
+    # Given anomalies of two models and two jobs, two of them equally severe
+    a = store.register_model(draft("a"), now=T0)
+    b = store.register_model(draft("b"), now=T0)
+    store.add_anomalies(batch(a.id, [0, 1, 2, 3], severities=[0.2, 0.9, 0.6, 0.9]))
+    store.add_anomalies(batch(b.id, [0, 1], job_id="job-2", severities=[0.95, 0.4]))
+
+    # When / Then they list most severe first, ties by record index, filtered
+    def listed(
+        *,
+        job_id: str | None = None,
+        model: str | None = None,
+        min_severity: float = 0.0,
+        limit: int = 50,
+    ) -> list[tuple[str, int]]:
+        found = store.list_anomalies(
+            job_id=job_id, model=model, min_severity=min_severity, limit=limit
+        )
+        return [(x.job_id, x.record_index) for x in found]
+
+    assert listed() == [
+        ("job-2", 0),
+        ("job-1", 1),
+        ("job-1", 3),
+        ("job-1", 2),
+        ("job-2", 1),
+        ("job-1", 0),
+    ]
+    assert listed(job_id="job-1", min_severity=0.6) == [("job-1", 1), ("job-1", 3), ("job-1", 2)]
+    assert listed(model="b") == [("job-2", 0), ("job-2", 1)]
+    assert listed(model="ghost") == []
+    assert listed(model="a", limit=2) == [("job-1", 1), ("job-1", 3)]
+    assert listed(min_severity=0.95) == [("job-2", 0)]
+
+
+def test_model_filter_spans_every_version_of_the_name(store: Store) -> None:
+    v1 = store.register_model(draft(artifact=b"v1"), now=T0)
+    v2 = store.register_model(draft(artifact=b"v2"), now=T0)
+    store.add_anomalies(batch(v1.id, [0]))
+    store.add_anomalies(batch(v2.id, [0], job_id="job-2"))
+
+    assert {a.model_id for a in store.list_anomalies(model="m")} == {v1.id, v2.id}
+
+
+# -- datasets ---------------------------------------------------------------------------
+def test_register_dataset_round_trips(store: Store) -> None:
+    stored = store.register_dataset(dataset(), now=T0)
+
+    assert normalized(stored) == dataclasses.replace(dataset(), created_at=T0)
+    assert normalized(store.get_dataset("ds")) == normalized(stored)
+
+
+def test_registering_a_name_again_replaces_it(store: Store) -> None:
+    # Given a registered dataset
+    store.register_dataset(dataset(n_rows=10), now=T0)
+
+    # When the name is registered again with new contents
+    later = T0 + timedelta(days=1)
+    replaced = store.register_dataset(dataset(n_rows=99), now=later)
+
+    # Then there is one dataset of that name, holding the new contents
+    assert (replaced.n_rows, utc(replaced.created_at)) == (99, later)
+    assert [(d.name, d.n_rows) for d in store.list_datasets()] == [("ds", 99)]
+
+
+def test_list_datasets_newest_first(store: Store) -> None:
+    for i, name in enumerate(["old", "mid", "new"]):
+        store.register_dataset(dataset(name), now=T0 + timedelta(hours=i))
+
+    assert [d.name for d in store.list_datasets()] == ["new", "mid", "old"]
+
+
+def test_unknown_dataset_says_how_to_register(store: Store) -> None:
+    with pytest.raises(UnknownDataset, match="no dataset named 'ghost'; register it"):
+        store.get_dataset("ghost")

@@ -11,7 +11,7 @@ _ := $(shell mkdir -p $(VENV) && find workers tasks schedules migrations -name '
 
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration test-e2e lint format typecheck check bench bench-quick services clean
+.PHONY: install demo test test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick services clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,11 @@ test-integration: install
 
 test-e2e: install
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+# Offline checks of docker-compose.yml, deploy/ (Dockerfile, Kubernetes, PostgreSQL and
+# Redis configs) against their schemas and linters; no Docker or cluster needed.
+validate-deploy: install
+	$(BIN)/pytest tests/unit/test_deploy_files.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

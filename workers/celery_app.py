@@ -29,6 +29,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours."""
     return {
         "broker_url": settings.broker_url,
+        "broker_transport": _transport(settings.broker_url),
         "result_backend": settings.resolved_result_backend,
         "broker_transport_options": broker_options(settings),
         "broker_connection_retry_on_startup": True,
@@ -59,6 +60,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.worker_concurrency or None,
         "worker_hijack_root_logger": False,
     }
+
+
+def _transport(broker_url: str) -> str | None:
+    """Our hardened Redis transport for plain ``redis://``; kombu's default otherwise."""
+    from pynomaly_workers.adapters.broker import TRANSPORT
+
+    return TRANSPORT if broker_url.startswith("redis://") else None
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:

@@ -1,0 +1,112 @@
+"""The raw message the README documents for non-Python producers, pushed with plain Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from pynomaly_workers.demo import WorkerProcess
+from pynomaly_workers.services.context import Services
+from tests.e2e.conftest import BROKER_DB, redis_db
+from tests.e2e.test_worker import wait_job
+from tests.factories import rows_with_outliers
+
+pytestmark = pytest.mark.e2e
+
+
+def raw_detect_message(kwargs: dict[str, Any]) -> bytes:
+    """Celery message protocol 2 as the Redis transport stores it (README, any language)."""
+    task_id = str(uuid.uuid4())
+    body = [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    envelope = {
+        "body": base64.b64encode(json.dumps(body).encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": "pynomaly.detect",
+            "id": task_id,
+            "root_id": task_id,
+            "parent_id": None,
+            "group": None,
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": "detection"},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope).encode()
+
+
+@pytest.fixture
+def trained_model(worker: WorkerProcess, e2e_services: Services) -> str:
+    from tests.factories import train
+
+    return train(e2e_services, model="raw").label
+
+
+def test_a_message_pushed_with_lpush_is_consumed(
+    trained_model: str, e2e_services: Services
+) -> None:
+    # Given a producer that only speaks Redis
+    client = redis.Redis.from_url(redis_db(BROKER_DB))
+
+    # When it LPUSHes the documented JSON envelope onto the 'detection' list
+    client.lpush(
+        "detection",
+        raw_detect_message(
+            {"job_id": "raw-1", "model": trained_model, "records": rows_with_outliers()}
+        ),
+    )
+    client.close()
+
+    # Then a worker runs the job like any other
+    job = wait_job(e2e_services, "raw-1")
+    assert job.status == "succeeded", job.error
+    assert job.n_records == 200
+
+
+MALFORMED = [
+    b"{not json",
+    b"[1, 2]",
+    b"{}",
+    b'{"body": "!!", "properties": {"body_encoding": "base64", "delivery_tag": "t",'
+    b' "delivery_info": {"exchange": "", "routing_key": "detection"}}}',
+    raw_detect_message({"model": "x"}).replace(b'"body": "', b'"body": "bm90IGpzb24=', 1),
+]
+
+
+def test_malformed_messages_are_dropped_without_killing_the_worker(
+    trained_model: str, e2e_services: Services, worker: WorkerProcess
+) -> None:
+    # Given garbage of every kind ahead of a good message on the queue
+    client = redis.Redis.from_url(redis_db(BROKER_DB))
+    for garbage in MALFORMED:
+        client.lpush("detection", garbage)
+    client.lpush(
+        "detection",
+        raw_detect_message(
+            {"job_id": "raw-2", "model": trained_model, "records": [[0.0, 0.0, 0.0, 0.0]]}
+        ),
+    )
+    client.close()
+
+    # When the worker reaches them, Then it drops them and goes on to the good one
+    job = wait_job(e2e_services, "raw-2")
+
+    assert job.status == "succeeded"
+    time.sleep(0.2)
+    assert worker.alive()

@@ -55,7 +55,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 typecheck: install
-	$(BIN)/mypy workers tasks schedules migrations tests benchmarks
+	$(BIN)/mypy workers tasks schedules migrations tests $(wildcard benchmarks)
 
 check: lint typecheck test
 

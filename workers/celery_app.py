@@ -63,10 +63,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def _transport(broker_url: str) -> str | None:
-    """Our hardened Redis transport for plain ``redis://``; kombu's default otherwise."""
-    from pynomaly_workers.adapters.broker import TRANSPORT
+    """Our hardened transports for ``redis://`` and ``filesystem://``; kombu's otherwise."""
+    from pynomaly_workers.adapters.broker import FILESYSTEM_TRANSPORT, TRANSPORT
 
-    return TRANSPORT if broker_url.startswith("redis://") else None
+    if broker_url.startswith("redis://"):
+        return TRANSPORT
+    return FILESYSTEM_TRANSPORT if broker_url.startswith("filesystem://") else None
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:

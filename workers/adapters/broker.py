@@ -1,4 +1,5 @@
-"""The Redis broker transport, hardened against malformed messages.
+"""Broker transports, hardened: malformed messages never stop a worker, and the
+embedded file-system broker never hands out a half-written message.
 
 Kombu's Redis channel decodes each popped message inside the worker's event loop; a body
 that is not JSON raises there and stops the whole worker ("Unrecoverable error",
@@ -13,13 +14,20 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
+import tempfile
+import time
+import uuid
 from typing import Any
 
+from kombu.transport import filesystem as kombu_filesystem
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
 
 log = logging.getLogger(__name__)
 
 TRANSPORT = "pynomaly_workers.adapters.broker:Transport"
+FILESYSTEM_TRANSPORT = "pynomaly_workers.adapters.broker:FilesystemTransport"
 
 
 class Channel(kombu_redis.Channel):
@@ -80,3 +88,30 @@ def _is_base64(text: str) -> bool:
     except (binascii.Error, ValueError):
         return False
     return True
+
+
+class FilesystemChannel(kombu_filesystem.Channel):
+    """Kombu's file-system channel writes a message in place while consumers may already
+    move it away, so a consumer can read an empty file and crash. Messages are written to
+    a staging file and renamed into the queue folder, which is atomic on POSIX."""
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        folder = self.data_folder_out
+        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        descriptor, staging = tempfile.mkstemp(dir=os.path.dirname(folder), suffix=".part")
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(dumps(message).encode())
+        os.replace(staging, os.path.join(folder, name))
+
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
+        while True:
+            try:
+                return super()._get(queue)
+            except ValueError as exc:
+                log.error("dropped a malformed message from %s: %s", queue, exc)
+
+
+class FilesystemTransport(kombu_filesystem.Transport):
+    """``filesystem://`` with :class:`FilesystemChannel`."""
+
+    Channel = FilesystemChannel

@@ -95,12 +95,12 @@ class FilesystemChannel(kombu_filesystem.Channel):
     move it away, so a consumer can read an empty file and crash. Messages are written to
     a staging file and renamed into the queue folder, which is atomic on POSIX."""
 
-    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, payload: dict[str, Any], **kwargs: Any) -> None:  # type: ignore[override]
         folder = self.data_folder_out
         name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         descriptor, staging = tempfile.mkstemp(dir=os.path.dirname(folder), suffix=".part")
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(dumps(message).encode())
+            handle.write(dumps(payload).encode())
         os.replace(staging, os.path.join(folder, name))
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:

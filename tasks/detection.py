@@ -1,42 +1,156 @@
-"""``pynomaly.detect``: score records, persist anomalies, return the job summary."""
+"""``pynomaly.detect`` (micro-batched) and ``pynomaly.detect.chunk`` (fan-out pieces).
+
+``pynomaly.detect`` is a celery-batches task: the worker's consumer buffers deliveries
+and hands them to a pool process in groups of up to ``PYNOMALY_BATCH_MAX_JOBS``, at least
+every ``PYNOMALY_BATCH_MAX_WAIT_MS``. Each delivery keeps its own task id, result,
+acknowledgement (after the batch, or a requeue if the pool process dies) and retries.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
+from celery.utils.time import get_exponential_backoff_interval
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
 
 from pynomaly_workers.bootstrap import get_services
 from pynomaly_workers.celery_app import app
-from pynomaly_workers.domain.errors import InvalidInput
-from pynomaly_workers.services.detection import run_detection
-from pynomaly_workers.tasks.base import retry_options
+from pynomaly_workers.services.detection import (
+    CHUNK_TASK,
+    DetectMessage,
+    Failed,
+    FannedOut,
+    Outcome,
+    Succeeded,
+    detect_batch,
+    run_chunk,
+)
+from pynomaly_workers.settings import get_settings
+from pynomaly_workers.tasks.base import TRANSIENT_ERRORS, retry_options
 
 log = logging.getLogger(__name__)
+DETECT_TASK = "pynomaly.detect"
 
 
-class DetectionTask(Task):  # type: ignore[type-arg]
-    """Records the failure on the job when a job dies of something other than bad input
-    (retries exhausted, a bug), so no job is left ``running`` forever."""
+class DetectionBatches(Batches):  # type: ignore[misc]
+    """celery-batches, plus what a single task gets from Celery: the batch's messages are
+    requeued if its pool process dies (``task_reject_on_worker_lost``), and the batch
+    runs under the task time limits."""
 
-    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        if isinstance(exc, InvalidInput):
-            return
-        job_id = kwargs.get("job_id") or task_id
-        try:
-            services = get_services()
-            services.store.fail_job(
-                str(job_id),
-                error=f"{type(exc).__name__}: {exc}",
-                error_type="internal_error",
-                now=services.clock.now(),
-            )
-        except Exception:  # the store may be the thing that is down
-            log.exception("could not record failure of job %s", job_id)
+    def flush(self, requests: Collection[Any]) -> Any:
+        settings = get_settings()
+        batch = ([SimpleRequest.from_request(r) for r in requests],)
+
+        def on_return(_result: Any) -> None:
+            for request in requests:
+                request.acknowledge()
+
+        def on_error(_exc_info: Any) -> None:
+            log.error("a detection batch of %d jobs was lost; requeueing it", len(requests))
+            for request in requests:
+                request.reject(requeue=True)
+
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, batch, 0, None),
+            callback=on_return,
+            error_callback=on_error,
+            soft_timeout=settings.task_soft_time_limit,
+            timeout=settings.task_time_limit,
+        )
 
 
-@app.task(name="pynomaly.detect", base=DetectionTask, **retry_options())
-def detect(self: Task, **kwargs: Any) -> dict[str, Any]:  # type: ignore[type-arg]
-    """Public contract: see ARCHITECTURE.md. The job_id defaults to the task id."""
-    return run_detection(get_services(), kwargs, default_job_id=str(self.request.id))
+def _batch_options() -> dict[str, Any]:
+    settings = get_settings()
+    return {
+        "flush_every": settings.batch_max_jobs,
+        "flush_interval": settings.batch_max_wait_ms / 1000.0,
+    }
+
+
+@app.task(name=DETECT_TASK, base=DetectionBatches, bind=True, acks_late=True, **_batch_options())
+def detect(self: Task, requests: Sequence[SimpleRequest]) -> int:  # type: ignore[type-arg]
+    """Public contract (ARCHITECTURE.md): keyword arguments only; the job_id defaults to
+    the task id. Each request's result is stored under its own task id."""
+    messages = [DetectMessage(str(r.id), r.kwargs or {}, tuple(r.args or ())) for r in requests]
+    try:
+        outcomes = detect_batch(get_services(), messages)
+    except TRANSIENT_ERRORS as exc:
+        _retry_later(self.app, requests, exc)
+        return 0
+    except Exception as exc:  # a bug must not lose the batch silently
+        log.exception("detection batch failed")
+        for request in requests:
+            _fail_internal(self.app, request, exc)
+        return 0
+    for request, outcome in zip(requests, outcomes, strict=True):
+        publish_outcome(self.app, str(request.id), outcome, request=request)
+    return len(requests)
+
+
+@app.task(name=CHUNK_TASK, **retry_options())
+def detect_chunk(self: Task, **kwargs: Any) -> dict[str, Any]:  # type: ignore[type-arg]
+    """One chunk of a fanned-out job (internal; published by ``pynomaly.detect``)."""
+    done = run_chunk(get_services(), kwargs)
+    if done.final is not None and done.task_id is not None:
+        publish_outcome(self.app, done.task_id, done.final, request=None)
+    return {"job_id": done.job.job_id, "status": done.job.status}
+
+
+def publish_outcome(
+    celery_app: Celery, task_id: str, outcome: Outcome, *, request: SimpleRequest | None
+) -> None:
+    """Store a job's outcome as its task's result; publish a fanned-out job's chunks."""
+    backend = celery_app.backend
+    if isinstance(outcome, Succeeded):
+        backend.mark_as_done(task_id, outcome.summary, request=request)
+    elif isinstance(outcome, Failed):
+        backend.mark_as_failure(task_id, outcome.error, request=request)
+    elif isinstance(outcome, FannedOut):
+        for chunk in outcome.chunks:
+            celery_app.send_task(CHUNK_TASK, kwargs=chunk, queue="detection")
+
+
+def _retry_later(celery_app: Celery, requests: Sequence[SimpleRequest], exc: BaseException) -> None:
+    """Re-publish each job with exponential backoff and full jitter (Celery's retry
+    semantics, per request), or give up after ``PYNOMALY_RETRY_MAX`` attempts."""
+    settings = get_settings()
+    for request in requests:
+        retries = int((request.request_dict or {}).get("retries") or 0)
+        if retries >= settings.retry_max:
+            _fail_internal(celery_app, request, exc)
+            continue
+        countdown = get_exponential_backoff_interval(
+            factor=1, retries=retries, maximum=settings.retry_backoff_max, full_jitter=True
+        )
+        log.warning("job %s: %s; retry %d in %ss", request.id, exc, retries + 1, countdown)
+        celery_app.send_task(
+            DETECT_TASK,
+            kwargs=request.kwargs,
+            task_id=str(request.id),
+            countdown=countdown,
+            retries=retries + 1,
+            queue="detection",
+        )
+
+
+def _fail_internal(celery_app: Celery, request: SimpleRequest, exc: BaseException) -> None:
+    error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+    """Record a job that died of something other than bad input, so it never stays
+    ``running``; best effort, as the store may be what is down."""
+    job_id = str((request.kwargs or {}).get("job_id") or request.id)
+    try:
+        services = get_services()
+        services.store.fail_job(
+            job_id,
+            error=f"{type(exc).__name__}: {exc}",
+            error_type="internal_error",
+            now=services.clock.now(),
+        )
+    except Exception:
+        log.exception("could not record failure of job %s", job_id)
+    celery_app.backend.mark_as_failure(str(request.id), error, request=request)

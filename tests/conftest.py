@@ -31,7 +31,15 @@ DATABASE_URL = os.environ.get(
     "PYNOMALY_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("PYNOMALY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-TABLES = ("anomalies", "detection_jobs", "models", "model_artifacts", "datasets", "metrics")
+TABLES = (
+    "anomalies",
+    "detection_chunks",
+    "detection_jobs",
+    "models",
+    "model_artifacts",
+    "datasets",
+    "metrics",
+)
 HOW_TO_START = "start it with 'make services' (or bash .ci/services)"
 
 

@@ -47,7 +47,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # so a crash mid-job redelivers it; job_id makes the second run harmless.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 4,
+        # Micro-batching holds deliveries unacknowledged while a batch fills, so a worker
+        # process needs room for a few batches in flight.
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         "task_track_started": True,

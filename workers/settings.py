@@ -49,6 +49,21 @@ class Settings(BaseSettings):
 
     # Prediction cache.
     cache_ttl_seconds: int = Field(default=3_600, gt=0)
+    cache_min_row_cost_us: float = Field(
+        default=20.0,
+        ge=0,
+        description="Use the cache only for models slower than this per row (a Redis "
+        "round trip costs a few microseconds per row; fast models skip it).",
+    )
+
+    # Micro-batching of detection messages (celery-batches).
+    batch_max_jobs: int = Field(default=64, gt=0, description="Flush after this many jobs.")
+    batch_max_wait_ms: float = Field(
+        default=2.0, gt=0, description="Flush at least this often while jobs wait."
+    )
+    prefetch_multiplier: int = Field(
+        default=64, gt=0, description="Messages each worker process may hold unacknowledged."
+    )
 
     # Training.
     onnx_parity_tolerance: float = Field(default=1e-4, gt=0)

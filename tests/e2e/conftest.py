@@ -42,6 +42,7 @@ def e2e_env(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         "PYNOMALY_HOME": str(tmp_path_factory.mktemp("home")),
         "PYNOMALY_ENVIRONMENT": "test",
         "PYNOMALY_RETRY_BACKOFF_MAX": "2",
+        "PYNOMALY_CHUNK_ROWS": "1000",  # sources above this fan out across the pool
     }
 
 

@@ -190,7 +190,10 @@ def test_bad_input_fails_the_job_with_a_message(
 def test_cache_serves_repeated_rows_and_never_another_version(
     clean_pg: str, redis_url: str, make_settings: Callable[..., Settings]
 ) -> None:
-    services = bootstrap(make_settings(database_url=clean_pg, cache_url=redis_url))
+    # cache_min_row_cost_us=0: use the cache even for this fast model
+    services = bootstrap(
+        make_settings(database_url=clean_pg, cache_url=redis_url, cache_min_row_cost_us=0)
+    )
     train(services)
     rows = rows_with_outliers()
 
@@ -221,3 +224,55 @@ def test_cached_scores_equal_computed_scores(
     assert np.array_equal(services.cache.get_many(version.content_hash, rows), computed)
     assert np.isnan(services.cache.get_many("other-hash", rows)).all()
     services.maintenance.engine.dispose()
+
+
+def test_the_cache_is_bypassed_for_a_model_cheaper_than_a_round_trip(
+    clean_pg: str, redis_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    # Given a fast model and a threshold no real model beats
+    services = bootstrap(
+        make_settings(database_url=clean_pg, cache_url=redis_url, cache_min_row_cost_us=1e9)
+    )
+    train(services)
+    rows = rows_with_outliers()
+
+    # When the same rows are scored twice
+    detect(services, job_id="a", records=rows)
+    again = detect(services, job_id="b", records=rows)
+
+    # Then nothing was cached or served from the cache
+    assert again["cache_hits"] == 0
+    assert services.cache is not None
+    assert services.cache.client.dbsize() == 0  # type: ignore[attr-defined]
+    services.maintenance.engine.dispose()
+
+
+def test_a_fanned_out_source_writes_exactly_the_anomalies_of_one_piece(
+    store_url: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    # Given a 2,500-row source, scored whole and in chunks of 300 rows
+    whole = bootstrap(make_settings(database_url=store_url))
+    chunked = dataclasses.replace(
+        whole, settings=make_settings(database_url=store_url, chunk_rows=300)
+    )
+    train(whole)
+    rows = rows_with_outliers(n=2500, outliers=(0, 299, 300, 1234, 2499), seed=9)
+    path = str(write_csv(tmp_path / "s.csv", rows, ids=True))
+
+    # When both run (the chunked one through pynomaly.detect.chunk's service)
+    a = detect(whole, job_id="whole", source=path)
+    b = detect(chunked, job_id="chunked", source=path)
+
+    # Then the same rows are anomalies with the same scores, and the summaries agree
+    def rows_of(job_id: str) -> list[tuple[int, str | None, float]]:
+        found = whole.store.list_anomalies(job_id=job_id, limit=100_000)
+        return sorted((x.record_index, x.record_id, round(x.score, 9)) for x in found)
+
+    assert rows_of("whole") == rows_of("chunked")
+    assert {k: v for k, v in a.items() if k not in ("job_id", "duration_ms")} == {
+        k: v for k, v in b.items() if k not in ("job_id", "duration_ms")
+    }
+    job = whole.store.get_job("chunked")
+    assert job is not None
+    assert job.attempts == 1
+    whole.maintenance.engine.dispose()

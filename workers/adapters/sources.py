@@ -17,11 +17,13 @@ import numpy as np
 
 from pynomaly_workers.domain.errors import InvalidSource
 from pynomaly_workers.domain.jobs import parse_timestamp
-from pynomaly_workers.domain.ports import Dataset, SourceChunk
+from pynomaly_workers.domain.ports import ChunkSpec, Dataset, SourceChunk, SourcePlan
 from pynomaly_workers.domain.records import check_finite
 
 META_COLUMNS = ("record_id", "timestamp")
 _CSV_BLOCK_BYTES = 8 << 20
+_SCAN_BYTES = 32 << 20
+_NEWLINE = 10
 
 
 class ArrowSourceReader:
@@ -70,6 +72,34 @@ class ArrowSourceReader:
             yield _chunk(batch, offset=offset, path=path)
             offset += batch.num_rows
 
+    def plan(self, path: str, *, chunk_rows: int) -> SourcePlan:
+        """Cut the file into chunks of about ``chunk_rows`` rows that workers can read
+        independently: byte ranges of a CSV, row-group ranges of a Parquet file."""
+        resolved = self.resolve(path)
+        if _format(resolved) == "parquet":
+            return _plan_parquet(resolved, chunk_rows)
+        return _plan_csv(resolved, chunk_rows)
+
+    def read_chunk(self, path: str, spec: ChunkSpec, *, columns: list[str]) -> SourceChunk:
+        """The rows of one planned chunk."""
+        import pyarrow as pa
+
+        resolved = self.resolve(path)
+        try:
+            if _format(resolved) == "parquet":
+                import pyarrow.parquet as pq
+
+                groups = list(range(spec.start, spec.stop))
+                table = pq.ParquetFile(resolved).read_row_groups(groups)
+            else:
+                table = _read_csv_range(resolved, spec, columns)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+            raise InvalidSource(f"cannot read chunk {spec.index} of {path}: {exc}") from None
+        batch = table.combine_chunks().to_batches()
+        if not batch:
+            raise InvalidSource(f"chunk {spec.index} of {path} is empty; was the file changed?")
+        return _chunk(batch[0], offset=spec.offset, path=path)
+
     def _batches(self, path: Path, *, chunk_rows: int) -> Iterator[Any]:
         import pyarrow as pa
 
@@ -82,6 +112,71 @@ class ArrowSourceReader:
                 yield from _rebatch(_csv_batches(path), chunk_rows)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
             raise InvalidSource(f"cannot read {path}: {exc}") from None
+
+
+def _plan_parquet(path: Path, chunk_rows: int) -> SourcePlan:
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(path).metadata
+    columns = [n for n in metadata.schema.names if n not in META_COLUMNS]
+    chunks: list[ChunkSpec] = []
+    start, rows, offset = 0, 0, 0
+    for group in range(metadata.num_row_groups):
+        rows += metadata.row_group(group).num_rows
+        if rows >= chunk_rows or group == metadata.num_row_groups - 1:
+            chunks.append(ChunkSpec(len(chunks), offset, rows, start, group + 1))
+            offset, rows, start = offset + rows, 0, group + 1
+    return SourcePlan(format="parquet", columns=columns, n_rows=offset, chunks=chunks)
+
+
+def _plan_csv(path: Path, chunk_rows: int) -> SourcePlan:
+    """Byte ranges of every ``chunk_rows`` lines, found by scanning for newlines in
+    fixed-size blocks (memory stays bounded whatever the file size)."""
+    header, first_row = _csv_header(path)
+    size = path.stat().st_size
+    starts = [first_row]
+    seen = 0  # data-row newlines seen so far
+    last_byte = _NEWLINE
+    with path.open("rb") as handle:
+        handle.seek(first_row)
+        position = first_row
+        while block := handle.read(_SCAN_BYTES):
+            newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == _NEWLINE)
+            # Row k (0-based) ends at newline k; chunk i starts after newline i*C - 1.
+            wanted = np.arange(chunk_rows - 1 - seen % chunk_rows, newlines.size, chunk_rows)
+            starts.extend((position + newlines[wanted] + 1).tolist())
+            seen += int(newlines.size)
+            position += len(block)
+            last_byte = block[-1]
+    n_rows = seen + (1 if size > first_row and last_byte != _NEWLINE else 0)
+    bounds = [s for s in starts if s < size] + [size]
+    chunks = [
+        ChunkSpec(i, i * chunk_rows, min(chunk_rows, n_rows - i * chunk_rows), a, b)
+        for i, (a, b) in enumerate(itertools.pairwise(bounds))
+    ]
+    return SourcePlan(format="csv", columns=header, n_rows=n_rows, chunks=chunks)
+
+
+def _csv_header(path: Path) -> tuple[list[str], int]:
+    """Column names (generated ``f0..`` when the first line is data) and where data starts."""
+    with path.open("rb") as handle:
+        first = handle.readline()
+    fields = first.decode("utf-8", errors="replace").strip().split(",")
+    if all(_is_number(field) for field in fields):
+        return [f"f{i}" for i in range(len(fields))], 0
+    return [f.strip().strip('"') for f in fields], len(first)
+
+
+def _read_csv_range(path: Path, spec: ChunkSpec, columns: list[str]) -> Any:
+    import io
+
+    import pyarrow.csv as pacsv
+
+    with path.open("rb") as handle:
+        handle.seek(spec.start)
+        data = handle.read(spec.stop - spec.start)
+    options = pacsv.ReadOptions(column_names=columns, block_size=_CSV_BLOCK_BYTES)
+    return pacsv.read_csv(io.BytesIO(data), read_options=options)
 
 
 def _format(path: Path) -> str:

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from pynomaly_workers.domain.jobs import JobStatus, JobSummary
+from pynomaly_workers.domain.jobs import JobStatus, JobSummary, TopAnomaly
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, ScoreStats
@@ -49,6 +49,48 @@ class AnomalyBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class JobResult:
+    """A scored job ready to be settled: its summary and its anomalies."""
+
+    summary: JobSummary
+    model_id: int
+    anomalies: AnomalyBatch
+    dataset_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailure:
+    """A job that failed on bad input."""
+
+    job_id: str
+    model: str
+    error: str
+    error_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    """One scored chunk of a fanned-out job."""
+
+    chunk_index: int
+    n_records: int
+    n_anomalies: int
+    cache_hits: int
+    top: list[TopAnomaly]
+    anomalies: AnomalyBatch
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkOutcome:
+    """What settling a chunk did: ``job`` is the job afterwards; ``completed`` is True
+    for the one chunk whose commit finished the job."""
+
+    job: JobRecord
+    completed: bool
+    counted: bool
+
+
+@dataclass(frozen=True, slots=True)
 class AnomalyRecord:
     """One stored anomaly."""
 
@@ -81,6 +123,7 @@ class JobRecord:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_ms: float | None = None
+    task_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +172,32 @@ class JobStore(Protocol):
         """Store the summary and mark the job ``succeeded``."""
 
     def fail_job(self, job_id: str, *, error: str, error_type: str, now: datetime) -> None:
-        """Mark the job ``failed`` with a message, unless it already succeeded."""
+        """Mark the job ``failed`` with a message and drop its anomalies, unless it
+        already succeeded: a failed job has no anomalies."""
+
+    def settle_jobs(
+        self, results: Sequence[JobResult], failures: Sequence[JobFailure], *, now: datetime
+    ) -> dict[str, JobRecord]:
+        """In one transaction, record finished small jobs (anomalies and summary) and
+        failed ones. Jobs that had already finished are left alone and returned, so the
+        caller can answer with their stored outcome."""
+
+    def start_fan_out(
+        self,
+        job_id: str,
+        *,
+        task_id: str,
+        chunks_total: int,
+        model_id: int,
+        dataset_name: str | None,
+    ) -> None:
+        """Record that a claimed (running) job is scored in ``chunks_total`` chunks and
+        that ``task_id`` waits for its outcome."""
+
+    def complete_chunk(
+        self, job_id: str, chunk: ChunkResult, *, threshold: float, top_k: int, now: datetime
+    ) -> ChunkOutcome:
+        """Write a chunk's anomalies and counts once; the last chunk completes the job."""
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job, or None."""
@@ -201,6 +269,33 @@ class SourceChunk:
     timestamps: Sequence[datetime] | None
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkSpec:
+    """Where one chunk of a source lies: rows ``offset`` .. ``offset + n_rows`` stored in
+    ``[start, stop)`` (bytes of a CSV, row groups of a Parquet file)."""
+
+    index: int
+    offset: int
+    n_rows: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePlan:
+    """A source cut into independently readable chunks."""
+
+    format: str
+    columns: list[str]
+    n_rows: int
+    chunks: list[ChunkSpec]
+
+    @property
+    def n_features(self) -> int:
+        """Columns that are features (not ``record_id`` or ``timestamp``)."""
+        return len([c for c in self.columns if c not in ("record_id", "timestamp")])
+
+
 class SourceReader(Protocol):
     """Reads CSV/Parquet files in bounded chunks."""
 
@@ -209,3 +304,9 @@ class SourceReader(Protocol):
 
     def read_chunks(self, path: str, *, chunk_rows: int) -> Iterator[SourceChunk]:
         """The file's rows, ``chunk_rows`` at a time, in order."""
+
+    def plan(self, path: str, *, chunk_rows: int) -> SourcePlan:
+        """Chunks of about ``chunk_rows`` rows that can be read independently."""
+
+    def read_chunk(self, path: str, spec: ChunkSpec, *, columns: list[str]) -> SourceChunk:
+        """The rows of one planned chunk."""

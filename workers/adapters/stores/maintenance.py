@@ -15,7 +15,15 @@ from sqlalchemy import Engine, bindparam, text
 from pynomaly_workers.adapters.stores.tables import UtcDateTime
 
 MATERIALIZED_VIEWS = ("mv_recent_anomalies", "mv_model_performance", "mv_dataset_summary")
-TABLES = ("anomalies", "detection_jobs", "models", "datasets", "metrics", "model_artifacts")
+TABLES = (
+    "anomalies",
+    "detection_chunks",
+    "detection_jobs",
+    "models",
+    "datasets",
+    "metrics",
+    "model_artifacts",
+)
 _RETENTION_BATCH = 10_000
 
 

@@ -10,18 +10,23 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from pynomaly_workers.domain.errors import ArtifactCorrupt, UnknownDataset, UnknownModel
-from pynomaly_workers.domain.jobs import JobStatus, JobSummary
+from pynomaly_workers.domain.jobs import JobStatus, JobSummary, merge_top
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import (
     AnomalyBatch,
     AnomalyRecord,
+    ChunkOutcome,
+    ChunkResult,
     Dataset,
+    JobFailure,
     JobRecord,
+    JobResult,
     ModelDraft,
 )
 
@@ -38,8 +43,10 @@ class InMemoryStore:
         # Public so tests can corrupt an artifact the way a bad disk would.
         self.artifacts: dict[str, bytes] = {}
         self.jobs: dict[str, JobRecord] = {}
-        # Columns the JobRecord does not expose (model_id and ``extra`` of complete_job).
+        # Columns the JobRecord does not expose: model_id, dataset_name, chunks_total.
         self.job_columns: dict[str, dict[str, Any]] = {}
+        # Recorded chunks of fanned-out jobs, by job_id then chunk_index.
+        self.chunks: dict[str, dict[int, ChunkResult]] = {}
         self.anomalies: dict[tuple[str, int], AnomalyRecord] = {}
         self.datasets: dict[str, Dataset] = {}
 
@@ -113,28 +120,149 @@ class InMemoryStore:
             job = self.jobs.get(summary.job_id)
             if job is None:  # like an UPDATE that matches no row
                 return
-            self.jobs[summary.job_id] = replace(
-                job,
-                status="succeeded",
-                n_records=summary.n_records,
-                n_anomalies=summary.n_anomalies,
-                cache_hits=summary.cache_hits,
-                threshold=summary.threshold,
-                summary=summary.to_dict(),
-                error=None,
-                error_type=None,
-                finished_at=now,
-                duration_ms=summary.duration_ms,
-            )
-            self.job_columns[summary.job_id] = {"model_id": model_id, **extra}
+            self.jobs[summary.job_id] = _succeeded(job, summary, now=now)
+            self.job_columns.setdefault(summary.job_id, {}).update(model_id=model_id, **extra)
 
     def fail_job(self, job_id: str, *, error: str, error_type: str, now: datetime) -> None:
         with self._lock:
-            job = self._insert_job_if_absent(job_id, model="", now=now)
-            if job.status != "succeeded":
-                self.jobs[job_id] = replace(
-                    job, status="failed", error=error[:4000], error_type=error_type, finished_at=now
+            self._insert_job_if_absent(job_id, model="", now=now)
+            self._fail(JobFailure(job_id, "", error, error_type), now=now)
+
+    def _fail(self, failure: JobFailure, *, now: datetime) -> None:
+        """Fail the job unless it succeeded; a failed job keeps no anomalies."""
+        job = self.jobs[failure.job_id]
+        if job.status == "succeeded":
+            return
+        self.jobs[failure.job_id] = replace(
+            job,
+            status="failed",
+            error=failure.error[:4000],
+            error_type=failure.error_type,
+            finished_at=now,
+        )
+        self._delete_anomalies(failure.job_id)
+
+    # -- batches of small jobs --------------------------------------------------------
+    def settle_jobs(
+        self, results: Sequence[JobResult], failures: Sequence[JobFailure], *, now: datetime
+    ) -> dict[str, JobRecord]:
+        models = {r.summary.job_id: r.summary.model for r in results}
+        models.update({f.job_id: f.model for f in failures})
+        with self._lock:
+            for job_id, model in models.items():
+                self._count_attempt(job_id, model=model[:140], now=now)
+            finished = {j: self.jobs[j] for j in models if self.jobs[j].status in _FINISHED}
+            fresh = [r for r in results if r.summary.job_id not in finished]
+            for result in fresh:
+                self._add_anomalies(result.anomalies)
+            for result in fresh:
+                self._succeed(result, now=now)
+            for failure in failures:
+                if failure.job_id not in finished:
+                    self._fail(failure, now=now)
+        return finished
+
+    def _count_attempt(self, job_id: str, *, model: str, now: datetime) -> None:
+        """A new job starts running at attempt 1; an open one counts one more attempt."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            self.jobs[job_id] = JobRecord(
+                job_id=job_id,
+                status="running",
+                model=model,
+                attempts=1,
+                created_at=now,
+                started_at=now,
+            )
+        elif job.status not in _FINISHED:
+            self.jobs[job_id] = replace(job, attempts=job.attempts + 1)
+
+    def _succeed(self, result: JobResult, *, now: datetime) -> None:
+        job_id = result.summary.job_id
+        self.jobs[job_id] = _succeeded(self.jobs[job_id], result.summary, now=now)
+        self.job_columns.setdefault(job_id, {}).update(
+            model_id=result.model_id, dataset_name=result.dataset_name
+        )
+
+    # -- fan-out ----------------------------------------------------------------------
+    def start_fan_out(
+        self,
+        job_id: str,
+        *,
+        task_id: str,
+        chunks_total: int,
+        model_id: int,
+        dataset_name: str | None,
+    ) -> None:
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None or job.status != "running":
+                return
+            self.jobs[job_id] = replace(job, task_id=task_id)
+            self.job_columns.setdefault(job_id, {}).update(
+                chunks_total=chunks_total, model_id=model_id, dataset_name=dataset_name
+            )
+
+    def complete_chunk(
+        self, job_id: str, chunk: ChunkResult, *, threshold: float, top_k: int, now: datetime
+    ) -> ChunkOutcome:
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None:  # SqlStore finds no row to lock and raises too
+                raise KeyError(f"no job {job_id!r}")
+            if job.status != "running":
+                return ChunkOutcome(job=job, completed=False, counted=False)
+            self._add_anomalies(chunk.anomalies)
+            recorded = self.chunks.setdefault(job_id, {})
+            counted = chunk.chunk_index not in recorded
+            recorded.setdefault(chunk.chunk_index, chunk)
+            total = self.job_columns.get(job_id, {}).get("chunks_total") or 0
+            completed = counted and len(recorded) >= total > 0
+            if completed:
+                job = self._finish_fan_out(
+                    job, list(recorded.values()), threshold=threshold, top_k=top_k, now=now
                 )
+            return ChunkOutcome(job=job, completed=completed, counted=counted)
+
+    def _finish_fan_out(
+        self,
+        job: JobRecord,
+        chunks: list[ChunkResult],
+        *,
+        threshold: float,
+        top_k: int,
+        now: datetime,
+    ) -> JobRecord:
+        model_id = self.job_columns.get(job.job_id, {}).get("model_id")
+        model = self.models.get(model_id) if model_id is not None else None
+        n_records = sum(c.n_records for c in chunks)
+        n_anomalies = sum(c.n_anomalies for c in chunks)
+        cache_hits = sum(c.cache_hits for c in chunks)
+        duration_ms = (now - (job.started_at or now)).total_seconds() * 1000.0
+        summary = JobSummary(
+            job_id=job.job_id,
+            model=model.name if model else (job.model or ""),
+            model_version=model.version if model else 0,
+            n_records=n_records,
+            n_anomalies=n_anomalies,
+            threshold=threshold,
+            cache_hits=cache_hits,
+            duration_ms=duration_ms,
+            top_anomalies=merge_top([c.top for c in chunks], k=top_k),
+        )
+        finished = replace(
+            job,
+            status="succeeded",
+            n_records=n_records,
+            n_anomalies=n_anomalies,
+            cache_hits=cache_hits,
+            threshold=threshold,
+            summary=summary.to_dict(),
+            finished_at=now,
+            duration_ms=duration_ms,
+        )
+        self.jobs[job.job_id] = finished
+        return finished
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -148,6 +276,10 @@ class InMemoryStore:
 
     # -- anomalies --------------------------------------------------------------------
     def add_anomalies(self, batch: AnomalyBatch) -> int:
+        with self._lock:
+            return self._add_anomalies(batch)
+
+    def _add_anomalies(self, batch: AnomalyBatch) -> int:
         rows = zip(
             batch.record_index.tolist(),
             batch.record_id,
@@ -157,22 +289,21 @@ class InMemoryStore:
             strict=True,
         )
         added = 0
-        with self._lock:
-            for index, record_id, timestamp, score, severity in rows:
-                key = (batch.job_id, int(index))
-                if key in self.anomalies:
-                    continue
-                self.anomalies[key] = AnomalyRecord(
-                    job_id=batch.job_id,
-                    record_index=int(index),
-                    model_id=batch.model_id,
-                    record_id=record_id,
-                    timestamp=timestamp,
-                    score=float(score),
-                    severity=float(severity),
-                    status="active",
-                )
-                added += 1
+        for index, record_id, timestamp, score, severity in rows:
+            key = (batch.job_id, int(index))
+            if key in self.anomalies:
+                continue
+            self.anomalies[key] = AnomalyRecord(
+                job_id=batch.job_id,
+                record_index=int(index),
+                model_id=batch.model_id,
+                record_id=record_id,
+                timestamp=timestamp,
+                score=float(score),
+                severity=float(severity),
+                status="active",
+            )
+            added += 1
         return added
 
     def list_anomalies(
@@ -198,10 +329,13 @@ class InMemoryStore:
     def delete_job_anomalies(self, job_id: str) -> int:
         """Remove a job's anomalies (as ``SqlStore.delete_job_anomalies``)."""
         with self._lock:
-            keys = [key for key in self.anomalies if key[0] == job_id]
-            for key in keys:
-                del self.anomalies[key]
-            return len(keys)
+            return self._delete_anomalies(job_id)
+
+    def _delete_anomalies(self, job_id: str) -> int:
+        keys = [key for key in self.anomalies if key[0] == job_id]
+        for key in keys:
+            del self.anomalies[key]
+        return len(keys)
 
     # -- datasets ---------------------------------------------------------------------
     def register_dataset(self, dataset: Dataset, *, now: datetime) -> Dataset:
@@ -228,6 +362,23 @@ class InMemoryStore:
 
 def _sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
+
+
+def _succeeded(job: JobRecord, summary: JobSummary, *, now: datetime) -> JobRecord:
+    """The job marked ``succeeded`` with the summary, any earlier error cleared."""
+    return replace(
+        job,
+        status="succeeded",
+        n_records=summary.n_records,
+        n_anomalies=summary.n_anomalies,
+        cache_hits=summary.cache_hits,
+        threshold=summary.threshold,
+        summary=summary.to_dict(),
+        error=None,
+        error_type=None,
+        finished_at=now,
+        duration_ms=summary.duration_ms,
+    )
 
 
 def _when(moment: datetime | None) -> float:

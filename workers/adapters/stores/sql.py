@@ -3,29 +3,36 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from pynomaly_workers.adapters.stores.bulk import insert_anomalies
 from pynomaly_workers.adapters.stores.tables import (
     AnomalyRow,
     DatasetRow,
+    DetectionChunkRow,
     DetectionJobRow,
     ModelArtifactRow,
     ModelRow,
 )
 from pynomaly_workers.domain.errors import ArtifactCorrupt, UnknownDataset, UnknownModel
-from pynomaly_workers.domain.jobs import JobStatus, JobSummary
+from pynomaly_workers.domain.jobs import JobStatus, JobSummary, TopAnomaly, merge_top
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import (
     AnomalyBatch,
     AnomalyRecord,
+    ChunkOutcome,
+    ChunkResult,
     Dataset,
+    JobFailure,
     JobRecord,
+    JobResult,
     ModelDraft,
 )
 from pynomaly_workers.domain.scoring import ScoreStats
@@ -193,11 +200,204 @@ class SqlStore:
     def fail_job(self, job_id: str, *, error: str, error_type: str, now: datetime) -> None:
         self._insert_job_if_absent(job_id, model="", status="queued", now=now)
         with self.engine.begin() as conn:
+            self._fail(conn, JobFailure(job_id, "", error, error_type), now=now)
+
+    def _fail(self, conn: Connection, failure: JobFailure, *, now: datetime) -> None:
+        failed = conn.execute(
+            update(DetectionJobRow)
+            .where(DetectionJobRow.job_id == failure.job_id, DetectionJobRow.status != "succeeded")
+            .values(
+                status="failed",
+                error=failure.error[:4000],
+                error_type=failure.error_type,
+                finished_at=now,
+            )
+        ).rowcount
+        if failed:
+            conn.execute(delete(AnomalyRow).where(AnomalyRow.job_id == failure.job_id))
+
+    # -- batches of small jobs --------------------------------------------------------
+    def settle_jobs(
+        self, results: Sequence[JobResult], failures: Sequence[JobFailure], *, now: datetime
+    ) -> dict[str, JobRecord]:
+        job_ids = [r.summary.job_id for r in results] + [f.job_id for f in failures]
+        if not job_ids:
+            return {}
+        models = {r.summary.job_id: r.summary.model for r in results}
+        models.update({f.job_id: f.model for f in failures})
+        with self.engine.begin() as conn:
+            self._insert_jobs(conn, models, now=now)
+            finished = self._lock_finished(conn, job_ids)
+            fresh = [r for r in results if r.summary.job_id not in finished]
+            insert_anomalies(conn, [r.anomalies for r in fresh])
+            for result in fresh:
+                self._succeed(conn, result, now=now)
+            for failure in failures:
+                if failure.job_id not in finished:
+                    self._fail(conn, failure, now=now)
+        return {job_id: job for job_id, job in finished.items()}
+
+    def _insert_jobs(self, conn: Connection, models: dict[str, str], *, now: datetime) -> None:
+        rows = [
+            {
+                "job_id": job_id,
+                "status": "running",
+                "model_name": model[:140],
+                "created_at": now,
+                "started_at": now,
+                "attempts": 1,
+            }
+            # In job_id order, like _lock_finished: two workers settling overlapping
+            # batches in different orders would otherwise deadlock on the row locks.
+            for job_id, model in sorted(models.items())
+        ]
+        insert = self._insert(DetectionJobRow)
+        # An OR, not IN: an expanding IN parameter cannot be used with executemany().
+        is_open = or_(*(DetectionJobRow.status == status for status in _OPEN_STATUSES))
+        statement = insert.on_conflict_do_update(
+            index_elements=["job_id"],
+            set_={"attempts": DetectionJobRow.attempts + 1},
+            where=is_open,
+        )
+        conn.execute(statement, rows)
+
+    def _lock_finished(self, conn: Connection, job_ids: list[str]) -> dict[str, JobRecord]:
+        """Lock the batch's job rows (in a stable order) and return the finished ones."""
+        query = (
+            select(DetectionJobRow)
+            .where(DetectionJobRow.job_id.in_(job_ids))
+            .order_by(DetectionJobRow.job_id)
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update()
+        with Session(bind=conn) as session:
+            rows = session.scalars(query).all()
+            return {
+                row.job_id: _job_record(row)
+                for row in rows
+                if row.status in ("succeeded", "failed")
+            }
+
+    def _succeed(self, conn: Connection, result: JobResult, *, now: datetime) -> None:
+        summary = result.summary
+        conn.execute(
+            update(DetectionJobRow)
+            .where(DetectionJobRow.job_id == summary.job_id)
+            .values(
+                status="succeeded",
+                model_id=result.model_id,
+                dataset_name=result.dataset_name,
+                n_records=summary.n_records,
+                n_anomalies=summary.n_anomalies,
+                cache_hits=summary.cache_hits,
+                threshold=summary.threshold,
+                summary=summary.to_dict(),
+                error=None,
+                error_type=None,
+                finished_at=now,
+                duration_ms=summary.duration_ms,
+            )
+        )
+
+    # -- fan-out ----------------------------------------------------------------------
+    def start_fan_out(
+        self,
+        job_id: str,
+        *,
+        task_id: str,
+        chunks_total: int,
+        model_id: int,
+        dataset_name: str | None,
+    ) -> None:
+        with self.engine.begin() as conn:
             conn.execute(
                 update(DetectionJobRow)
-                .where(DetectionJobRow.job_id == job_id, DetectionJobRow.status != "succeeded")
-                .values(status="failed", error=error[:4000], error_type=error_type, finished_at=now)
+                .where(DetectionJobRow.job_id == job_id, DetectionJobRow.status == "running")
+                .values(
+                    chunks_total=chunks_total,
+                    task_id=task_id,
+                    model_id=model_id,
+                    dataset_name=dataset_name,
+                )
             )
+
+    def complete_chunk(
+        self, job_id: str, chunk: ChunkResult, *, threshold: float, top_k: int, now: datetime
+    ) -> ChunkOutcome:
+        with Session(self.engine) as session, session.begin():
+            job = session.scalars(
+                select(DetectionJobRow).where(DetectionJobRow.job_id == job_id).with_for_update()
+            ).one()
+            if job.status != "running":
+                return ChunkOutcome(job=_job_record(job), completed=False, counted=False)
+            conn = session.connection()
+            insert_anomalies(conn, [chunk.anomalies])
+            counted = self._record_chunk(conn, job_id, chunk, now=now)
+            totals = list(
+                session.scalars(select(DetectionChunkRow).where(DetectionChunkRow.job_id == job_id))
+            )
+            done = len(totals) >= (job.chunks_total or 0) > 0
+            if counted and done:
+                self._finish_fan_out(
+                    session, job, totals, threshold=threshold, top_k=top_k, now=now
+                )
+            return ChunkOutcome(job=_job_record(job), completed=counted and done, counted=counted)
+
+    def _record_chunk(
+        self, conn: Connection, job_id: str, chunk: ChunkResult, *, now: datetime
+    ) -> bool:
+        row = {
+            "job_id": job_id,
+            "chunk_index": chunk.chunk_index,
+            "n_records": chunk.n_records,
+            "n_anomalies": chunk.n_anomalies,
+            "cache_hits": chunk.cache_hits,
+            "top": {"top": [_top_dict(t) for t in chunk.top]},
+            "created_at": now,
+        }
+        # RETURNING, not rowcount: psycopg reports -1 for an INSERT once SQLAlchemy has
+        # closed the cursor, which would count every redelivered chunk again.
+        statement = (
+            self._insert(DetectionChunkRow)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=["job_id", "chunk_index"])
+            .returning(DetectionChunkRow.chunk_index)
+        )
+        return conn.execute(statement).first() is not None
+
+    def _finish_fan_out(
+        self,
+        session: Session,
+        job: DetectionJobRow,
+        chunks: list[DetectionChunkRow],
+        *,
+        threshold: float,
+        top_k: int,
+        now: datetime,
+    ) -> None:
+        model = session.get(ModelRow, job.model_id) if job.model_id is not None else None
+        tops = [[_top_from_dict(t) for t in c.top["top"]] for c in chunks]
+        started = job.started_at or now
+        summary = JobSummary(
+            job_id=job.job_id,
+            model=model.name if model else (job.model_name or ""),
+            model_version=model.version if model else 0,
+            n_records=sum(c.n_records for c in chunks),
+            n_anomalies=sum(c.n_anomalies for c in chunks),
+            threshold=threshold,
+            cache_hits=sum(c.cache_hits for c in chunks),
+            duration_ms=(now - started).total_seconds() * 1000.0,
+            top_anomalies=merge_top(tops, k=top_k),
+        )
+        job.status = "succeeded"
+        job.n_records = summary.n_records
+        job.n_anomalies = summary.n_anomalies
+        job.cache_hits = summary.cache_hits
+        job.threshold = threshold
+        job.summary = summary.to_dict()
+        job.finished_at = now
+        job.duration_ms = summary.duration_ms
+        session.flush()
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with Session(self.engine) as session:
@@ -215,35 +415,8 @@ class SqlStore:
 
     # -- anomalies --------------------------------------------------------------------
     def add_anomalies(self, batch: AnomalyBatch) -> int:
-        if len(batch) == 0:
-            return 0
-        rows = [
-            {
-                "job_id": batch.job_id,
-                "record_index": int(index),
-                "model_id": batch.model_id,
-                "record_id": record_id,
-                "timestamp": timestamp,
-                "score": float(score),
-                "severity": float(severity),
-                "status": "active",
-            }
-            for index, record_id, timestamp, score, severity in zip(
-                batch.record_index.tolist(),
-                batch.record_id,
-                batch.timestamp,
-                batch.score.tolist(),
-                batch.severity.tolist(),
-                strict=True,
-            )
-        ]
-        statement = (
-            self._insert(AnomalyRow)
-            .on_conflict_do_nothing(index_elements=["job_id", "record_index"])
-            .returning(AnomalyRow.id)
-        )
         with self.engine.begin() as conn:
-            return len(conn.execute(statement, rows).all())
+            return insert_anomalies(conn, [batch])
 
     def list_anomalies(
         self,
@@ -321,6 +494,24 @@ def sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
+def _top_dict(top: TopAnomaly) -> dict[str, Any]:
+    return {
+        "record_index": top.record_index,
+        "record_id": top.record_id,
+        "score": top.score,
+        "severity": top.severity,
+    }
+
+
+def _top_from_dict(data: dict[str, Any]) -> TopAnomaly:
+    return TopAnomaly(
+        record_index=int(data["record_index"]),
+        record_id=data["record_id"],
+        score=float(data["score"]),
+        severity=float(data["severity"]),
+    )
+
+
 def _unknown_model_message(session: Session, ref: ModelRef) -> str:
     versions = session.scalars(
         select(ModelRow.version).where(ModelRow.name == ref.name).order_by(ModelRow.version)
@@ -372,6 +563,7 @@ def _job_record(row: DetectionJobRow) -> JobRecord:
         started_at=row.started_at,
         finished_at=row.finished_at,
         duration_ms=row.duration_ms,
+        task_id=row.task_id,
     )
 
 

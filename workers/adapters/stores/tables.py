@@ -147,6 +147,9 @@ class DetectionJobRow(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     duration_ms: Mapped[float | None] = mapped_column(Float)
+    # Fan-out jobs: how many chunks, and the Celery task whose result the last one sets.
+    chunks_total: Mapped[int | None] = mapped_column(Integer)
+    task_id: Mapped[str | None] = mapped_column(String(155))
 
     __table_args__ = (
         CheckConstraint(
@@ -156,6 +159,20 @@ class DetectionJobRow(Base):
         Index("idx_detection_jobs_status", "status", text("created_at DESC")),
         Index("idx_detection_jobs_model", "model_id", text("created_at DESC")),
     )
+
+
+class DetectionChunkRow(Base):
+    """One finished chunk of a fanned-out job: its counts and its top anomalies. The
+    primary key makes a redelivered chunk count once."""
+
+    __tablename__ = "detection_chunks"
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n_records: Mapped[int] = mapped_column(BigInteger)
+    n_anomalies: Mapped[int] = mapped_column(BigInteger)
+    cache_hits: Mapped[int] = mapped_column(BigInteger)
+    top: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
 
 
 class AnomalyRow(Base):

@@ -17,6 +17,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
+from pynomaly_workers import metrics
 from pynomaly_workers.bootstrap import get_services
 from pynomaly_workers.celery_app import app
 from pynomaly_workers.services.detection import (
@@ -77,8 +78,10 @@ def detect(self: Task, requests: Sequence[SimpleRequest]) -> int:  # type: ignor
     """Public contract (ARCHITECTURE.md): keyword arguments only; the job_id defaults to
     the task id. Each request's result is stored under its own task id."""
     messages = [DetectMessage(str(r.id), r.kwargs or {}, tuple(r.args or ())) for r in requests]
+    metrics.BATCH_JOBS.observe(len(messages))
     try:
-        outcomes = detect_batch(get_services(), messages)
+        with metrics.BATCH_SECONDS.time():
+            outcomes = detect_batch(get_services(), messages)
     except TRANSIENT_ERRORS as exc:
         _retry_later(self.app, requests, exc)
         return 0
@@ -95,7 +98,8 @@ def detect(self: Task, requests: Sequence[SimpleRequest]) -> int:  # type: ignor
 @app.task(name=CHUNK_TASK, **retry_options())
 def detect_chunk(self: Task, **kwargs: Any) -> dict[str, Any]:  # type: ignore[type-arg]
     """One chunk of a fanned-out job (internal; published by ``pynomaly.detect``)."""
-    done = run_chunk(get_services(), kwargs)
+    with metrics.CHUNK_SECONDS.time():
+        done = run_chunk(get_services(), kwargs)
     if done.final is not None and done.task_id is not None:
         publish_outcome(self.app, done.task_id, done.final, request=None)
     return {"job_id": done.job.job_id, "status": done.job.status}
@@ -106,6 +110,7 @@ def publish_outcome(
 ) -> None:
     """Store a job's outcome as its task's result; publish a fanned-out job's chunks."""
     backend = celery_app.backend
+    _count(outcome)
     if isinstance(outcome, Succeeded):
         backend.mark_as_done(task_id, outcome.summary, request=request)
     elif isinstance(outcome, Failed):
@@ -113,6 +118,18 @@ def publish_outcome(
     elif isinstance(outcome, FannedOut):
         for chunk in outcome.chunks:
             celery_app.send_task(CHUNK_TASK, kwargs=chunk, queue="detection")
+
+
+def _count(outcome: Outcome) -> None:
+    if isinstance(outcome, Succeeded):
+        metrics.JOBS.labels(outcome="succeeded").inc()
+        metrics.RECORDS.inc(outcome.summary["n_records"])
+        metrics.ANOMALIES.inc(outcome.summary["n_anomalies"])
+        metrics.CACHE_HITS.inc(outcome.summary["cache_hits"])
+    elif isinstance(outcome, Failed):
+        metrics.JOBS.labels(outcome="failed").inc()
+    else:
+        metrics.JOBS.labels(outcome="fanned_out").inc()
 
 
 def _retry_later(celery_app: Celery, requests: Sequence[SimpleRequest], exc: BaseException) -> None:
@@ -128,6 +145,7 @@ def _retry_later(celery_app: Celery, requests: Sequence[SimpleRequest], exc: Bas
             factor=1, retries=retries, maximum=settings.retry_backoff_max, full_jitter=True
         )
         log.warning("job %s: %s; retry %d in %ss", request.id, exc, retries + 1, countdown)
+        metrics.RETRIES.inc()
         celery_app.send_task(
             DETECT_TASK,
             kwargs=request.kwargs,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Exchange, Queue
 
 from pynomaly_workers.settings import Settings, get_settings
@@ -108,3 +109,10 @@ def _reset_after_fork(**_: Any) -> None:
     from pynomaly_workers.bootstrap import reset_services
 
     reset_services()
+
+
+@worker_process_shutdown.connect
+def _forget_process_metrics(pid: int | None = None, **_: Any) -> None:
+    from pynomaly_workers.metrics import process_exited
+
+    process_exited(pid or os.getpid())

@@ -6,6 +6,7 @@ Output is for people by default; ``--json`` prints one JSON document for machine
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -103,10 +104,13 @@ def main() -> None:
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--pool", default=None, help="Celery pool (prefork, solo, threads).")
 def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str | None) -> None:
-    """Run a worker consuming the detection, training and maintenance queues."""
+    """Run a worker consuming the detection, training and maintenance queues, with
+    Prometheus metrics at /metrics on PYNOMALY_METRICS_PORT (0 turns them off)."""
+    settings = _settings()
+    if settings.metrics_port:
+        _prepare_metrics_folder(settings.home / "metrics" / str(os.getpid()))
     from pynomaly_workers.celery_app import QUEUES, app
 
-    settings = _settings()
     chosen = queues or ",".join(QUEUES)
     unknown = set(chosen.split(",")) - set(QUEUES)
     if unknown:
@@ -116,7 +120,28 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
         argv.append(f"--concurrency={concurrency or settings.worker_concurrency}")
     if pool:
         argv.append(f"--pool={pool}")
+    if settings.metrics_port:
+        from pynomaly_workers.metrics import serve
+
+        try:
+            serve(settings.metrics_port)
+        except OSError as exc:
+            fail(
+                f"cannot serve metrics on port {settings.metrics_port} ({exc}); set "
+                "PYNOMALY_METRICS_PORT to a free port, or 0 to turn metrics off"
+            )
     app.worker_main(argv)
+
+
+def _prepare_metrics_folder(folder: Path) -> None:
+    """A fresh folder for prometheus-client's multiprocess files. It must be in the
+    environment before prometheus_client is first imported (it reads it at import)."""
+    import shutil
+
+    assert "prometheus_client" not in sys.modules, "metrics folder set too late"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
 
 
 @main.command()

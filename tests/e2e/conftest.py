@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,13 @@ from pynomaly_workers.settings import Settings
 from tests.conftest import REDIS_URL, _require_redis
 
 BROKER_DB, RESULTS_DB, CACHE_DB = 12, 13, 14
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def redis_db(db: int) -> str:
@@ -43,6 +51,7 @@ def e2e_env(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         "PYNOMALY_ENVIRONMENT": "test",
         "PYNOMALY_RETRY_BACKOFF_MAX": "2",
         "PYNOMALY_CHUNK_ROWS": "1000",  # sources above this fan out across the pool
+        "PYNOMALY_METRICS_PORT": str(free_port()),
     }
 
 

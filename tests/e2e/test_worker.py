@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -116,3 +117,26 @@ def test_unknown_model_fails_with_advice(
     assert job.status == "failed"
     assert job.error_type == "unknown_model"
     assert "train one with pynomaly.train" in (job.error or "")
+
+
+def test_the_worker_serves_prometheus_metrics_summed_over_its_processes(
+    trained: dict[str, Any], e2e_app: Celery, e2e_services: Services, e2e_env: dict[str, str]
+) -> None:
+    # Given a job that finished on one of the pool processes
+    submit_detection(model="e2e", records=rows_with_outliers(), job_id="e2e-metrics", app=e2e_app)
+    wait_job(e2e_services, "e2e-metrics")
+    url = f"http://127.0.0.1:{e2e_env['PYNOMALY_METRICS_PORT']}/metrics"
+
+    # When Prometheus scrapes the worker's main process
+    body = ""
+    for _ in range(50):
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = response.read().decode()
+        if 'pynomaly_jobs_total{outcome="succeeded"}' in body:
+            break
+        time.sleep(0.1)
+
+    # Then the children's counters are there
+    assert 'pynomaly_jobs_total{outcome="succeeded"}' in body
+    assert "pynomaly_records_scored_total" in body
+    assert "pynomaly_batch_jobs_bucket" in body

@@ -146,7 +146,8 @@ def run_demo(
     services = get_services()
     app = client_app(settings)
     say(f"starting a worker (log: {paths['log']})")
-    worker = WorkerProcess(log_path=paths["log"])
+    # The demo needs no metrics endpoint, and must not collide with a worker serving one.
+    worker = WorkerProcess(log_path=paths["log"], env={"PYNOMALY_METRICS_PORT": "0"})
     try:
         report = check_health(services, queues=["detection", "training"], timeout=timeout)
         if not report["ok"]:

@@ -26,8 +26,12 @@ from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import (
     AnomalyBatch,
     AnomalyRecord,
+    ChunkOutcome,
+    ChunkResult,
     Dataset,
+    JobFailure,
     JobRecord,
+    JobResult,
     ModelDraft,
     Store,
 )
@@ -552,6 +556,517 @@ def test_model_filter_spans_every_version_of_the_name(store: Store) -> None:
     store.add_anomalies(batch(v2.id, [0], job_id="job-2"))
 
     assert {a.model_id for a in store.list_anomalies(model="m")} == {v1.id, v2.id}
+
+
+def test_fail_drops_the_jobs_anomalies(store: Store) -> None:
+    # Given a running job that already wrote anomalies, and another job's anomalies
+    version = store.register_model(draft(), now=T0)
+    store.claim_job("job-1", model="m", now=T0)
+    store.add_anomalies(batch(version.id, [0, 1, 2]))
+    store.add_anomalies(batch(version.id, [0, 1], job_id="job-2"))
+
+    # When the job fails
+    store.fail_job("job-1", error="bad chunk", error_type="InvalidRecords", now=T0)
+
+    # Then a failed job has no anomalies, and the other job keeps its own
+    assert stored_job(store).status == "failed"
+    assert anomaly_indices(store, "job-1") == []
+    assert anomaly_indices(store, "job-2") == [0, 1]
+
+
+def test_a_stale_failure_keeps_the_anomalies_of_a_succeeded_job(store: Store) -> None:
+    # Given a succeeded job with anomalies
+    finish_job(store, "succeeded")
+    store.add_anomalies(batch(store.list_models()[0].id, [0, 1]))
+
+    # When a stale failure arrives
+    store.fail_job("job-1", error="late", error_type="Timeout", now=T0 + timedelta(hours=1))
+
+    # Then its anomalies stay
+    assert anomaly_indices(store, "job-1") == [0, 1]
+
+
+# -- settling batches of small jobs -----------------------------------------------------
+def test_settle_writes_the_anomalies_and_summaries_of_many_jobs(store: Store) -> None:
+    # Given scored results of five jobs never seen before
+    version = store.register_model(draft(), now=T0)
+    results = [job_result(version.id, f"job-{i}", list(range(i, 3 * i + 1))) for i in range(5)]
+
+    # When they are settled in one call
+    replays = store.settle_jobs(results, [], now=T0 + timedelta(seconds=1))
+
+    # Then none was a replay, and every job holds its summary and exactly its anomalies
+    assert replays == {}
+    for i, result in enumerate(results):
+        job = stored_job(store, f"job-{i}")
+        assert (job.status, job.model, job.attempts) == ("succeeded", "m", 1)
+        assert job.summary == result.summary.to_dict()
+        assert (job.n_records, job.n_anomalies, job.cache_hits) == (100, 2 * i + 1, 7)
+        assert (job.threshold, job.duration_ms, job.error) == (0.9, 12.5, None)
+        assert utc(job.created_at) == utc(job.started_at) == utc(job.finished_at)
+        assert anomaly_indices(store, f"job-{i}") == list(range(i, 3 * i + 1))
+
+
+def test_settling_nothing_does_nothing(store: Store) -> None:
+    assert store.settle_jobs([], [], now=T0) == {}
+    assert store.list_jobs() == []
+
+
+def test_resettling_returns_the_stored_jobs_and_writes_nothing(store: Store) -> None:
+    # Given a batch of one success and one failure, settled
+    version = store.register_model(draft(), now=T0)
+    store.settle_jobs([job_result(version.id, "job-1", [0, 1])], [failure("job-2")], now=T0)
+    before = [normalized(stored_job(store, j)) for j in ("job-1", "job-2")]
+
+    # When the same jobs are settled again with different outcomes (a redelivered batch)
+    replays = store.settle_jobs(
+        [job_result(version.id, "job-2", [5, 6], n_records=999)],
+        [failure("job-1", "late failure")],
+        now=T0 + timedelta(hours=1),
+    )
+
+    # Then both come back as stored, nothing changed, and no anomaly was written
+    assert {j: normalized(r) for j, r in replays.items()} == {
+        "job-1": before[0],
+        "job-2": before[1],
+    }
+    assert [normalized(stored_job(store, j)) for j in ("job-1", "job-2")] == before
+    assert anomaly_indices(store, "job-1") == [0, 1]
+    assert anomaly_indices(store, "job-2") == []
+
+
+def test_a_failure_in_the_batch_leaves_the_others_alone(store: Store) -> None:
+    # Given a batch of two successes and one failure whose job had written anomalies
+    version = store.register_model(draft(), now=T0)
+    store.claim_job("job-3", model="m", now=T0)
+    store.add_anomalies(batch(version.id, [7], job_id="job-3"))
+    results = [job_result(version.id, "job-1", [0]), job_result(version.id, "job-2", [1, 2])]
+
+    # When the batch is settled
+    replays = store.settle_jobs(results, [failure("job-3", "x" * 5000)], now=T0)
+
+    # Then the failure is recorded without anomalies, and the successes are untouched by it
+    assert replays == {}
+    failed = stored_job(store, "job-3")
+    assert (failed.status, failed.error, failed.error_type) == (
+        "failed",
+        "x" * 4000,
+        "invalid_records",
+    )
+    assert (failed.summary, anomaly_indices(store, "job-3")) == (None, [])
+    assert [stored_job(store, j).status for j in ("job-1", "job-2")] == ["succeeded"] * 2
+    assert anomaly_indices(store, "job-1") == [0]
+    assert anomaly_indices(store, "job-2") == [1, 2]
+
+
+def test_a_job_failed_earlier_is_returned_and_gets_no_anomalies(store: Store) -> None:
+    # Given a job failed by an earlier attempt
+    version = store.register_model(draft(), now=T0)
+    store.fail_job("job-1", error="bad input", error_type="InvalidRecords", now=T0)
+
+    # When a batch with a result for it is settled
+    replays = store.settle_jobs([job_result(version.id, "job-1", [0, 1])], [], now=T0)
+
+    # Then the failure is what the batch learns, and no anomaly is written
+    assert list(replays) == ["job-1"]
+    assert (replays["job-1"].status, replays["job-1"].error) == ("failed", "bad input")
+    assert anomaly_indices(store, "job-1") == []
+
+
+@pytest.mark.parametrize(
+    ("enqueued", "claims", "attempts"),
+    [
+        pytest.param(False, 0, 1, id="never-seen"),
+        pytest.param(True, 0, 1, id="enqueued"),
+        pytest.param(True, 1, 2, id="claimed"),
+        pytest.param(False, 2, 3, id="claimed-twice"),
+    ],
+)
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+def test_settling_counts_the_attempt(
+    store: Store, enqueued: bool, claims: int, attempts: int, outcome: str
+) -> None:
+    # Given a job in some open state
+    version = store.register_model(draft(), now=T0)
+    if enqueued:
+        store.enqueue_job("job-1", model="m", now=T0)
+    for _ in range(claims):
+        store.claim_job("job-1", model="m", now=T0)
+
+    # When it is settled
+    results = [job_result(version.id, "job-1", [0])] if outcome == "succeeded" else []
+    failures = [failure("job-1")] if outcome == "failed" else []
+    store.settle_jobs(results, failures, now=T0 + timedelta(seconds=1))
+
+    # Then this settling counts as one more attempt
+    job = stored_job(store)
+    assert (job.status, job.attempts) == (outcome, attempts)
+
+
+def test_concurrent_overlapping_batches_settle_every_job_once(store: Store) -> None:
+    # Given the same forty jobs batched by eight workers at once, in four different orders
+    version = store.register_model(draft(), now=T0)
+    results = [job_result(version.id, f"job-{i:02d}", [i, i + 1]) for i in range(40)]
+    orders = [results, results[::-1], results[1::2] + results[::2], results[::2] + results[1::2]]
+    replayed: list[set[str]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8, timeout=30)
+
+    def settle(worker: int) -> None:
+        try:
+            barrier.wait()
+            replayed.append(set(store.settle_jobs(orders[worker % 4], [], now=T0)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    run_in_threads(settle, 8)
+
+    # Then no worker failed (no deadlock), each job succeeded once, and the other seven
+    # workers got it back as already finished
+    assert errors == []
+    jobs = [stored_job(store, r.summary.job_id) for r in results]
+    assert {(j.status, j.attempts) for j in jobs} == {("succeeded", 1)}
+    assert sum(len(r) for r in replayed) == 7 * 40
+    assert len(store.list_anomalies(limit=1000)) == 80
+
+
+# -- fan-out ----------------------------------------------------------------------------
+def test_start_fan_out_records_the_waiting_task(store: Store) -> None:
+    # Given a claimed job
+    version = store.register_model(draft(), now=T0)
+    store.claim_job("job-1", model="m", now=T0)
+
+    # When it is fanned out
+    store.start_fan_out(
+        "job-1", task_id="task-1", chunks_total=3, model_id=version.id, dataset_name="ds"
+    )
+
+    # Then the job names the task waiting for its outcome, and stays running
+    job = stored_job(store)
+    assert (job.status, job.task_id) == ("running", "task-1")
+
+
+@pytest.mark.parametrize("state", ["queued", "succeeded", "failed"])
+def test_start_fan_out_of_a_job_not_running_does_nothing(store: Store, state: str) -> None:
+    # Given a job that is not running
+    if state == "queued":
+        store.enqueue_job("job-1", model="m", now=T0)
+    else:
+        finish_job(store, state)
+    before = normalized(stored_job(store))
+
+    # When it is fanned out
+    store.start_fan_out("job-1", task_id="task-1", chunks_total=3, model_id=1, dataset_name=None)
+
+    # Then nothing changes
+    assert normalized(stored_job(store)) == before
+
+
+def test_a_redelivered_chunk_counts_once(store: Store) -> None:
+    # Given a job fanned out in three chunks
+    version = fan_out(store, chunks_total=3)
+
+    # When the same chunk is delivered twice
+    first = store.complete_chunk("job-1", chunk(version.id, 0), threshold=0.9, top_k=5, now=T0)
+    second = store.complete_chunk("job-1", chunk(version.id, 0), threshold=0.9, top_k=5, now=T0)
+
+    # Then it counts once, its anomalies are stored once, and the job still runs
+    assert (first.counted, first.completed) == (True, False)
+    assert (second.counted, second.completed) == (False, False)
+    assert second.job.status == stored_job(store).status == "running"
+    assert anomaly_indices(store, "job-1") == [1, 4]
+
+
+@pytest.mark.parametrize(
+    ("order", "completing_call"),
+    [
+        pytest.param([0, 1, 2], 2, id="in-order"),
+        pytest.param([2, 0, 1], 2, id="out-of-order"),
+        pytest.param([1, 1, 2, 1, 0], 4, id="same-chunk-again-and-again"),
+        pytest.param([2, 0, 2, 1, 0, 1], 3, id="redelivered-after-completion"),
+    ],
+)
+def test_the_last_chunk_completes_the_job_once_with_the_aggregate(
+    store: Store, order: list[int], completing_call: int
+) -> None:
+    # Given a job claimed at T0 and fanned out in three chunks
+    version = fan_out(store, chunks_total=3)
+
+    # When the chunks arrive in the given order, one second apart
+    outcomes = [
+        store.complete_chunk(
+            "job-1",
+            chunk(version.id, index),
+            threshold=0.9,
+            top_k=4,
+            now=T0 + timedelta(seconds=call + 1),
+        )
+        for call, index in enumerate(order)
+    ]
+
+    # Then each chunk counts on its first arrival, only the one that completes the job
+    # says so, and the job holds the aggregate of the three chunks
+    first_arrivals = [order.index(i) == call for call, i in enumerate(order)]
+    assert [o.counted for o in outcomes] == first_arrivals
+    assert [o.completed for o in outcomes] == [
+        call == completing_call for call in range(len(order))
+    ]
+    finished_at = T0 + timedelta(seconds=completing_call + 1)
+    expected = fan_out_summary(duration_ms=(completing_call + 1) * 1000.0)
+    job = stored_job(store)
+    assert normalized(outcomes[completing_call].job) == normalized(job)
+    assert (job.status, job.task_id, utc(job.finished_at)) == ("succeeded", "task-1", finished_at)
+    assert (job.n_records, job.n_anomalies, job.cache_hits, job.threshold) == (30, 6, 3, 0.9)
+    assert job.duration_ms == pytest.approx(expected.duration_ms)
+    assert job.summary == expected.to_dict()
+    assert anomaly_indices(store, "job-1") == [1, 4, 11, 14, 21, 24]
+
+
+def test_a_chunk_after_completion_writes_nothing(store: Store) -> None:
+    # Given a fanned-out job whose two chunks completed it
+    version = fan_out(store, chunks_total=2)
+    for index in (0, 1):
+        store.complete_chunk("job-1", chunk(version.id, index), threshold=0.9, top_k=4, now=T0)
+    before = normalized(stored_job(store))
+
+    # When a chunk with another anomaly arrives late
+    late = store.complete_chunk(
+        "job-1", chunk(version.id, 0, extra=[7]), threshold=0.9, top_k=4, now=T0
+    )
+
+    # Then it neither counts nor writes
+    assert (late.counted, late.completed, late.job.status) == (False, False, "succeeded")
+    assert normalized(stored_job(store)) == before
+    assert anomaly_indices(store, "job-1") == [1, 4, 11, 14]
+
+
+def test_a_chunk_of_a_failed_job_writes_nothing(store: Store) -> None:
+    # Given a fanned-out job with one chunk done, then failed by another chunk's bad data
+    version = fan_out(store, chunks_total=3)
+    store.complete_chunk("job-1", chunk(version.id, 0), threshold=0.9, top_k=4, now=T0)
+    store.fail_job("job-1", error="chunk 1: bad value", error_type="InvalidRecords", now=T0)
+
+    # When the remaining chunks arrive
+    late = [
+        store.complete_chunk("job-1", chunk(version.id, i), threshold=0.9, top_k=4, now=T0)
+        for i in (2, 1)
+    ]
+
+    # Then none counts or completes, the job stays failed, and it has no anomalies
+    assert [(o.counted, o.completed, o.job.status) for o in late] == [(False, False, "failed")] * 2
+    job = stored_job(store)
+    assert (job.status, job.error, job.task_id) == ("failed", "chunk 1: bad value", "task-1")
+    assert anomaly_indices(store, "job-1") == []
+
+
+def test_concurrent_chunks_complete_the_job_exactly_once(store: Store) -> None:
+    # Given a job fanned out in eight chunks, each delivered to two workers at once
+    n = 8
+    version = fan_out(store, chunks_total=n)
+    outcomes: list[ChunkOutcome] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2 * n, timeout=30)
+
+    def deliver(worker: int) -> None:
+        try:
+            barrier.wait()
+            done = store.complete_chunk(
+                "job-1", chunk(version.id, worker % n), threshold=0.9, top_k=3, now=T0
+            )
+            outcomes.append(done)
+        except BaseException as exc:
+            errors.append(exc)
+
+    run_in_threads(deliver, 2 * n)
+
+    # Then every chunk counted once and exactly one delivery completed the job, with the
+    # totals of all eight chunks
+    assert errors == []
+    assert (sum(o.counted for o in outcomes), sum(o.completed for o in outcomes)) == (n, 1)
+    job = stored_job(store)
+    assert (job.status, job.n_records, job.n_anomalies) == ("succeeded", 10 * n, 2 * n)
+    assert job.cache_hits == sum(range(n))
+    assert job.summary is not None
+    assert [t["record_index"] for t in job.summary["top_anomalies"]] == [74, 71, 64]
+    assert len(store.list_anomalies(job_id="job-1", limit=1000)) == 2 * n
+
+
+# -- bulk writes ------------------------------------------------------------------------
+LARGE = 50_000
+
+
+def test_a_large_batch_round_trips_exactly(store: Store) -> None:
+    # Given fifty thousand anomalies with awkward values
+    version = store.register_model(draft(), now=T0)
+    given = large_batch(version.id, job_id="job-1")
+
+    # When they are written twice
+    first, second = store.add_anomalies(given), store.add_anomalies(given)
+
+    # Then all are new the first time, none the second, and every value reads back as given
+    assert (first, second) == (LARGE, 0)
+    assert stored_rows(store, "job-1") == expected_rows(given)
+
+
+def test_a_large_settled_job_round_trips_exactly(store: Store) -> None:
+    # Given a small job and one with fifty thousand anomalies, scored together
+    version = store.register_model(draft(), now=T0)
+    given = large_batch(version.id, job_id="job-big")
+    summary = dataclasses.replace(job_summary("job-big"), n_anomalies=LARGE)
+    results = [
+        job_result(version.id, "job-small", [3]),
+        JobResult(summary=summary, model_id=version.id, anomalies=given),
+    ]
+
+    # When they are settled in one call, and then again
+    assert store.settle_jobs(results, [], now=T0) == {}
+    assert set(store.settle_jobs(results, [], now=T0)) == {"job-small", "job-big"}
+
+    # Then every anomaly reads back exactly once, as given
+    assert stored_rows(store, "job-big") == expected_rows(given)
+    assert anomaly_indices(store, "job-small") == [3]
+    assert stored_job(store, "job-big").n_anomalies == LARGE
+
+
+def large_batch(model_id: int, *, job_id: str) -> AnomalyBatch:
+    """Anomalies with sparse 64-bit indices, full-precision floats, extreme and subnormal
+    scores, microsecond timestamps and non-ASCII or missing record ids."""
+    rng = np.random.default_rng(7)
+    indices = rng.choice(2**40, size=LARGE, replace=False).astype(np.int64)
+    score = rng.normal(scale=1e3, size=LARGE)
+    score[:4] = [5e-324, -1e300, 1e300, -0.0]
+    severity = rng.random(LARGE)
+    severity[:2] = [0.0, 1.0]
+    return AnomalyBatch(
+        job_id=job_id,
+        model_id=model_id,
+        record_index=indices,
+        score=score,
+        severity=severity,
+        timestamp=[T0 + timedelta(microseconds=7_919 * i) for i in range(LARGE)],
+        record_id=[None if i % 3 == 0 else f"rec-{i}-é€" for i in range(LARGE)],
+    )
+
+
+Row = tuple[int, int, str | None, datetime | None, float, float, str]
+
+
+def expected_rows(given: AnomalyBatch) -> dict[int, Row]:
+    return {
+        int(i): (given.model_id, int(i), rid, utc(ts), float(s), float(v), "active")
+        for i, rid, ts, s, v in zip(
+            given.record_index.tolist(),
+            given.record_id,
+            given.timestamp,
+            given.score.tolist(),
+            given.severity.tolist(),
+            strict=True,
+        )
+    }
+
+
+def stored_rows(store: Store, job_id: str) -> dict[int, Row]:
+    stored = store.list_anomalies(job_id=job_id, limit=2 * LARGE)
+    rows = {
+        a.record_index: (
+            a.model_id,
+            a.record_index,
+            a.record_id,
+            utc(a.timestamp),
+            a.score,
+            a.severity,
+            a.status,
+        )
+        for a in stored
+    }
+    assert len(rows) == len(stored), "a (job_id, record_index) pair is stored twice"
+    assert all(np.isfinite([a.score for a in stored])), "a score came back non-finite"
+    return rows
+
+
+def anomaly_indices(store: Store, job_id: str) -> list[int]:
+    return sorted(a.record_index for a in store.list_anomalies(job_id=job_id, limit=10_000))
+
+
+def job_result(
+    model_id: int, job_id: str, indices: list[int], *, n_records: int = 100
+) -> JobResult:
+    summary = dataclasses.replace(
+        job_summary(job_id), n_records=n_records, n_anomalies=len(indices)
+    )
+    return JobResult(
+        summary=summary,
+        model_id=model_id,
+        anomalies=batch(model_id, indices, job_id=job_id),
+        dataset_name="ds",
+    )
+
+
+def failure(job_id: str, error: str = "bad input") -> JobFailure:
+    return JobFailure(job_id=job_id, model="m", error=error, error_type="invalid_records")
+
+
+CHUNK_ROWS = 10
+
+
+def fan_out(store: Store, *, chunks_total: int) -> ModelVersion:
+    """Register model "m", claim job-1 at T0 and fan it out in ``chunks_total`` chunks."""
+    version = store.register_model(draft(), now=T0)
+    store.claim_job("job-1", model="m", now=T0)
+    store.start_fan_out(
+        "job-1",
+        task_id="task-1",
+        chunks_total=chunks_total,
+        model_id=version.id,
+        dataset_name="ds",
+    )
+    return version
+
+
+def chunk(model_id: int, index: int, *, extra: tuple[int, ...] | list[int] = ()) -> ChunkResult:
+    """Chunk ``index`` of job-1: ten records, anomalies at its 2nd and 5th rows (plus
+    ``extra`` rows), scores rising with the record index, ``index`` cache hits."""
+    rows = [index * CHUNK_ROWS + r for r in (1, 4, *extra)]
+    anomalies = batch(model_id, rows)
+    top = [
+        TopAnomaly(record_index=i, record_id=rid, score=s, severity=v)
+        for i, rid, s, v in zip(
+            rows,
+            anomalies.record_id,
+            anomalies.score.tolist(),
+            anomalies.severity.tolist(),
+            strict=True,
+        )
+    ]
+    return ChunkResult(
+        chunk_index=index,
+        n_records=CHUNK_ROWS,
+        n_anomalies=len(rows),
+        cache_hits=index,
+        top=sorted(top, key=lambda t: -t.score),
+        anomalies=anomalies,
+    )
+
+
+def fan_out_summary(*, duration_ms: float) -> JobSummary:
+    """The summary of job-1 after chunks 0, 1 and 2 of :func:`chunk`, top 4."""
+    top = [
+        TopAnomaly(record_index=i, record_id=f"r{i}" if i % 2 == 0 else None, score=s, severity=v)
+        for i in (24, 21, 14, 11)
+        for v in [0.6 + i / 1000]
+        for s in [1.0 + v]
+    ]
+    return JobSummary(
+        job_id="job-1",
+        model="m",
+        model_version=1,
+        n_records=30,
+        n_anomalies=6,
+        threshold=0.9,
+        cache_hits=3,
+        duration_ms=duration_ms,
+        top_anomalies=top,
+    )
 
 
 # -- datasets ---------------------------------------------------------------------------

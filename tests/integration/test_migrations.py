@@ -13,12 +13,13 @@ from urllib.parse import quote
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from pynomaly_workers.adapters.stores.engine import build_engine, normalize_url
 from pynomaly_workers.adapters.stores.tables import Base
-from pynomaly_workers.migrate import downgrade, upgrade
+from pynomaly_workers.migrate import alembic_config, downgrade, upgrade
 from tests.conftest import DATABASE_URL, HOW_TO_START
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,15 @@ GUIDE_INDEXES = {
     "idx_metrics_rollup": ("metrics", "granularity = 'hour'"),
 }
 VIEWS = ("mv_recent_anomalies", "mv_model_performance", "mv_dataset_summary")
-TABLES = {"anomalies", "datasets", "detection_jobs", "metrics", "model_artifacts", "models"}
+TABLES = {
+    "anomalies",
+    "datasets",
+    "detection_chunks",
+    "detection_jobs",
+    "metrics",
+    "model_artifacts",
+    "models",
+}
 
 
 @contextmanager
@@ -159,7 +168,8 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert sqlite_tables(conn) == TABLES | {"alembic_version"}
         assert_guide_indexes(sqlite_indexes(conn))
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
     engine.dispose()
 
 

@@ -24,6 +24,7 @@ META_COLUMNS = ("record_id", "timestamp")
 _CSV_BLOCK_BYTES = 8 << 20
 _SCAN_BYTES = 32 << 20
 _NEWLINE = 10
+_CR = 13
 
 
 class ArrowSourceReader:
@@ -130,26 +131,13 @@ def _plan_parquet(path: Path, chunk_rows: int) -> SourcePlan:
 
 
 def _plan_csv(path: Path, chunk_rows: int) -> SourcePlan:
-    """Byte ranges of every ``chunk_rows`` lines, found by scanning for newlines in
+    """Byte ranges of every ``chunk_rows`` rows, found by scanning for newlines in
     fixed-size blocks (memory stays bounded whatever the file size)."""
     header, first_row = _csv_header(path)
     size = path.stat().st_size
-    starts = [first_row]
-    seen = 0  # data-row newlines seen so far
-    last_byte = _NEWLINE
-    with path.open("rb") as handle:
-        handle.seek(first_row)
-        position = first_row
-        while block := handle.read(_SCAN_BYTES):
-            newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == _NEWLINE)
-            # Row k (0-based) ends at newline k; chunk i starts after newline i*C - 1.
-            wanted = np.arange(chunk_rows - 1 - seen % chunk_rows, newlines.size, chunk_rows)
-            starts.extend((position + newlines[wanted] + 1).tolist())
-            seen += int(newlines.size)
-            position += len(block)
-            last_byte = block[-1]
-    n_rows = seen + (1 if size > first_row and last_byte != _NEWLINE else 0)
-    bounds = [s for s in starts if s < size] + [size]
+    n_rows, starts = _row_starts(path, first_row=first_row, chunk_rows=chunk_rows)
+    # A start past the last row (only blank lines after it) would be an empty chunk.
+    bounds = [*starts[: -(-n_rows // chunk_rows)], size]
     chunks = [
         ChunkSpec(i, i * chunk_rows, min(chunk_rows, n_rows - i * chunk_rows), a, b)
         for i, (a, b) in enumerate(itertools.pairwise(bounds))
@@ -157,11 +145,38 @@ def _plan_csv(path: Path, chunk_rows: int) -> SourcePlan:
     return SourcePlan(format="csv", columns=header, n_rows=n_rows, chunks=chunks)
 
 
+def _row_starts(path: Path, *, first_row: int, chunk_rows: int) -> tuple[int, list[int]]:
+    """The number of rows from byte ``first_row`` on, and where every ``chunk_rows``-th
+    row begins. Blank lines (LF or CRLF alone) are not rows: Arrow skips them,
+    so counting them would shift every later offset and could plan an empty chunk."""
+    starts, rows, line_start, last_byte = [first_row], 0, first_row, _NEWLINE
+    with path.open("rb") as handle:
+        handle.seek(first_row)
+        position = first_row
+        while block := handle.read(_SCAN_BYTES):
+            data = np.frombuffer(block, dtype=np.uint8)
+            ends = position + np.flatnonzero(data == _NEWLINE)
+            if ends.size:
+                begins = np.concatenate(([line_start], ends[:-1] + 1))
+                previous = np.concatenate((np.array([last_byte], dtype=np.uint8), data))
+                before = previous[ends - position]  # the byte before each newline
+                length = ends - begins
+                filled = (length > 1) | ((length == 1) & (before != _CR))
+                counts = rows + np.cumsum(filled)
+                # Row k (0-based) ends at a newline; chunk i starts after row i*C - 1.
+                starts.extend((ends[filled & (counts % chunk_rows == 0)] + 1).tolist())
+                rows, line_start = int(counts[-1]), int(ends[-1]) + 1
+            position += len(block)
+            last_byte = block[-1]
+    tail = position - line_start  # a last row without a newline
+    return rows + int(tail > 1 or (tail == 1 and last_byte != _CR)), starts
+
+
 def _csv_header(path: Path) -> tuple[list[str], int]:
     """Column names (generated ``f0..`` when the first line is data) and where data starts."""
     with path.open("rb") as handle:
         first = handle.readline()
-    fields = first.decode("utf-8", errors="replace").strip().split(",")
+    fields = first.decode("utf-8-sig", errors="replace").strip().split(",")
     if all(_is_number(field) for field in fields):
         return [f"f{i}" for i in range(len(fields))], 0
     return [f.strip().strip('"') for f in fields], len(first)
@@ -176,7 +191,7 @@ def _read_csv_range(path: Path, spec: ChunkSpec, columns: list[str]) -> Any:
         handle.seek(spec.start)
         data = handle.read(spec.stop - spec.start)
     options = pacsv.ReadOptions(column_names=columns, block_size=_CSV_BLOCK_BYTES)
-    return pacsv.read_csv(io.BytesIO(data), read_options=options)
+    return pacsv.read_csv(io.BytesIO(data), read_options=options, convert_options=_convert())
 
 
 def _format(path: Path) -> str:
@@ -186,13 +201,22 @@ def _format(path: Path) -> str:
 def _csv_batches(path: Path) -> Iterator[Any]:
     import pyarrow.csv as pacsv
 
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
+    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
         first = handle.readline().strip().split(",")
     has_header = not all(_is_number(field) for field in first)
     read_options = pacsv.ReadOptions(
         block_size=_CSV_BLOCK_BYTES, autogenerate_column_names=not has_header
     )
-    yield from pacsv.open_csv(path, read_options=read_options)
+    yield from pacsv.open_csv(path, read_options=read_options, convert_options=_convert())
+
+
+def _convert() -> Any:
+    """Record ids stay text: inferred as numbers, ``007`` would come back as ``7``,
+    ``1e3`` as ``1000.0``, and a later non-numeric id would fail the read."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    return pacsv.ConvertOptions(column_types={"record_id": pa.string()})
 
 
 def _rebatch(batches: Iterator[Any], chunk_rows: int) -> Iterator[Any]:
@@ -225,6 +249,11 @@ def _chunk(batch: Any, *, offset: int, path: str) -> SourceChunk:
     columns = []
     for i in features:
         column = batch.column(i)
+        if pa.types.is_null(column.type):
+            # Only missing values ("", NaN) in this chunk, so Arrow inferred no type: they
+            # are NaN, and check_finite names the first record instead of calling the
+            # column non-numeric.
+            column = column.cast(pa.float64())
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             raise InvalidSource(
                 f"source {path!r}: column {names[i]!r} is {column.type}, not numeric"

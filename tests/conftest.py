@@ -116,7 +116,11 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     """Settings for a test: embedded home under tmp_path unless overridden."""
 
     def factory(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"home": tmp_path / "home", "environment": "test"}
+        values: dict[str, Any] = {
+            "home": tmp_path / "home",
+            "environment": "test",
+            "model_ref_ttl_seconds": 0,  # see a retrained version at once
+        }
         values.update(overrides)
         return Settings(**values)
 

@@ -31,7 +31,10 @@ def bootstrap(settings: Settings) -> Services:
         settings=settings,
         store=store,
         models=ModelLoader(
-            store, capacity=settings.model_cache_size, onnx_threads=onnx_threads(settings)
+            store,
+            capacity=settings.model_cache_size,
+            onnx_threads=onnx_threads(settings),
+            ref_ttl_seconds=settings.model_ref_ttl_seconds,
         ),
         sources=ArrowSourceReader(allowed_roots=settings.source_roots),
         cache=build_cache(settings),

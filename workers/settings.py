@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     retry_max: int = Field(default=8, ge=0)
     retry_backoff_max: int = Field(default=300, gt=0)
     model_cache_size: int = Field(default=8, gt=0)
+    model_ref_ttl_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a worker keeps resolving a bare model name to the same "
+        "active version before asking the database again.",
+    )
     worker_concurrency: int = Field(default=0, ge=0, description="0 = one process per core.")
 
     # Operations.

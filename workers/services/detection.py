@@ -230,7 +230,7 @@ def _resolve_models(
     resolved: dict[ModelRef, ModelVersion | InvalidInput] = {}
     for ref in refs:
         try:
-            resolved[ref] = services.store.get_model(ref)
+            resolved[ref] = services.models.resolve(ref)
         except InvalidInput as exc:
             resolved[ref] = exc
     return resolved

@@ -1,8 +1,10 @@
 """Bulk anomaly writes: COPY on PostgreSQL, executemany on SQLite.
 
-PostgreSQL takes the rows in one round trip with binary COPY into a temporary staging
-table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` moves them, so a
-redelivered job still writes each (job_id, record_index) once.
+PostgreSQL takes large batches with binary COPY into a temporary staging table, then one
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` moves them, so a redelivered job still
+writes each (job_id, record_index) once. Small batches (a micro-batch of single-record
+jobs has a handful of anomalies) skip the staging table's extra round trips: one
+multi-row ``INSERT ... ON CONFLICT DO NOTHING``.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, text
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 
 from pynomaly_workers.adapters.stores.tables import AnomalyRow
 from pynomaly_workers.domain.ports import AnomalyBatch
 
+COPY_MIN_ROWS = 1_000
 _STAGE = "pyn_anomalies_stage"
 _COLUMNS = ("job_id", "record_index", "model_id", "record_id", "timestamp", "score", "severity")
 _TYPES = ("text", "int8", "int8", "text", "timestamptz", "float8", "float8")
@@ -38,7 +41,7 @@ def insert_anomalies(conn: Connection, batches: Sequence[AnomalyBatch]) -> int:
     """Write the batches inside the caller's transaction; return how many rows were new."""
     if sum(len(b) for b in batches) == 0:
         return 0
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql" and sum(len(b) for b in batches) > COPY_MIN_ROWS:
         return _copy_postgres(conn, batches)
     return _executemany(conn, batches)
 
@@ -73,8 +76,9 @@ def _copy_postgres(conn: Connection, batches: Sequence[AnomalyBatch]) -> int:
 
 def _executemany(conn: Connection, batches: Sequence[AnomalyBatch]) -> int:
     rows = [dict(zip(_COLUMNS, row, strict=True)) | {"status": "active"} for row in _rows(batches)]
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     statement = (
-        sqlite.insert(AnomalyRow)
+        dialect_insert(AnomalyRow)
         .on_conflict_do_nothing(index_elements=["job_id", "record_index"])
         .returning(AnomalyRow.id)
     )

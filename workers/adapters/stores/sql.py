@@ -47,6 +47,7 @@ class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._final_upsert: Any = None  # built once: constructing it costs ~1 ms
 
     # -- models -----------------------------------------------------------------------
     def register_model(self, draft: ModelDraft, *, now: datetime) -> ModelVersion:
@@ -220,84 +221,50 @@ class SqlStore:
     def settle_jobs(
         self, results: Sequence[JobResult], failures: Sequence[JobFailure], *, now: datetime
     ) -> dict[str, JobRecord]:
-        job_ids = [r.summary.job_id for r in results] + [f.job_id for f in failures]
-        if not job_ids:
+        rows = [_success_row(r, now) for r in results] + [_failure_row(f, now) for f in failures]
+        if not rows:
             return {}
-        models = {r.summary.job_id: r.summary.model for r in results}
-        models.update({f.job_id: f.model for f in failures})
+        # In job_id order: two workers settling overlapping batches in different orders
+        # would otherwise deadlock on the row locks the upsert takes.
+        rows.sort(key=lambda row: str(row["job_id"]))
         with self.engine.begin() as conn:
-            self._insert_jobs(conn, models, now=now)
-            finished = self._lock_finished(conn, job_ids)
-            fresh = [r for r in results if r.summary.job_id not in finished]
+            settled = self._upsert_final(conn, rows)
+            fresh = [r for r in results if r.summary.job_id in settled]
             insert_anomalies(conn, [r.anomalies for r in fresh])
-            for result in fresh:
-                self._succeed(conn, result, now=now)
-            for failure in failures:
-                if failure.job_id not in finished:
-                    self._fail(conn, failure, now=now)
-        return {job_id: job for job_id, job in finished.items()}
+            failed = [f.job_id for f in failures if f.job_id in settled]
+            if failed:
+                conn.execute(delete(AnomalyRow).where(AnomalyRow.job_id.in_(failed)))
+            unchanged = [str(row["job_id"]) for row in rows if row["job_id"] not in settled]
+            return self._jobs(conn, unchanged) if unchanged else {}
 
-    def _insert_jobs(self, conn: Connection, models: dict[str, str], *, now: datetime) -> None:
-        rows = [
-            {
-                "job_id": job_id,
-                "status": "running",
-                "model_name": model[:140],
-                "created_at": now,
-                "started_at": now,
-                "attempts": 1,
-            }
-            # In job_id order, like _lock_finished: two workers settling overlapping
-            # batches in different orders would otherwise deadlock on the row locks.
-            for job_id, model in sorted(models.items())
-        ]
+    def _upsert_final(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert each job in its final state, or move an open (queued/running) one to
+        it, in one statement; return the job ids written. A job that had finished
+        already is left as it is and not returned."""
+        if self._final_upsert is None:
+            self._final_upsert = self._build_final_upsert(list(rows[0]))
+        return {str(job_id) for job_id in conn.execute(self._final_upsert, rows).scalars()}
+
+    def _build_final_upsert(self, columns: list[str]) -> Any:
         insert = self._insert(DetectionJobRow)
+        excluded = insert.excluded
+        updated = {
+            column: getattr(excluded, column)
+            for column in columns
+            if column not in ("job_id", "created_at", "started_at", "attempts")
+        }
+        updated["attempts"] = DetectionJobRow.attempts + 1
+        updated["started_at"] = func.coalesce(DetectionJobRow.started_at, excluded.started_at)
         # An OR, not IN: an expanding IN parameter cannot be used with executemany().
         is_open = or_(*(DetectionJobRow.status == status for status in _OPEN_STATUSES))
-        statement = insert.on_conflict_do_update(
-            index_elements=["job_id"],
-            set_={"attempts": DetectionJobRow.attempts + 1},
-            where=is_open,
-        )
-        conn.execute(statement, rows)
+        return insert.on_conflict_do_update(
+            index_elements=["job_id"], set_=updated, where=is_open
+        ).returning(DetectionJobRow.job_id)
 
-    def _lock_finished(self, conn: Connection, job_ids: list[str]) -> dict[str, JobRecord]:
-        """Lock the batch's job rows (in a stable order) and return the finished ones."""
-        query = (
-            select(DetectionJobRow)
-            .where(DetectionJobRow.job_id.in_(job_ids))
-            .order_by(DetectionJobRow.job_id)
-        )
-        if self.dialect == "postgresql":
-            query = query.with_for_update()
+    def _jobs(self, conn: Connection, job_ids: list[str]) -> dict[str, JobRecord]:
         with Session(bind=conn) as session:
-            rows = session.scalars(query).all()
-            return {
-                row.job_id: _job_record(row)
-                for row in rows
-                if row.status in ("succeeded", "failed")
-            }
-
-    def _succeed(self, conn: Connection, result: JobResult, *, now: datetime) -> None:
-        summary = result.summary
-        conn.execute(
-            update(DetectionJobRow)
-            .where(DetectionJobRow.job_id == summary.job_id)
-            .values(
-                status="succeeded",
-                model_id=result.model_id,
-                dataset_name=result.dataset_name,
-                n_records=summary.n_records,
-                n_anomalies=summary.n_anomalies,
-                cache_hits=summary.cache_hits,
-                threshold=summary.threshold,
-                summary=summary.to_dict(),
-                error=None,
-                error_type=None,
-                finished_at=now,
-                duration_ms=summary.duration_ms,
-            )
-        )
+            query = select(DetectionJobRow).where(DetectionJobRow.job_id.in_(job_ids))
+            return {row.job_id: _job_record(row) for row in session.scalars(query)}
 
     # -- fan-out ----------------------------------------------------------------------
     def start_fan_out(
@@ -492,6 +459,63 @@ class SqlStore:
 def sha256(content: bytes) -> str:
     """Hex sha256 of bytes."""
     return hashlib.sha256(content).hexdigest()
+
+
+def _success_row(result: JobResult, now: datetime) -> dict[str, Any]:
+    summary = result.summary
+    return _final_row(
+        summary.job_id,
+        model=summary.model,
+        now=now,
+        status="succeeded",
+        model_id=result.model_id,
+        dataset_name=result.dataset_name,
+        n_records=summary.n_records,
+        n_anomalies=summary.n_anomalies,
+        cache_hits=summary.cache_hits,
+        threshold=summary.threshold,
+        summary=summary.to_dict(),
+        duration_ms=summary.duration_ms,
+    )
+
+
+def _failure_row(failure: JobFailure, now: datetime) -> dict[str, Any]:
+    return _final_row(
+        failure.job_id,
+        model=failure.model,
+        now=now,
+        status="failed",
+        error=failure.error[:4000],
+        error_type=failure.error_type,
+    )
+
+
+def _final_row(job_id: str, *, model: str, now: datetime, **values: Any) -> dict[str, Any]:
+    """Every column of a settled job row (executemany needs the same keys in each)."""
+    row: dict[str, Any] = dict.fromkeys(
+        (
+            "model_id",
+            "dataset_name",
+            "n_records",
+            "n_anomalies",
+            "cache_hits",
+            "threshold",
+            "summary",
+            "duration_ms",
+            "error",
+            "error_type",
+        )
+    )
+    row.update(
+        job_id=job_id,
+        model_name=model[:140],
+        created_at=now,
+        started_at=now,
+        finished_at=now,
+        attempts=1,
+        **values,
+    )
+    return row
 
 
 def _top_dict(top: TopAnomaly) -> dict[str, Any]:

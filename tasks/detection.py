@@ -114,7 +114,8 @@ def publish_outcome(
     if isinstance(outcome, Succeeded):
         backend.mark_as_done(task_id, outcome.summary, request=request)
     elif isinstance(outcome, Failed):
-        backend.mark_as_failure(task_id, outcome.error, request=request)
+        # celery-batches' SimpleRequest has no errbacks; pynomaly.detect takes none.
+        backend.mark_as_failure(task_id, outcome.error, request=request, call_errbacks=False)
     elif isinstance(outcome, FannedOut):
         for chunk in outcome.chunks:
             celery_app.send_task(CHUNK_TASK, kwargs=chunk, queue="detection")
@@ -171,4 +172,4 @@ def _fail_internal(celery_app: Celery, request: SimpleRequest, exc: BaseExceptio
         )
     except Exception:
         log.exception("could not record failure of job %s", job_id)
-    celery_app.backend.mark_as_failure(str(request.id), error, request=request)
+    celery_app.backend.mark_as_failure(str(request.id), error, request=request, call_errbacks=False)

@@ -37,6 +37,19 @@ def client_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+def close_app(app: Celery) -> None:
+    """Release a client app's broker and result-backend connections."""
+    backend: Any = app.backend
+    consumer = getattr(backend, "result_consumer", None)
+    pubsub = getattr(consumer, "_pubsub", None)
+    if pubsub is not None:
+        pubsub.close()
+    client = getattr(backend, "client", None)
+    if client is not None and hasattr(client, "close"):
+        client.close()
+    app.close()
+
+
 def new_job_id() -> str:
     """A fresh, unique job id."""
     return f"job-{uuid.uuid4().hex}"

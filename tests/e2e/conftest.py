@@ -7,14 +7,13 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 from celery import Celery
 
 from pynomaly_workers.bootstrap import bootstrap
-from pynomaly_workers.client import client_app
+from pynomaly_workers.client import client_app, close_app
 from pynomaly_workers.demo import WorkerProcess
 from pynomaly_workers.services.context import Services
 from pynomaly_workers.services.health import check_health
@@ -78,12 +77,7 @@ def e2e_app(e2e_settings: Settings) -> Iterator[Celery]:
     app = client_app(e2e_settings)
     yield app
     gc.collect()  # finalise AsyncResults now: they unsubscribe through the backend
-    backend: Any = app.backend
-    pubsub = getattr(backend.result_consumer, "_pubsub", None)
-    if pubsub is not None:
-        pubsub.close()
-    backend.client.close()
-    app.close()
+    close_app(app)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -15,10 +16,17 @@ PING_TASK = "pynomaly.health.ping"
 
 def check_health(services: Services, *, queues: Sequence[str], timeout: float) -> dict[str, Any]:
     """A report with one check per dependency and per queue; ``ok`` if all passed."""
+    from pynomaly_workers.client import client_app, close_app
+
     checks = {"database": _check_database(services)}
-    pending = _send_canaries(services, queues)
-    for queue, result in pending.items():
-        checks[f"queue:{queue}"] = _await_canary(result, timeout=timeout)
+    app = client_app(services.settings)
+    try:
+        pending = _send_canaries(app, queues)
+        for queue in list(pending):
+            checks[f"queue:{queue}"] = _await_canary(pending.pop(queue), timeout=timeout)
+    finally:
+        gc.collect()  # AsyncResults unsubscribe when collected: do it before closing
+        close_app(app)
     return {"ok": all(c["ok"] for c in checks.values()), "checks": checks}
 
 
@@ -32,10 +40,7 @@ def _check_database(services: Services) -> dict[str, Any]:
     return {"ok": True, "detail": f"answered in {(time.perf_counter() - started) * 1000:.1f} ms"}
 
 
-def _send_canaries(services: Services, queues: Sequence[str]) -> dict[str, Any]:
-    from pynomaly_workers.client import client_app
-
-    app = client_app(services.settings)
+def _send_canaries(app: Any, queues: Sequence[str]) -> dict[str, Any]:
     return {
         queue: app.send_task(PING_TASK, args=[time.time()], queue=queue, expires=300)
         for queue in queues

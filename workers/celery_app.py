@@ -61,6 +61,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "timezone": "UTC",
         "worker_concurrency": settings.worker_concurrency or None,
+        "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None,
         "worker_hijack_root_logger": False,
     }
 

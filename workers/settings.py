@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         "active version before asking the database again.",
     )
     worker_concurrency: int = Field(default=0, ge=0, description="0 = one process per core.")
+    worker_max_memory_mb: int = Field(
+        default=768,
+        ge=0,
+        description="Replace a pool process after a task leaves it above this resident "
+        "size (training and ONNX export grow a process for good); 0 = never.",
+    )
 
     # Operations.
     metrics_port: int = Field(default=9808, ge=0, le=65_535)

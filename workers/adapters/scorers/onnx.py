@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 # Opsets every onnxruntime release since 1.15 runs.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+# Rows per session call. Some graphs grow with the batch (LOF's holds an n x n_train
+# distance matrix), so large batches are scored in slices to keep memory bounded.
+MAX_ROWS_PER_CALL = 1_024
 
 
 def export(estimator: Any, *, n_features: int) -> bytes | None:
@@ -41,6 +44,8 @@ class OnnxScorer:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # The arena would keep the largest batch's buffers for the life of the process.
+        options.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(
             content, sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -50,5 +55,11 @@ class OnnxScorer:
 
     def score(self, matrix: Matrix) -> Scores:
         features = np.ascontiguousarray(matrix, dtype=np.float32)
-        (raw,) = self.session.run([self.output_name], {self.input_name: features})
-        return np.asarray(-np.asarray(raw).reshape(-1), dtype=np.float64)
+        parts = [
+            self.session.run([self.output_name], {self.input_name: piece})[0]
+            for piece in np.split(
+                features, range(MAX_ROWS_PER_CALL, len(features), MAX_ROWS_PER_CALL)
+            )
+        ]
+        raw = np.concatenate([np.asarray(p).reshape(-1) for p in parts])
+        return np.asarray(-raw, dtype=np.float64)

@@ -18,6 +18,7 @@ from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores
 
 _SEED = 0
+WORKING_MEMORY_MB = 64
 
 
 def build_estimator(algorithm: str, *, contamination: float, params: dict[str, Any]) -> Any:
@@ -81,4 +82,9 @@ class SklearnScorer:
         self.estimator = estimator
 
     def score(self, matrix: Matrix) -> Scores:
-        return np.asarray(-self.estimator.decision_function(matrix), dtype=np.float64)
+        from sklearn import config_context
+
+        # Neighbour-based models compute distances in chunks of up to working_memory
+        # (1 GB by default); a worker process should not grow that much for one batch.
+        with config_context(working_memory=WORKING_MEMORY_MB):
+            return np.asarray(-self.estimator.decision_function(matrix), dtype=np.float64)

@@ -1,0 +1,112 @@
+"""Scorer backends reproduce scikit-learn; calibration picks the fastest per batch size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.ensemble import IsolationForest
+
+from pynomaly_workers.adapters.scorers import sklearn
+from pynomaly_workers.adapters.scorers.forest import ForestScorer
+from pynomaly_workers.adapters.scorers.loader import Calibration, LoadedModel, calibrate
+from pynomaly_workers.adapters.scorers.onnx import MAX_ROWS_PER_CALL, OnnxScorer, export
+from pynomaly_workers.domain.models import ModelVersion
+from pynomaly_workers.domain.ports import Scorer
+from pynomaly_workers.domain.scoring import fit_score_stats
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(3)
+    return rng.normal(size=(3000, 6)), rng.normal(size=(2500, 6)) * 1.7
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"max_features": 0.5},
+        {"max_samples": 1000, "n_estimators": 30},
+        {"bootstrap": True, "n_estimators": 10},
+    ],
+)
+def test_numpy_forest_equals_scikit_learn(
+    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], params: dict[str, Any]
+) -> None:
+    # Given a fitted IsolationForest
+    train, rows = data
+    estimator = IsolationForest(random_state=0, contamination=0.02, **params).fit(train)
+
+    # When both evaluate the same rows, one at a time and all together
+    reference = sklearn.SklearnScorer(estimator).score(rows)
+    forest = ForestScorer(estimator)
+
+    # Then the scores agree to rounding
+    assert np.max(np.abs(forest.score(rows) - reference)) < 1e-12
+    assert forest.score(rows[:1])[0] == pytest.approx(reference[0], abs=1e-12)
+
+
+def test_numpy_forest_only_claims_isolation_forests() -> None:
+    from sklearn.svm import OneClassSVM
+
+    assert not ForestScorer.supports(OneClassSVM())
+    assert not ForestScorer.supports(IsolationForest())  # not fitted
+
+
+def test_onnx_scores_large_batches_in_slices_identically(
+    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+) -> None:
+    train, rows = data
+    estimator = IsolationForest(random_state=0, n_estimators=20).fit(train)
+    content = export(estimator, n_features=6)
+    assert content is not None
+    onnx = OnnxScorer(content)
+    assert len(rows) > MAX_ROWS_PER_CALL
+
+    sliced = onnx.score(rows)
+
+    assert sliced.shape == (len(rows),)
+    assert np.array_equal(sliced[:100], onnx.score(rows[:100]))
+    assert np.max(np.abs(sliced - sklearn.SklearnScorer(estimator).score(rows))) < 1e-4
+
+
+def test_calibration_picks_the_fastest_backend_per_size() -> None:
+    calibration = Calibration(
+        sizes=(1, 64, 2048),
+        seconds={"sklearn": (5e-3, 6e-3, 8e-3), "numpy": (1e-4, 1e-3, 3e-2)},
+    )
+
+    assert calibration.best(1) == "numpy"
+    assert calibration.best(50) == "numpy"
+    assert calibration.best(1000) == "sklearn"
+    assert calibration.best(10**6) == "sklearn"
+    assert calibration.row_cost_us() == pytest.approx(8e-3 / 2048 * 1e6)
+
+
+def test_a_loaded_model_uses_the_calibrated_choice(
+    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+) -> None:
+    train, _ = data
+    estimator = IsolationForest(random_state=0, n_estimators=20).fit(train)
+    scorers: dict[str, Scorer] = {
+        "sklearn": sklearn.SklearnScorer(estimator),
+        "numpy": ForestScorer(estimator),
+    }
+    calibration = calibrate(scorers, n_features=6)
+    version = ModelVersion(
+        id=1,
+        name="m",
+        version=1,
+        algorithm="iforest",
+        artifact_sha256="x" * 64,
+        onnx_sha256=None,
+        n_features=6,
+        stats=fit_score_stats(scorers["sklearn"].score(train), contamination=0.02),
+    )
+    loaded = LoadedModel(version=version, scorers=scorers, calibration=calibration)
+
+    for n in (1, 64, 5000):
+        assert loaded.scorer_for(n) is scorers[calibration.best(n)]
+    assert set(calibration.seconds) == {"sklearn", "numpy"}

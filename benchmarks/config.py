@@ -1,0 +1,86 @@
+"""Sizes of each measurement, and where the services are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
+
+# Redis databases owned by the suite; each is flushed at the start and at the end.
+BROKER_DB, RESULTS_DB, CACHE_DB, NAIVE_DB = 8, 9, 10, 11
+REDIS_DBS = (BROKER_DB, RESULTS_DB, CACHE_DB, NAIVE_DB)
+
+IFOREST_MODEL = "bench-iforest"
+LOF_MODEL = "bench-lof"
+CONTAMINATION = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Base URLs of the PostgreSQL database and the Redis server the suite uses."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+
+    def redis_db(self, db: int) -> str:
+        """The URL of one numbered Redis database."""
+        return f"{self.redis_url.rstrip('/')}/{db}"
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """How much work each measurement does."""
+
+    quick: bool
+    bulk_rows: int
+    inference_rows: int
+    small_seconds: float
+    small_jobs: int
+    naive_records: int
+    cache_rows: int
+    wait_s: float
+    n_features: int = 16
+    train_rows: int = 20_000
+    single_row_calls: int = 200
+    small_rate: int = 200
+    overhead_runs: int = 3
+    anomaly_fraction: float = 0.01
+    worker_concurrency: int = 2
+    batch_repeats: int = 3
+    parity_rows: int = 10_000
+
+    def patience(self, natural: float) -> float:
+        """How long to wait for something that should take ``natural`` seconds: never
+        more than ``wait_s``, so a broken path cannot stall the run."""
+        return min(max(natural, 10.0), self.wait_s)
+
+
+def sizes_for(*, quick: bool) -> Sizes:
+    """The full run, or the quick one that finishes in under two minutes."""
+    if quick:
+        return Sizes(
+            quick=True,
+            bulk_rows=200_000,
+            inference_rows=100_000,
+            small_seconds=5.0,
+            small_jobs=1_500,
+            naive_records=1_500,
+            cache_rows=20_000,
+            wait_s=10.0,
+            batch_repeats=2,
+        )
+    return Sizes(
+        quick=False,
+        bulk_rows=1_000_000,
+        inference_rows=200_000,
+        small_seconds=20.0,
+        small_jobs=5_000,
+        naive_records=5_000,
+        cache_rows=50_000,
+        wait_s=300.0,
+    )

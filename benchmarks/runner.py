@@ -1,0 +1,240 @@
+"""One benchmark run: every measurement in order, on the same machine, in one process.
+
+Each section is measured independently; a section that fails records its error and the
+run goes on, so one broken path does not hide the others' figures.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+
+from benchmarks import bulk, cache, inference, models, naive_runner, small_jobs
+from benchmarks.config import IFOREST_MODEL, LOF_MODEL, RESULTS, Endpoints, Sizes
+from benchmarks.inputs import Inputs, prepare_inputs
+from benchmarks.jobs import publisher, result_client
+from benchmarks.meta import describe_run, load_average
+from benchmarks.progress import say
+from benchmarks.stack import Stack, open_stack, running_worker
+from benchmarks.stats import ratio
+from benchmarks.targets import check_targets
+
+ALGORITHMS = {IFOREST_MODEL: "iforest", LOF_MODEL: "lof"}
+TRAINING_KEYS = (
+    "model_version",
+    "algorithm",
+    "onnx",
+    "parity_max_error",
+    "n_training_rows",
+    "threshold",
+    "train_s",
+)
+
+
+@dataclass(slots=True)
+class Run:
+    """The results as they accumulate, and the errors of sections that failed."""
+
+    sizes: Sizes
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        """Time a section; record its error instead of aborting the run."""
+        say(f"{name} ...")
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:
+            self.errors[name] = f"{type(exc).__name__}: {exc}"[:2000]
+            say(f"{name} FAILED: {self.errors[name]}\n{traceback.format_exc()}")
+        else:
+            say(f"{name} done in {time.perf_counter() - started:.1f}s")
+
+
+def run_benchmarks(sizes: Sizes, endpoints: Endpoints) -> dict[str, Any]:
+    """Every measurement; the JSON-ready result."""
+    run = Run(sizes)
+    load_at_start = load_average()
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    with run.section("data"):
+        inputs = prepare_inputs(sizes)
+    if "data" not in run.errors:
+        folder = RESULTS / "runs" / started_at.strftime("%Y%m%dT%H%M%SZ")
+        with open_stack(endpoints, sizes, folder=folder) as stack:
+            say(f"schema {stack.schema}; logs in {folder / 'logs'}")
+            run.results["settings"] = worker_settings(stack)
+            run_on_stack(run, stack, inputs)
+    meta = describe_run(
+        sizes,
+        started_at=started_at,
+        seconds=time.perf_counter() - started,
+        load_at_start=load_at_start,
+    )
+    return assemble(run, meta=meta)
+
+
+def worker_settings(stack: Stack) -> dict[str, Any]:
+    """The workers' knobs for this run (service addresses and secrets left out)."""
+    hidden = ("url", "backend", "auth", "home", "port")  # each worker gets a free port
+    values = stack.settings.model_dump(mode="json")
+    return {key: value for key, value in values.items() if not key.endswith(hidden)}
+
+
+def run_on_stack(run: Run, stack: Stack, inputs: Inputs) -> None:
+    """The sections that need the services. The baseline's worker boots beside the
+    project's (it idles on its own queue until its turn), to save a start-up."""
+    config = naive_runner.naive_config(stack)
+    with naive_runner.naive_worker(stack, config):
+        with running_worker(stack, cache=True, name="worker-cache-on") as worker:
+            with run.section("training"):
+                run.results["training"] = train_models(stack, inputs)
+            with run.section("inference"):
+                run.results["inference"] = measure_inference(run, stack)
+            if "training" in run.errors:
+                return
+            with publisher(stack.settings) as app:
+                cache_on_sections(run, stack, app, inputs, worker_pid=worker.process.pid)
+        with run.section("naive"):
+            run.results["naive"] = naive_runner.run_naive(
+                stack,
+                config,
+                model=IFOREST_MODEL,
+                records=inputs.naive,
+                warmup=inputs.naive_warmup,
+            )
+    with run.section("cache_off"):
+        run.results["cache_off_runs"] = cache_off_runs(stack, inputs)
+
+
+def train_models(stack: Stack, inputs: Inputs) -> dict[str, Any]:
+    """IsolationForest and LOF through ``pynomaly.train``, then warmed up in every process."""
+    with result_client(stack.settings) as app:
+        trained = models.train(app, algorithms=ALGORITHMS, source=inputs.training_csv)
+    summaries = {name: {k: s.get(k) for k in TRAINING_KEYS} for name, s in trained.items()}
+    with publisher(stack.settings) as app:
+        done = models.warm_up(stack, app, models=list(ALGORITHMS), records=inputs.warmup, tag="on")
+    return {**summaries, "warmup_jobs_finished": f"{done}/{len(ALGORITHMS) * len(inputs.warmup)}"}
+
+
+def measure_inference(run: Run, stack: Stack) -> dict[str, Any]:
+    """Scoring speed of the registered IsolationForest (or one fitted here if training
+    through the workers failed)."""
+    if "training" in run.errors:
+        backends = inference.backends_in_process(run.sizes)
+    else:
+        backends = inference.backends_from_store(stack.services.store, IFOREST_MODEL)
+    return inference.measure_inference(run.sizes, backends)
+
+
+def cache_on_sections(
+    run: Run, stack: Stack, app: Celery, inputs: Inputs, *, worker_pid: int
+) -> None:
+    """Everything measured on the worker started with the prediction cache on."""
+    with run.section("bulk"):
+        run.results["bulk"] = bulk.run_bulk(
+            stack,
+            app,
+            model=IFOREST_MODEL,
+            source=inputs.bulk_csv,
+            rows=run.sizes.bulk_rows,
+            worker_pid=worker_pid,
+        )
+    with run.section("limit"):
+        backend = run.results.get("inference", {}).get("best_backend", "sklearn")
+        run.results["limit"] = bulk.run_limit(
+            stack, model=IFOREST_MODEL, source=inputs.bulk_csv, backend=backend
+        )
+    with run.section("small_jobs"):
+        run.results["small_jobs"] = small_jobs.run_small_jobs(stack, app, inputs.small_jobs)
+    with run.section("cache"):
+        run.results["cache"] = cache.cold_and_warm(
+            stack, app, model=LOF_MODEL, source=inputs.cache_csv
+        )
+    with run.section("cache_on_runs"):
+        run.results["cache_on_runs"] = cache_on_runs(stack, app, inputs)
+
+
+def cache_on_runs(stack: Stack, app: Celery, inputs: Inputs) -> dict[str, list[float]]:
+    """The fast model's job with the cache on: every row a miss, then every row a hit."""
+    runs, source = stack.sizes.overhead_runs, inputs.cache_csv
+    cache.warm_sources(stack, app, model=IFOREST_MODEL, source=source)
+    return {
+        "miss": cache.repeated(
+            stack, app, model=IFOREST_MODEL, source=source, runs=runs, flush=True
+        ),
+        "hit": cache.repeated(
+            stack, app, model=IFOREST_MODEL, source=source, runs=runs, flush=False
+        ),
+    }
+
+
+def cache_off_runs(stack: Stack, inputs: Inputs) -> list[float]:
+    """The same job on a worker started with ``PYNOMALY_CACHE_URL`` empty."""
+    with (
+        running_worker(stack, cache=False, name="worker-cache-off"),
+        publisher(stack.settings) as app,
+    ):
+        models.warm_up(stack, app, models=[IFOREST_MODEL], records=inputs.warmup, tag="off")
+        cache.warm_sources(stack, app, model=IFOREST_MODEL, source=inputs.cache_csv)
+        return cache.repeated(
+            stack,
+            app,
+            model=IFOREST_MODEL,
+            source=inputs.cache_csv,
+            runs=stack.sizes.overhead_runs,
+            flush=False,
+        )
+
+
+def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
+    """The one JSON object: sections, ratios between them, targets, metadata."""
+    results = run.results
+    out: dict[str, Any] = {
+        "inference": results.get("inference"),
+        "bulk": bulk_section(results),
+        "naive": results.get("naive"),
+        "small_jobs": results.get("small_jobs"),
+        "cache": cache_section(results),
+        "memory": results.get("bulk", {}).get("memory"),
+        "training": results.get("training"),
+    }
+    out["targets"] = check_targets(out, quick=run.sizes.quick)
+    out["errors"] = run.errors
+    out["meta"] = {**meta, "worker_settings": results.get("settings")}
+    return out
+
+
+def bulk_section(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The bulk job beside its one-process limit and the naive baseline."""
+    job = results.get("bulk", {}).get("job")
+    if job is None:
+        return None
+    limit = results.get("limit") or {}
+    naive = results.get("naive") or {}
+    return {
+        **job,
+        "limit_records_per_s": limit.get("records_per_s"),
+        "ratio_to_limit": ratio(job["records_per_s"], limit.get("records_per_s")),
+        "speedup_vs_naive": ratio(job["records_per_s"], naive.get("records_per_s"), digits=1),
+        "limit": limit or None,
+    }
+
+
+def cache_section(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Cold/warm on the slow model plus the fast model's overhead."""
+    section = results.get("cache")
+    on, off = results.get("cache_on_runs"), results.get("cache_off_runs")
+    if section is None and on is None:
+        return None
+    overhead = cache.overhead(on["miss"], on["hit"], off) if on and off else {}
+    return {**(section or {}), **overhead}

@@ -1,0 +1,273 @@
+"""Many one-record jobs: latency at an offered rate, and sustained throughput, each set
+beside Celery's own no-op task (``pynomaly.health.ping``) measured the same way.
+
+Detection latency is ``detection_jobs.finished_at`` minus the wall-clock time just
+before ``send_task`` (the anomalies are committed before the job is marked finished);
+the no-op's is the result's ``date_done`` (``result_extended`` is on) minus the same.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from celery import Celery
+
+from benchmarks.config import IFOREST_MODEL, RESULTS_DB
+from benchmarks.jobs import Sent, finished_count, finished_jobs, send_detection, wait_prefix
+from benchmarks.progress import say
+from benchmarks.stack import Stack
+from benchmarks.stats import percentiles, rate, ratio
+from pynomaly_workers.services.health import PING_TASK
+
+Sender = Callable[[int], Sent]
+RESULT_PREFIX = "celery-task-meta-"
+_KEYS_PER_CALL = 500
+
+
+@dataclass(frozen=True, slots=True)
+class SmallJobRows:
+    """Distinct records for the paced run and the burst, so no job hits the prediction
+    cache with a row an earlier job scored."""
+
+    latency: Sequence[list[float]]
+    burst: Sequence[list[float]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """When each published task finished (wall clock, seconds), which failed, and when
+    the waiting stopped (tasks still running then are censored at that time)."""
+
+    done_at: dict[str, float]
+    failed: set[str]
+    checked_at: float
+
+
+def send_paced(send: Sender, *, count: int, per_second: float) -> list[Sent]:
+    """Publish ``count`` tasks at a steady offered rate (catching up if behind)."""
+    sent = []
+    start = time.perf_counter()
+    for i in range(count):
+        delay = start + i / per_second - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sent.append(send(i))
+    return sent
+
+
+def send_burst(send: Sender, *, count: int) -> list[Sent]:
+    """Publish ``count`` tasks as fast as the publisher can."""
+    return [send(i) for i in range(count)]
+
+
+def detect_sender(app: Celery, *, prefix: str, records: Sequence[list[float]]) -> Sender:
+    """One-record ``pynomaly.detect`` jobs, each with its own job id."""
+
+    def send(i: int) -> Sent:
+        record = records[i % len(records)]
+        return send_detection(app, job_id=f"{prefix}{i:06d}", model=IFOREST_MODEL, records=[record])
+
+    return send
+
+
+def ping_sender(app: Celery) -> Sender:
+    """Celery's no-op: the health canary, which only returns a small dict."""
+
+    def send(_: int) -> Sent:
+        sent_at = time.time()
+        result = app.send_task(PING_TASK, args=[sent_at], queue="detection")
+        return Sent(job_id=str(result.id), task_id=str(result.id), sent_at=sent_at)
+
+    return send
+
+
+def detection_outcome(stack: Stack, prefix: str, sent: Sequence[Sent], timeout: float) -> Outcome:
+    """Wait for the jobs, then read their finish times from ``detection_jobs``."""
+    wait_prefix(stack.engine, prefix, expected=len(sent), timeout=timeout)
+    rows = finished_jobs(stack.engine, prefix)
+    done = {
+        job_id: row.finished_at.timestamp()
+        for job_id, row in rows.items()
+        if row.status == "succeeded" and row.finished_at is not None
+    }
+    failed = {job_id for job_id, row in rows.items() if row.status == "failed"}
+    return Outcome(done_at=done, failed=failed, checked_at=time.time())
+
+
+def ping_outcome(stack: Stack, sent: Sequence[Sent], timeout: float) -> Outcome:
+    """Wait for the canaries' results, then read their ``date_done``."""
+    keys = [f"{RESULT_PREFIX}{s.task_id}" for s in sent]
+    with stack.redis(RESULTS_DB) as client:
+        deadline = time.monotonic() + timeout
+        while _existing(client, keys) < len(keys) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        metas = _metas(client, keys)
+    done = {tid: _date_done(meta) for tid, meta in metas.items() if meta.get("status") == "SUCCESS"}
+    failed = {tid for tid, meta in metas.items() if meta.get("status") == "FAILURE"}
+    return Outcome(done_at=done, failed=failed, checked_at=time.time())
+
+
+def ping_results(stack: Stack, sent: Sequence[Sent]) -> int:
+    """How many of the canaries have a stored result."""
+    with stack.redis(RESULTS_DB) as client:
+        return _existing(client, [f"{RESULT_PREFIX}{s.task_id}" for s in sent])
+
+
+def _existing(client: redis.Redis, keys: Sequence[str]) -> int:
+    chunks = [keys[i : i + _KEYS_PER_CALL] for i in range(0, len(keys), _KEYS_PER_CALL)]
+    return sum(int(client.exists(*chunk)) for chunk in chunks)
+
+
+def _metas(client: redis.Redis, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    metas: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(keys), _KEYS_PER_CALL):
+        chunk = keys[i : i + _KEYS_PER_CALL]
+        for key, value in zip(chunk, client.mget(chunk), strict=True):
+            if isinstance(value, bytes):
+                metas[key.removeprefix(RESULT_PREFIX)] = json.loads(value)
+    return metas
+
+
+def _date_done(meta: dict[str, Any]) -> float:
+    moment = datetime.fromisoformat(str(meta["date_done"]))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def latency_figures(sent: Sequence[Sent], outcome: Outcome) -> dict[str, Any]:
+    """Per-task latency percentiles (ms) and how the offered rate was met. A task still
+    unfinished when the wait ended counts with the time it had waited by then, so with
+    ``latency_censored`` > 0 the percentiles are lower bounds."""
+    finished = [s for s in sent if s.job_id in outcome.done_at]
+    unfinished = [
+        s for s in sent if s.job_id not in outcome.done_at and s.job_id not in outcome.failed
+    ]
+    latencies = [(outcome.done_at[s.job_id] - s.sent_at) * 1000 for s in finished]
+    censored = [(outcome.checked_at - s.sent_at) * 1000 for s in unfinished]
+    span = sent[-1].sent_at - sent[0].sent_at if len(sent) > 1 else 0.0
+    return {
+        "latency_ms": percentiles(latencies + censored),
+        "latency_jobs": len(sent),
+        "latency_completed": len(finished),
+        "latency_failed": len(outcome.failed),
+        "latency_censored": len(unfinished),
+        "achieved_offered_per_s": rate(len(sent) - 1, span),
+    }
+
+
+def throughput_figures(sent: Sequence[Sent], outcome: Outcome) -> dict[str, Any]:
+    """Completed tasks per second from the first send to the last finish."""
+    first = sent[0].sent_at
+    last_done = max(outcome.done_at.values(), default=first)
+    publish_span = sent[-1].sent_at - first
+    return {
+        "jobs": len(sent),
+        "completed": len(outcome.done_at),
+        "failed": len(outcome.failed),
+        "seconds": round(last_done - first, 3),
+        "jobs_per_s": rate(len(outcome.done_at), last_done - first),
+        "publisher_send_per_s": rate(len(sent) - 1, publish_span),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A kind of one-task job: how to publish it and how to learn when it finished."""
+
+    make_sender: Callable[[str, Sequence[list[float]]], Sender]
+    collect: Callable[[str, Sequence[Sent], float], Outcome]
+    finished: Callable[[str, Sequence[Sent]], int]
+
+
+def timed_batch(
+    app: Celery,
+    kind: Kind,
+    *,
+    prefix: str,
+    rows: Sequence[list[float]],
+    send: Callable[[Sender], list[Sent]],
+    timeout: float,
+) -> tuple[list[Sent], Outcome]:
+    """Publish, wait for the outcome; purge what is still queued if time ran out, so the
+    leftovers do not load the next measurement."""
+    sent = send(kind.make_sender(prefix, rows))
+    outcome = kind.collect(prefix, sent, timeout)
+    if len(outcome.done_at) + len(outcome.failed) < len(sent):
+        purged = app.control.purge()
+        say(f"{prefix}: {len(sent) - len(outcome.done_at)} unfinished; purged {purged} queued")
+        settle(lambda: kind.finished(prefix, sent), timeout=timeout)
+    return sent, outcome
+
+
+def settle(finished: Callable[[], int], *, timeout: float, quiet_s: float = 1.0) -> None:
+    """Wait until the jobs workers had already taken before the purge are done: no more
+    finish for ``quiet_s`` (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    last = finished()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = finished()
+        if now == last:
+            return
+        last = now
+
+
+def measure_kind(stack: Stack, app: Celery, kind: Kind, rows: SmallJobRows) -> dict[str, Any]:
+    """Latency at the offered rate, then throughput of a burst, for one kind of task."""
+    sizes = stack.sizes
+    run = uuid.uuid4().hex[:6]
+    count = int(sizes.small_rate * sizes.small_seconds)
+    sent, outcome = timed_batch(
+        app,
+        kind,
+        prefix=f"lat-{run}-",
+        rows=rows.latency,
+        send=lambda sender: send_paced(sender, count=count, per_second=sizes.small_rate),
+        timeout=sizes.patience(count / 25),
+    )
+    latency = latency_figures(sent, outcome)
+    sent, outcome = timed_batch(
+        app,
+        kind,
+        prefix=f"tput-{run}-",
+        rows=rows.burst,
+        send=lambda sender: send_burst(sender, count=sizes.small_jobs),
+        timeout=sizes.patience(sizes.small_jobs / 25),
+    )
+    return {**latency, **throughput_figures(sent, outcome)}
+
+
+def run_small_jobs(stack: Stack, app: Celery, rows: SmallJobRows) -> dict[str, Any]:
+    """Both kinds, Celery's no-op first; ratios between them."""
+    noop = Kind(
+        make_sender=lambda _prefix, _rows: ping_sender(app),
+        collect=lambda _prefix, sent, timeout: ping_outcome(stack, sent, timeout),
+        finished=lambda _prefix, sent: ping_results(stack, sent),
+    )
+    detect = Kind(
+        make_sender=lambda prefix, records: detect_sender(app, prefix=prefix, records=records),
+        collect=lambda prefix, sent, timeout: detection_outcome(stack, prefix, sent, timeout),
+        finished=lambda prefix, _sent: finished_count(stack.engine, prefix),
+    )
+    noop_figures = measure_kind(stack, app, noop, rows)
+    return summarize(
+        measure_kind(stack, app, detect, rows), noop_figures, rate_offered=stack.sizes.small_rate
+    )
+
+
+def summarize(detect: dict[str, Any], noop: dict[str, Any], *, rate_offered: int) -> dict[str, Any]:
+    """The JSON section: detection figures, the no-op's, and their ratio."""
+    return {
+        "rate": rate_offered,
+        **detect,
+        "celery_noop_jobs_per_s": noop["jobs_per_s"],
+        "ratio_to_noop": ratio(detect["jobs_per_s"], noop["jobs_per_s"]),
+        "noop_latency_ms": noop["latency_ms"],
+        "noop": noop,
+    }

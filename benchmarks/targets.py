@@ -1,0 +1,46 @@
+"""The issue's targets for this 2-core machine, checked against a run's figures.
+
+The targets are the issue's (they are goals, not measurements); every value compared
+with them comes from the same run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# (name, path into the result, comparison, target)
+TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
+    ("bulk_records_per_s", ("bulk", "records_per_s"), ">=", 300_000),
+    ("bulk_ratio_to_limit", ("bulk", "ratio_to_limit"), ">=", 0.8),
+    ("bulk_speedup_vs_naive", ("bulk", "speedup_vs_naive"), ">=", 500),
+    ("small_jobs_p50_ms", ("small_jobs", "latency_ms", "p50"), "<=", 5),
+    ("small_jobs_p99_ms", ("small_jobs", "latency_ms", "p99"), "<=", 25),
+    ("small_jobs_ratio_to_noop", ("small_jobs", "ratio_to_noop"), ">=", 0.8),
+    ("cache_speedup", ("cache", "speedup"), ">=", 5),
+    ("cache_fast_model_overhead", ("cache", "fast_model_overhead"), "<=", 0.10),
+    ("memory_worker_peak_rss_mb", ("memory", "worker_peak_rss_mb"), "<=", 500),
+)
+
+
+def lookup(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    """The number at ``path``, or None if a section is missing."""
+    node: Any = result
+    for key in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return float(node) if isinstance(node, int | float) else None
+
+
+def check_targets(result: dict[str, Any], *, quick: bool) -> dict[str, Any]:
+    """Each target with the measured value and whether it is met (None if not measured)."""
+    checks: dict[str, Any] = {}
+    for name, path, comparison, target in TARGETS:
+        value = lookup(result, path)
+        met = (
+            None if value is None else (value >= target if comparison == ">=" else value <= target)
+        )
+        checks[name] = {"value": value, "target": f"{comparison} {target:g}", "met": met}
+    if quick:
+        checks["note"] = "quick run: the bulk and memory targets are stated for the 1M-row job"
+    return checks

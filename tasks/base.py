@@ -6,7 +6,6 @@ from typing import Any
 
 import redis.exceptions
 import sqlalchemy.exc
-from celery import Task
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from pynomaly_workers.domain.errors import InvalidInput
@@ -38,9 +37,3 @@ def retry_options() -> dict[str, Any]:
         "max_retries": settings.retry_max,
         "throws": (InvalidInput,),
     }
-
-
-class PynomalyTask(Task):  # type: ignore[type-arg]
-    """Base task: JSON-serialisable error results."""
-
-    abstract = True

@@ -203,6 +203,25 @@ class TopAnomaly:
     score: float
     severity: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the contract's keys)."""
+        return {
+            "record_index": self.record_index,
+            "record_id": self.record_id,
+            "score": self.score,
+            "severity": self.severity,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TopAnomaly:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            record_index=int(data["record_index"]),
+            record_id=data["record_id"],
+            score=float(data["score"]),
+            severity=float(data["severity"]),
+        )
+
 
 def top_anomalies(
     scores: npt.NDArray[np.float64],
@@ -266,16 +285,34 @@ class JobSummary:
             "threshold": self.threshold,
             "cache_hits": self.cache_hits,
             "duration_ms": round(self.duration_ms, 3),
-            "top_anomalies": [
-                {
-                    "record_index": a.record_index,
-                    "record_id": a.record_id,
-                    "score": a.score,
-                    "severity": a.severity,
-                }
-                for a in self.top_anomalies
-            ],
+            "top_anomalies": [a.to_dict() for a in self.top_anomalies],
         }
+
+
+def fan_out_summary(
+    *,
+    job_id: str,
+    model: str,
+    model_version: int,
+    threshold: float,
+    counts: Sequence[tuple[int, int, int]],
+    tops: Sequence[Sequence[TopAnomaly]],
+    top_k: int,
+    duration_ms: float,
+) -> JobSummary:
+    """The summary of a fanned-out job from its chunks' (records, anomalies, cache hits)
+    and top anomalies."""
+    return JobSummary(
+        job_id=job_id,
+        model=model,
+        model_version=model_version,
+        n_records=sum(c[0] for c in counts),
+        n_anomalies=sum(c[1] for c in counts),
+        threshold=threshold,
+        cache_hits=sum(c[2] for c in counts),
+        duration_ms=duration_ms,
+        top_anomalies=merge_top(tops, k=top_k),
+    )
 
 
 def split_rows(n_rows: int, *, max_rows: int) -> list[tuple[int, int]]:

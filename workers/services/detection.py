@@ -535,7 +535,7 @@ def run_chunk(services: Services, kwargs: Mapping[str, Any]) -> ChunkDone:
         assert job is not None, f"chunk of unknown job {job_id}"
         return ChunkDone(job=job, final=None, task_id=None)
     spec = ChunkSpec(*(int(v) for v in kwargs["chunk"]))
-    version = services.store.get_model(parse_model_ref(kwargs["model"]))
+    version = services.models.resolve(parse_model_ref(kwargs["model"]))  # exact: cached
     try:
         chunk = services.sources.read_chunk(str(kwargs["path"]), spec, columns=kwargs["columns"])
         check_width(chunk.matrix, n_features=version.n_features, model=version.label)

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from pynomaly_workers.domain.errors import ArtifactCorrupt, UnknownDataset, UnknownModel
-from pynomaly_workers.domain.jobs import JobStatus, JobSummary, merge_top
+from pynomaly_workers.domain.jobs import JobStatus, JobSummary, fan_out_summary
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import (
     AnomalyBatch,
@@ -235,31 +235,26 @@ class InMemoryStore:
     ) -> JobRecord:
         model_id = self.job_columns.get(job.job_id, {}).get("model_id")
         model = self.models.get(model_id) if model_id is not None else None
-        n_records = sum(c.n_records for c in chunks)
-        n_anomalies = sum(c.n_anomalies for c in chunks)
-        cache_hits = sum(c.cache_hits for c in chunks)
-        duration_ms = (now - (job.started_at or now)).total_seconds() * 1000.0
-        summary = JobSummary(
+        summary = fan_out_summary(
             job_id=job.job_id,
             model=model.name if model else (job.model or ""),
             model_version=model.version if model else 0,
-            n_records=n_records,
-            n_anomalies=n_anomalies,
             threshold=threshold,
-            cache_hits=cache_hits,
-            duration_ms=duration_ms,
-            top_anomalies=merge_top([c.top for c in chunks], k=top_k),
+            counts=[(c.n_records, c.n_anomalies, c.cache_hits) for c in chunks],
+            tops=[c.top for c in chunks],
+            top_k=top_k,
+            duration_ms=(now - (job.started_at or now)).total_seconds() * 1000.0,
         )
         finished = replace(
             job,
             status="succeeded",
-            n_records=n_records,
-            n_anomalies=n_anomalies,
-            cache_hits=cache_hits,
+            n_records=summary.n_records,
+            n_anomalies=summary.n_anomalies,
+            cache_hits=summary.cache_hits,
             threshold=threshold,
             summary=summary.to_dict(),
             finished_at=now,
-            duration_ms=duration_ms,
+            duration_ms=summary.duration_ms,
         )
         self.jobs[job.job_id] = finished
         return finished
@@ -325,11 +320,6 @@ class InMemoryStore:
             ]
         found.sort(key=lambda a: (-a.severity, a.record_index))
         return found[:limit]
-
-    def delete_job_anomalies(self, job_id: str) -> int:
-        """Remove a job's anomalies (as ``SqlStore.delete_job_anomalies``)."""
-        with self._lock:
-            return self._delete_anomalies(job_id)
 
     def _delete_anomalies(self, job_id: str) -> int:
         keys = [key for key in self.anomalies if key[0] == job_id]

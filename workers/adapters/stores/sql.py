@@ -22,7 +22,7 @@ from pynomaly_workers.adapters.stores.tables import (
     ModelRow,
 )
 from pynomaly_workers.domain.errors import ArtifactCorrupt, UnknownDataset, UnknownModel
-from pynomaly_workers.domain.jobs import JobStatus, JobSummary, TopAnomaly, merge_top
+from pynomaly_workers.domain.jobs import JobStatus, JobSummary, TopAnomaly, fan_out_summary
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import (
     AnomalyBatch,
@@ -319,7 +319,7 @@ class SqlStore:
             "n_records": chunk.n_records,
             "n_anomalies": chunk.n_anomalies,
             "cache_hits": chunk.cache_hits,
-            "top": {"top": [_top_dict(t) for t in chunk.top]},
+            "top": {"top": [t.to_dict() for t in chunk.top]},
             "created_at": now,
         }
         # RETURNING, not rowcount: psycopg reports -1 for an INSERT once SQLAlchemy has
@@ -343,18 +343,15 @@ class SqlStore:
         now: datetime,
     ) -> None:
         model = session.get(ModelRow, job.model_id) if job.model_id is not None else None
-        tops = [[_top_from_dict(t) for t in c.top["top"]] for c in chunks]
-        started = job.started_at or now
-        summary = JobSummary(
+        summary = fan_out_summary(
             job_id=job.job_id,
             model=model.name if model else (job.model_name or ""),
             model_version=model.version if model else 0,
-            n_records=sum(c.n_records for c in chunks),
-            n_anomalies=sum(c.n_anomalies for c in chunks),
             threshold=threshold,
-            cache_hits=sum(c.cache_hits for c in chunks),
-            duration_ms=(now - started).total_seconds() * 1000.0,
-            top_anomalies=merge_top(tops, k=top_k),
+            counts=[(c.n_records, c.n_anomalies, c.cache_hits) for c in chunks],
+            tops=[[TopAnomaly.from_dict(t) for t in c.top["top"]] for c in chunks],
+            top_k=top_k,
+            duration_ms=(now - (job.started_at or now)).total_seconds() * 1000.0,
         )
         job.status = "succeeded"
         job.n_records = summary.n_records
@@ -406,12 +403,6 @@ class SqlStore:
             query = query.where(AnomalyRow.model_id.in_(ids))
         with Session(self.engine) as session:
             return [_anomaly_record(row) for row in session.scalars(query)]
-
-    def delete_job_anomalies(self, job_id: str) -> int:
-        """Remove a job's anomalies (used by retention and by tests)."""
-        with self.engine.begin() as conn:
-            result = conn.execute(delete(AnomalyRow).where(AnomalyRow.job_id == job_id))
-            return int(result.rowcount)
 
     # -- datasets ---------------------------------------------------------------------
     def register_dataset(self, dataset: Dataset, *, now: datetime) -> Dataset:
@@ -516,24 +507,6 @@ def _final_row(job_id: str, *, model: str, now: datetime, **values: Any) -> dict
         **values,
     )
     return row
-
-
-def _top_dict(top: TopAnomaly) -> dict[str, Any]:
-    return {
-        "record_index": top.record_index,
-        "record_id": top.record_id,
-        "score": top.score,
-        "severity": top.severity,
-    }
-
-
-def _top_from_dict(data: dict[str, Any]) -> TopAnomaly:
-    return TopAnomaly(
-        record_index=int(data["record_index"]),
-        record_id=data["record_id"],
-        score=float(data["score"]),
-        severity=float(data["severity"]),
-    )
 
 
 def _unknown_model_message(session: Session, ref: ModelRef) -> str:

@@ -11,7 +11,7 @@ _ := $(shell mkdir -p $(VENV) && find workers tasks schedules migrations -name '
 
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick services clean
+.PHONY: schemas install demo test test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick services clean
 
 install: $(VENV)/.installed
 
@@ -64,6 +64,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m benchmarks --quick --json
+
+# The public tasks' kwargs as JSON Schema files (workers/schemas/), from workers/contract.py.
+schemas: install
+	$(BIN)/python -m pynomaly_workers.schemas
 
 # Start the local PostgreSQL and Redis the tests use, if they are not answering.
 services:

@@ -91,7 +91,7 @@ def worker_settings(stack: Stack) -> dict[str, Any]:
 
 
 def run_on_stack(run: Run, stack: Stack, inputs: Inputs) -> None:
-    """The sections that need the services. The baseline's worker boots beside the
+    """The sections that need the adapters. The baseline's worker boots beside the
     project's (it idles on its own queue until its turn), to save a start-up."""
     config = naive_runner.naive_config(stack)
     with naive_runner.naive_worker(stack, config):
@@ -132,7 +132,7 @@ def measure_inference(run: Run, stack: Stack) -> dict[str, Any]:
     if "training" in run.errors:
         backends = inference.backends_in_process(run.sizes)
     else:
-        backends = inference.backends_from_store(stack.services.store, IFOREST_MODEL)
+        backends = inference.backends_from_store(stack.adapters.store, IFOREST_MODEL)
     return inference.measure_inference(run.sizes, backends)
 
 

@@ -24,7 +24,7 @@ from benchmarks.jobs import Sent, finished_count, finished_jobs, send_detection,
 from benchmarks.progress import say
 from benchmarks.stack import Stack
 from benchmarks.stats import percentiles, rate, ratio
-from pynomaly_workers.services.health import PING_TASK
+from pynomaly_workers.contract import DETECTION_QUEUE, FAILED, PING_TASK, SUCCEEDED
 
 Sender = Callable[[int], Sent]
 RESULT_PREFIX = "celery-task-meta-"
@@ -82,7 +82,7 @@ def ping_sender(app: Celery) -> Sender:
 
     def send(_: int) -> Sent:
         sent_at = time.time()
-        result = app.send_task(PING_TASK, args=[sent_at], queue="detection")
+        result = app.send_task(PING_TASK, args=[sent_at], queue=DETECTION_QUEUE)
         return Sent(job_id=str(result.id), task_id=str(result.id), sent_at=sent_at)
 
     return send
@@ -95,9 +95,9 @@ def detection_outcome(stack: Stack, prefix: str, sent: Sequence[Sent], timeout: 
     done = {
         job_id: row.finished_at.timestamp()
         for job_id, row in rows.items()
-        if row.status == "succeeded" and row.finished_at is not None
+        if row.status == SUCCEEDED and row.finished_at is not None
     }
-    failed = {job_id for job_id, row in rows.items() if row.status == "failed"}
+    failed = {job_id for job_id, row in rows.items() if row.status == FAILED}
     return Outcome(done_at=done, failed=failed, checked_at=time.time())
 
 

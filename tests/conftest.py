@@ -24,7 +24,7 @@ from pynomaly_workers.adapters.stores.engine import build_engine, normalize_url
 from pynomaly_workers.adapters.stores.sql import SqlStore
 from pynomaly_workers.bootstrap import bootstrap
 from pynomaly_workers.migrate import upgrade
-from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.settings import Settings
 
 DATABASE_URL = os.environ.get(
@@ -40,7 +40,7 @@ TABLES = (
     "datasets",
     "metrics",
 )
-HOW_TO_START = "start it with 'make services' (or bash .ci/services)"
+HOW_TO_START = "start it with 'make adapters' (or bash .ci/adapters)"
 
 
 def _require_postgres() -> None:
@@ -138,11 +138,11 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def services(store_url: str, make_settings: Callable[..., Settings]) -> Iterator[Services]:
-    """Wired services on each SQL backend (no prediction cache)."""
+def adapters(store_url: str, make_settings: Callable[..., Settings]) -> Iterator[Adapters]:
+    """Wired adapters on each SQL backend (no prediction cache)."""
     built = bootstrap(make_settings(database_url=store_url))
     yield built
-    built.maintenance.engine.dispose()
+    built.close()
 
 
 @pytest.fixture

@@ -13,15 +13,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from pydantic import ValidationError
 
+from pynomaly_workers.contract import (
+    FAILED,
+    FINAL_STATUSES,
+    JOB_STATUSES,
+    QUEUES,
+    TRAIN_TASK,
+    TRAINING_QUEUE,
+    maintenance_task,
+    queue_of,
+)
 from pynomaly_workers.domain.errors import PynomalyError
 
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
+
+    from pynomaly_workers.domain.models import ModelVersion
+    from pynomaly_workers.domain.ports import JobRecord
+    from pynomaly_workers.services.context import Adapters
+    from pynomaly_workers.settings import Settings
+
 F = TypeVar("F", bound=Callable[..., Any])
-TERMINAL = ("succeeded", "failed")
+MAINTENANCE_JOBS = ("refresh_views", "vacuum_analyze", "retention")
 
 
 def fail(message: str, *, code: int = 1) -> NoReturn:
@@ -71,7 +89,7 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(func)
 
 
-def _settings() -> Any:
+def _settings() -> Settings:
     from pynomaly_workers.settings import get_settings
 
     try:
@@ -84,11 +102,11 @@ def _settings() -> Any:
         fail(f"invalid settings: {problems}")
 
 
-def _services() -> Any:
-    from pynomaly_workers.bootstrap import get_services
+def _adapters() -> Adapters:
+    from pynomaly_workers.bootstrap import get_adapters
 
     _settings()
-    return get_services()
+    return get_adapters()
 
 
 @click.group()
@@ -109,7 +127,7 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
     settings = _settings()
     if settings.metrics_port:
         _prepare_metrics_folder(settings.home / "metrics" / str(os.getpid()))
-    from pynomaly_workers.celery_app import QUEUES, app
+    from pynomaly_workers.celery_app import get_app
 
     chosen = queues or ",".join(QUEUES)
     unknown = set(chosen.split(",")) - set(QUEUES)
@@ -130,7 +148,7 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
                 f"cannot serve metrics on port {settings.metrics_port} ({exc}); set "
                 "PYNOMALY_METRICS_PORT to a free port, or 0 to turn metrics off"
             )
-    app.worker_main(argv)
+    get_app().worker_main(argv)
 
 
 def _prepare_metrics_folder(folder: Path) -> None:
@@ -148,12 +166,12 @@ def _prepare_metrics_folder(folder: Path) -> None:
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def beat(loglevel: str) -> None:
     """Run the beat scheduler (exactly one per deployment)."""
-    from pynomaly_workers.celery_app import app
+    from pynomaly_workers.celery_app import get_app
 
     settings = _settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     schedule = settings.home.resolve() / "celerybeat-schedule"
-    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+    get_app().start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
 
 
 @main.command()
@@ -161,12 +179,12 @@ def beat(loglevel: str) -> None:
 @click.option("--address", default="0.0.0.0", show_default=True)  # noqa: S104
 def flower(port: int, address: str) -> None:
     """Run Flower behind basic auth (PYNOMALY_FLOWER_BASIC_AUTH=user:password)."""
-    from pynomaly_workers.celery_app import app
+    from pynomaly_workers.celery_app import get_app
 
     settings = _settings()
     if not settings.flower_basic_auth:
         fail("Flower needs basic auth: set PYNOMALY_FLOWER_BASIC_AUTH=user:password")
-    app.start(
+    get_app().start(
         [
             "flower",
             f"--port={port}",
@@ -271,7 +289,7 @@ def train(
     as_json: bool,
 ) -> None:
     """Train a model version on a worker (pynomaly.train)."""
-    from pynomaly_workers.client import TRAIN_TASK, client_app
+    from pynomaly_workers.client import client_app
 
     kwargs = {
         "model": model,
@@ -281,7 +299,7 @@ def train(
         **_input_kwargs(records_file, dataset, source),
     }
     app = client_app(_settings())
-    result = app.send_task(TRAIN_TASK, kwargs=kwargs, queue="training")
+    result = app.send_task(TRAIN_TASK, kwargs=kwargs, queue=TRAINING_QUEUE)
     if not wait:
         emit(
             {"task_id": result.id},
@@ -293,7 +311,7 @@ def train(
     emit(summary, as_json=as_json, human=lambda: _print_training(summary))
 
 
-def _wait_result(result: Any, *, timeout: float, what: str) -> dict[str, Any]:
+def _wait_result(result: AsyncResult[Any], *, timeout: float, what: str) -> dict[str, Any]:
     try:
         value = result.get(timeout=timeout, propagate=False)
     except Exception as exc:  # celery raises its own TimeoutError
@@ -342,13 +360,13 @@ def detect(
     """Submit a detection job (pynomaly.detect)."""
     from pynomaly_workers.client import client_app, new_job_id, submit_detection
 
-    services = _services()
+    adapters = _adapters()
     job_id = job_id or new_job_id()
-    services.store.enqueue_job(job_id, model=model, now=services.clock.now())
+    adapters.store.enqueue_job(job_id, model=model, now=adapters.clock.now())
     submission = submit_detection(
         model=model,
         job_id=job_id,
-        app=client_app(services.settings),
+        app=client_app(adapters.settings),
         **_input_kwargs(records_file, dataset, source),
     )
     if not wait:
@@ -358,19 +376,20 @@ def detect(
             human=lambda: click.echo(f"queued job {submission.job_id}"),
         )
         return
-    job = wait_for_job(services, submission.job_id, timeout=timeout)
-    if job.status == "failed":
+    job = wait_for_job(adapters, submission.job_id, timeout=timeout)
+    if job.status == FAILED:
         emit(asdict(job), as_json=as_json, human=lambda: None)
         fail(f"job {job.job_id} failed ({job.error_type}): {job.error}")
-    emit(job.summary, as_json=as_json, human=lambda: print_summary(job.summary))
+    summary = job.summary or {}
+    emit(summary, as_json=as_json, human=lambda: print_summary(summary))
 
 
-def wait_for_job(services: Any, job_id: str, *, timeout: float) -> Any:
+def wait_for_job(adapters: Adapters, job_id: str, *, timeout: float) -> JobRecord:
     """Poll the job record until it is succeeded or failed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = services.store.get_job(job_id)
-        if job is not None and job.status in TERMINAL:
+        job = adapters.store.get_job(job_id)
+        if job is not None and job.status in FINAL_STATUSES:
             return job
         time.sleep(0.1)
     fail(
@@ -401,12 +420,12 @@ def print_summary(summary: dict[str, Any]) -> None:
 # -- inspection ------------------------------------------------------------------------
 @main.command()
 @click.argument("job_id", required=False)
-@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed"]))
+@click.option("--status", type=click.Choice(JOB_STATUSES))
 @click.option("--limit", default=20, show_default=True)
 @json_option
 def jobs(job_id: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """List detection jobs, or show one."""
-    store = _services().store
+    store = _adapters().store
     if job_id:
         job = store.get_job(job_id)
         if job is None:
@@ -437,7 +456,7 @@ def jobs(job_id: str | None, status: str | None, limit: int, as_json: bool) -> N
     )
 
 
-def _print_job(job: Any) -> None:
+def _print_job(job: JobRecord) -> None:
     if job.summary:
         print_summary(job.summary)
     else:
@@ -451,7 +470,7 @@ def _print_job(job: Any) -> None:
 @json_option
 def models(name: str | None, as_json: bool) -> None:
     """List registered model versions."""
-    found = _services().store.list_models(name=name)
+    found = _adapters().store.list_models(name=name)
     emit(
         [_model_dict(m) for m in found],
         as_json=as_json,
@@ -487,7 +506,7 @@ def models(name: str | None, as_json: bool) -> None:
     )
 
 
-def _model_dict(model: Any) -> dict[str, Any]:
+def _model_dict(model: ModelVersion) -> dict[str, Any]:
     data = asdict(model)
     data["stats"] = {k: v for k, v in data["stats"].items() if k != "quantiles"}
     return data
@@ -503,7 +522,7 @@ def anomalies(
     job_id: str | None, model: str | None, min_severity: float, limit: int, as_json: bool
 ) -> None:
     """List stored anomalies, most severe first."""
-    found = _services().store.list_anomalies(
+    found = _adapters().store.list_anomalies(
         job_id=job_id, model=model, min_severity=min_severity, limit=limit
     )
     emit(
@@ -536,10 +555,10 @@ def datasets_add(name: str, path: Path, as_json: bool) -> None:
 
     from pynomaly_workers.domain.models import check_model_name
 
-    services = _services()
-    described = services.sources.describe(str(path.resolve()))
-    dataset = services.store.register_dataset(
-        replace(described, name=check_model_name(name)), now=services.clock.now()
+    adapters = _adapters()
+    described = adapters.sources.describe(str(path.resolve()))
+    dataset = adapters.store.register_dataset(
+        replace(described, name=check_model_name(name)), now=adapters.clock.now()
     )
     emit(
         asdict(dataset),
@@ -555,7 +574,7 @@ def datasets_add(name: str, path: Path, as_json: bool) -> None:
 @json_option
 def datasets_list(as_json: bool) -> None:
     """List registered datasets."""
-    found = _services().store.list_datasets()
+    found = _adapters().store.list_datasets()
     emit(
         [asdict(d) for d in found],
         as_json=as_json,
@@ -570,7 +589,7 @@ def datasets_list(as_json: bool) -> None:
 
 # -- operations ------------------------------------------------------------------------
 @main.command()
-@click.argument("name", type=click.Choice(["refresh_views", "vacuum_analyze", "retention"]))
+@click.argument("name", type=click.Choice(MAINTENANCE_JOBS))
 @click.option("--inline", is_flag=True, help="Run here instead of on a maintenance worker.")
 @click.option("--timeout", type=float, default=600, show_default=True)
 @json_option
@@ -579,24 +598,23 @@ def maintenance(name: str, inline: bool, timeout: float, as_json: bool) -> None:
     if inline:
         from datetime import timedelta
 
-        services = _services()
+        adapters = _adapters()
         if name == "retention":
-            cutoff = services.clock.now() - timedelta(days=services.settings.retention_days)
-            report = services.maintenance.retention(cutoff=cutoff)
+            cutoff = adapters.clock.now() - timedelta(days=adapters.settings.retention_days)
+            report = adapters.maintenance.retention(cutoff=cutoff)
         else:
-            report = getattr(services.maintenance, name)()
+            report = getattr(adapters.maintenance, name)()
     else:
         from pynomaly_workers.client import client_app
 
-        result = client_app(_settings()).send_task(
-            f"pynomaly.maintenance.{name}", queue="maintenance"
-        )
+        task = maintenance_task(name)
+        result = client_app(_settings()).send_task(task, queue=queue_of(task))
         report = _wait_result(result, timeout=timeout, what=f"maintenance {name}")
     emit(report, as_json=as_json, human=lambda: click.echo(f"{name}: {report}"))
 
 
 @main.command()
-@click.option("--queues", default="detection,training,maintenance", show_default=True)
+@click.option("--queues", default=",".join(QUEUES), show_default=True)
 @click.option("--timeout", type=float, default=15, show_default=True)
 @json_option
 def health(queues: str, timeout: float, as_json: bool) -> None:
@@ -604,7 +622,7 @@ def health(queues: str, timeout: float, as_json: bool) -> None:
     through a worker on each queue."""
     from pynomaly_workers.services.health import check_health
 
-    report = check_health(_services(), queues=queues.split(","), timeout=timeout)
+    report = check_health(_adapters(), queues=queues.split(","), timeout=timeout)
     emit(report, as_json=as_json, human=lambda: _print_health(report))
     if not report["ok"]:
         sys.exit(1)

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pynomaly_workers.contract import ALGORITHMS, NAME_PATTERN
 from pynomaly_workers.domain.errors import InvalidInput
 from pynomaly_workers.domain.scoring import ScoreStats
 
-ALGORITHMS = ("iforest", "lof", "ocsvm", "elliptic")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+__all__ = ["ALGORITHMS", "ModelRef", "ModelVersion", "check_model_name", "parse_model_ref"]
+_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from pynomaly_workers.domain.jobs import JobStatus, JobSummary, TopAnomaly
+from pynomaly_workers.contract import JobStatus
+from pynomaly_workers.domain.jobs import ChunkTally, JobSummary
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, ScoreStats
@@ -70,24 +71,20 @@ class JobFailure:
 
 @dataclass(frozen=True, slots=True)
 class ChunkResult:
-    """One scored chunk of a fanned-out job."""
+    """One scored chunk of a job: what it adds to the summary, and its anomalies."""
 
     chunk_index: int
-    n_records: int
-    n_anomalies: int
-    cache_hits: int
-    top: list[TopAnomaly]
+    tally: ChunkTally
     anomalies: AnomalyBatch
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkOutcome:
-    """What settling a chunk did: ``job`` is the job afterwards; ``completed`` is True
-    for the one chunk whose commit finished the job."""
+    """What settling a chunk of a fanned-out job did: ``job`` is the job afterwards;
+    ``completed`` is True for the one chunk whose commit finished it."""
 
     job: JobRecord
     completed: bool
-    counted: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +168,9 @@ class JobStore(Protocol):
     ) -> None:
         """Store the summary and mark the job ``succeeded``."""
 
-    def fail_job(self, job_id: str, *, error: str, error_type: str, now: datetime) -> None:
+    def fail_job(self, job_id: str, *, error: str, error_type: str, now: datetime) -> JobRecord:
         """Mark the job ``failed`` with a message and drop its anomalies, unless it
-        already succeeded: a failed job has no anomalies."""
+        already succeeded (a failed job has no anomalies); return the job afterwards."""
 
     def settle_jobs(
         self, results: Sequence[JobResult], failures: Sequence[JobFailure], *, now: datetime
@@ -195,9 +192,10 @@ class JobStore(Protocol):
         that ``task_id`` waits for its outcome."""
 
     def complete_chunk(
-        self, job_id: str, chunk: ChunkResult, *, threshold: float, top_k: int, now: datetime
+        self, job_id: str, chunk: ChunkResult, *, version: ModelVersion, top_k: int, now: datetime
     ) -> ChunkOutcome:
-        """Write a chunk's anomalies and counts once; the last chunk completes the job."""
+        """Write a chunk's anomalies and counts once; the last chunk completes the job
+        with the summary of all its chunks (``summarize``) in the same transaction."""
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job, or None."""
@@ -258,6 +256,9 @@ class PredictionCache(Protocol):
     def set_many(self, model_hash: str, matrix: Matrix, scores: Scores) -> None:
         """Remember scores for the rows."""
 
+    def close(self) -> None:
+        """Release the connection."""
+
 
 @dataclass(frozen=True, slots=True)
 class SourceChunk:
@@ -310,3 +311,79 @@ class SourceReader(Protocol):
 
     def read_chunk(self, path: str, spec: ChunkSpec, *, columns: list[str]) -> SourceChunk:
         """The rows of one planned chunk."""
+
+
+class LoadedModel(Protocol):
+    """A model version ready to score in this process."""
+
+    @property
+    def version(self) -> ModelVersion:
+        """The version loaded."""
+
+    def scorer_for(self, n_rows: int) -> Scorer:
+        """The fastest backend for a batch of ``n_rows`` rows."""
+
+    def row_cost_us(self) -> float | None:
+        """Scoring cost per row in microseconds, if measured."""
+
+
+class ModelLoader(Protocol):
+    """Resolves model references and keeps loaded versions for reuse."""
+
+    def resolve(self, ref: ModelRef) -> ModelVersion:
+        """The version ``ref`` names; raises ``UnknownModel``."""
+
+    def load(self, version: ModelVersion) -> LoadedModel:
+        """The loaded model for ``version``."""
+
+
+@dataclass(frozen=True, slots=True)
+class FittedModel:
+    """A freshly fitted estimator: its serialized artifact, its scores on the rows it was
+    fitted on, and a scorer for parity checks. ``estimator`` is opaque to the core."""
+
+    estimator: object
+    artifact: bytes
+    training_scores: Scores
+    params: dict[str, Any]
+    scorer: Scorer
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedModel:
+    """A portable export (ONNX) of a fitted model and a scorer that runs it."""
+
+    content: bytes
+    scorer: Scorer
+
+
+class Trainer(Protocol):
+    """Fits estimators and exports them to a portable format."""
+
+    def fit(
+        self, algorithm: str, matrix: Matrix, *, contamination: float, params: dict[str, Any]
+    ) -> FittedModel:
+        """Fit ``algorithm`` on ``matrix``."""
+
+    def export(self, fitted: FittedModel, *, n_features: int) -> ExportedModel | None:
+        """The portable export, or None where no converter exists."""
+
+
+class Maintenance(Protocol):
+    """Database upkeep (see ``pynomaly.maintenance.*``)."""
+
+    def refresh_views(self) -> dict[str, Any]:
+        """Refresh the materialized views without blocking readers."""
+
+    def vacuum_analyze(self) -> dict[str, Any]:
+        """Reclaim space and refresh planner statistics."""
+
+    def retention(self, *, cutoff: datetime) -> dict[str, Any]:
+        """Delete what is older than ``cutoff``."""
+
+
+class DatabaseProbe(Protocol):
+    """A cheap check that the database answers."""
+
+    def ping(self) -> None:
+        """Return if the database answered; raise otherwise."""

@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from pynomaly_workers.contract import JOB_STATUSES
+
 # Integer on SQLite (so the key is the rowid and autoincrements), BIGINT on PostgreSQL.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -153,7 +155,8 @@ class DetectionJobRow(Base):
 
     __table_args__ = (
         CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed')", name="status_valid"
+            f"status IN ({', '.join(repr(status) for status in JOB_STATUSES)})",
+            name="status_valid",
         ),
         Index("idx_detection_jobs_created", text("created_at DESC")),
         Index("idx_detection_jobs_status", "status", text("created_at DESC")),

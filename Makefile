@@ -11,9 +11,20 @@ _ := $(shell mkdir -p $(VENV) && find workers tasks schedules migrations -name '
 
 PYTEST_ARGS ?=
 
-.PHONY: schemas install demo test test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick services clean
+.PHONY: tools schemas install demo test test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick services clean
 
 install: $(VENV)/.installed
+
+# The real tools the operations tests drive: Prometheus + promtool and a headless
+# Chromium (with its driver) for Flower. Installed from Debian once; skipped when present.
+TOOLS := prometheus promtool chromium chromedriver
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing from Debian"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus chromium chromium-driver >/dev/null; \
+	fi
 
 $(DEPS_STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +40,7 @@ demo: install
 	$(BIN)/pynomaly-workers migrate
 	$(BIN)/pynomaly-workers demo
 
-test: install
+test: install tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install
@@ -38,7 +49,7 @@ test-unit: install
 test-integration: install
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-test-e2e: install
+test-e2e: install tools
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 # Offline checks of docker-compose.yml, deploy/ (Dockerfile, Kubernetes, PostgreSQL and

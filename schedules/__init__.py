@@ -6,14 +6,24 @@ from typing import Any
 
 from celery.schedules import crontab
 
-from pynomaly_workers.contract import maintenance_task
+from pynomaly_workers.contract import MAINTENANCE_QUEUE, PING_TASK, maintenance_task
 from pynomaly_workers.settings import Settings
+
+BEAT_TICK_SECONDS = 60.0
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """Maintenance on a schedule: views every 5 minutes, VACUUM nightly, retention daily."""
     del settings  # the intervals become settings when operators ask for them
     return {
+        # Beat's heartbeat: a maintenance worker records its arrival as
+        # pynomaly_beat_last_tick_timestamp_seconds, so "beat stopped" can be alerted on.
+        "beat-tick": {
+            "task": PING_TASK,
+            "schedule": BEAT_TICK_SECONDS,
+            "kwargs": {"source": "beat"},
+            "options": {"queue": MAINTENANCE_QUEUE, "expires": BEAT_TICK_SECONDS - 5},
+        },
         "refresh-views": {
             "task": maintenance_task("refresh_views"),
             "schedule": 300.0,

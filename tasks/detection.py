@@ -9,15 +9,19 @@ acknowledgement (after the batch, or a requeue if the pool process dies) and ret
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
 from celery import Celery, Task
+from celery.signals import task_received
 from celery.utils.time import get_exponential_backoff_interval
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from pynomaly_workers.bootstrap import get_adapters
+from pynomaly_workers.celery_app import SENT_AT_HEADER
+from pynomaly_workers.client import publish
 from pynomaly_workers.contract import (
     DETECT_CHUNK_TASK,
     DETECT_TASK,
@@ -25,7 +29,9 @@ from pynomaly_workers.contract import (
     FAILED,
     SUCCEEDED,
 )
-from pynomaly_workers.metrics import get_metrics
+from pynomaly_workers.domain.summaries import kwargs_summary, result_summary
+from pynomaly_workers.metrics import get_metrics, model_label
+from pynomaly_workers.observability import current_job_id, queue_wait
 from pynomaly_workers.services.detection import (
     DetectMessage,
     Failed,
@@ -43,13 +49,30 @@ log = logging.getLogger(__name__)
 
 class DetectionBatches(Batches):  # type: ignore[misc]
     """celery-batches, plus what a single task gets from Celery: the batch's messages are
-    requeued if its pool process dies (``task_reject_on_worker_lost``), and the batch
-    runs under the task time limits."""
+    requeued if its pool process dies (``task_reject_on_worker_lost``), the batch runs
+    under the task time limits, and every job in it sends its own task events
+    (received, started, succeeded/failed with runtime and a short result), so Flower
+    and event monitors see each detection job, not one anonymous batch."""
+
+    def Strategy(self, task: Any, app: Celery, consumer: Any) -> Any:  # noqa: N802
+        handler = super().Strategy(task, app, consumer)
+        task_received.connect(
+            _announce_received, sender=consumer, weak=False, dispatch_uid="pynomaly-received"
+        )
+        return handler
 
     def flush(self, requests: Collection[Any]) -> Any:
         batch = ([SimpleRequest.from_request(r) for r in requests],)
+        accepted: list[float] = []
 
-        def on_return(_result: Any) -> None:
+        def on_accepted(pid: int, time_accepted: float) -> None:
+            accepted.append(time_accepted)
+            for request in requests:
+                request.send_event("task-started", pid=pid)
+
+        def on_return(reports: Any) -> None:
+            runtime = time.monotonic() - accepted[0] if accepted else 0.0
+            announce_outcomes(requests, reports, runtime=runtime)
             for request in requests:
                 request.acknowledge()
 
@@ -61,11 +84,46 @@ class DetectionBatches(Batches):  # type: ignore[misc]
         return self._pool.apply_async(
             apply_batches_task,
             (self, batch, 0, None),
+            accept_callback=on_accepted,
             callback=on_return,
             error_callback=on_error,
             soft_timeout=self.app.conf.task_soft_time_limit,
             timeout=self.app.conf.task_time_limit,
         )
+
+
+def _announce_received(request: Any = None, **_: Any) -> None:
+    """``task-received`` for a buffered detection message (Celery's default strategy
+    sends it for other tasks; celery-batches does not)."""
+    if request is None or request.name != DETECT_TASK:
+        return
+    kwargsrepr = request.kwargsrepr or kwargs_summary(request.kwargs or {})
+    request.send_event(
+        "task-received",
+        name=request.name,
+        args=request.argsrepr or "()",
+        kwargs=kwargsrepr,
+        root_id=request.root_id,
+        parent_id=request.parent_id,
+        retries=(request.request_dict or {}).get("retries", 0),
+        eta=None,
+        expires=None,
+    )
+
+
+def announce_outcomes(requests: Collection[Any], reports: Any, *, runtime: float) -> None:
+    """Send each job's ``task-succeeded`` / ``task-failed`` / ``task-retried`` event."""
+    by_id = {r["task_id"]: r for r in reports} if isinstance(reports, list) else {}
+    for request in requests:
+        report = by_id.get(str(request.id))
+        if report is None:
+            request.send_event("task-failed", exception="the batch ended without an outcome")
+        elif report["state"] == SUCCEEDED:
+            request.send_event("task-succeeded", result=report["result"], runtime=runtime)
+        elif report["state"] == "retried":
+            request.send_event("task-retried", exception=report["result"])
+        else:
+            request.send_event("task-failed", exception=report["result"], runtime=runtime)
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -79,10 +137,13 @@ def register(app: Celery, settings: Settings) -> None:
         flush_every=settings.batch_max_jobs,
         flush_interval=settings.batch_max_wait_ms / 1000.0,
     )
-    def detect(self: Task, requests: Sequence[SimpleRequest]) -> int:  # type: ignore[type-arg]
+    def detect(
+        self: Task,  # type: ignore[type-arg]
+        requests: Sequence[SimpleRequest],
+    ) -> list[dict[str, str]]:
         """Public contract (``contract.DETECT_KWARGS_SCHEMA``): keyword arguments only;
         the job_id defaults to the task id. Each request's result is stored under its
-        own task id."""
+        own task id; the batch returns one short report per job for the task events."""
         return run_batch(self.app, requests, settings=settings)
 
     @app.task(name=DETECT_CHUNK_TASK, **retry_options(settings))
@@ -95,25 +156,60 @@ def register(app: Celery, settings: Settings) -> None:
         return {"job_id": done.job.job_id, "status": done.job.status}
 
 
-def run_batch(celery_app: Celery, requests: Sequence[SimpleRequest], *, settings: Settings) -> int:
+def run_batch(
+    celery_app: Celery, requests: Sequence[SimpleRequest], *, settings: Settings
+) -> list[dict[str, str]]:
     """Run one micro-batch and store each job's outcome as its task's result."""
     messages = [DetectMessage(str(r.id), r.kwargs or {}, tuple(r.args or ())) for r in requests]
     metrics = get_metrics()
-    metrics.batch_jobs.observe(len(messages))
+    metrics.batch_size.observe(len(messages))
+    _observe_waits(requests)
+    started = time.monotonic()
     try:
         with metrics.batch_seconds.time():
             outcomes = detect_batch(get_adapters(), messages)
     except TRANSIENT_ERRORS as exc:
         _retry_later(celery_app, requests, exc, settings=settings)
-        return 0
+        return [_report(r, "retried", f"{type(exc).__name__}: {exc}") for r in requests]
     except Exception as exc:  # a bug must not lose the batch silently
         log.exception("detection batch failed")
         for request in requests:
             _fail_internal(celery_app, request, exc)
-        return 0
+        return [_report(r, FAILED, f"internal error: {type(exc).__name__}") for r in requests]
+    elapsed = time.monotonic() - started
+    reports = []
     for request, outcome in zip(requests, outcomes, strict=True):
-        publish_outcome(celery_app, str(request.id), outcome, request=request)
-    return len(requests)
+        token = current_job_id.set(str((request.kwargs or {}).get("job_id") or request.id))
+        try:
+            publish_outcome(celery_app, str(request.id), outcome, request=request)
+        finally:
+            current_job_id.reset(token)
+        if not isinstance(outcome, FannedOut):
+            metrics.job_seconds.labels(queue=DETECTION_QUEUE).observe(elapsed)
+        reports.append(_outcome_report(request, outcome))
+    return reports
+
+
+def _observe_waits(requests: Sequence[SimpleRequest]) -> None:
+    now = time.time()
+    histogram = get_metrics().queue_wait.labels(queue=DETECTION_QUEUE)
+    for request in requests:
+        wait = queue_wait((request.request_dict or {}).get(SENT_AT_HEADER), now=now)
+        if wait is not None:
+            histogram.observe(wait)
+
+
+def _report(request: SimpleRequest, state: str, result: str) -> dict[str, str]:
+    return {"task_id": str(request.id), "state": state, "result": result}
+
+
+def _outcome_report(request: SimpleRequest, outcome: Outcome) -> dict[str, str]:
+    if isinstance(outcome, Succeeded):
+        return _report(request, SUCCEEDED, result_summary(outcome.summary.to_dict()))
+    if isinstance(outcome, Failed):
+        error = outcome.error
+        return _report(request, FAILED, f"{type(error).__name__}: {str(error)[:200]}")
+    return _report(request, SUCCEEDED, f"fanned out into {len(outcome.chunks)} chunks")
 
 
 def publish_outcome(
@@ -129,7 +225,7 @@ def publish_outcome(
         backend.mark_as_failure(task_id, outcome.error, request=request, call_errbacks=False)
     elif isinstance(outcome, FannedOut):
         for chunk in outcome.chunks:
-            celery_app.send_task(DETECT_CHUNK_TASK, kwargs=chunk, queue=DETECTION_QUEUE)
+            publish(celery_app, DETECT_CHUNK_TASK, kwargs=chunk, queue=DETECTION_QUEUE)
 
 
 def _count(outcome: Outcome) -> None:
@@ -137,12 +233,12 @@ def _count(outcome: Outcome) -> None:
     metrics = get_metrics()
     if isinstance(outcome, Succeeded):
         summary = outcome.summary
-        metrics.jobs.labels(outcome=SUCCEEDED).inc()
-        metrics.records.inc(summary.n_records)
-        metrics.anomalies.inc(summary.n_anomalies)
-        metrics.cache_hits.inc(summary.cache_hits)
+        model = model_label(summary.model)
+        metrics.jobs.labels(queue=DETECTION_QUEUE, outcome=SUCCEEDED).inc()
+        metrics.records.labels(model=model).inc(summary.n_records)
+        metrics.anomalies.labels(model=model).inc(summary.n_anomalies)
     elif isinstance(outcome, Failed):
-        metrics.jobs.labels(outcome=FAILED).inc()
+        metrics.jobs.labels(queue=DETECTION_QUEUE, outcome=FAILED).inc()
 
 
 def _retry_later(
@@ -164,9 +260,10 @@ def _retry_later(
         )
         log.warning("job %s: %s; retry %d in %ss", request.id, exc, retries + 1, countdown)
         get_metrics().retries.inc()
-        celery_app.send_task(
+        publish(
+            celery_app,
             DETECT_TASK,
-            kwargs=request.kwargs,
+            kwargs=dict(request.kwargs or {}),
             task_id=str(request.id),
             countdown=countdown,
             retries=retries + 1,
@@ -189,5 +286,5 @@ def _fail_internal(celery_app: Celery, request: SimpleRequest, exc: BaseExceptio
         )
     except Exception:
         log.exception("could not record failure of job %s", job_id)
-    get_metrics().jobs.labels(outcome=FAILED).inc()
+    get_metrics().jobs.labels(queue=DETECTION_QUEUE, outcome=FAILED).inc()
     celery_app.backend.mark_as_failure(str(request.id), error, request=request, call_errbacks=False)

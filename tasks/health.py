@@ -18,9 +18,11 @@ def register(app: Celery, settings: Settings) -> None:
     del settings  # the canary needs none
 
     @app.task(name=PING_TASK)
-    def ping(sent_at: float | None = None) -> dict[str, Any]:
-        """Answer with who ran the canary and when."""
+    def ping(sent_at: float | None = None, source: str | None = None) -> dict[str, Any]:
+        """Answer with who ran the canary and when. Beat sends one a minute with
+        ``source="beat"``: its arrival is beat's last tick (a metric)."""
         return {
+            "source": source,
             "pong": True,
             "host": socket.gethostname(),
             "pid": os.getpid(),

@@ -16,6 +16,7 @@ from pynomaly_workers.adapters.sources import ArrowSourceReader
 from pynomaly_workers.adapters.stores.engine import SqlProbe, build_engine
 from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
 from pynomaly_workers.adapters.stores.sql import SqlStore
+from pynomaly_workers.adapters.telemetry import PrometheusTelemetry
 from pynomaly_workers.domain.ports import PredictionCache
 from pynomaly_workers.services.context import Adapters, SystemClock
 from pynomaly_workers.settings import Settings, get_settings
@@ -52,6 +53,7 @@ def bootstrap(settings: Settings) -> Adapters:
         database=SqlProbe(engine),
         close=close,
         forget_after_fork=lambda: engine.dispose(close=False),
+        telemetry=PrometheusTelemetry(),
     )
 
 

@@ -7,6 +7,7 @@ build their own); :func:`get_app` is this process's app, built on first use.
 from __future__ import annotations
 
 import os
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -17,12 +18,23 @@ from kombu import Exchange, Queue
 from pynomaly_workers.contract import DETECTION_QUEUE, QUEUES, ROUTES
 from pynomaly_workers.settings import Settings, get_settings
 
+SENT_AT_HEADER = "sent_at"
+"""Message header: Unix seconds when the job was published. Optional for publishers in
+other languages; without it that job's queue wait is not observed."""
+
+
+def stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """``before_task_publish``: record when a message was published, unless the
+    publisher already did."""
+    if headers is not None:
+        headers.setdefault(SENT_AT_HEADER, time.time())
+
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours (publishing clients use the same)."""
     return {
         "broker_url": settings.broker_url,
-        "broker_transport": _transport(settings.broker_url),
+        "broker_transport": transport_name(settings.broker_url),
         "result_backend": settings.resolved_result_backend,
         "broker_transport_options": broker_options(settings),
         "broker_connection_retry_on_startup": True,
@@ -48,8 +60,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": True,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "result_expires": 7 * 24 * 3600,
-        "result_extended": True,
+        # Results hold the job summary only (never the kwargs: records can be 100k rows)
+        # and expire after PYNOMALY_RESULT_TTL_SECONDS; the job record is the durable copy.
+        "result_expires": settings.result_ttl_seconds,
+        "result_extended": False,
+        # Each worker also consumes its own queue, so a canary can prove *that* worker.
+        "worker_direct": True,
         "enable_utc": True,
         "timezone": "UTC",
         "worker_concurrency": settings.worker_concurrency or None,
@@ -58,12 +74,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _transport(broker_url: str) -> str | None:
-    """Our hardened transports for ``redis://`` and ``filesystem://``; kombu's otherwise."""
+def transport_name(broker_url: str) -> str | None:
+    """Our hardened transports for ``redis://`` and ``filesystem://``; kombu's otherwise.
+
+    The Redis one is installed under kombu's own alias ``redis``: the connection then
+    still calls itself ``redis://`` (Flower picks its Broker page's client from that
+    scheme, and a module path there reads "broker is not supported").
+    """
+    from kombu import transport as kombu_transport
+
     from pynomaly_workers.adapters.broker import FILESYSTEM_TRANSPORT, TRANSPORT
 
     if broker_url.startswith("redis://"):
-        return TRANSPORT
+        if kombu_transport.TRANSPORT_ALIASES.get("redis") != TRANSPORT:
+            kombu_transport.TRANSPORT_ALIASES["redis"] = TRANSPORT
+            kombu_transport._transport_cache.pop("redis", None)  # type: ignore[attr-defined]
+        return "redis"
     return FILESYSTEM_TRANSPORT if broker_url.startswith("filesystem://") else None
 
 
@@ -98,6 +124,9 @@ def create_app(settings: Settings) -> Celery:
     worker_process_shutdown.connect(
         _forget_process_metrics, weak=False, dispatch_uid="pynomaly-metrics"
     )
+    from pynomaly_workers import observability
+
+    observability.install(application, settings)
     return application
 
 

@@ -22,6 +22,7 @@ from pynomaly_workers.contract import (
     FAILED,
     FINAL_STATUSES,
     JOB_STATUSES,
+    MAINTENANCE_QUEUE,
     QUEUES,
     TRAIN_TASK,
     TRAINING_QUEUE,
@@ -116,6 +117,9 @@ def main() -> None:
 
 
 # -- processes -------------------------------------------------------------------------
+LONG_TASK_QUEUES = frozenset({TRAINING_QUEUE, MAINTENANCE_QUEUE})
+
+
 @main.command()
 @click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: all).")
 @click.option("--concurrency", "-c", type=int, default=None, help="Worker processes.")
@@ -123,17 +127,21 @@ def main() -> None:
 @click.option("--pool", default=None, help="Celery pool (prefork, solo, threads).")
 def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str | None) -> None:
     """Run a worker consuming the detection, training and maintenance queues, with
-    Prometheus metrics at /metrics on PYNOMALY_METRICS_PORT (0 turns them off)."""
+    Prometheus metrics at /metrics on PYNOMALY_METRICS_PORT (0 turns them off).
+
+    A pool of only training/maintenance queues takes one message per process at a time
+    (prefetch 1): a long job never waits, reserved, behind another one."""
     settings = _settings()
     if settings.metrics_port:
-        _prepare_metrics_folder(settings.home / "metrics" / str(os.getpid()))
+        _prepare_metrics_folder(settings.home / "metrics", os.getpid())
     from pynomaly_workers.celery_app import get_app
 
-    chosen = queues or ",".join(QUEUES)
-    unknown = set(chosen.split(",")) - set(QUEUES)
+    chosen = (queues or ",".join(QUEUES)).split(",")
+    unknown = set(chosen) - set(QUEUES)
     if unknown:
         fail(f"unknown queue(s) {', '.join(sorted(unknown))}; choose from {', '.join(QUEUES)}")
-    argv = ["worker", f"--loglevel={loglevel}", f"--queues={chosen}", "--task-events"]
+    argv = [f"--loglevel={loglevel}", f"--queues={','.join(chosen)}", "--task-events"]
+    argv += _prefetch_options(chosen, settings)
     if concurrency or settings.worker_concurrency:
         argv.append(f"--concurrency={concurrency or settings.worker_concurrency}")
     if pool:
@@ -148,18 +156,41 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
                 f"cannot serve metrics on port {settings.metrics_port} ({exc}); set "
                 "PYNOMALY_METRICS_PORT to a free port, or 0 to turn metrics off"
             )
-    get_app().worker_main(argv)
+    # JSON logs: no banner, so every line on the output is one JSON object.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    get_app().start([*quiet, "worker", *argv])
 
 
-def _prepare_metrics_folder(folder: Path) -> None:
-    """A fresh folder for prometheus-client's multiprocess files. It must be in the
-    environment before prometheus_client is first imported (it reads it at import)."""
+def _prefetch_options(queues: Sequence[str], settings: Settings) -> list[str]:
+    """Prefetch 1 and fair scheduling for a pool of long tasks only; the detection
+    prefetch (PYNOMALY_PREFETCH_MULTIPLIER, for micro-batching) otherwise."""
+    if set(queues) <= LONG_TASK_QUEUES:
+        return ["--prefetch-multiplier=1", "-O", "fair"]
+    if set(queues) & LONG_TASK_QUEUES:
+        click.secho(
+            f"warning: training/maintenance share this worker's detection prefetch "
+            f"({settings.prefetch_multiplier}); in production run them in their own pool "
+            "('worker --queues training,maintenance')",
+            fg="yellow",
+            err=True,
+        )
+    return []
+
+
+def _prepare_metrics_folder(parent: Path, pid: int) -> None:
+    """A fresh folder for prometheus-client's multiprocess files, and the folders of
+    earlier runs removed. It must be in the environment before prometheus_client is
+    first imported (it reads it at import)."""
     import shutil
 
     assert "prometheus_client" not in sys.modules, "metrics folder set too late"
+    folder = parent / str(pid)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
+    from pynomaly_workers.metrics import remove_stale_folders
+
+    remove_stale_folders(parent, keep=folder)
 
 
 @main.command()
@@ -171,27 +202,23 @@ def beat(loglevel: str) -> None:
     settings = _settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     schedule = settings.home.resolve() / "celerybeat-schedule"
-    get_app().start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    get_app().start([*quiet, "beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
 
 
 @main.command()
 @click.option("--port", default=5555, show_default=True)
 @click.option("--address", default="0.0.0.0", show_default=True)  # noqa: S104
 def flower(port: int, address: str) -> None:
-    """Run Flower behind basic auth (PYNOMALY_FLOWER_BASIC_AUTH=user:password)."""
+    """Run Flower behind basic auth (PYNOMALY_FLOWER_BASIC_AUTH=user:password; the
+    password may contain commas)."""
     from pynomaly_workers.celery_app import get_app
+    from pynomaly_workers.flower import run_flower
 
     settings = _settings()
     if not settings.flower_basic_auth:
         fail("Flower needs basic auth: set PYNOMALY_FLOWER_BASIC_AUTH=user:password")
-    get_app().start(
-        [
-            "flower",
-            f"--port={port}",
-            f"--address={address}",
-            f"--basic-auth={settings.flower_basic_auth}",
-        ]
-    )
+    run_flower(get_app(), settings, port=port, address=address)
 
 
 # -- database --------------------------------------------------------------------------
@@ -289,7 +316,7 @@ def train(
     as_json: bool,
 ) -> None:
     """Train a model version on a worker (pynomaly.train)."""
-    from pynomaly_workers.client import client_app
+    from pynomaly_workers.client import client_app, publish
 
     kwargs = {
         "model": model,
@@ -299,7 +326,7 @@ def train(
         **_input_kwargs(records_file, dataset, source),
     }
     app = client_app(_settings())
-    result = app.send_task(TRAIN_TASK, kwargs=kwargs, queue=TRAINING_QUEUE)
+    result = publish(app, TRAIN_TASK, kwargs=kwargs, queue=TRAINING_QUEUE)
     if not wait:
         emit(
             {"task_id": result.id},
@@ -614,18 +641,72 @@ def maintenance(name: str, inline: bool, timeout: float, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--queues", default=",".join(QUEUES), show_default=True)
+@click.option(
+    "--liveness",
+    "mode",
+    flag_value="liveness",
+    help="Local and cheap: this host's worker runs and its consumer loop is not stuck "
+    "(a broker outage does not fail it).",
+)
+@click.option(
+    "--readiness",
+    "mode",
+    flag_value="readiness",
+    help="The broker and the database answer and the schema is at the migrations' head.",
+)
+@click.option(
+    "--queues",
+    default=None,
+    help="Deep check through these queues (any worker may answer) instead of this "
+    "host's worker's own queue.",
+)
+@click.option(
+    "--worker",
+    "worker_name",
+    default=None,
+    help="Worker whose own queue the canary goes to (default: celery@<this host>).",
+)
 @click.option("--timeout", type=float, default=15, show_default=True)
 @json_option
-def health(queues: str, timeout: float, as_json: bool) -> None:
-    """Prove the system works: database reachable, and a canary task round-trips
-    through a worker on each queue."""
-    from pynomaly_workers.services.health import check_health
+def health(
+    mode: str | None,
+    queues: str | None,
+    worker_name: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Probe the system; exit 0 when healthy, 1 when not.
 
-    report = check_health(_adapters(), queues=queues.split(","), timeout=timeout)
+    Without --liveness/--readiness: the deep check. The database answers, and a canary
+    task round-trips through this host's worker (its own queue), proving that worker
+    consumes; or through each of --queues."""
+    settings = _settings()
+    if mode == "liveness":
+        from pynomaly_workers.probes import check_liveness
+
+        report = {"ok": (live := check_liveness(settings))["ok"], "checks": {"liveness": live}}
+    elif mode == "readiness":
+        from pynomaly_workers.probes import check_readiness
+
+        report = check_readiness(settings, timeout=min(timeout, 10))
+    else:
+        from pynomaly_workers.services.health import check_health
+
+        report = check_health(
+            _adapters(),
+            queues=queues.split(",") if queues else [],
+            worker=None if queues else (worker_name or _this_worker()),
+            timeout=timeout,
+        )
     emit(report, as_json=as_json, human=lambda: _print_health(report))
     if not report["ok"]:
         sys.exit(1)
+
+
+def _this_worker() -> str:
+    import socket
+
+    return f"celery@{socket.gethostname()}"
 
 
 def _print_health(report: dict[str, Any]) -> None:

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from celery.signals import before_task_publish
 
 from pynomaly_workers.contract import DETECT_TASK, TRAIN_TASK, queue_of
+from pynomaly_workers.domain.summaries import kwargs_summary
 from pynomaly_workers.settings import Settings, get_settings
 
 
@@ -29,12 +31,26 @@ class Submission:
 
 def client_app(settings: Settings | None = None) -> Celery:
     """A Celery app that can publish (and read results) but defines no tasks."""
-    from pynomaly_workers.celery_app import celery_config
+    from pynomaly_workers.celery_app import celery_config, stamp_sent_at
 
     settings = settings or get_settings()
     app = Celery("pynomaly_client", set_as_current=False)
     app.conf.update(celery_config(settings))
+    before_task_publish.connect(stamp_sent_at, weak=False, dispatch_uid="pynomaly-sent-at")
     return app
+
+
+def publish(app: Celery, name: str, *, kwargs: dict[str, Any], **options: Any) -> Any:
+    """Send task ``name`` with ``kwargs``. What events, Flower and logs show of the
+    arguments is a bounded summary (``kwargsrepr``), never the records themselves."""
+    return app.send_task(
+        name,
+        kwargs=kwargs,
+        argsrepr="()",
+        kwargsrepr=kwargs_summary(kwargs),
+        queue=options.pop("queue", queue_of(name)),
+        **options,
+    )
 
 
 def close_app(app: Celery) -> None:
@@ -100,9 +116,7 @@ def submit_detection(
         source=source,
         job_id=job_id,
     )
-    result = (app or client_app()).send_task(
-        DETECT_TASK, kwargs=kwargs, queue=queue_of(DETECT_TASK)
-    )
+    result = publish(app or client_app(), DETECT_TASK, kwargs=kwargs)
     return Submission(job_id=kwargs["job_id"], task_id=str(result.id))
 
 
@@ -150,5 +164,5 @@ def submit_training(
         contamination=contamination,
         params=params,
     )
-    result = (app or client_app()).send_task(TRAIN_TASK, kwargs=kwargs, queue=queue_of(TRAIN_TASK))
+    result = publish(app or client_app(), TRAIN_TASK, kwargs=kwargs)
     return Submission(job_id=str(result.id), task_id=str(result.id))

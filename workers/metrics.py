@@ -1,20 +1,33 @@
 """Prometheus metrics of the workers, served at ``/metrics`` on ``PYNOMALY_METRICS_PORT``.
 
-Celery's prefork pool runs tasks in child processes, so the counters use
+Celery's prefork pool runs tasks in child processes, so the metrics use
 prometheus-client's multiprocess mode: every process writes to files under
 ``PROMETHEUS_MULTIPROC_DIR`` and the worker's main process serves their sum. The
 ``worker`` command sets that folder (``cli.py``); without it (tests, other commands) the
-metrics are plain in-process counters. Nothing is created at import: :func:`get_metrics`
+metrics are plain in-process metrics. Nothing is created at import: :func:`get_metrics`
 builds the metrics on first use, after the folder is known, whatever was imported first.
+
+Every exported name is listed in :data:`METRIC_NAMES` (the README's table, the alert
+rules and the dashboard use exactly these; the tests check all three against a live
+``/metrics``).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+
+# Per-model series are bounded: past this many model names a process reports "other".
+MAX_MODEL_LABELS = 50
+OTHER_MODEL = "other"
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,13 +35,52 @@ class Metrics:
     """The metrics a worker process records."""
 
     jobs: Counter
+    job_seconds: Histogram
+    queue_wait: Histogram
     records: Counter
     anomalies: Counter
-    cache_hits: Counter
-    batch_jobs: Histogram
+    model_contamination: Gauge
+    inference_seconds: Histogram
+    batch_size: Histogram
     batch_seconds: Histogram
     chunk_seconds: Histogram
+    cache_hits: Counter
+    cache_misses: Counter
     retries: Counter
+    training_runs: Counter
+    training_seconds: Histogram
+    maintenance_runs: Counter
+    maintenance_last_success: Gauge
+    beat_last_tick: Gauge
+    queue_length: Gauge
+    malformed_dropped: Counter
+    worker_up: Gauge
+
+
+METRIC_NAMES: dict[str, str] = {
+    # name as exported (histograms add _bucket/_sum/_count, counters _total): labels
+    "pynomaly_jobs_total": "queue, outcome",
+    "pynomaly_job_duration_seconds": "queue",
+    "pynomaly_queue_wait_seconds": "queue",
+    "pynomaly_records_scored_total": "model",
+    "pynomaly_anomalies_total": "model",
+    "pynomaly_model_contamination": "model",
+    "pynomaly_inference_seconds": "backend",
+    "pynomaly_batch_size": "",
+    "pynomaly_batch_seconds": "",
+    "pynomaly_chunk_seconds": "",
+    "pynomaly_cache_hits_total": "",
+    "pynomaly_cache_misses_total": "",
+    "pynomaly_retries_total": "",
+    "pynomaly_training_runs_total": "outcome",
+    "pynomaly_training_seconds": "",
+    "pynomaly_maintenance_runs_total": "task, outcome",
+    "pynomaly_maintenance_last_success_timestamp_seconds": "task",
+    "pynomaly_beat_last_tick_timestamp_seconds": "",
+    "pynomaly_queue_length": "queue",
+    "pynomaly_malformed_messages_dropped_total": "",
+    "pynomaly_worker_up": "",
+}
 
 
 @lru_cache(maxsize=1)
@@ -40,14 +92,37 @@ def get_metrics() -> Metrics:
     # choose again now, so the choice follows PROMETHEUS_MULTIPROC_DIR, not import order.
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     return Metrics(
-        jobs=Counter("pynomaly_jobs", "Detection jobs finished, by outcome.", ["outcome"]),
-        records=Counter("pynomaly_records_scored", "Records scored by detection jobs."),
-        anomalies=Counter("pynomaly_anomalies", "Anomalies found by detection jobs."),
-        cache_hits=Counter(
-            "pynomaly_cache_hits", "Rows whose score came from the prediction cache."
+        jobs=Counter(
+            "pynomaly_jobs", "Jobs finished, by queue and outcome.", ["queue", "outcome"]
         ),
-        batch_jobs=Histogram(
-            "pynomaly_batch_jobs",
+        job_seconds=Histogram(
+            "pynomaly_job_duration_seconds",
+            "Time from a job's start on a worker to its outcome.",
+            ["queue"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        queue_wait=Histogram(
+            "pynomaly_queue_wait_seconds",
+            "Time from publishing a job (its sent_at header) to its start on a worker.",
+            ["queue"],
+            buckets=WAIT_BUCKETS,
+        ),
+        records=Counter("pynomaly_records_scored", "Records scored, by model name.", ["model"]),
+        anomalies=Counter("pynomaly_anomalies", "Anomalies found, by model name.", ["model"]),
+        model_contamination=Gauge(
+            "pynomaly_model_contamination",
+            "Training contamination of the model version last used, by model name.",
+            ["model"],
+            multiprocess_mode="max",
+        ),
+        inference_seconds=Histogram(
+            "pynomaly_inference_seconds",
+            "Time in the scorer (model inference), by backend.",
+            ["backend"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+        ),
+        batch_size=Histogram(
+            "pynomaly_batch_size",
             "Detection messages per micro-batch.",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         ),
@@ -61,10 +136,64 @@ def get_metrics() -> Metrics:
             "Time to score and write one chunk of a fanned-out job.",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         ),
+        cache_hits=Counter("pynomaly_cache_hits", "Rows whose score came from the cache."),
+        cache_misses=Counter(
+            "pynomaly_cache_misses", "Rows looked up in the cache and not found there."
+        ),
         retries=Counter(
             "pynomaly_retries", "Detection messages re-published after a transient error."
         ),
+        training_runs=Counter("pynomaly_training_runs", "Training runs, by outcome.", ["outcome"]),
+        training_seconds=Histogram(
+            "pynomaly_training_seconds",
+            "Time to fit, export and register one model version.",
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+        ),
+        maintenance_runs=Counter(
+            "pynomaly_maintenance_runs",
+            "Maintenance runs, by task and outcome (succeeded, skipped, failed).",
+            ["task", "outcome"],
+        ),
+        maintenance_last_success=Gauge(
+            "pynomaly_maintenance_last_success_timestamp_seconds",
+            "Unix time each maintenance task last succeeded (alert on time() - this).",
+            ["task"],
+            multiprocess_mode="max",
+        ),
+        beat_last_tick=Gauge(
+            "pynomaly_beat_last_tick_timestamp_seconds",
+            "Unix time beat's last tick message was consumed (alert on time() - this).",
+            multiprocess_mode="max",
+        ),
+        queue_length=Gauge(
+            "pynomaly_queue_length",
+            "Messages waiting in each broker queue, sampled by the worker's main process.",
+            ["queue"],
+            multiprocess_mode="mostrecent",
+        ),
+        malformed_dropped=Counter(
+            "pynomaly_malformed_messages_dropped",
+            "Broker messages dropped because they were not a decodable task envelope.",
+        ),
+        worker_up=Gauge(
+            "pynomaly_worker_up",
+            "1 while the worker's consumer runs.",
+            multiprocess_mode="livemax",
+        ),
     )
+
+
+def model_label(name: str) -> str:
+    """``name`` as a label value, or "other" once this process has seen too many."""
+    with _models_lock:
+        if name in _models_seen or len(_models_seen) < MAX_MODEL_LABELS:
+            _models_seen.add(name)
+            return name
+    return OTHER_MODEL
+
+
+_models_seen: set[str] = set()
+_models_lock = threading.Lock()
 
 
 def serve(port: int) -> None:
@@ -83,3 +212,28 @@ def process_exited(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def remove_stale_folders(parent: Path, *, keep: Path) -> list[Path]:
+    """Delete the metric folders of earlier worker runs under ``parent`` (one folder per
+    worker pid): their counters were already scraped, and left alone they pile up."""
+    import shutil
+
+    removed = []
+    for folder in parent.iterdir() if parent.is_dir() else ():
+        if folder.is_dir() and folder.resolve() != keep.resolve() and not _running(folder.name):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _running(name: str) -> bool:
+    if not name.isdigit():
+        return False
+    try:
+        os.kill(int(name), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -26,3 +26,26 @@ def upgrade(url: str, *, revision: str = "head") -> None:
 def downgrade(url: str, *, revision: str) -> None:
     """Take the database at ``url`` back to ``revision``."""
     command.downgrade(alembic_config(url), revision)
+
+
+def head_revision() -> str | None:
+    """The newest revision the packaged migrations define."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database at ``url`` is at (None before the first migration)."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from pynomaly_workers.adapters.stores.engine import normalize_url
+
+    engine = create_engine(normalize_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()

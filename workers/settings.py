@@ -92,7 +92,31 @@ class Settings(BaseSettings):
     # Operations.
     metrics_port: int = Field(default=9808, ge=0, le=65_535)
     flower_basic_auth: str = ""
+    flower_max_tasks: int = Field(
+        default=10_000, gt=0, description="Tasks Flower keeps in memory (oldest dropped)."
+    )
+    flower_purge_offline_seconds: int = Field(
+        default=600, gt=0, description="Flower forgets a worker offline this long."
+    )
     retention_days: int = Field(default=90, gt=0)
+    result_ttl_seconds: int = Field(
+        default=300,
+        gt=0,
+        description="How long a job's summary stays in the result backend (the job record "
+        "in the database keeps it for good). 1,000 jobs/s x 1 KB x 300 s = 300 MB.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object a line, for log shippers."
+    )
+    queue_sample_seconds: float = Field(
+        default=15.0, gt=0, description="How often a worker samples the queue lengths."
+    )
+    liveness_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often the worker writes its heartbeat."
+    )
+    liveness_max_age_seconds: float = Field(
+        default=60.0, gt=0, description="A heartbeat or loop tick older than this fails."
+    )
 
     @field_validator("flower_basic_auth")
     @classmethod

@@ -136,11 +136,11 @@ def test_the_worker_serves_prometheus_metrics_summed_over_its_processes(
     for _ in range(50):
         with urllib.request.urlopen(url, timeout=5) as response:
             body = response.read().decode()
-        if 'pynomaly_jobs_total{outcome="succeeded"}' in body:
+        if 'pynomaly_jobs_total{outcome="succeeded",queue="detection"}' in body:
             break
         time.sleep(0.1)
 
     # Then the children's counters are there
-    assert 'pynomaly_jobs_total{outcome="succeeded"}' in body
+    assert 'pynomaly_jobs_total{outcome="succeeded",queue="detection"}' in body
     assert "pynomaly_records_scored_total" in body
-    assert "pynomaly_batch_jobs_bucket" in body
+    assert "pynomaly_batch_size_bucket" in body

@@ -387,3 +387,16 @@ class DatabaseProbe(Protocol):
 
     def ping(self) -> None:
         """Return if the database answered; raise otherwise."""
+
+
+class Telemetry(Protocol):
+    """Where services report what operators graph: inference time, cache lookups."""
+
+    def inference(self, *, backend: str, seconds: float) -> None:
+        """One call into a scorer took ``seconds``."""
+
+    def cache_lookup(self, *, hits: int, misses: int) -> None:
+        """A prediction-cache lookup found ``hits`` rows and missed ``misses``."""
+
+    def model_used(self, *, name: str, contamination: float) -> None:
+        """Model ``name`` scored rows; it was trained expecting ``contamination``."""

@@ -16,6 +16,7 @@ from pynomaly_workers.domain.ports import (
     PredictionCache,
     SourceReader,
     Store,
+    Telemetry,
     Trainer,
 )
 from pynomaly_workers.settings import Settings
@@ -45,6 +46,19 @@ def _nothing() -> None:
     return None
 
 
+class NullTelemetry:
+    """Reports nothing (tests, and processes that serve no metrics)."""
+
+    def inference(self, *, backend: str, seconds: float) -> None:
+        del backend, seconds
+
+    def cache_lookup(self, *, hits: int, misses: int) -> None:
+        del hits, misses
+
+    def model_used(self, *, name: str, contamination: float) -> None:
+        del name, contamination
+
+
 @dataclass(slots=True)
 class Adapters:
     """The ports a service uses, each wired to a concrete adapter by
@@ -63,3 +77,5 @@ class Adapters:
     """Release connections and sockets (at shutdown, or the end of a test)."""
     forget_after_fork: Callable[[], None] = field(default=_nothing)
     """Drop inherited connections in a forked child without closing the parent's."""
+    telemetry: Telemetry = field(default_factory=NullTelemetry)
+    """Where inference time and cache lookups are reported."""

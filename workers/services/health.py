@@ -14,16 +14,27 @@ from pynomaly_workers.contract import PING_TASK
 from pynomaly_workers.services.context import Adapters
 
 
-def check_health(adapters: Adapters, *, queues: Sequence[str], timeout: float) -> dict[str, Any]:
-    """A report with one check per dependency and per queue; ``ok`` if all passed."""
+def check_health(
+    adapters: Adapters,
+    *,
+    queues: Sequence[str],
+    timeout: float,
+    worker: str | None = None,
+) -> dict[str, Any]:
+    """A report with one check per dependency and per queue; ``ok`` if all passed.
+    With ``worker`` (a node name, ``celery@host``), the canary also goes to that
+    worker's own queue, so only that worker can answer it."""
     from pynomaly_workers.client import client_app, close_app
 
     checks = {"database": _check_database(adapters)}
     app = client_app(adapters.settings)
     try:
         pending = _send_canaries(app, queues)
-        for queue in list(pending):
-            checks[f"queue:{queue}"] = _await_canary(pending.pop(queue), timeout=timeout)
+        if worker:
+            pending[f"worker:{worker}"] = _send_direct(app, worker)
+        for name in list(pending):
+            label = name if name.startswith("worker:") else f"queue:{name}"
+            checks[label] = _await_canary(pending.pop(name), timeout=timeout)
     finally:
         gc.collect()  # AsyncResults unsubscribe when collected: do it before closing
         close_app(app)
@@ -44,6 +55,13 @@ def _send_canaries(app: Celery, queues: Sequence[str]) -> dict[str, AsyncResult[
         queue: app.send_task(PING_TASK, args=[time.time()], queue=queue, expires=300)
         for queue in queues
     }
+
+
+def _send_direct(app: Celery, worker: str) -> AsyncResult[Any]:
+    from celery.utils.nodenames import worker_direct
+
+    queue: Any = worker_direct(worker)  # a kombu Queue: its own exchange and routing key
+    return app.send_task(PING_TASK, args=[time.time()], queue=queue, expires=300)
 
 
 def _await_canary(result: AsyncResult[Any], *, timeout: float) -> dict[str, Any]:

@@ -23,20 +23,34 @@ def score_rows(
     The cache is skipped for a model whose scoring costs less per row than
     ``cache_min_row_cost_us`` (a cache round trip would cost more than it saves).
     """
+    version = loaded.version
+    adapters.telemetry.model_used(name=version.name, contamination=version.stats.contamination)
     cache = adapters.cache
     cost = loaded.row_cost_us()
     worthwhile = cost is None or cost >= adapters.settings.cache_min_row_cost_us
     if cache is None or not worthwhile:
-        return loaded.scorer_for(len(matrix)).score(matrix), np.zeros(len(matrix), bool)
+        return _infer(adapters, loaded, matrix), np.zeros(len(matrix), bool)
     key = loaded.version.content_hash
     scores = cache.get_many(key, matrix)
     hits = ~np.isnan(scores)
     missing = np.flatnonzero(~hits)
+    adapters.telemetry.cache_lookup(hits=int(hits.sum()), misses=int(missing.size))
     if missing.size:
-        fresh = loaded.scorer_for(int(missing.size)).score(matrix[missing])
+        fresh = _infer(adapters, loaded, matrix[missing])
         scores[missing] = fresh
         cache.set_many(key, matrix[missing], fresh)
     return scores, hits
+
+
+def _infer(adapters: Adapters, loaded: LoadedModel, matrix: Matrix) -> Scores:
+    """The scorer's scores for ``matrix``, timed by backend."""
+    scorer = loaded.scorer_for(len(matrix))
+    started = adapters.clock.monotonic()
+    scores = scorer.score(matrix)
+    adapters.telemetry.inference(
+        backend=scorer.backend, seconds=adapters.clock.monotonic() - started
+    )
+    return scores
 
 
 def chunk_result(

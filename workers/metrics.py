@@ -92,9 +92,7 @@ def get_metrics() -> Metrics:
     # choose again now, so the choice follows PROMETHEUS_MULTIPROC_DIR, not import order.
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     return Metrics(
-        jobs=Counter(
-            "pynomaly_jobs", "Jobs finished, by queue and outcome.", ["queue", "outcome"]
-        ),
+        jobs=Counter("pynomaly_jobs", "Jobs finished, by queue and outcome.", ["queue", "outcome"]),
         job_seconds=Histogram(
             "pynomaly_job_duration_seconds",
             "Time from a job's start on a worker to its outcome.",

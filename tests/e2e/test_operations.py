@@ -109,10 +109,11 @@ def prometheus(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         pytest.fail("prometheus is not installed: run 'make tools' (Debian package prometheus)")
     folder = tmp_path_factory.mktemp("prometheus")
     target = f"127.0.0.1:{e2e_env['PYNOMALY_METRICS_PORT']}"
+    scrape = {"job_name": "pynomaly-workers", "static_configs": [{"targets": [target]}]}
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "pynomaly-workers", "static_configs": [{"targets": [target]}]}],
-    }  # fmt: skip
+        "scrape_configs": [scrape],
+    }
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log = folder / "prometheus.log"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import urllib.request
 import uuid
 from typing import Any
 
@@ -113,3 +115,10 @@ def test_malformed_messages_are_dropped_without_killing_the_worker(
     report = check_health(e2e_adapters, queues=[DETECTION_QUEUE], timeout=30)
     assert report["ok"], report
     assert worker.alive()
+    # and operators see the drops counted
+    port = e2e_adapters.settings.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body = response.read().decode()
+    dropped = re.search(r"^pynomaly_malformed_messages_dropped_total (\S+)$", body, re.MULTILINE)
+    assert dropped is not None
+    assert float(dropped.group(1)) >= 3

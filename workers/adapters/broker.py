@@ -38,6 +38,7 @@ class Channel(kombu_redis.Channel):
             return bool(super()._brpop_read(**options))  # type: ignore[misc]
         except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError
             log.error("dropped a malformed broker message (not a JSON envelope): %s", exc)
+            _count_dropped()
             return True
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
@@ -46,6 +47,7 @@ class Channel(kombu_redis.Channel):
                 return super()._get(queue)  # kombu's Redis _get takes no timeout
             except ValueError as exc:
                 log.error("dropped a malformed message from %s: %s", queue, exc)
+                _count_dropped()
 
 
 class Transport(kombu_redis.Transport):
@@ -57,8 +59,15 @@ class Transport(kombu_redis.Transport):
         problem = envelope_problem(message)
         if problem is not None:
             log.error("dropped a malformed message from %s: %s", queue, problem)
+            _count_dropped()
             return
         super()._deliver(message, queue)
+
+
+def _count_dropped() -> None:
+    from pynomaly_workers.metrics import get_metrics
+
+    get_metrics().malformed_dropped.inc()
 
 
 def envelope_problem(message: Any) -> str | None:

@@ -156,9 +156,21 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
                 f"cannot serve metrics on port {settings.metrics_port} ({exc}); set "
                 "PYNOMALY_METRICS_PORT to a free port, or 0 to turn metrics off"
             )
-    # JSON logs: no banner, so every line on the output is one JSON object.
-    quiet = ["--quiet"] if settings.log_format == "json" else []
+    # JSON logs: no banner, and warnings as JSON, so every output line is one object.
+    quiet = _json_output() if settings.log_format == "json" else []
     get_app().start([*quiet, "worker", *argv])
+
+
+def _json_output() -> list[str]:
+    """Python warnings as JSON lines; Celery's ``--quiet`` (no banner)."""
+    import warnings
+
+    def show(message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:
+        text = f"{category.__name__}: {message} ({filename}:{lineno})"
+        click.echo(json.dumps({"level": "WARNING", "message": text}), err=True)
+
+    warnings.showwarning = show
+    return ["--quiet"]
 
 
 def _prefetch_options(queues: Sequence[str], settings: Settings) -> list[str]:
@@ -167,13 +179,15 @@ def _prefetch_options(queues: Sequence[str], settings: Settings) -> list[str]:
     if set(queues) <= LONG_TASK_QUEUES:
         return ["--prefetch-multiplier=1", "-O", "fair"]
     if set(queues) & LONG_TASK_QUEUES:
-        click.secho(
-            f"warning: training/maintenance share this worker's detection prefetch "
+        warning = (
+            f"training/maintenance share this worker's detection prefetch "
             f"({settings.prefetch_multiplier}); in production run them in their own pool "
-            "('worker --queues training,maintenance')",
-            fg="yellow",
-            err=True,
+            "('worker --queues training,maintenance')"
         )
+        if settings.log_format == "json":
+            click.echo(json.dumps({"level": "WARNING", "message": warning}), err=True)
+        else:
+            click.secho(f"warning: {warning}", fg="yellow", err=True)
     return []
 
 
@@ -202,7 +216,7 @@ def beat(loglevel: str) -> None:
     settings = _settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     schedule = settings.home.resolve() / "celerybeat-schedule"
-    quiet = ["--quiet"] if settings.log_format == "json" else []
+    quiet = _json_output() if settings.log_format == "json" else []
     get_app().start([*quiet, "beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
 
 

@@ -165,7 +165,15 @@ def _json_output() -> list[str]:
     """Python warnings as JSON lines; Celery's ``--quiet`` (no banner)."""
     import warnings
 
-    def show(message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        del file, line
         text = f"{category.__name__}: {message} ({filename}:{lineno})"
         click.echo(json.dumps({"level": "WARNING", "message": text}), err=True)
 

@@ -54,7 +54,8 @@ IMPORT_EVERYTHING = """
 import importlib, json, pkgutil, sys
 import celery._state
 import pynomaly_workers
-names = sorted(m.name for m in pkgutil.walk_packages(pynomaly_workers.__path__, "pynomaly_workers."))
+found = pkgutil.walk_packages(pynomaly_workers.__path__, "pynomaly_workers.")
+names = sorted(m.name for m in found)
 # Alembic runs migrations/ as scripts under its own context, never as imports.
 for name in names:
     if not name.endswith("__main__") and ".migrations" not in name:

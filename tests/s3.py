@@ -13,22 +13,23 @@ REGION = "us-east-1"
 KEYS = {"access_key_id": "testing", "secret_access_key": "testing"}
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         return int(probe.getsockname()[1])
 
 
 @contextmanager
-def moto_server() -> Iterator[str]:
-    """A running S3 server; yields its endpoint URL."""
+def moto_server(host: str = "127.0.0.1") -> Iterator[str]:
+    """A running S3 server on ``host``; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    port = free_port(host)
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.stop()
 

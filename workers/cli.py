@@ -121,7 +121,16 @@ def main() -> None:
 @click.option("--concurrency", "-c", type=int, default=None, help="Worker processes.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--pool", default=None, help="Celery pool (prefork, solo, threads).")
-def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str | None) -> None:
+@click.option(
+    "--hostname", "-n", default=None, help="Node name (default: celery@<host name>)."
+)
+def worker(
+    queues: str | None,
+    concurrency: int | None,
+    loglevel: str,
+    pool: str | None,
+    hostname: str | None,
+) -> None:
     """Run a worker consuming the detection, training and maintenance queues, with
     Prometheus metrics at /metrics on PYNOMALY_METRICS_PORT (0 turns them off)."""
     settings = _settings()
@@ -138,6 +147,8 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
         argv.append(f"--concurrency={concurrency or settings.worker_concurrency}")
     if pool:
         argv.append(f"--pool={pool}")
+    if hostname:
+        argv.append(f"--hostname={hostname}")
     if settings.metrics_port:
         from pynomaly_workers.metrics import serve
 

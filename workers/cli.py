@@ -121,9 +121,7 @@ def main() -> None:
 @click.option("--concurrency", "-c", type=int, default=None, help="Worker processes.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--pool", default=None, help="Celery pool (prefork, solo, threads).")
-@click.option(
-    "--hostname", "-n", default=None, help="Node name (default: celery@<host name>)."
-)
+@click.option("--hostname", "-n", default=None, help="Node name (default: celery@<host name>).")
 def worker(
     queues: str | None,
     concurrency: int | None,

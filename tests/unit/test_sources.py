@@ -61,6 +61,17 @@ class Layout:
     trailing_newline: bool = True
     byte_order_mark: bool = False
     blank_lines: bool = False
+    quoted: bool = False  # record ids quoted, holding newlines, commas and quotes
+
+    def expected_ids(self) -> list[str]:
+        """The record ids the file holds."""
+        if not self.quoted:
+            return record_ids()
+        return [f'{i}{self.newline}line "two", more' for i in record_ids()]
+
+    def _id_field(self, i: int) -> str:
+        value = self.expected_ids()[i]
+        return '"' + value.replace('"', '""') + '"' if self.quoted else value
 
     def columns(self) -> list[str]:
         features = FEATURES if self.header else [f"f{i}" for i in range(len(FEATURES))]
@@ -69,7 +80,7 @@ class Layout:
     def text(self) -> str:
         lines = [",".join(self.columns())] if self.header else []
         for i, row in enumerate(matrix().tolist()):
-            meta = [record_ids()[i], f"2026-01-01T00:00:{i:02d}Z"] if self.ids else []
+            meta = [self._id_field(i), f"2026-01-01T00:00:{i:02d}Z"] if self.ids else []
             lines.append(",".join(meta + [repr(v) for v in row]))
             if self.blank_lines and i % 7 == 6:
                 lines.append("")
@@ -92,6 +103,12 @@ LAYOUTS = [
     pytest.param(Layout(ids=True, byte_order_mark=True), id="byte-order-mark"),
     pytest.param(Layout(blank_lines=True), id="blank-lines"),
     pytest.param(Layout(blank_lines=True, newline="\r\n"), id="crlf-blank-lines"),
+    pytest.param(Layout(ids=True, quoted=True), id="quoted-newlines"),
+    pytest.param(Layout(ids=True, quoted=True, newline="\r\n"), id="quoted-crlf-newlines"),
+    pytest.param(
+        Layout(ids=True, quoted=True, blank_lines=True, trailing_newline=False),
+        id="quoted-newlines-blank-lines",
+    ),
 ]
 
 
@@ -178,7 +195,7 @@ def test_planned_csv_chunks_read_back_the_file(
         (s.offset, s.n_rows) for s in plan.chunks
     ]
     np.testing.assert_array_equal(stacked(chunks), matrix())
-    assert joined_ids(chunks) == (record_ids() if layout.ids else None)
+    assert joined_ids(chunks) == (layout.expected_ids() if layout.ids else None)
     assert joined_times(chunks) == (timestamps() if layout.ids else None)
 
 

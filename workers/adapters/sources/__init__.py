@@ -36,6 +36,7 @@ _SCAN_BYTES = 32 << 20
 _HEADER_PROBE_BYTES = 64 << 10
 _NEWLINE = 10
 _CR = 13
+_QUOTE = 34
 
 
 class ArrowSourceReader:
@@ -170,12 +171,14 @@ def _plan_csv(blob: Blob, chunk_rows: int) -> SourcePlan:
 def _row_starts(blob: Blob, *, first_row: int, chunk_rows: int) -> tuple[int, list[int]]:
     """The number of rows from byte ``first_row`` on, and where every ``chunk_rows``-th
     row begins. Blank lines (LF or CRLF alone) are not rows: Arrow skips them,
-    so counting them would shift every later offset and could plan an empty chunk."""
+    so counting them would shift every later offset and could plan an empty chunk.
+    A newline inside a quoted field is not a row boundary either (see
+    :func:`_record_ends`)."""
     starts, rows, line_start, last_byte = [first_row], 0, first_row, _NEWLINE
-    position = first_row
+    position, quoted = first_row, False
     while block := blob.read_range(position, min(position + _SCAN_BYTES, blob.size)):
         data = np.frombuffer(block, dtype=np.uint8)
-        ends = position + np.flatnonzero(data == _NEWLINE)
+        ends, quoted = _record_ends(block, data, position, quoted=quoted)
         if ends.size:
             begins = np.concatenate(([line_start], ends[:-1] + 1))
             previous = np.concatenate((np.array([last_byte], dtype=np.uint8), data))
@@ -190,6 +193,23 @@ def _row_starts(blob: Blob, *, first_row: int, chunk_rows: int) -> tuple[int, li
         last_byte = block[-1]
     tail = position - line_start  # a last row without a newline
     return rows + int(tail > 1 or (tail == 1 and last_byte != _CR)), starts
+
+
+def _record_ends(
+    block: bytes, data: np.ndarray[Any, np.dtype[np.uint8]], position: int, *, quoted: bool
+) -> tuple[np.ndarray[Any, np.dtype[np.int64]], bool]:
+    """File offsets of the newlines in ``block`` that end a record, and whether the
+    block ends inside a quoted field.
+
+    A plain CSV has no quote at all, and every newline ends a record (one ``find`` in C
+    tells). Otherwise a newline ends a record only outside quotes: when the quotes
+    before it (``""``, an escaped quote, counts twice) are even in number."""
+    newlines = np.flatnonzero(data == _NEWLINE)
+    if not quoted and block.find(b'"') < 0:
+        return position + newlines, False
+    quotes = np.flatnonzero(data == _QUOTE)
+    parity = (np.searchsorted(quotes, newlines) + int(quoted)) % 2
+    return position + newlines[parity == 0], bool((quotes.size + int(quoted)) % 2)
 
 
 def _first_line(blob: Blob) -> bytes:
@@ -221,7 +241,12 @@ def _read_csv_range(blob: Blob, spec: ChunkSpec, columns: list[str]) -> Any:
 
     data = blob.read_range(spec.start, spec.stop)
     options = pacsv.ReadOptions(column_names=columns, block_size=_CSV_BLOCK_BYTES)
-    return pacsv.read_csv(io.BytesIO(data), read_options=options, convert_options=_convert())
+    return pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=options,
+        parse_options=_parse(quoted=data.find(b'"') >= 0),
+        convert_options=_convert(),
+    )
 
 
 def _csv_batches(blob: Blob) -> Iterator[Any]:
@@ -232,7 +257,30 @@ def _csv_batches(blob: Blob) -> Iterator[Any]:
     read_options = pacsv.ReadOptions(
         block_size=_CSV_BLOCK_BYTES, autogenerate_column_names=not has_header
     )
-    yield from pacsv.open_csv(blob.source(), read_options=read_options, convert_options=_convert())
+    yield from pacsv.open_csv(
+        blob.source(),
+        read_options=read_options,
+        parse_options=_parse(quoted=_has_quotes(blob)),
+        convert_options=_convert(),
+    )
+
+
+def _has_quotes(blob: Blob) -> bool:
+    """Whether any field is quoted (then it may hold a newline)."""
+    position = 0
+    while block := blob.read_range(position, min(position + _SCAN_BYTES, blob.size)):
+        if block.find(b'"') >= 0:
+            return True
+        position += len(block)
+    return False
+
+
+def _parse(*, quoted: bool) -> Any:
+    """Arrow's CSV parsing: newlines inside quoted values only where quotes exist, as
+    that mode parses more slowly."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.ParseOptions(newlines_in_values=quoted)
 
 
 def _convert() -> Any:

@@ -34,7 +34,7 @@ BLOCK_BYTES = 8 << 20  # the source adapter's CSV block size
 
 
 def run_bulk(
-    stack: Stack, app: Celery, *, model: str, source: Path, rows: int, worker_pid: int
+    stack: Stack, app: Celery, *, model: str, source: Path | str, rows: int, worker_pid: int
 ) -> dict[str, Any]:
     """Enqueue one ``source`` job and time it until its record says succeeded."""
     job_id = f"bulk-{uuid.uuid4().hex[:8]}"

@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import Celery
 
-from benchmarks import bulk, cache, inference, models, naive_runner, small_jobs
+from benchmarks import bulk, bulk_s3, cache, inference, models, naive_runner, small_jobs
 from benchmarks.config import IFOREST_MODEL, LOF_MODEL, RESULTS, Endpoints, Sizes
 from benchmarks.inputs import Inputs, prepare_inputs
 from benchmarks.jobs import publisher, result_client
@@ -94,8 +94,9 @@ def run_on_stack(run: Run, stack: Stack, inputs: Inputs) -> None:
     """The sections that need the adapters. The baseline's worker boots beside the
     project's (it idles on its own queue until its turn), to save a start-up."""
     config = naive_runner.naive_config(stack)
-    with naive_runner.naive_worker(stack, config):
-        with running_worker(stack, cache=True, name="worker-cache-on") as worker:
+    with naive_runner.naive_worker(stack, config), bulk_s3.object_store() as endpoint:
+        s3_env = bulk_s3.worker_env(endpoint)
+        with running_worker(stack, cache=True, name="worker-cache-on", extra_env=s3_env) as worker:
             with run.section("training"):
                 run.results["training"] = train_models(stack, inputs)
             with run.section("inference"):
@@ -104,6 +105,16 @@ def run_on_stack(run: Run, stack: Stack, inputs: Inputs) -> None:
                 return
             with publisher(stack.settings) as app:
                 cache_on_sections(run, stack, app, inputs, worker_pid=worker.process.pid)
+                with run.section("bulk_s3"):
+                    run.results["bulk_s3"] = bulk_s3.run_bulk_s3(
+                        stack,
+                        app,
+                        endpoint=endpoint,
+                        model=IFOREST_MODEL,
+                        source=inputs.bulk_csv,
+                        rows=run.sizes.bulk_rows,
+                        worker_pid=worker.process.pid,
+                    )
         with run.section("naive"):
             run.results["naive"] = naive_runner.run_naive(
                 stack,
@@ -202,6 +213,7 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "inference": results.get("inference"),
         "bulk": bulk_section(results),
+        "bulk_s3": bulk_s3_section(results),
         "naive": results.get("naive"),
         "small_jobs": results.get("small_jobs"),
         "cache": cache_section(results),
@@ -228,6 +240,15 @@ def bulk_section(results: dict[str, Any]) -> dict[str, Any] | None:
         "speedup_vs_naive": ratio(job["records_per_s"], naive.get("records_per_s"), digits=1),
         "limit": limit or None,
     }
+
+
+def bulk_s3_section(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The bulk job from object storage, beside the same job from a local file."""
+    job = results.get("bulk_s3")
+    local = results.get("bulk", {}).get("job") or {}
+    if job is None:
+        return None
+    return {**job, "ratio_to_local": ratio(job["records_per_s"], local.get("records_per_s"))}
 
 
 def cache_section(results: dict[str, Any]) -> dict[str, Any] | None:

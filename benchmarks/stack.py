@@ -147,14 +147,16 @@ def open_stack(endpoints: Endpoints, sizes: Sizes, *, folder: Path) -> Iterator[
 
 
 @contextmanager
-def running_worker(stack: Stack, *, cache: bool, name: str) -> Iterator[WorkerProcess]:
+def running_worker(
+    stack: Stack, *, cache: bool, name: str, extra_env: dict[str, str] | None = None
+) -> Iterator[WorkerProcess]:
     """A real ``pynomaly-workers worker`` (prefork), answering the health canary."""
     log = stack.folder / "logs" / f"{name}.log"
     started = time.perf_counter()
     worker = WorkerProcess(
         log_path=log,
         concurrency=stack.sizes.worker_concurrency,
-        env={**os.environ, **worker_env(stack.env, cache=cache)},
+        env={**os.environ, **worker_env(stack.env, cache=cache), **(extra_env or {})},
     )
     try:
         report = check_health(

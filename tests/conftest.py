@@ -153,6 +153,15 @@ def sql_store(store_url: str) -> Iterator[SqlStore]:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server on loopback for the whole run."""
+    from tests.s3 import moto_server
+
+    with moto_server() as endpoint:
+        yield endpoint
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded random generator."""

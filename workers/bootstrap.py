@@ -13,6 +13,7 @@ from threading import Lock
 from pynomaly_workers.adapters.scorers.loader import ModelLoader
 from pynomaly_workers.adapters.scorers.trainer import SklearnTrainer
 from pynomaly_workers.adapters.sources import ArrowSourceReader
+from pynomaly_workers.adapters.sources.blobs import S3Options
 from pynomaly_workers.adapters.stores.engine import SqlProbe, build_engine
 from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
 from pynomaly_workers.adapters.stores.sql import SqlStore
@@ -46,7 +47,7 @@ def bootstrap(settings: Settings) -> Adapters:
             ref_ttl_seconds=settings.model_ref_ttl_seconds,
         ),
         trainer=SklearnTrainer(),
-        sources=ArrowSourceReader(allowed_roots=settings.source_roots),
+        sources=ArrowSourceReader(allowed_roots=settings.source_roots, s3=s3_options(settings)),
         cache=cache,
         clock=SystemClock(),
         maintenance=SqlMaintenance(engine),
@@ -54,6 +55,16 @@ def bootstrap(settings: Settings) -> Adapters:
         close=close,
         forget_after_fork=lambda: engine.dispose(close=False),
         telemetry=PrometheusTelemetry(),
+    )
+
+
+def s3_options(settings: Settings) -> S3Options:
+    """Where ``s3://`` sources live, and the credentials to read them."""
+    return S3Options(
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
     )
 
 

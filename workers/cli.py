@@ -125,7 +125,14 @@ LONG_TASK_QUEUES = frozenset({TRAINING_QUEUE, MAINTENANCE_QUEUE})
 @click.option("--concurrency", "-c", type=int, default=None, help="Worker processes.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--pool", default=None, help="Celery pool (prefork, solo, threads).")
-def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str | None) -> None:
+@click.option("--hostname", "-n", default=None, help="Node name (default: celery@<host name>).")
+def worker(
+    queues: str | None,
+    concurrency: int | None,
+    loglevel: str,
+    pool: str | None,
+    hostname: str | None,
+) -> None:
     """Run a worker consuming the detection, training and maintenance queues, with
     Prometheus metrics at /metrics on PYNOMALY_METRICS_PORT (0 turns them off).
 
@@ -146,6 +153,8 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
         argv.append(f"--concurrency={concurrency or settings.worker_concurrency}")
     if pool:
         argv.append(f"--pool={pool}")
+    if hostname:
+        argv.append(f"--hostname={hostname}")
     if settings.metrics_port:
         from pynomaly_workers.metrics import serve
 
@@ -287,6 +296,11 @@ def _load_records_file(path: Path) -> dict[str, Any]:
     fail(f"{path} must hold a JSON list of rows or an object with a 'records' key")
 
 
+def is_object_uri(uri: str) -> bool:
+    """True for ``s3://bucket/key`` (passed to the workers as it is)."""
+    return uri.startswith("s3://")
+
+
 def _input_kwargs(
     records_file: Path | None, dataset: str | None, source: str | None
 ) -> dict[str, Any]:
@@ -296,13 +310,15 @@ def _input_kwargs(
     if records_file:
         return _load_records_file(records_file)
     if source:
-        return {"source": str(Path(source).resolve())}
+        return {"source": source if is_object_uri(source) else str(Path(source).resolve())}
     return {"dataset": dataset}
 
 
 def input_options(func: F) -> F:
     """Adds --records-file / --dataset / --source."""
-    func = click.option("--source", help="CSV/Parquet path readable by the workers.")(func)
+    func = click.option(
+        "--source", help="CSV/Parquet path readable by the workers, or s3://bucket/key."
+    )(func)
     func = click.option("--dataset", help="Name of a registered dataset.")(func)
     return click.option(
         "--records-file",
@@ -596,16 +612,21 @@ def datasets() -> None:
 
 @datasets.command("add")
 @click.argument("name")
-@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("path")
 @json_option
-def datasets_add(name: str, path: Path, as_json: bool) -> None:
-    """Register the CSV/Parquet file PATH as dataset NAME."""
+def datasets_add(name: str, path: str, as_json: bool) -> None:
+    """Register the CSV/Parquet file PATH (a path, file:// URI or s3://bucket/key) as
+    dataset NAME."""
     from dataclasses import replace
 
     from pynomaly_workers.domain.models import check_model_name
 
     adapters = _adapters()
-    described = adapters.sources.describe(str(path.resolve()))
+    uri = path if is_object_uri(path) or path.startswith("file://") else str(Path(path).resolve())
+    try:
+        described = adapters.sources.describe(uri)
+    except PynomalyError as exc:
+        fail(str(exc))
     dataset = adapters.store.register_dataset(
         replace(described, name=check_model_name(name)), now=adapters.clock.now()
     )

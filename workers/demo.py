@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,9 +75,14 @@ class WorkerProcess:
         concurrency: int = 2,
         queues: str | None = None,
         env: dict[str, str] | None = None,
+        hostname: str | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
+        """``prefix`` runs the worker under another command (``ip netns exec NS`` puts
+        it on another network host); ``hostname`` names its Celery node."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [
+            *prefix,
             sys.executable,
             "-m",
             "pynomaly_workers.cli",
@@ -89,6 +94,8 @@ class WorkerProcess:
         ]
         if queues:
             command += ["--queues", queues]
+        if hostname:
+            command += ["--hostname", hostname]
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(

@@ -41,7 +41,9 @@ def string_literals(path: Path) -> list[tuple[int, str]]:
     tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
     for token in tokens:
         if token.type == tokenize.STRING and token.string.lstrip("rbuRBU")[:1] in "'\"":
-            found.append((token.start[0], ast.literal_eval(token.string)))
+            value = ast.literal_eval(token.string)
+            if isinstance(value, str):  # bytes are data, not names
+                found.append((token.start[0], value))
     return found
 
 

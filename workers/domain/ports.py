@@ -290,6 +290,9 @@ class SourcePlan:
     columns: list[str]
     n_rows: int
     chunks: list[ChunkSpec]
+    pin: str | None = None
+    """The version planned from (an object's version id or ETag, a file's size and
+    modification time); every chunk is read from that version or fails."""
 
     @property
     def n_features(self) -> int:
@@ -298,7 +301,7 @@ class SourcePlan:
 
 
 class SourceReader(Protocol):
-    """Reads CSV/Parquet files in bounded chunks."""
+    """Reads CSV/Parquet sources (local files, ``s3://`` objects) in bounded chunks."""
 
     def describe(self, path: str) -> Dataset:
         """Row count, feature count and format of a file (name left empty)."""
@@ -309,8 +312,10 @@ class SourceReader(Protocol):
     def plan(self, path: str, *, chunk_rows: int) -> SourcePlan:
         """Chunks of about ``chunk_rows`` rows that can be read independently."""
 
-    def read_chunk(self, path: str, spec: ChunkSpec, *, columns: list[str]) -> SourceChunk:
-        """The rows of one planned chunk."""
+    def read_chunk(
+        self, path: str, spec: ChunkSpec, *, columns: list[str], pin: str | None = None
+    ) -> SourceChunk:
+        """The rows of one planned chunk, from the version ``pin`` names."""
 
 
 class LoadedModel(Protocol):

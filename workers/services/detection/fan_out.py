@@ -79,6 +79,7 @@ def start_fan_out(
             "model": version.label,
             "path": planned.path,
             "columns": plan.columns,
+            "pin": plan.pin,
             "chunk": [spec.index, spec.offset, spec.n_rows, spec.start, spec.stop],
         }
         for spec in plan.chunks
@@ -111,7 +112,9 @@ def run_chunk(adapters: Adapters, kwargs: Mapping[str, Any]) -> ChunkDone:
     spec = ChunkSpec(*(int(v) for v in kwargs["chunk"]))
     version = adapters.models.resolve(parse_model_ref(kwargs["model"]))  # exact: cached
     try:
-        chunk = adapters.sources.read_chunk(str(kwargs["path"]), spec, columns=kwargs["columns"])
+        chunk = adapters.sources.read_chunk(
+            str(kwargs["path"]), spec, columns=kwargs["columns"], pin=kwargs.get("pin")
+        )
         check_width(chunk.matrix, n_features=version.n_features, model=version.label)
     except InvalidInput as exc:
         failed = adapters.store.fail_job(

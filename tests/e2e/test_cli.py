@@ -97,7 +97,7 @@ def test_train_detect_and_inspect_through_the_cli(
 def test_health_proves_each_queue_is_consumed(
     worker: WorkerProcess, e2e_env: dict[str, str]
 ) -> None:
-    report = cli_json(e2e_env, "health")
+    report = cli_json(e2e_env, "health", "--queues", "detection,training,maintenance")
 
     assert report["ok"] is True
     assert set(report["checks"]) == {
@@ -106,6 +106,10 @@ def test_health_proves_each_queue_is_consumed(
         "queue:training",
         "queue:maintenance",
     }
+    # plain health: the canary goes to this host's worker's own queue
+    own = cli_json(e2e_env, "health")
+    assert own["ok"] is True
+    assert [c for c in own["checks"] if c.startswith("worker:celery@")]
 
 
 def test_health_fails_when_no_worker_consumes_a_queue(

@@ -35,12 +35,14 @@ TABLES = (
     "anomalies",
     "detection_chunks",
     "detection_jobs",
+    "model_alias_moves",
+    "model_aliases",
     "models",
     "model_artifacts",
     "datasets",
     "metrics",
 )
-HOW_TO_START = "start it with 'make adapters' (or bash .ci/adapters)"
+HOW_TO_START = "start it with 'make services' (or bash .ci/services)"
 
 
 def _require_postgres() -> None:

@@ -33,7 +33,7 @@ from pynomaly_workers.domain.errors import PynomalyError
 if TYPE_CHECKING:
     from celery.result import AsyncResult
 
-    from pynomaly_workers.domain.models import ModelVersion
+    from pynomaly_workers.domain.models import AliasMove, ModelVersion
     from pynomaly_workers.domain.ports import JobRecord
     from pynomaly_workers.services.context import Adapters
     from pynomaly_workers.settings import Settings
@@ -481,11 +481,15 @@ def _print_job(job: JobRecord) -> None:
         click.echo(f"error ({job.error_type}): {job.error}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--name", default=None)
 @json_option
-def models(name: str | None, as_json: bool) -> None:
-    """List registered model versions."""
+@click.pass_context
+def models(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """List registered model versions (and their aliases); see the subcommands to move
+    an alias or roll it back."""
+    if ctx.invoked_subcommand is not None:
+        return
     found = _adapters().store.list_models(name=name)
     emit(
         [_model_dict(m) for m in found],
@@ -520,6 +524,64 @@ def models(name: str | None, as_json: bool) -> None:
             )
         ),
     )
+
+
+@models.command("alias")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=click.IntRange(min=1))
+@json_option
+def models_alias(name: str, alias: str, version: int, as_json: bool) -> None:
+    """Point NAME@ALIAS (e.g. champion) at VERSION. Jobs sent with model="NAME@ALIAS"
+    use it within PYNOMALY_MODEL_REF_TTL_SECONDS."""
+    from pynomaly_workers.domain.models import check_alias, check_model_name
+
+    adapters = _adapters()
+    try:
+        moved = adapters.store.set_alias(
+            check_model_name(name), check_alias(alias), version, now=adapters.clock.now()
+        )
+    except PynomalyError as exc:
+        fail(str(exc))
+    emit(asdict(moved), as_json=as_json, human=lambda: _print_move(moved))
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.argument("alias")
+@json_option
+def models_rollback(name: str, alias: str, as_json: bool) -> None:
+    """Point NAME@ALIAS back at the version it pointed at before its last move."""
+    adapters = _adapters()
+    try:
+        moved = adapters.store.rollback_alias(name, alias, now=adapters.clock.now())
+    except PynomalyError as exc:
+        fail(str(exc))
+    emit(asdict(moved), as_json=as_json, human=lambda: _print_move(moved))
+
+
+@models.command("history")
+@click.argument("name")
+@click.option("--alias", default=None, help="Only this alias.")
+@json_option
+def models_history(name: str, alias: str | None, as_json: bool) -> None:
+    """Every move of NAME's aliases, newest first."""
+    moves = _adapters().store.alias_history(name, alias=alias)
+    emit(
+        [asdict(m) for m in moves],
+        as_json=as_json,
+        human=lambda: click.echo(
+            table(
+                [[m.alias, m.action, m.previous_version, m.version, m.moved_at] for m in moves],
+                ["alias", "action", "from", "to", "when"],
+            )
+        ),
+    )
+
+
+def _print_move(moved: AliasMove) -> None:
+    before = f"version {moved.previous_version}" if moved.previous_version else "nothing"
+    click.echo(f"{moved.name}@{moved.alias} -> version {moved.version} (was {before})")
 
 
 def _model_dict(model: ModelVersion) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from pynomaly_workers.contract import JobStatus
 from pynomaly_workers.domain.jobs import ChunkTally, JobSummary
-from pynomaly_workers.domain.models import ModelRef, ModelVersion
+from pynomaly_workers.domain.models import AliasMove, ModelRef, ModelVersion
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, ScoreStats
 
@@ -151,6 +151,15 @@ class ModelStore(Protocol):
 
     def load_artifact(self, sha256: str) -> bytes:
         """Artifact bytes by content hash; raises ``ArtifactCorrupt`` if they do not match."""
+
+    def set_alias(self, name: str, alias: str, version: int, *, now: datetime) -> AliasMove:
+        """Point ``name@alias`` at ``version`` (raises ``UnknownModel``); record the move."""
+
+    def rollback_alias(self, name: str, alias: str, *, now: datetime) -> AliasMove:
+        """Point the alias back where it pointed before its last move; record the move."""
+
+    def alias_history(self, name: str, *, alias: str | None = None) -> list[AliasMove]:
+        """Every move of the model's aliases, newest first."""
 
 
 class JobStore(Protocol):

@@ -123,15 +123,14 @@ class ModelLoader:
 
     def resolve(self, ref: ModelRef) -> ModelVersion:
         """The version ``ref`` names. ``name@version`` never changes, so it is remembered;
-        a bare name (the active version) is remembered for ``ref_ttl_seconds``, which
-        saves a query per micro-batch at the price of seeing a new version that much later.
+        a bare name (the active version) or an alias (``name@champion``) is remembered
+        for ``ref_ttl_seconds``, which saves a query per micro-batch at the price of
+        seeing a new version or a moved alias that much later.
         """
         now = time.monotonic()
         with self._lock:
             cached = self._refs.get(ref)
-        if cached is not None and (
-            ref.version is not None or now - cached[0] < self.ref_ttl_seconds
-        ):
+        if cached is not None and (ref.is_exact or now - cached[0] < self.ref_ttl_seconds):
             return cached[1]
         version = self.store.get_model(ref)
         with self._lock:

@@ -111,6 +111,34 @@ class ModelRow(Base):
     )
 
 
+class ModelAliasRow(Base):
+    """Where each movable alias (``champion``, ``challenger``, ...) of a model points."""
+
+    __tablename__ = "model_aliases"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    updated_at: Mapped[datetime]
+
+
+class ModelAliasMoveRow(Base):
+    """Every move of an alias, kept so a rollback knows where it pointed before."""
+
+    __tablename__ = "model_alias_moves"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    alias: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    previous_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    action: Mapped[str] = mapped_column(String(16))
+    moved_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("idx_model_alias_moves_alias", "name", "alias", text("id DESC")),
+        CheckConstraint("action IN ('set', 'rollback')", name="action_valid"),
+    )
+
+
 class DatasetRow(Base):
     __tablename__ = "datasets"
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

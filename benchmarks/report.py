@@ -18,6 +18,8 @@ ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("bulk job", ("bulk", "records_per_s"), "records/s"),
     ("bulk one-process limit", ("bulk", "limit_records_per_s"), "records/s"),
     ("bulk / limit", ("bulk", "ratio_to_limit"), "x"),
+    ("bulk, explanations off", ("bulk", "explain_off_records_per_s"), "records/s"),
+    ("explanation overhead", ("bulk", "explain_overhead"), "fraction"),
     ("bulk from S3 (moto)", ("bulk_s3", "records_per_s"), "records/s"),
     ("bulk S3 / local file", ("bulk_s3", "ratio_to_local"), "x"),
     ("naive per-record", ("naive", "records_per_s"), "records/s"),

@@ -124,7 +124,7 @@ def run_on_stack(run: Run, stack: Stack, inputs: Inputs) -> None:
                 warmup=inputs.naive_warmup,
             )
     with run.section("cache_off"):
-        run.results["cache_off_runs"] = cache_off_runs(stack, inputs)
+        run.results["cache_off_runs"] = cache_off_runs(run, stack, inputs)
 
 
 def train_models(stack: Stack, inputs: Inputs) -> dict[str, Any]:
@@ -189,13 +189,26 @@ def cache_on_runs(stack: Stack, app: Celery, inputs: Inputs) -> dict[str, list[f
     }
 
 
-def cache_off_runs(stack: Stack, inputs: Inputs) -> list[float]:
-    """The same job on a worker started with ``PYNOMALY_CACHE_URL`` empty."""
+def cache_off_runs(run: Run, stack: Stack, inputs: Inputs) -> list[float]:
+    """The same job on a worker started with ``PYNOMALY_CACHE_URL`` empty. That worker
+    also runs without explanations, for the bulk job's ``explain_overhead`` (the bulk
+    model, IsolationForest, skips the cache either way)."""
     with (
-        running_worker(stack, cache=False, name="worker-cache-off"),
+        running_worker(
+            stack, cache=False, name="worker-cache-off", extra_env=NO_EXPLANATIONS
+        ) as worker,
         publisher(stack.settings) as app,
     ):
         models.warm_up(stack, app, models=[IFOREST_MODEL], records=inputs.warmup, tag="off")
+        with run.section("bulk_explain_off"):
+            run.results["bulk_explain_off"] = bulk.run_bulk(
+                stack,
+                app,
+                model=IFOREST_MODEL,
+                source=inputs.bulk_csv,
+                rows=run.sizes.bulk_rows,
+                worker_pid=worker.process.pid,
+            )["job"]
         cache.warm_sources(stack, app, model=IFOREST_MODEL, source=inputs.cache_csv)
         return cache.repeated(
             stack,
@@ -226,6 +239,9 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+NO_EXPLANATIONS = {"PYNOMALY_EXPLAIN_TOP_FEATURES": "0"}
+
+
 def bulk_section(results: dict[str, Any]) -> dict[str, Any] | None:
     """The bulk job beside its one-process limit and the naive baseline."""
     job = results.get("bulk", {}).get("job")
@@ -233,13 +249,23 @@ def bulk_section(results: dict[str, Any]) -> dict[str, Any] | None:
         return None
     limit = results.get("limit") or {}
     naive = results.get("naive") or {}
+    explain_off = results.get("bulk_explain_off") or {}
     return {
         **job,
         "limit_records_per_s": limit.get("records_per_s"),
         "ratio_to_limit": ratio(job["records_per_s"], limit.get("records_per_s")),
         "speedup_vs_naive": ratio(job["records_per_s"], naive.get("records_per_s"), digits=1),
+        "explain_off_records_per_s": explain_off.get("records_per_s"),
+        "explain_overhead": overhead(job["records_per_s"], explain_off.get("records_per_s")),
         "limit": limit or None,
     }
+
+
+def overhead(with_it: float | None, without: float | None) -> float | None:
+    """How much slower (a fraction) a rate is with a feature on than with it off."""
+    if not with_it or not without:
+        return None
+    return round(without / with_it - 1.0, 3)
 
 
 def bulk_s3_section(results: dict[str, Any]) -> dict[str, Any] | None:

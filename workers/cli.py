@@ -579,6 +579,14 @@ def models_history(name: str, alias: str | None, as_json: bool) -> None:
     )
 
 
+def _top_features(explanation: dict[str, Any] | None, *, k: int = 3) -> str:
+    """The first features of an anomaly's explanation, e.g. ``temp 4.1, rpm 0.3``."""
+    if not explanation:
+        return "-"
+    top = explanation.get("top", [])[:k]
+    return ", ".join(f"{item['feature']} {item['contribution']:.3g}" for item in top)
+
+
 def _print_move(moved: AliasMove) -> None:
     before = f"version {moved.previous_version}" if moved.previous_version else "nothing"
     click.echo(f"{moved.name}@{moved.alias} -> version {moved.version} (was {before})")
@@ -609,10 +617,18 @@ def anomalies(
         human=lambda: click.echo(
             table(
                 [
-                    [a.job_id, a.record_index, a.record_id, a.score, a.severity, a.timestamp]
+                    [
+                        a.job_id,
+                        a.record_index,
+                        a.record_id,
+                        a.score,
+                        a.severity,
+                        a.timestamp,
+                        _top_features(a.explanation),
+                    ]
                     for a in found
                 ],
-                ["job_id", "record", "record_id", "score", "severity", "timestamp"],
+                ["job_id", "record", "record_id", "score", "severity", "timestamp", "why"],
             )
         ),
     )

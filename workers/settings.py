@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     max_records_per_job: int = Field(default=100_000, gt=0)
     max_features: int = Field(default=1_024, gt=0)
     top_anomalies: int = Field(default=10, ge=0, le=1_000)
+    explain_top_features: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description="Features named in each anomaly's explanation; 0 = no explanations.",
+    )
     chunk_rows: int = Field(default=100_000, gt=0, description="Rows read per source chunk.")
     s3_endpoint_url: str = Field(
         default="",

@@ -1019,21 +1019,31 @@ def large_batch(model_id: int, *, job_id: str) -> AnomalyBatch:
         severity=severity,
         timestamp=[T0 + timedelta(microseconds=7_919 * i) for i in range(LARGE)],
         record_id=[None if i % 3 == 0 else f"rec-{i}-é€" for i in range(LARGE)],
+        explanation=[explanation(i) if i % 5 else None for i in range(LARGE)],
     )
 
 
-Row = tuple[int, int, str | None, datetime | None, float, float, str]
+def explanation(i: int) -> dict[str, Any]:
+    top = [
+        {"feature": f"col-{i % 7}-é", "contribution": i / 3},
+        {"feature": 2, "contribution": -0.5},
+    ]
+    return {"method": "mahalanobis", "exact": True, "top": top}
+
+
+Row = tuple[int, int, str | None, datetime | None, float, float, str, Any]
 
 
 def expected_rows(given: AnomalyBatch) -> dict[int, Row]:
     return {
-        int(i): (given.model_id, int(i), rid, utc(ts), float(s), float(v), "active")
-        for i, rid, ts, s, v in zip(
+        int(i): (given.model_id, int(i), rid, utc(ts), float(s), float(v), "active", why)
+        for i, rid, ts, s, v, why in zip(
             given.record_index.tolist(),
             given.record_id,
             given.timestamp,
             given.score.tolist(),
             given.severity.tolist(),
+            given.explanation or [None] * len(given),
             strict=True,
         )
     }
@@ -1050,6 +1060,7 @@ def stored_rows(store: Store, job_id: str) -> dict[int, Row]:
             a.score,
             a.severity,
             a.status,
+            a.explanation,
         )
         for a in stored
     }

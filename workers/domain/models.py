@@ -9,6 +9,7 @@ from typing import Any
 
 from pynomaly_workers.contract import ALGORITHMS, ALIAS_PATTERN, NAME_PATTERN
 from pynomaly_workers.domain.errors import InvalidInput
+from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.scoring import ScoreStats
 
 __all__ = [
@@ -117,6 +118,9 @@ class ModelVersion:
     n_training_rows: int = 0
     active: bool = True
     created_at: datetime | None = None
+    profile: TrainingProfile | None = None
+    """What the version learned about its training data (None for versions trained
+    before profiles were kept)."""
 
     @property
     def threshold(self) -> float:

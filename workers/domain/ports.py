@@ -11,8 +11,10 @@ import numpy as np
 import numpy.typing as npt
 
 from pynomaly_workers.contract import JobStatus
+from pynomaly_workers.domain.explain import Attribution
 from pynomaly_workers.domain.jobs import ChunkTally, JobSummary
 from pynomaly_workers.domain.models import AliasMove, ModelRef, ModelVersion
+from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, ScoreStats
 
@@ -31,6 +33,7 @@ class ModelDraft:
     parity_max_error: float | None
     parity_tolerance: float | None
     n_training_rows: int
+    profile: TrainingProfile | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,7 @@ class AnomalyBatch:
     severity: Scores
     timestamp: Sequence[datetime]
     record_id: Sequence[str | None]
+    explanation: Sequence[dict[str, Any] | None] | None = None
 
     def __len__(self) -> int:
         return int(self.record_index.size)
@@ -99,6 +103,7 @@ class AnomalyRecord:
     score: float
     severity: float
     status: str
+    explanation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +282,8 @@ class SourceChunk:
     matrix: Matrix
     record_ids: Sequence[str] | None
     timestamps: Sequence[datetime] | None
+    features: Sequence[str] | None = None
+    """Feature column names (None for inline records: features are named by index)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +346,9 @@ class LoadedModel(Protocol):
 
     def row_cost_us(self) -> float | None:
         """Scoring cost per row in microseconds, if measured."""
+
+    def explain(self, matrix: Matrix) -> Attribution | None:
+        """Per-feature contributions to each row's anomaly, if the model has a method."""
 
 
 class ModelLoader(Protocol):

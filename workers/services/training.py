@@ -11,6 +11,7 @@ from pynomaly_workers.domain.errors import InvalidRecords, PayloadTooLarge
 from pynomaly_workers.domain.jobs import TrainingRequest
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import FittedModel, ModelDraft, Trainer
+from pynomaly_workers.domain.profile import profile_training_data
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import fit_score_stats, parity_error
 from pynomaly_workers.services.context import Adapters
@@ -37,6 +38,7 @@ def train_model(adapters: Adapters, request: TrainingRequest) -> ModelVersion:
         request.algorithm, fit_rows, contamination=request.contamination, params=request.params
     )
     stats = fit_score_stats(fitted.training_scores, contamination=request.contamination)
+    profile = profile_training_data(fit_rows, fitted.training_scores)
     tolerance = adapters.settings.onnx_parity_tolerance
     candidate = onnx_candidate(adapters.trainer, fitted, holdout, tolerance=tolerance)
     draft = ModelDraft(
@@ -50,6 +52,7 @@ def train_model(adapters: Adapters, request: TrainingRequest) -> ModelVersion:
         parity_max_error=candidate.max_error,
         parity_tolerance=tolerance,
         n_training_rows=len(fit_rows),
+        profile=profile,
     )
     return adapters.store.register_model(draft, now=adapters.clock.now())
 

@@ -95,6 +95,7 @@ class ModelRow(Base):
     n_training_rows: Mapped[int] = mapped_column(BigInteger)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
+    profile: Mapped[dict[str, Any] | None]
 
     __table_args__ = (
         UniqueConstraint("name", "version", name="uq_models_name_version"),
@@ -217,6 +218,7 @@ class AnomalyRow(Base):
     score: Mapped[float] = mapped_column(Float)
     severity: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16), default="active")
+    explanation: Mapped[dict[str, Any] | None]
 
     __table_args__ = (
         UniqueConstraint("job_id", "record_index", name="uq_anomalies_job_record"),

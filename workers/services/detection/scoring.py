@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
+from pynomaly_workers.domain.explain import explanations
 from pynomaly_workers.domain.jobs import ChunkTally, top_anomalies
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import AnomalyBatch, ChunkResult, LoadedModel, SourceChunk
@@ -39,6 +41,33 @@ def score_rows(
     return scores, hits
 
 
+@dataclass(frozen=True, slots=True)
+class Explaining:
+    """How to explain a chunk's anomalies: the loaded model, and how many features."""
+
+    model: LoadedModel
+    top_features: int
+
+    @classmethod
+    def of(cls, adapters: Adapters, model: LoadedModel) -> Explaining:
+        return cls(model, adapters.settings.explain_top_features)
+
+
+def explain_anomalies(
+    explaining: Explaining | None, chunk: SourceChunk, mask: np.ndarray[Any, np.dtype[np.bool_]]
+) -> dict[int, dict[str, Any]]:
+    """The explanation of each flagged row of the chunk, by row; only flagged rows are
+    explained, so a chunk's cost grows with its anomalies, not its size."""
+    rows = np.flatnonzero(mask)
+    if explaining is None or explaining.top_features == 0 or rows.size == 0:
+        return {}
+    attribution = explaining.model.explain(chunk.matrix[rows])
+    if attribution is None:
+        return {}
+    found = explanations(attribution, feature_names=chunk.features, top_k=explaining.top_features)
+    return dict(zip(rows.tolist(), found, strict=True))
+
+
 def chunk_result(
     job_id: str,
     version: ModelVersion,
@@ -49,21 +78,34 @@ def chunk_result(
     top_k: int,
     now: datetime,
     chunk_index: int = 0,
+    explaining: Explaining | None = None,
 ) -> ChunkResult:
-    """Threshold, severity, top anomalies and the anomaly rows of one scored chunk."""
+    """Threshold, severity, explanations, top anomalies and the anomaly rows of one
+    scored chunk."""
     mask = anomaly_mask(scores, threshold=version.threshold)
     severities = severity(scores, version.stats)
+    explained = explain_anomalies(explaining, chunk, mask)
     top = top_anomalies(
-        scores, severities, mask, k=top_k, offset=chunk.offset, record_ids=chunk.record_ids
+        scores,
+        severities,
+        mask,
+        k=top_k,
+        offset=chunk.offset,
+        record_ids=chunk.record_ids,
+        explanations=explained,
     )
+    batch = anomaly_batch(
+        job_id, version.id, chunk, scores=scores, severities=severities, mask=mask, now=now
+    )
+    if explained:
+        rows = np.flatnonzero(mask).tolist()
+        batch = replace(batch, explanation=[explained.get(i) for i in rows])
     return ChunkResult(
         chunk_index=chunk_index,
         tally=ChunkTally(
             n_records=len(chunk.matrix), n_anomalies=int(mask.sum()), cache_hits=hits, top=top
         ),
-        anomalies=anomaly_batch(
-            job_id, version.id, chunk, scores=scores, severities=severities, mask=mask, now=now
-        ),
+        anomalies=batch,
     )
 
 

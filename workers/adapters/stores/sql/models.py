@@ -68,6 +68,7 @@ class SqlModelStore(SqlBase):
                 n_training_rows=draft.n_training_rows,
                 active=True,
                 created_at=now,
+                profile=draft.profile.to_dict() if draft.profile is not None else None,
             )
             session.add(row)
             session.flush()

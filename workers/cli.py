@@ -19,6 +19,7 @@ import click
 from pydantic import ValidationError
 
 from pynomaly_workers.contract import (
+    ALGORITHMS,
     FAILED,
     FINAL_STATUSES,
     JOB_STATUSES,
@@ -282,7 +283,7 @@ def input_options(func: F) -> F:
 @click.option("--model", required=True, help="Name to register the new version under.")
 @click.option(
     "--algorithm",
-    type=click.Choice(["iforest", "lof", "ocsvm", "elliptic"]),
+    type=click.Choice(ALGORITHMS),
     default="iforest",
     show_default=True,
 )

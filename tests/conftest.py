@@ -35,6 +35,8 @@ TABLES = (
     "anomalies",
     "detection_chunks",
     "detection_jobs",
+    "drift_reports",
+    "drift_windows",
     "model_alias_moves",
     "model_aliases",
     "models",

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from pynomaly_workers.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
-MAINTENANCE_JOBS = ("refresh_views", "vacuum_analyze", "retention")
+MAINTENANCE_JOBS = ("refresh_views", "vacuum_analyze", "retention", "drift")
 
 
 def fail(message: str, *, code: int = 1) -> NoReturn:
@@ -687,6 +687,45 @@ def datasets_list(as_json: bool) -> None:
     )
 
 
+# -- drift -----------------------------------------------------------------------------
+@main.command()
+@click.option("--model", default=None, help="Only this model name.")
+@json_option
+def drift(model: str | None, as_json: bool) -> None:
+    """Has each model's recent data drifted from what it was trained on? Per feature: PSI,
+    chi-squared p-value (Benjamini-Hochberg corrected), drifted; the score distribution;
+    the flagged rate against the training contamination. Exit 3 if anything drifted."""
+    from pynomaly_workers.services.drift import check_drift
+
+    reports = check_drift(_adapters(), model=model)
+    emit(reports, as_json=as_json, human=lambda: _print_drift(reports))
+    if any(r["drifted"] for r in reports):
+        sys.exit(3)
+
+
+def _print_drift(reports: list[dict[str, Any]]) -> None:
+    if not reports:
+        click.echo("no model scored anything in the look-back period")
+    for report in reports:
+        verdict = click.style("DRIFTED", fg="red") if report["drifted"] else "stable"
+        click.echo(
+            f"{report['model']}@{report['model_version']}: {verdict} "
+            f"({report['n_records']} records, {report['status']})"
+        )
+        if report["status"] != "checked":
+            continue
+        rows = [
+            [f["feature"], f["psi"], f["p_value"], f["q_value"], "yes" if f["drifted"] else ""]
+            for f in report["features"]
+        ]
+        click.echo(table(rows, ["feature", "psi", "p", "q (BH)", "drifted"]))
+        score, rate = report["score"], report["flag_rate"]
+        click.echo(f"score: psi {score['psi']:.3f}, p {score['p_value']:.3g}")
+        click.echo(
+            f"flagged: {rate['observed']:.4f} vs {rate['expected']:.4f} (p {rate['p_value']:.3g})\n"
+        )
+
+
 # -- operations ------------------------------------------------------------------------
 @main.command()
 @click.argument("name", type=click.Choice(MAINTENANCE_JOBS))
@@ -702,6 +741,10 @@ def maintenance(name: str, inline: bool, timeout: float, as_json: bool) -> None:
         if name == "retention":
             cutoff = adapters.clock.now() - timedelta(days=adapters.settings.retention_days)
             report = adapters.maintenance.retention(cutoff=cutoff)
+        elif name == "drift":
+            from pynomaly_workers.services.drift import check_drift
+
+            report = {"reports": check_drift(adapters)}
         else:
             report = getattr(adapters.maintenance, name)()
     else:

@@ -42,6 +42,8 @@ TABLES = {
     "datasets",
     "detection_chunks",
     "detection_jobs",
+    "drift_reports",
+    "drift_windows",
     "metrics",
     "model_alias_moves",
     "model_aliases",

@@ -140,6 +140,30 @@ class ModelAliasMoveRow(Base):
     )
 
 
+class DriftWindowRow(Base):
+    """What one model version scored in one time window, in its training profile's bins
+    (``DriftCounts``); workers add to it as they score, no record is kept."""
+
+    __tablename__ = "drift_windows"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    counts: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime]
+
+
+class DriftReportRow(Base):
+    """The outcome of one drift check of one model version."""
+
+    __tablename__ = "drift_reports"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    checked_at: Mapped[datetime]
+    drifted: Mapped[bool] = mapped_column(Boolean)
+    report: Mapped[dict[str, Any]]
+
+    __table_args__ = (Index("idx_drift_reports_model", "model_id", text("checked_at DESC")),)
+
+
 class DatasetRow(Base):
     __tablename__ = "datasets"
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

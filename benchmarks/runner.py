@@ -124,7 +124,7 @@ def run_on_stack(run: Run, stack: Stack, inputs: Inputs) -> None:
                 warmup=inputs.naive_warmup,
             )
     with run.section("cache_off"):
-        run.results["cache_off_runs"] = cache_off_runs(stack, inputs)
+        run.results["cache_off_runs"] = cache_off_runs(run, stack, inputs)
 
 
 def train_models(stack: Stack, inputs: Inputs) -> dict[str, Any]:
@@ -189,13 +189,31 @@ def cache_on_runs(stack: Stack, app: Celery, inputs: Inputs) -> dict[str, list[f
     }
 
 
-def cache_off_runs(stack: Stack, inputs: Inputs) -> list[float]:
-    """The same job on a worker started with ``PYNOMALY_CACHE_URL`` empty."""
+def cache_off_runs(run: Run, stack: Stack, inputs: Inputs) -> list[float]:
+    """The same job on a worker started with ``PYNOMALY_CACHE_URL`` empty. That worker
+    also runs without explanations and drift profiling, for the bulk job's
+    ``explain_overhead`` and the small jobs' ``profiling_overhead`` (the model of both,
+    IsolationForest, skips the cache either way)."""
     with (
-        running_worker(stack, cache=False, name="worker-cache-off"),
+        running_worker(
+            stack, cache=False, name="worker-cache-off", extra_env=NO_EXPLANATIONS
+        ) as worker,
         publisher(stack.settings) as app,
     ):
         models.warm_up(stack, app, models=[IFOREST_MODEL], records=inputs.warmup, tag="off")
+        with run.section("bulk_explain_off"):
+            run.results["bulk_explain_off"] = bulk.run_bulk(
+                stack,
+                app,
+                model=IFOREST_MODEL,
+                source=inputs.bulk_csv,
+                rows=run.sizes.bulk_rows,
+                worker_pid=worker.process.pid,
+            )["job"]
+        with run.section("small_jobs_profiling_off"):
+            run.results["small_jobs_profiling_off"] = small_jobs.run_detect_only(
+                stack, app, inputs.small_jobs
+            )
         cache.warm_sources(stack, app, model=IFOREST_MODEL, source=inputs.cache_csv)
         return cache.repeated(
             stack,
@@ -215,7 +233,7 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
         "bulk": bulk_section(results),
         "bulk_s3": bulk_s3_section(results),
         "naive": results.get("naive"),
-        "small_jobs": results.get("small_jobs"),
+        "small_jobs": small_jobs_section(results),
         "cache": cache_section(results),
         "memory": results.get("bulk", {}).get("memory"),
         "training": results.get("training"),
@@ -226,6 +244,9 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+NO_EXPLANATIONS = {"PYNOMALY_EXPLAIN_TOP_FEATURES": "0", "PYNOMALY_DRIFT_PROFILING": "false"}
+
+
 def bulk_section(results: dict[str, Any]) -> dict[str, Any] | None:
     """The bulk job beside its one-process limit and the naive baseline."""
     job = results.get("bulk", {}).get("job")
@@ -233,13 +254,38 @@ def bulk_section(results: dict[str, Any]) -> dict[str, Any] | None:
         return None
     limit = results.get("limit") or {}
     naive = results.get("naive") or {}
+    explain_off = results.get("bulk_explain_off") or {}
     return {
         **job,
         "limit_records_per_s": limit.get("records_per_s"),
         "ratio_to_limit": ratio(job["records_per_s"], limit.get("records_per_s")),
         "speedup_vs_naive": ratio(job["records_per_s"], naive.get("records_per_s"), digits=1),
+        "explain_off_records_per_s": explain_off.get("records_per_s"),
+        "explain_overhead": overhead(job["records_per_s"], explain_off.get("records_per_s")),
         "limit": limit or None,
     }
+
+
+def small_jobs_section(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The small-job figures, with the same detection figures measured on a worker
+    without drift profiling (and explanations) beside them."""
+    section = results.get("small_jobs")
+    if section is None:
+        return None
+    off = results.get("small_jobs_profiling_off") or {}
+    return {
+        **section,
+        "profiling_off_jobs_per_s": off.get("jobs_per_s"),
+        "profiling_off_latency_ms": off.get("latency_ms"),
+        "profiling_overhead": overhead(section.get("jobs_per_s"), off.get("jobs_per_s")),
+    }
+
+
+def overhead(with_it: float | None, without: float | None) -> float | None:
+    """How much slower (a fraction) a rate is with a feature on than with it off."""
+    if not with_it or not without:
+        return None
+    return round(without / with_it - 1.0, 3)
 
 
 def bulk_s3_section(results: dict[str, Any]) -> dict[str, Any] | None:

@@ -35,12 +35,16 @@ TABLES = (
     "anomalies",
     "detection_chunks",
     "detection_jobs",
+    "drift_reports",
+    "drift_windows",
+    "model_alias_moves",
+    "model_aliases",
     "models",
     "model_artifacts",
     "datasets",
     "metrics",
 )
-HOW_TO_START = "start it with 'make adapters' (or bash .ci/adapters)"
+HOW_TO_START = "start it with 'make services' (or bash .ci/services)"
 
 
 def _require_postgres() -> None:

@@ -19,6 +19,7 @@ import click
 from pydantic import ValidationError
 
 from pynomaly_workers.contract import (
+    ALGORITHMS,
     FAILED,
     FINAL_STATUSES,
     JOB_STATUSES,
@@ -34,13 +35,13 @@ from pynomaly_workers.domain.errors import PynomalyError
 if TYPE_CHECKING:
     from celery.result import AsyncResult
 
-    from pynomaly_workers.domain.models import ModelVersion
+    from pynomaly_workers.domain.models import AliasMove, ModelVersion
     from pynomaly_workers.domain.ports import JobRecord
     from pynomaly_workers.services.context import Adapters
     from pynomaly_workers.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
-MAINTENANCE_JOBS = ("refresh_views", "vacuum_analyze", "retention")
+MAINTENANCE_JOBS = ("refresh_views", "vacuum_analyze", "retention", "drift")
 
 
 def fail(message: str, *, code: int = 1) -> NoReturn:
@@ -331,7 +332,7 @@ def input_options(func: F) -> F:
 @click.option("--model", required=True, help="Name to register the new version under.")
 @click.option(
     "--algorithm",
-    type=click.Choice(["iforest", "lof", "ocsvm", "elliptic"]),
+    type=click.Choice(ALGORITHMS),
     default="iforest",
     show_default=True,
 )
@@ -530,11 +531,15 @@ def _print_job(job: JobRecord) -> None:
         click.echo(f"error ({job.error_type}): {job.error}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--name", default=None)
 @json_option
-def models(name: str | None, as_json: bool) -> None:
-    """List registered model versions."""
+@click.pass_context
+def models(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """List registered model versions (and their aliases); see the subcommands to move
+    an alias or roll it back."""
+    if ctx.invoked_subcommand is not None:
+        return
     found = _adapters().store.list_models(name=name)
     emit(
         [_model_dict(m) for m in found],
@@ -571,6 +576,72 @@ def models(name: str | None, as_json: bool) -> None:
     )
 
 
+@models.command("alias")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=click.IntRange(min=1))
+@json_option
+def models_alias(name: str, alias: str, version: int, as_json: bool) -> None:
+    """Point NAME@ALIAS (e.g. champion) at VERSION. Jobs sent with model="NAME@ALIAS"
+    use it within PYNOMALY_MODEL_REF_TTL_SECONDS."""
+    from pynomaly_workers.domain.models import check_alias, check_model_name
+
+    adapters = _adapters()
+    try:
+        moved = adapters.store.set_alias(
+            check_model_name(name), check_alias(alias), version, now=adapters.clock.now()
+        )
+    except PynomalyError as exc:
+        fail(str(exc))
+    emit(asdict(moved), as_json=as_json, human=lambda: _print_move(moved))
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.argument("alias")
+@json_option
+def models_rollback(name: str, alias: str, as_json: bool) -> None:
+    """Point NAME@ALIAS back at the version it pointed at before its last move."""
+    adapters = _adapters()
+    try:
+        moved = adapters.store.rollback_alias(name, alias, now=adapters.clock.now())
+    except PynomalyError as exc:
+        fail(str(exc))
+    emit(asdict(moved), as_json=as_json, human=lambda: _print_move(moved))
+
+
+@models.command("history")
+@click.argument("name")
+@click.option("--alias", default=None, help="Only this alias.")
+@json_option
+def models_history(name: str, alias: str | None, as_json: bool) -> None:
+    """Every move of NAME's aliases, newest first."""
+    moves = _adapters().store.alias_history(name, alias=alias)
+    emit(
+        [asdict(m) for m in moves],
+        as_json=as_json,
+        human=lambda: click.echo(
+            table(
+                [[m.alias, m.action, m.previous_version, m.version, m.moved_at] for m in moves],
+                ["alias", "action", "from", "to", "when"],
+            )
+        ),
+    )
+
+
+def _top_features(explanation: dict[str, Any] | None, *, k: int = 3) -> str:
+    """The first features of an anomaly's explanation, e.g. ``temp 4.1, rpm 0.3``."""
+    if not explanation:
+        return "-"
+    top = explanation.get("top", [])[:k]
+    return ", ".join(f"{item['feature']} {item['contribution']:.3g}" for item in top)
+
+
+def _print_move(moved: AliasMove) -> None:
+    before = f"version {moved.previous_version}" if moved.previous_version else "nothing"
+    click.echo(f"{moved.name}@{moved.alias} -> version {moved.version} (was {before})")
+
+
 def _model_dict(model: ModelVersion) -> dict[str, Any]:
     data = asdict(model)
     data["stats"] = {k: v for k, v in data["stats"].items() if k != "quantiles"}
@@ -596,10 +667,18 @@ def anomalies(
         human=lambda: click.echo(
             table(
                 [
-                    [a.job_id, a.record_index, a.record_id, a.score, a.severity, a.timestamp]
+                    [
+                        a.job_id,
+                        a.record_index,
+                        a.record_id,
+                        a.score,
+                        a.severity,
+                        a.timestamp,
+                        _top_features(a.explanation),
+                    ]
                     for a in found
                 ],
-                ["job_id", "record", "record_id", "score", "severity", "timestamp"],
+                ["job_id", "record", "record_id", "score", "severity", "timestamp", "why"],
             )
         ),
     )
@@ -657,6 +736,45 @@ def datasets_list(as_json: bool) -> None:
     )
 
 
+# -- drift -----------------------------------------------------------------------------
+@main.command()
+@click.option("--model", default=None, help="Only this model name.")
+@json_option
+def drift(model: str | None, as_json: bool) -> None:
+    """Has each model's recent data drifted from what it was trained on? Per feature: PSI,
+    chi-squared p-value (Benjamini-Hochberg corrected), drifted; the score distribution;
+    the flagged rate against the training contamination. Exit 3 if anything drifted."""
+    from pynomaly_workers.services.drift import check_drift
+
+    reports = check_drift(_adapters(), model=model)
+    emit(reports, as_json=as_json, human=lambda: _print_drift(reports))
+    if any(r["drifted"] for r in reports):
+        sys.exit(3)
+
+
+def _print_drift(reports: list[dict[str, Any]]) -> None:
+    if not reports:
+        click.echo("no model scored anything in the look-back period")
+    for report in reports:
+        verdict = click.style("DRIFTED", fg="red") if report["drifted"] else "stable"
+        click.echo(
+            f"{report['model']}@{report['model_version']}: {verdict} "
+            f"({report['n_records']} records, {report['status']})"
+        )
+        if report["status"] != "checked":
+            continue
+        rows = [
+            [f["feature"], f["psi"], f["p_value"], f["q_value"], "yes" if f["drifted"] else ""]
+            for f in report["features"]
+        ]
+        click.echo(table(rows, ["feature", "psi", "p", "q (BH)", "drifted"]))
+        score, rate = report["score"], report["flag_rate"]
+        click.echo(f"score: psi {score['psi']:.3f}, p {score['p_value']:.3g}")
+        click.echo(
+            f"flagged: {rate['observed']:.4f} vs {rate['expected']:.4f} (p {rate['p_value']:.3g})\n"
+        )
+
+
 # -- operations ------------------------------------------------------------------------
 @main.command()
 @click.argument("name", type=click.Choice(MAINTENANCE_JOBS))
@@ -672,6 +790,10 @@ def maintenance(name: str, inline: bool, timeout: float, as_json: bool) -> None:
         if name == "retention":
             cutoff = adapters.clock.now() - timedelta(days=adapters.settings.retention_days)
             report = adapters.maintenance.retention(cutoff=cutoff)
+        elif name == "drift":
+            from pynomaly_workers.services.drift import check_drift
+
+            report = {"reports": check_drift(adapters)}
         else:
             report = getattr(adapters.maintenance, name)()
     else:

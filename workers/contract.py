@@ -65,10 +65,13 @@ FINAL_STATUSES: Final[tuple[JobStatus, ...]] = (SUCCEEDED, FAILED)
 """A job in one of these never changes again."""
 
 # -- keyword arguments -------------------------------------------------------------------
-ALGORITHMS: Final = ("iforest", "lof", "ocsvm", "elliptic")
+ALGORITHMS: Final = ("iforest", "lof", "ocsvm", "elliptic", "hbos", "ecod")
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 JOB_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
-MODEL_REF_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(@[0-9]+)?$"
+ALIAS_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+MODEL_REF_PATTERN: Final = (
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(@([1-9][0-9]*|[A-Za-z][A-Za-z0-9_-]{0,63}))?$"
+)
 
 _RECORDS: dict[str, Any] = {
     "type": "array",
@@ -114,7 +117,8 @@ DETECT_KWARGS_SCHEMA: Final[dict[str, Any]] = {
         "model": {
             "type": "string",
             "pattern": MODEL_REF_PATTERN,
-            "description": "'name' (its active version) or 'name@version'.",
+            "description": "'name' (its active version), 'name@version' or 'name@alias' "
+            "(e.g. name@champion: the version the alias points at).",
         },
         **_INPUT_PROPERTIES,
         "record_ids": {

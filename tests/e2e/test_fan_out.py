@@ -56,6 +56,11 @@ def test_a_chunked_source_job_writes_exactly_the_unchunked_anomalies(
     result = e2e_app.AsyncResult(submission.task_id).get(timeout=30)
     assert result == stored
     assert result["top_anomalies"][0]["record_id"].startswith("r")
+    # every anomaly was explained where it was scored, by the file's column names
+    found = e2e_adapters.store.list_anomalies(job_id="fan-1", limit=10_000)
+    names = {f"f{i}" for i in range(4)}
+    assert all(a.explanation and a.explanation["top"][0]["feature"] in names for a in found)
+    assert result["top_anomalies"][0]["explanation"]["method"] == "isolation_path"
 
 
 def test_a_resent_fan_out_job_counts_every_chunk_once(

@@ -276,3 +276,68 @@ def test_a_fanned_out_source_writes_exactly_the_anomalies_of_one_piece(
     assert job is not None
     assert job.attempts == 1
     whole.close()
+
+
+def test_each_anomaly_carries_its_explanation(adapters: Adapters, tmp_path: Path) -> None:
+    # Given a model, and rows whose outliers deviate in feature 2 only
+    train(adapters, algorithm="elliptic")
+    rows = rows_with_outliers(n=300, outliers=())
+    for index in (10, 150, 290):
+        rows[index][2] = 9.0
+    path = str(write_csv(tmp_path / "named.csv", rows))
+
+    # When they are scored inline and from a CSV with named columns
+    inline = detect(adapters, job_id="inline", records=rows)
+    named = detect(adapters, job_id="named", source=path)
+
+    # Then every stored anomaly names feature 2 first (by index inline, by column name
+    # from the file), and the summary's top anomalies carry the same explanation
+    for job_id, feature in (("inline", 2), ("named", "f2")):
+        found = {a.record_index: a for a in adapters.store.list_anomalies(job_id=job_id)}
+        assert {10, 150, 290} <= set(found)
+        for index in (10, 150, 290):
+            explanation = found[index].explanation
+            assert explanation is not None
+            assert (explanation["method"], explanation["exact"]) == ("mahalanobis", True)
+            assert explanation["top"][0]["feature"] == feature
+            assert len(explanation["top"]) == 4  # all four features (default top 5)
+    for summary in (inline, named):
+        tops = {t["record_index"]: t for t in summary["top_anomalies"]}
+        stored = {
+            a.record_index: a.explanation
+            for a in adapters.store.list_anomalies(job_id=summary["job_id"])
+        }
+        assert all(tops[i]["explanation"] == stored[i] for i in tops)
+
+
+def test_explanations_can_be_turned_off(
+    store_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    adapters = bootstrap(make_settings(database_url=store_url, explain_top_features=0))
+    train(adapters)
+
+    summary = detect(adapters, records=rows_with_outliers())
+
+    assert all("explanation" not in t for t in summary["top_anomalies"])
+    assert all(a.explanation is None for a in adapters.store.list_anomalies(job_id="job-1"))
+    adapters.close()
+
+
+@pytest.mark.parametrize("algorithm", ["hbos", "ecod"])
+def test_hbos_and_ecod_detect_and_explain_exactly(adapters: Adapters, algorithm: str) -> None:
+    # Given a model of the algorithm, and rows with the usual outliers
+    version = train(adapters, algorithm=algorithm)
+
+    # When they are scored
+    summary = detect(adapters, records=rows_with_outliers())
+
+    # Then the outliers are found, each explained by terms that add up to its score
+    found = {a.record_index: a for a in adapters.store.list_anomalies(job_id="job-1")}
+    assert {3, 50, 120} <= set(found)
+    for index in (3, 50, 120):
+        explanation = found[index].explanation
+        assert explanation is not None
+        assert (explanation["method"], explanation["exact"]) == ("feature_scores", True)
+        total = sum(item["contribution"] for item in explanation["top"])
+        assert total == pytest.approx(found[index].score, rel=1e-9)
+    assert summary["model_version"] == version.version

@@ -20,7 +20,12 @@ from sqlalchemy import update
 from pynomaly_workers.adapters.stores.engine import build_engine
 from pynomaly_workers.adapters.stores.sql import SqlStore, sha256
 from pynomaly_workers.adapters.stores.tables import ModelArtifactRow
-from pynomaly_workers.domain.errors import ArtifactCorrupt, UnknownDataset, UnknownModel
+from pynomaly_workers.domain.errors import (
+    ArtifactCorrupt,
+    InvalidInput,
+    UnknownDataset,
+    UnknownModel,
+)
 from pynomaly_workers.domain.jobs import ChunkTally, JobSummary, TopAnomaly
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import (
@@ -289,6 +294,72 @@ def run_in_threads(target: Callable[[int], None], n: int) -> None:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+
+
+# -- aliases ----------------------------------------------------------------------------
+def three_versions(store: Store) -> list[ModelVersion]:
+    return [store.register_model(draft(), now=T0 + timedelta(minutes=i)) for i in range(3)]
+
+
+def test_an_alias_names_the_version_it_points_at(store: Store) -> None:
+    # Given three versions of m (v3 active) and m@champion on v1
+    v1, _, v3 = three_versions(store)
+    moved = store.set_alias("m", "champion", 1, now=T0)
+
+    # Then the alias resolves to v1 while the bare name stays on the active v3
+    assert (moved.version, moved.previous_version, moved.action) == (1, None, "set")
+    assert store.get_model(ModelRef("m", alias="champion")).id == v1.id
+    assert store.get_model(ModelRef("m")).id == v3.id
+
+
+def test_moving_an_alias_and_rolling_it_back(store: Store) -> None:
+    # Given m@champion moved v1 -> v2 -> v3
+    versions = three_versions(store)
+    for version in (1, 2, 3):
+        store.set_alias("m", "champion", version, now=T0 + timedelta(hours=version))
+
+    # When it is rolled back, and rolled back again
+    first = store.rollback_alias("m", "champion", now=T0 + timedelta(hours=4))
+    champion = store.get_model(ModelRef("m", alias="champion"))
+    second = store.rollback_alias("m", "champion", now=T0 + timedelta(hours=5))
+
+    # Then the first rollback returns to v2, the second undoes it (v3), like an undo
+    assert (first.version, first.previous_version, first.action) == (2, 3, "rollback")
+    assert champion.id == versions[1].id
+    assert (second.version, second.previous_version) == (3, 2)
+    # And the history keeps every move, newest first
+    history = store.alias_history("m", alias="champion")
+    assert [(h.action, h.previous_version, h.version) for h in history] == [
+        ("rollback", 2, 3),
+        ("rollback", 3, 2),
+        ("set", 2, 3),
+        ("set", 1, 2),
+        ("set", None, 1),
+    ]
+    assert utc(history[0].moved_at) == T0 + timedelta(hours=5)
+
+
+def test_aliases_are_independent(store: Store) -> None:
+    three_versions(store)
+    store.set_alias("m", "champion", 3, now=T0)
+    store.set_alias("m", "challenger", 1, now=T0)
+
+    assert store.get_model(ModelRef("m", alias="champion")).version == 3
+    assert store.get_model(ModelRef("m", alias="challenger")).version == 1
+    assert [h.alias for h in store.alias_history("m")] == ["challenger", "champion"]
+
+
+def test_alias_errors_say_what_to_do(store: Store) -> None:
+    three_versions(store)
+    with pytest.raises(UnknownModel, match="has no version 7; it has versions"):
+        store.set_alias("m", "champion", 7, now=T0)
+    with pytest.raises(UnknownModel, match="no alias 'champion'; point it at a version"):
+        store.get_model(ModelRef("m", alias="champion"))
+    with pytest.raises(UnknownModel, match="has no alias 'champion' to roll back"):
+        store.rollback_alias("m", "champion", now=T0)
+    store.set_alias("m", "champion", 2, now=T0)
+    with pytest.raises(InvalidInput, match="nothing to roll back to"):
+        store.rollback_alias("m", "champion", now=T0)
 
 
 # -- jobs -------------------------------------------------------------------------------
@@ -948,21 +1019,31 @@ def large_batch(model_id: int, *, job_id: str) -> AnomalyBatch:
         severity=severity,
         timestamp=[T0 + timedelta(microseconds=7_919 * i) for i in range(LARGE)],
         record_id=[None if i % 3 == 0 else f"rec-{i}-é€" for i in range(LARGE)],
+        explanation=[explanation(i) if i % 5 else None for i in range(LARGE)],
     )
 
 
-Row = tuple[int, int, str | None, datetime | None, float, float, str]
+def explanation(i: int) -> dict[str, Any]:
+    top = [
+        {"feature": f"col-{i % 7}-é", "contribution": i / 3},
+        {"feature": 2, "contribution": -0.5},
+    ]
+    return {"method": "mahalanobis", "exact": True, "top": top}
+
+
+Row = tuple[int, int, str | None, datetime | None, float, float, str, Any]
 
 
 def expected_rows(given: AnomalyBatch) -> dict[int, Row]:
     return {
-        int(i): (given.model_id, int(i), rid, utc(ts), float(s), float(v), "active")
-        for i, rid, ts, s, v in zip(
+        int(i): (given.model_id, int(i), rid, utc(ts), float(s), float(v), "active", why)
+        for i, rid, ts, s, v, why in zip(
             given.record_index.tolist(),
             given.record_id,
             given.timestamp,
             given.score.tolist(),
             given.severity.tolist(),
+            given.explanation or [None] * len(given),
             strict=True,
         )
     }
@@ -979,6 +1060,7 @@ def stored_rows(store: Store, job_id: str) -> dict[int, Row]:
             a.score,
             a.severity,
             a.status,
+            a.explanation,
         )
         for a in stored
     }

@@ -211,15 +211,19 @@ class TopAnomaly:
     record_id: str | None
     score: float
     severity: float
+    explanation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the contract's keys)."""
-        return {
+        """JSON-ready form (the contract's keys; ``explanation`` when there is one)."""
+        data: dict[str, Any] = {
             "record_index": self.record_index,
             "record_id": self.record_id,
             "score": self.score,
             "severity": self.severity,
         }
+        if self.explanation is not None:
+            data["explanation"] = self.explanation
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TopAnomaly:
@@ -229,6 +233,7 @@ class TopAnomaly:
             record_id=data["record_id"],
             score=float(data["score"]),
             severity=float(data["severity"]),
+            explanation=data.get("explanation"),
         )
 
 
@@ -240,8 +245,10 @@ def top_anomalies(
     k: int,
     offset: int = 0,
     record_ids: Sequence[str] | None = None,
+    explanations: Mapping[int, dict[str, Any]] | None = None,
 ) -> list[TopAnomaly]:
-    """The ``k`` anomalies with the highest scores, highest first."""
+    """The ``k`` anomalies with the highest scores, highest first (with the explanation
+    of each, by row, when given)."""
     indices = np.flatnonzero(mask)
     if k <= 0 or indices.size == 0:
         return []
@@ -255,6 +262,7 @@ def top_anomalies(
             record_id=record_ids[i] if record_ids is not None else None,
             score=float(scores[i]),
             severity=float(severities[i]),
+            explanation=explanations.get(i) if explanations is not None else None,
         )
         for i in indices.tolist()
     ]

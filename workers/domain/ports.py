@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -11,8 +11,11 @@ import numpy as np
 import numpy.typing as npt
 
 from pynomaly_workers.contract import JobStatus
+from pynomaly_workers.domain.drift import DriftCounts
+from pynomaly_workers.domain.explain import Attribution
 from pynomaly_workers.domain.jobs import ChunkTally, JobSummary
-from pynomaly_workers.domain.models import ModelRef, ModelVersion
+from pynomaly_workers.domain.models import AliasMove, ModelRef, ModelVersion
+from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, ScoreStats
 
@@ -31,6 +34,7 @@ class ModelDraft:
     parity_max_error: float | None
     parity_tolerance: float | None
     n_training_rows: int
+    profile: TrainingProfile | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,7 @@ class AnomalyBatch:
     severity: Scores
     timestamp: Sequence[datetime]
     record_id: Sequence[str | None]
+    explanation: Sequence[dict[str, Any] | None] | None = None
 
     def __len__(self) -> int:
         return int(self.record_index.size)
@@ -99,6 +104,7 @@ class AnomalyRecord:
     score: float
     severity: float
     status: str
+    explanation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +157,15 @@ class ModelStore(Protocol):
 
     def load_artifact(self, sha256: str) -> bytes:
         """Artifact bytes by content hash; raises ``ArtifactCorrupt`` if they do not match."""
+
+    def set_alias(self, name: str, alias: str, version: int, *, now: datetime) -> AliasMove:
+        """Point ``name@alias`` at ``version`` (raises ``UnknownModel``); record the move."""
+
+    def rollback_alias(self, name: str, alias: str, *, now: datetime) -> AliasMove:
+        """Point the alias back where it pointed before its last move; record the move."""
+
+    def alias_history(self, name: str, *, alias: str | None = None) -> list[AliasMove]:
+        """Every move of the model's aliases, newest first."""
 
 
 class JobStore(Protocol):
@@ -234,8 +249,25 @@ class DatasetStore(Protocol):
         """All datasets, newest first."""
 
 
-class Store(ModelStore, JobStore, AnomalyStore, DatasetStore, Protocol):
-    """All four roles; one database implements them together."""
+class DriftStore(Protocol):
+    """Per-window counts of what each model version scored, and drift reports."""
+
+    def add_drift_counts(
+        self, counts: Mapping[tuple[int, datetime], DriftCounts], *, now: datetime
+    ) -> None:
+        """Add counts, keyed by (model version id, window start), to the stored ones."""
+
+    def drift_windows(self, *, since: datetime) -> dict[int, list[DriftCounts]]:
+        """Per model version id, the counts of the windows starting at ``since`` or later."""
+
+    def save_drift_report(
+        self, model_id: int, report: dict[str, Any], *, drifted: bool, now: datetime
+    ) -> None:
+        """Keep the outcome of one drift check."""
+
+
+class Store(ModelStore, JobStore, AnomalyStore, DatasetStore, DriftStore, Protocol):
+    """Every role; one database implements them together."""
 
 
 class Scorer(Protocol):
@@ -268,6 +300,8 @@ class SourceChunk:
     matrix: Matrix
     record_ids: Sequence[str] | None
     timestamps: Sequence[datetime] | None
+    features: Sequence[str] | None = None
+    """Feature column names (None for inline records: features are named by index)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +364,9 @@ class LoadedModel(Protocol):
 
     def row_cost_us(self) -> float | None:
         """Scoring cost per row in microseconds, if measured."""
+
+    def explain(self, matrix: Matrix) -> Attribution | None:
+        """Per-feature contributions to each row's anomaly, if the model has a method."""
 
 
 class ModelLoader(Protocol):

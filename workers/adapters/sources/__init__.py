@@ -339,6 +339,7 @@ def _chunk(batch: Any, *, offset: int, path: str) -> SourceChunk:
         matrix=np.ascontiguousarray(matrix),
         record_ids=_strings(batch, "record_id"),
         timestamps=_times(batch, offset),
+        features=[names[i] for i in features],
     )
 
 

@@ -95,6 +95,7 @@ class ModelRow(Base):
     n_training_rows: Mapped[int] = mapped_column(BigInteger)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
+    profile: Mapped[dict[str, Any] | None]
 
     __table_args__ = (
         UniqueConstraint("name", "version", name="uq_models_name_version"),
@@ -109,6 +110,58 @@ class ModelRow(Base):
             sqlite_where=text("active"),
         ),
     )
+
+
+class ModelAliasRow(Base):
+    """Where each movable alias (``champion``, ``challenger``, ...) of a model points."""
+
+    __tablename__ = "model_aliases"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    updated_at: Mapped[datetime]
+
+
+class ModelAliasMoveRow(Base):
+    """Every move of an alias, kept so a rollback knows where it pointed before."""
+
+    __tablename__ = "model_alias_moves"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    alias: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    previous_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    action: Mapped[str] = mapped_column(String(16))
+    moved_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("idx_model_alias_moves_alias", "name", "alias", text("id DESC")),
+        CheckConstraint("action IN ('set', 'rollback')", name="action_valid"),
+    )
+
+
+class DriftWindowRow(Base):
+    """What one model version scored in one time window, in its training profile's bins
+    (``DriftCounts``); workers add to it as they score, no record is kept."""
+
+    __tablename__ = "drift_windows"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    counts: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime]
+
+
+class DriftReportRow(Base):
+    """The outcome of one drift check of one model version."""
+
+    __tablename__ = "drift_reports"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    checked_at: Mapped[datetime]
+    drifted: Mapped[bool] = mapped_column(Boolean)
+    report: Mapped[dict[str, Any]]
+
+    __table_args__ = (Index("idx_drift_reports_model", "model_id", text("checked_at DESC")),)
 
 
 class DatasetRow(Base):
@@ -189,6 +242,7 @@ class AnomalyRow(Base):
     score: Mapped[float] = mapped_column(Float)
     severity: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16), default="active")
+    explanation: Mapped[dict[str, Any] | None]
 
     __table_args__ = (
         UniqueConstraint("job_id", "record_index", name="uq_anomalies_job_record"),

@@ -20,7 +20,7 @@ from pynomaly_workers.services.detection.outcomes import (
     Succeeded,
     stored_outcome,
 )
-from pynomaly_workers.services.detection.scoring import chunk_result, score_rows
+from pynomaly_workers.services.detection.scoring import Explaining, chunk_result, score_rows
 from pynomaly_workers.services.inputs import input_label
 
 
@@ -121,7 +121,8 @@ def run_chunk(adapters: Adapters, kwargs: Mapping[str, Any]) -> ChunkDone:
             job_id, error=str(exc), error_type=exc.code, now=adapters.clock.now()
         )
         return ChunkDone(job=failed, final=Failed(exc))
-    scores, hits = score_rows(adapters, adapters.models.load(version), chunk.matrix)
+    loaded = adapters.models.load(version)
+    scores, hits = score_rows(adapters, loaded, chunk.matrix)
     now = adapters.clock.now()
     top_k = adapters.settings.top_anomalies
     result = chunk_result(
@@ -133,6 +134,7 @@ def run_chunk(adapters: Adapters, kwargs: Mapping[str, Any]) -> ChunkDone:
         top_k=top_k,
         now=now,
         chunk_index=spec.index,
+        explaining=Explaining.of(adapters, loaded),
     )
     done = adapters.store.complete_chunk(job_id, result, version=version, top_k=top_k, now=now)
     return ChunkDone(job=done.job, final=stored_outcome(done.job) if done.completed else None)

@@ -7,7 +7,7 @@ from pynomaly_workers.domain.jobs import ChunkTally, DetectionRequest, JobSummar
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.records import check_width
 from pynomaly_workers.services.context import Adapters
-from pynomaly_workers.services.detection.scoring import chunk_result, score_rows
+from pynomaly_workers.services.detection.scoring import Explaining, chunk_result, score_rows
 from pynomaly_workers.services.inputs import input_label, iter_chunks
 
 
@@ -37,6 +37,7 @@ def run_in_process(
             hits=int(hits.sum()),
             top_k=top_k,
             now=now,
+            explaining=Explaining.of(adapters, loaded),
         )
         adapters.store.add_anomalies(result.anomalies)
         tallies.append(result.tally)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
+from pynomaly_workers.domain.explain import explanations
 from pynomaly_workers.domain.jobs import ChunkTally, top_anomalies
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import AnomalyBatch, ChunkResult, LoadedModel, SourceChunk
@@ -18,13 +20,23 @@ from pynomaly_workers.services.context import Adapters
 def score_rows(
     adapters: Adapters, loaded: LoadedModel, matrix: Matrix
 ) -> tuple[Scores, np.ndarray[Any, np.dtype[np.bool_]]]:
-    """Scores for the rows and which came from the prediction cache.
+    """Scores for the rows and which came from the prediction cache; the rows are also
+    counted for drift monitoring.
 
     The cache is skipped for a model whose scoring costs less per row than
     ``cache_min_row_cost_us`` (a cache round trip would cost more than it saves).
     """
     version = loaded.version
     adapters.telemetry.model_used(name=version.name, contamination=version.stats.contamination)
+    scores, hits = _scores(adapters, loaded, matrix)
+    if adapters.drift is not None:
+        adapters.drift.observe(version, matrix, scores, now=adapters.clock.now())
+    return scores, hits
+
+
+def _scores(
+    adapters: Adapters, loaded: LoadedModel, matrix: Matrix
+) -> tuple[Scores, np.ndarray[Any, np.dtype[np.bool_]]]:
     cache = adapters.cache
     cost = loaded.row_cost_us()
     worthwhile = cost is None or cost >= adapters.settings.cache_min_row_cost_us
@@ -53,6 +65,33 @@ def _infer(adapters: Adapters, loaded: LoadedModel, matrix: Matrix) -> Scores:
     return scores
 
 
+@dataclass(frozen=True, slots=True)
+class Explaining:
+    """How to explain a chunk's anomalies: the loaded model, and how many features."""
+
+    model: LoadedModel
+    top_features: int
+
+    @classmethod
+    def of(cls, adapters: Adapters, model: LoadedModel) -> Explaining:
+        return cls(model, adapters.settings.explain_top_features)
+
+
+def explain_anomalies(
+    explaining: Explaining | None, chunk: SourceChunk, mask: np.ndarray[Any, np.dtype[np.bool_]]
+) -> dict[int, dict[str, Any]]:
+    """The explanation of each flagged row of the chunk, by row; only flagged rows are
+    explained, so a chunk's cost grows with its anomalies, not its size."""
+    rows = np.flatnonzero(mask)
+    if explaining is None or explaining.top_features == 0 or rows.size == 0:
+        return {}
+    attribution = explaining.model.explain(chunk.matrix[rows])
+    if attribution is None:
+        return {}
+    found = explanations(attribution, feature_names=chunk.features, top_k=explaining.top_features)
+    return dict(zip(rows.tolist(), found, strict=True))
+
+
 def chunk_result(
     job_id: str,
     version: ModelVersion,
@@ -63,21 +102,34 @@ def chunk_result(
     top_k: int,
     now: datetime,
     chunk_index: int = 0,
+    explaining: Explaining | None = None,
 ) -> ChunkResult:
-    """Threshold, severity, top anomalies and the anomaly rows of one scored chunk."""
+    """Threshold, severity, explanations, top anomalies and the anomaly rows of one
+    scored chunk."""
     mask = anomaly_mask(scores, threshold=version.threshold)
     severities = severity(scores, version.stats)
+    explained = explain_anomalies(explaining, chunk, mask)
     top = top_anomalies(
-        scores, severities, mask, k=top_k, offset=chunk.offset, record_ids=chunk.record_ids
+        scores,
+        severities,
+        mask,
+        k=top_k,
+        offset=chunk.offset,
+        record_ids=chunk.record_ids,
+        explanations=explained,
     )
+    batch = anomaly_batch(
+        job_id, version.id, chunk, scores=scores, severities=severities, mask=mask, now=now
+    )
+    if explained:
+        rows = np.flatnonzero(mask).tolist()
+        batch = replace(batch, explanation=[explained.get(i) for i in rows])
     return ChunkResult(
         chunk_index=chunk_index,
         tally=ChunkTally(
             n_records=len(chunk.matrix), n_anomalies=int(mask.sum()), cache_hits=hits, top=top
         ),
-        anomalies=anomaly_batch(
-            job_id, version.id, chunk, scores=scores, severities=severities, mask=mask, now=now
-        ),
+        anomalies=batch,
     )
 
 

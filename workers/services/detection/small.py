@@ -21,7 +21,7 @@ from pynomaly_workers.services.detection.outcomes import (
     Succeeded,
     stored_outcome,
 )
-from pynomaly_workers.services.detection.scoring import chunk_result, score_rows
+from pynomaly_workers.services.detection.scoring import Explaining, chunk_result, score_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +136,7 @@ def _score_group(
     now = adapters.clock.now()
     elapsed_ms = (adapters.clock.monotonic() - started) * 1000.0
     top_k = adapters.settings.top_anomalies
+    explaining = Explaining.of(adapters, loaded)
     bounds = itertools.accumulate((len(j.records.matrix) for j in valid), initial=0)
     results: dict[int, JobResult] = {}
     for job, (a, b) in zip(valid, itertools.pairwise(bounds), strict=True):
@@ -144,7 +145,14 @@ def _score_group(
         job_id = job.request.job_id
         job_hits = int(hits[a:b].sum())
         result = chunk_result(
-            job_id, version, chunk=chunk, scores=scores[a:b], hits=job_hits, top_k=top_k, now=now
+            job_id,
+            version,
+            chunk=chunk,
+            scores=scores[a:b],
+            hits=job_hits,
+            top_k=top_k,
+            now=now,
+            explaining=explaining,
         )
         summary = summarize(job_id, version, [result.tally], top_k=top_k, duration_ms=elapsed_ms)
         results[job.index] = JobResult(summary, version.id, result.anomalies)

@@ -6,13 +6,18 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from pynomaly_workers.adapters.stores.sql.base import SqlBase
 from pynomaly_workers.adapters.stores.sql.rows import model_version, sha256
-from pynomaly_workers.adapters.stores.tables import ModelArtifactRow, ModelRow
-from pynomaly_workers.domain.errors import ArtifactCorrupt, UnknownModel
-from pynomaly_workers.domain.models import ModelRef, ModelVersion
+from pynomaly_workers.adapters.stores.tables import (
+    ModelAliasMoveRow,
+    ModelAliasRow,
+    ModelArtifactRow,
+    ModelRow,
+)
+from pynomaly_workers.domain.errors import ArtifactCorrupt, InvalidInput, UnknownModel
+from pynomaly_workers.domain.models import AliasMove, ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import ModelDraft
 
 _REGISTER_ATTEMPTS = 5
@@ -63,6 +68,7 @@ class SqlModelStore(SqlBase):
                 n_training_rows=draft.n_training_rows,
                 active=True,
                 created_at=now,
+                profile=draft.profile.to_dict() if draft.profile is not None else None,
             )
             session.add(row)
             session.flush()
@@ -86,7 +92,11 @@ class SqlModelStore(SqlBase):
 
     def get_model(self, ref: ModelRef) -> ModelVersion:
         query = select(ModelRow).where(ModelRow.name == ref.name)
-        if ref.version is None:
+        if ref.alias is not None:
+            query = query.join(ModelAliasRow, ModelAliasRow.model_id == ModelRow.id).where(
+                ModelAliasRow.name == ref.name, ModelAliasRow.alias == ref.alias
+            )
+        elif ref.version is None:
             query = query.where(ModelRow.active.is_(True))
         else:
             query = query.where(ModelRow.version == ref.version)
@@ -102,6 +112,93 @@ class SqlModelStore(SqlBase):
             query = query.where(ModelRow.name == name)
         with Session(self.engine) as session:
             return [model_version(row) for row in session.scalars(query)]
+
+    # -- aliases --------------------------------------------------------------------
+    def set_alias(self, name: str, alias: str, version: int, *, now: datetime) -> AliasMove:
+        """Point ``name@alias`` at ``version`` and record the move."""
+        with Session(self.engine) as session, session.begin():
+            target = self._version_row(session, name, version)
+            return self._move(session, name, alias, target, action="set", now=now)
+
+    def rollback_alias(self, name: str, alias: str, *, now: datetime) -> AliasMove:
+        """Point ``name@alias`` back where it pointed before its last move (a second
+        rollback undoes the first, like ``kubectl rollout undo``)."""
+        with Session(self.engine) as session, session.begin():
+            last = session.scalars(
+                select(ModelAliasMoveRow)
+                .where(ModelAliasMoveRow.name == name, ModelAliasMoveRow.alias == alias)
+                .order_by(ModelAliasMoveRow.id.desc())
+                .limit(1)
+                .with_for_update()
+            ).first()
+            if last is None:
+                raise UnknownModel(f"model {name!r} has no alias {alias!r} to roll back")
+            if last.previous_model_id is None:
+                raise InvalidInput(
+                    f"{name}@{alias} has pointed only at one version; there is nothing to "
+                    "roll back to (move it with 'pynomaly-workers models alias')"
+                )
+            target = session.get(ModelRow, last.previous_model_id)
+            assert target is not None
+            return self._move(session, name, alias, target, action="rollback", now=now)
+
+    def alias_history(self, name: str, *, alias: str | None = None) -> list[AliasMove]:
+        """Every move of the model's aliases, newest first."""
+        previous = aliased(ModelRow)
+        query = (
+            select(ModelAliasMoveRow, ModelRow.version, previous.version)
+            .join(ModelRow, ModelRow.id == ModelAliasMoveRow.model_id)
+            .outerjoin(previous, previous.id == ModelAliasMoveRow.previous_model_id)
+            .where(ModelAliasMoveRow.name == name)
+            .order_by(ModelAliasMoveRow.id.desc())
+        )
+        if alias is not None:
+            query = query.where(ModelAliasMoveRow.alias == alias)
+        with Session(self.engine) as session:
+            return [
+                AliasMove(row.name, row.alias, version, before, row.action, row.moved_at)
+                for row, version, before in session.execute(query)
+            ]
+
+    def _version_row(self, session: Session, name: str, version: int) -> ModelRow:
+        row = session.scalars(
+            select(ModelRow).where(ModelRow.name == name, ModelRow.version == version)
+        ).first()
+        if row is None:
+            raise UnknownModel(unknown_model_message(session, ModelRef(name, version)))
+        return row
+
+    def _move(
+        self,
+        session: Session,
+        name: str,
+        alias: str,
+        target: ModelRow,
+        *,
+        action: str,
+        now: datetime,
+    ) -> AliasMove:
+        current = session.get(ModelAliasRow, (name, alias), with_for_update=True)
+        previous_id = current.model_id if current is not None else None
+        if current is None:
+            session.add(ModelAliasRow(name=name, alias=alias, model_id=target.id, updated_at=now))
+        else:
+            current.model_id, current.updated_at = target.id, now
+        session.add(
+            ModelAliasMoveRow(
+                name=name,
+                alias=alias,
+                model_id=target.id,
+                previous_model_id=previous_id,
+                action=action,
+                moved_at=now,
+            )
+        )
+        session.flush()
+        before = session.get(ModelRow, previous_id) if previous_id is not None else None
+        return AliasMove(
+            name, alias, target.version, before.version if before else None, action, now
+        )
 
     def load_artifact(self, sha256_hex: str) -> bytes:
         with Session(self.engine) as session:
@@ -123,6 +220,11 @@ def unknown_model_message(session: Session, ref: ModelRef) -> str:
         return (
             f"no model named {ref.name!r}; train one with pynomaly.train "
             "('pynomaly-workers train') or check the name with 'pynomaly-workers models'"
+        )
+    if ref.alias is not None:
+        return (
+            f"model {ref.name!r} has no alias {ref.alias!r}; point it at a version with "
+            f"'pynomaly-workers models alias {ref.name} {ref.alias} VERSION'"
         )
     if ref.version is None:
         return f"model {ref.name!r} has no active version; pass 'name@version'"

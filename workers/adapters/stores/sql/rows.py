@@ -13,6 +13,7 @@ from pynomaly_workers.adapters.stores.tables import (
 from pynomaly_workers.contract import JobStatus
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import AnomalyRecord, Dataset, JobRecord
+from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.scoring import ScoreStats
 
 
@@ -37,6 +38,7 @@ def model_version(row: ModelRow) -> ModelVersion:
         n_training_rows=row.n_training_rows,
         active=row.active,
         created_at=row.created_at,
+        profile=TrainingProfile.from_dict(row.profile) if row.profile else None,
     )
 
 
@@ -72,6 +74,7 @@ def anomaly_record(row: AnomalyRow) -> AnomalyRecord:
         score=row.score,
         severity=row.severity,
         status=row.status,
+        explanation=row.explanation,
     )
 
 

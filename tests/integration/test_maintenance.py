@@ -31,15 +31,20 @@ def pg_engine(clean_pg: str) -> Iterator[Engine]:
     """The migrated, empty PostgreSQL schema with its views refreshed before and after, so
     neither this test nor a later one sees view rows of tables since emptied."""
     engine = build_engine(clean_pg)
-    empty_views(engine)
-    yield engine
-    empty_views(engine)
-    engine.dispose()
+    try:
+        empty_views(engine)
+        yield engine
+        empty_views(engine)
+    finally:
+        engine.dispose()
 
 
 def empty_views(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE anomalies, detection_jobs, models, model_artifacts, datasets"))
+        # CASCADE: aliases and drift windows (main's 0003, 0005) reference models.
+        conn.execute(
+            text("TRUNCATE anomalies, detection_jobs, models, model_artifacts, datasets CASCADE")
+        )
         for view in MATERIALIZED_VIEWS:
             conn.execute(text(f"REFRESH MATERIALIZED VIEW {view}"))
 

@@ -39,6 +39,8 @@ TABLES = (
     "drift_windows",
     "model_alias_moves",
     "model_aliases",
+    "shadow_anomalies",
+    "shadow_results",
     "models",
     "model_artifacts",
     "datasets",

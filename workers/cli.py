@@ -637,6 +637,52 @@ def _top_features(explanation: dict[str, Any] | None, *, k: int = 3) -> str:
     return ", ".join(f"{item['feature']} {item['contribution']:.3g}" for item in top)
 
 
+@models.command("compare")
+@click.argument("name")
+@json_option
+def models_compare(name: str, as_json: bool) -> None:
+    """How NAME@challenger compared with NAME@champion on the records it shadowed
+    (PYNOMALY_SHADOW_FRACTION): flags each raised, agreement, score correlation."""
+    found = _adapters().store.shadow_comparison(name)
+    if not found and not as_json:
+        fail(
+            f"no shadow scoring recorded for {name!r}: point {name}@champion and "
+            f"{name}@challenger at versions, set PYNOMALY_SHADOW_FRACTION on the workers "
+            f"(e.g. 0.1) and send jobs to model '{name}@champion'"
+        )
+    emit(
+        found,
+        as_json=as_json,
+        human=lambda: click.echo(
+            table(
+                [
+                    [
+                        c["champion_version"],
+                        c["challenger_version"],
+                        c["n_records"],
+                        c["champion_flags"],
+                        c["challenger_flags"],
+                        c["both_flags"],
+                        c["agreement"],
+                        c["score_correlation"],
+                    ]
+                    for c in found
+                ],
+                [
+                    "champion",
+                    "challenger",
+                    "records",
+                    "flags A",
+                    "flags B",
+                    "both",
+                    "agree",
+                    "corr",
+                ],
+            )
+        ),
+    )
+
+
 def _print_move(moved: AliasMove) -> None:
     before = f"version {moved.previous_version}" if moved.previous_version else "nothing"
     click.echo(f"{moved.name}@{moved.alias} -> version {moved.version} (was {before})")

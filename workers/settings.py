@@ -103,6 +103,14 @@ class Settings(BaseSettings):
         "size (training and ONNX export grow a process for good); 0 = never.",
     )
 
+    shadow_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of the records sent to NAME@champion also scored by "
+        "NAME@challenger; 0 = no shadow scoring.",
+    )
+
     # Drift monitoring.
     drift_profiling: bool = Field(
         default=True, description="Fold scored records into drift counts while scoring."

@@ -49,6 +49,8 @@ TABLES = {
     "model_aliases",
     "model_artifacts",
     "models",
+    "shadow_anomalies",
+    "shadow_results",
 }
 
 

@@ -18,6 +18,7 @@ from pynomaly_workers.domain.models import AliasMove, ModelRef, ModelVersion
 from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, ScoreStats
+from pynomaly_workers.domain.shadow import ShadowTally
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +267,27 @@ class DriftStore(Protocol):
         """Keep the outcome of one drift check."""
 
 
-class Store(ModelStore, JobStore, AnomalyStore, DatasetStore, DriftStore, Protocol):
+class ShadowStore(Protocol):
+    """How challengers compare with the champions they shadow."""
+
+    def add_shadow(
+        self,
+        job_id: str,
+        chunk_index: int,
+        *,
+        champion_id: int,
+        challenger_id: int,
+        tally: ShadowTally,
+        flagged: Sequence[tuple[int, float, float]],
+        now: datetime,
+    ) -> None:
+        """Record a chunk's comparison and the challenger's flagged records, once."""
+
+    def shadow_comparison(self, name: str) -> list[dict[str, Any]]:
+        """Per (champion, challenger) version pair of the model: flags and scores compared."""
+
+
+class Store(ModelStore, JobStore, AnomalyStore, DatasetStore, DriftStore, ShadowStore, Protocol):
     """Every role; one database implements them together."""
 
 

@@ -164,6 +164,33 @@ class DriftReportRow(Base):
     __table_args__ = (Index("idx_drift_reports_model", "model_id", text("checked_at DESC")),)
 
 
+class ShadowResultRow(Base):
+    """How a challenger scored a sample of one chunk of a champion's job (counts and
+    score sums, see ``domain/shadow.py``); once per chunk, however often it runs."""
+
+    __tablename__ = "shadow_results"
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    challenger_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    champion_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    tally: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+    __table_args__ = (Index("idx_shadow_results_pair", "champion_model_id", "challenger_model_id"),)
+
+
+class ShadowAnomalyRow(Base):
+    """A record the challenger flagged while shadowing: kept apart from ``anomalies``."""
+
+    __tablename__ = "shadow_anomalies"
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    record_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    challenger_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    severity: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime]
+
+
 class DatasetRow(Base):
     __tablename__ = "datasets"
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

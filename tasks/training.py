@@ -23,4 +23,4 @@ def register(app: Celery, settings: Settings) -> None:
         """Public contract: ``contract.TRAIN_KWARGS_SCHEMA``."""
         adapters = get_adapters()
         request = parse_training_request(kwargs, limits=record_limits(adapters))
-        return version_summary(train_model(adapters, request))
+        return version_summary(train_model(adapters, request, task_id=self.request.id))

@@ -37,14 +37,21 @@ def rows_with_outliers(
 
 
 def train(
-    adapters: Adapters, *, model: str = "m", algorithm: str = "iforest", **kwargs: Any
+    adapters: Adapters,
+    *,
+    model: str = "m",
+    algorithm: str = "iforest",
+    task_id: str | None = None,
+    **kwargs: Any,
 ) -> ModelVersion:
-    """Train through the service layer (no queue); small forests keep the tests quick."""
+    """Train through the service layer (no queue); small forests keep the tests quick.
+    ``task_id`` stands for the Celery task id of the training message."""
     message: dict[str, Any] = {"model": model, "algorithm": algorithm, "records": training_rows()}
     if algorithm == "iforest":
         message["params"] = {"n_estimators": 25}
     message.update(kwargs)
-    return train_model(adapters, parse_training_request(message, limits=LIMITS))
+    request = parse_training_request(message, limits=LIMITS)
+    return train_model(adapters, request, task_id=task_id)
 
 
 def write_csv(path: Path, rows: list[list[float]], *, ids: bool = False) -> Path:

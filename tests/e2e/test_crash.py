@@ -91,7 +91,10 @@ def test_a_job_whose_process_dies_mid_write_is_redelivered_and_written_once(
     lock.close()
 
     # Then the requeued job runs again on a new process, once
-    job = wait_job(e2e_adapters, "crash-1", timeout=60)
+    try:
+        job = wait_job(e2e_adapters, "crash-1", timeout=90)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; worker log:\n{worker.log_path.read_text()[-6000:]}") from exc
     assert job.status == "succeeded", job.error
     found = e2e_adapters.store.list_anomalies(job_id="crash-1", limit=1000)
     assert len(found) == job.n_anomalies

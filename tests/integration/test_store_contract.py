@@ -69,7 +69,11 @@ def corrupt_artifact(store: Store, digest: str, content: bytes) -> None:
 
 
 def draft(
-    name: str = "m", *, artifact: bytes = b"sklearn-bytes", onnx: bytes | None = None
+    name: str = "m",
+    *,
+    artifact: bytes = b"sklearn-bytes",
+    onnx: bytes | None = None,
+    training_task_id: str | None = None,
 ) -> ModelDraft:
     scores = np.linspace(0.0, 1.0, 101)
     return ModelDraft(
@@ -83,6 +87,7 @@ def draft(
         parity_max_error=1e-6,
         parity_tolerance=1e-4,
         n_training_rows=101,
+        training_task_id=training_task_id,
     )
 
 
@@ -186,6 +191,34 @@ def test_second_registration_is_version_2_and_the_only_active_one(store: Store) 
     assert store.get_model(ModelRef("m")).version == 2
     listed = store.list_models(name="m")
     assert [(m.version, m.active) for m in listed] == [(2, True), (1, False)]
+
+
+def test_a_training_task_id_registers_one_version_however_often_it_is_sent(
+    store: Store,
+) -> None:
+    # Given a version registered by training task "t-1", then one by another task
+    first = store.register_model(draft(artifact=b"v1", training_task_id="t-1"), now=T0)
+    other = store.register_model(draft(artifact=b"v2", training_task_id="t-2"), now=T0)
+
+    # When "t-1" registers again (its message was redelivered and trained again)
+    again = store.register_model(draft(artifact=b"v1-again", training_task_id="t-1"), now=T0)
+
+    # Then it gets its first version back; no third version, and the active one stays
+    assert (again.id, again.version) == (first.id, 1)
+    assert [m.version for m in store.list_models(name="m")] == [2, 1]
+    assert store.get_model(ModelRef("m")).id == other.id
+    found = store.find_trained_by("t-1")
+    assert found is not None and found.id == first.id
+    assert store.find_trained_by("never-sent") is None
+
+
+def test_versions_without_a_training_task_id_do_not_collide(store: Store) -> None:
+    # Given two registrations with no task id (NULL under the unique index)
+    store.register_model(draft(artifact=b"v1"), now=T0)
+    store.register_model(draft(artifact=b"v2"), now=T0)
+
+    # Then both are versions
+    assert [m.version for m in store.list_models(name="m")] == [2, 1]
 
 
 def test_name_at_version_resolves_an_inactive_version(store: Store) -> None:

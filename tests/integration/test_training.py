@@ -106,3 +106,17 @@ def test_bad_training_requests_say_what_is_wrong(
 ) -> None:
     with pytest.raises(error, match=message):
         train(adapters, **kwargs)
+
+
+def test_a_redelivered_training_request_returns_its_first_version(adapters: Adapters) -> None:
+    # Given a model trained by training task "task-1"
+    first = train(adapters, model="redelivered", task_id="task-1")
+
+    # When the same task is delivered again, and then a new task trains the name
+    again = train(adapters, model="redelivered", task_id="task-1")
+    later = train(adapters, model="redelivered", task_id="task-2")
+
+    # Then the redelivery registered nothing: versions 1 (task-1) and 2 (task-2) only
+    assert (again.id, again.version) == (first.id, 1)
+    assert later.version == 2
+    assert [m.version for m in adapters.store.list_models(name="redelivered")] == [2, 1]

@@ -36,6 +36,9 @@ class ModelDraft:
     parity_tolerance: float | None
     n_training_rows: int
     profile: TrainingProfile | None = None
+    training_task_id: str | None = None
+    """The Celery task id of the training request; one version per id, however often
+    the message is delivered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +151,11 @@ class ModelStore(Protocol):
     """Registry of immutable model versions and their artifacts."""
 
     def register_model(self, draft: ModelDraft, *, now: datetime) -> ModelVersion:
-        """Store a new version (next number for the name) and make it the active one."""
+        """Store a new version (next number for the name) and make it the active one;
+        if a version already carries the draft's ``training_task_id``, return that one."""
+
+    def find_trained_by(self, training_task_id: str) -> ModelVersion | None:
+        """The version registered by that training task, if any."""
 
     def get_model(self, ref: ModelRef) -> ModelVersion:
         """The referenced version; raises ``UnknownModel``."""

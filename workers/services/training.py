@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ from pynomaly_workers.domain.scoring import fit_score_stats, parity_error
 from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.inputs import iter_chunks
 
+log = logging.getLogger(__name__)
+
 MIN_TRAINING_ROWS = 10
 _HOLDOUT_MIN_ROWS = 50
 _HOLDOUT_MAX = 2_000
@@ -30,8 +33,25 @@ class OnnxCandidate:
     max_error: float | None
 
 
-def train_model(adapters: Adapters, request: TrainingRequest) -> ModelVersion:
-    """Fit, calibrate and register a new immutable version of ``request.model``."""
+def train_model(
+    adapters: Adapters, request: TrainingRequest, *, task_id: str | None = None
+) -> ModelVersion:
+    """Fit, calibrate and register a new immutable version of ``request.model``.
+
+    With the request's ``task_id``, training is idempotent: a redelivered message (a
+    worker lost, a visibility timeout passed) returns the version the first delivery
+    registered, without fitting again.
+    """
+    if task_id is not None:
+        done = adapters.store.find_trained_by(task_id)
+        if done is not None:
+            log.info(
+                "training task %s already registered %s@%d; not training again",
+                task_id,
+                done.name,
+                done.version,
+            )
+            return done
     matrix, names = load_training_data(adapters, request)
     fit_rows, holdout = split_holdout(matrix)
     fitted = adapters.trainer.fit(
@@ -53,6 +73,7 @@ def train_model(adapters: Adapters, request: TrainingRequest) -> ModelVersion:
         parity_tolerance=tolerance,
         n_training_rows=len(fit_rows),
         profile=profile,
+        training_task_id=task_id,
     )
     return adapters.store.register_model(draft, now=adapters.clock.now())
 

@@ -96,9 +96,12 @@ class ModelRow(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
     profile: Mapped[dict[str, Any] | None]
+    # The Celery task id of the pynomaly.train that registered it: a redelivery finds it.
+    training_task_id: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         UniqueConstraint("name", "version", name="uq_models_name_version"),
+        Index("uq_models_training_task_id", "training_task_id", unique=True),
         CheckConstraint("version >= 1", name="version_positive"),
         Index("idx_models_algorithm", "algorithm", text("created_at DESC")),
         # At most one active version per name.

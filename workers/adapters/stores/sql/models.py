@@ -42,6 +42,11 @@ class SqlModelStore(SqlBase):
                 # Serialize registrations of one name: optimistic retries alone starve
                 # when several trainers race (8 at once exhausted the 5 attempts).
                 session.execute(select(func.pg_advisory_xact_lock(func.hashtext(draft.name))))
+            if draft.training_task_id is not None:
+                # Under the name's lock: two deliveries of one request register once.
+                done = self._trained_by(session, draft.training_task_id)
+                if done is not None:
+                    return model_version(done)
             for content, media in ((draft.artifact, "sklearn"), (draft.onnx, "onnx")):
                 if content is not None:
                     self._put_artifact(session, content, media_type=media, now=now)
@@ -69,10 +74,21 @@ class SqlModelStore(SqlBase):
                 active=True,
                 created_at=now,
                 profile=draft.profile.to_dict() if draft.profile is not None else None,
+                training_task_id=draft.training_task_id,
             )
             session.add(row)
             session.flush()
             return model_version(row)
+
+    def find_trained_by(self, training_task_id: str) -> ModelVersion | None:
+        with Session(self.engine) as session:
+            row = self._trained_by(session, training_task_id)
+            return model_version(row) if row is not None else None
+
+    @staticmethod
+    def _trained_by(session: Session, training_task_id: str) -> ModelRow | None:
+        query = select(ModelRow).where(ModelRow.training_task_id == training_task_id)
+        return session.scalars(query).first()
 
     def _put_artifact(
         self, session: Session, content: bytes, *, media_type: str, now: datetime

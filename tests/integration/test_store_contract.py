@@ -208,7 +208,8 @@ def test_a_training_task_id_registers_one_version_however_often_it_is_sent(
     assert [m.version for m in store.list_models(name="m")] == [2, 1]
     assert store.get_model(ModelRef("m")).id == other.id
     found = store.find_trained_by("t-1")
-    assert found is not None and found.id == first.id
+    assert found is not None
+    assert found.id == first.id
     assert store.find_trained_by("never-sent") is None
 
 

@@ -83,9 +83,18 @@ METRIC_NAMES: dict[str, str] = {
 }
 
 
-@lru_cache(maxsize=1)
+_metrics_lock = threading.Lock()
+
+
 def get_metrics() -> Metrics:
-    """This process's metrics, created on first use."""
+    """This process's metrics, created on first use (by one thread: a second creation
+    would find the names registered and raise ``DuplicateTimeseries``)."""
+    with _metrics_lock:
+        return _create_metrics()
+
+
+@lru_cache(maxsize=1)
+def _create_metrics() -> Metrics:
     from prometheus_client import values
 
     # prometheus-client picks in-process or multiprocess values when it is imported;

@@ -187,17 +187,23 @@ def _queue_sampler_step(settings: Settings) -> type[bootsteps.StartStopStep]:
             self.thread: threading.Thread | None = None
 
         def start(self, parent: Any) -> None:
-            self.thread = threading.Thread(target=self.run, name="queue-sampler", daemon=True)
+            # Metrics are created here, on the main thread, which is the one that forks
+            # the pool: created from this thread, a fork mid-creation left a pool process
+            # a half-filled registry, and every later get_metrics() there raised
+            # DuplicateTimeseries (every detection batch on it failed).
+            gauge = get_metrics().queue_length
+            self.thread = threading.Thread(
+                target=self.run, args=(gauge,), name="queue-sampler", daemon=True
+            )
             self.thread.start()
 
         def stop(self, parent: Any) -> None:
             self.stopped.set()
 
-        def run(self) -> None:
+        def run(self, gauge: Any) -> None:
             from pynomaly_workers.adapters.queues import RedisQueueDepth
 
             depth = RedisQueueDepth(settings.broker_url)
-            gauge = get_metrics().queue_length
             while not self.stopped.is_set():
                 try:
                     for queue, length in depth.lengths(QUEUES).items():

@@ -28,6 +28,7 @@ import redis
 import yaml
 from check_jsonschema.builtin_schemas import get_builtin_schema  # type: ignore[import-untyped]
 
+from pynomaly_workers.contract import QUEUES
 from pynomaly_workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,11 +44,147 @@ NAMESPACE = "pynomaly"
 SECRET_NAME = "pynomaly-secrets"
 IMAGE_UID = 10001
 GUIDE_MEMORY_LIMIT = 2 * 1024**3  # "< 2 GB per instance"
-DETECTION_READINESS = ["pynomaly-workers", "health", "--queues", "detection", "--timeout", "10"]
+LIVENESS = ["pynomaly-workers", "health", "--liveness"]
+READINESS = ["pynomaly-workers", "health", "--readiness", "--timeout", "10"]
+MONITORING = DEPLOY / "monitoring"
 # What compose must refuse to start without, and what the test run provides for them.
-COMPOSE_SECRETS = {"POSTGRES_PASSWORD": "s3cret", "PYNOMALY_FLOWER_BASIC_AUTH": "admin:s3cret"}
+COMPOSE_SECRETS = {
+    "POSTGRES_PASSWORD": "s3cret",
+    "PYNOMALY_FLOWER_BASIC_AUTH": "admin:s3cret",
+    "GRAFANA_ADMIN_PASSWORD": "s3cret",
+}
+# KEDA's custom resources: not in kubernetes-validate's schemas, checked against KEDA_SCHEMAS.
+KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
+FALLBACK_HPA = K8S / "fallback" / "hpa-cpu.yaml"
 SETTING_NAMES = {f"PYNOMALY_{name.upper()}" for name in Settings.model_fields}
 PYNOMALY_NAME = re.compile(r"\bPYNOMALY_[A-Z0-9_]+\b")
+
+
+# KEDA v2 custom resources, the fields these manifests use, transcribed from KEDA's CRDs
+# (keda.sh_scaledobjects.yaml, keda.sh_triggerauthentications.yaml; redis scaler docs).
+# Unknown fields are errors, as with the strict Kubernetes schemas.
+_NAMED = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string", "minLength": 1}},
+    "additionalProperties": False,
+}
+_META = {
+    "type": "object",
+    "required": ["name", "namespace"],
+    "properties": {
+        "name": {"type": "string"},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    "additionalProperties": False,
+}
+_REDIS_METADATA_KEYS = [
+    "address",
+    "addressFromEnv",
+    "host",
+    "hostFromEnv",
+    "port",
+    "portFromEnv",
+    "passwordFromEnv",
+    "usernameFromEnv",
+    "listName",
+    "listLength",
+    "activationListLength",
+    "databaseIndex",
+    "enableTLS",
+    "unsafeSsl",
+]
+KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
+    "TriggerAuthentication": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "keda.sh/v1alpha1"},
+            "kind": {"const": "TriggerAuthentication"},
+            "metadata": _META,
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "secretTargetRef": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["parameter", "name", "key"],
+                            "properties": {
+                                k: {"type": "string"} for k in ("parameter", "name", "key")
+                            },
+                            "additionalProperties": False,
+                        },
+                    }
+                },
+                "additionalProperties": False,
+            },
+        },
+        "additionalProperties": False,
+    },
+    "ScaledObject": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "keda.sh/v1alpha1"},
+            "kind": {"const": "ScaledObject"},
+            "metadata": _META,
+            "spec": {
+                "type": "object",
+                "required": ["scaleTargetRef", "triggers"],
+                "properties": {
+                    "scaleTargetRef": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            k: {"type": "string"} for k in ("apiVersion", "kind", "name")
+                        },
+                        "additionalProperties": False,
+                    },
+                    "minReplicaCount": {"type": "integer", "minimum": 0},
+                    "maxReplicaCount": {"type": "integer", "minimum": 1},
+                    "pollingInterval": {"type": "integer", "minimum": 1},
+                    "cooldownPeriod": {"type": "integer", "minimum": 0},
+                    "advanced": {
+                        "type": "object",
+                        "properties": {
+                            "horizontalPodAutoscalerConfig": {
+                                "type": "object",
+                                "properties": {"behavior": {"type": "object"}},
+                                "additionalProperties": False,
+                            }
+                        },
+                        "additionalProperties": False,
+                    },
+                    "triggers": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["type", "metadata"],
+                            "properties": {
+                                "type": {"const": "redis"},
+                                "authenticationRef": _NAMED,
+                                "metadata": {
+                                    "type": "object",
+                                    "required": ["listName"],
+                                    "properties": {
+                                        k: {"type": "string"} for k in _REDIS_METADATA_KEYS
+                                    },
+                                    "additionalProperties": False,
+                                },
+                            },
+                            "additionalProperties": False,
+                        },
+                    },
+                },
+                "additionalProperties": False,
+            },
+        },
+        "additionalProperties": False,
+    },
+}
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -56,7 +193,8 @@ def load_yaml(path: Path) -> Any:
 
 
 def k8s_objects() -> list[tuple[str, dict[str, Any]]]:
-    """Every Kubernetes object under deploy/k8s (not the kustomization), with its file."""
+    """Every Kubernetes object the kustomization applies (deploy/k8s/*.yaml), with its file;
+    the fallback/ files are alternatives, not part of it."""
     objects = []
     for path in sorted(K8S.glob("*.yaml")):
         if path.name == "kustomization.yaml":
@@ -230,6 +368,8 @@ def test_compose_has_every_role_and_one_beat() -> None:
         "worker-training-maintenance",
         "beat",
         "flower",
+        "prometheus",
+        "grafana",
     }
     assert found["beat"]["deploy"]["replicas"] == 1
     assert found["beat"]["command"] == ["beat"]
@@ -257,8 +397,9 @@ def test_compose_refuses_to_start_without_the_secrets() -> None:
 
 def test_compose_bakes_in_no_secret_default() -> None:
     text = COMPOSE_FILE.read_text()
-    references = re.findall(r"\$\{(POSTGRES_PASSWORD|PYNOMALY_FLOWER_BASIC_AUTH)([^}]*)\}", text)
-    assert references
+    names = "|".join(COMPOSE_SECRETS)
+    references = re.findall(rf"\$\{{({names})([^}}]*)\}}", text)
+    assert {name for name, _ in references} == set(COMPOSE_SECRETS)
     assert all(rest.startswith(":?") for _, rest in references), references
     raw = load_yaml(COMPOSE_FILE)["services"]
     assert raw["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
@@ -289,9 +430,10 @@ def test_compose_healthchecks() -> None:
     assert "pg_isready" in found["postgres"]["healthcheck"]["test"]
     for name in ("redis-broker", "redis-cache"):
         assert found[name]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
-    detection = found["worker-detection"]["healthcheck"]["test"]
-    assert detection == ["CMD", *DETECTION_READINESS]
-    assert "inspect ping" in " ".join(found["worker-training-maintenance"]["healthcheck"]["test"])
+    for name in ("worker-detection", "worker-training-maintenance"):
+        assert found[name]["healthcheck"]["test"] == ["CMD", *LIVENESS], name
+    assert "/-/ready" in " ".join(found["prometheus"]["healthcheck"]["test"])
+    assert "/api/health" in " ".join(found["grafana"]["healthcheck"]["test"])
     assert "/healthcheck" in " ".join(found["flower"]["healthcheck"]["test"])
 
 
@@ -338,6 +480,57 @@ def test_compose_flower_requires_basic_auth_and_listens_on_5555() -> None:
     assert "5555" in flower["command"]
 
 
+def mounted(service: dict[str, Any], source: Path) -> str:
+    """Where ``source`` (a repository path) is mounted in the service's container."""
+    mounts: list[str] = service["volumes"]
+    for mount in mounts:
+        host, target = mount.split(":")[:2]
+        if host.startswith(".") and (ROOT / host).resolve() == source.resolve():
+            return target
+    raise AssertionError(f"{source} is not mounted")
+
+
+def test_compose_prometheus_scrapes_every_worker_and_loads_the_rules() -> None:
+    # Given the compose services and the Prometheus config they mount
+    found = services()
+    prometheus = found["prometheus"]
+    config_path = MONITORING / "prometheus" / "prometheus.yml"
+    config = load_yaml(config_path)
+    assert f"--config.file={mounted(prometheus, config_path)}" in prometheus["command"]
+    # Then every worker service (each replica, by DNS) is scraped on its metrics port
+    workers = {n for n, s in found.items() if s.get("command", [""])[0] == "worker"}
+    port = Settings.model_fields["metrics_port"].default
+    (job,) = config["scrape_configs"]
+    (sd,) = job["dns_sd_configs"]
+    assert set(sd["names"]) == workers
+    assert sd["port"] == port
+    for name in workers:
+        assert int(found[name]["environment"].get("PYNOMALY_METRICS_PORT", port)) == port
+    # and the alert rules are mounted where the config loads them
+    rules = mounted(prometheus, MONITORING / "prometheus" / "alerts.yml")
+    assert config["rule_files"] == [rules]
+
+
+def test_compose_grafana_is_provisioned_with_the_dashboard() -> None:
+    found = services()
+    grafana = found["grafana"]
+    provisioning = MONITORING / "grafana" / "provisioning"
+    assert mounted(grafana, provisioning) == "/etc/grafana/provisioning"
+    (provider,) = load_yaml(provisioning / "dashboards" / "pynomaly.yml")["providers"]
+    dashboards = MONITORING / "grafana" / "dashboards"
+    assert mounted(grafana, dashboards) == provider["options"]["path"]
+    assert list(dashboards.glob("*.json"))
+    (source,) = load_yaml(provisioning / "datasources" / "prometheus.yml")["datasources"]
+    published = found["prometheus"]["ports"][0].rsplit(":", 1)[-1]
+    assert source["url"] == f"http://prometheus:{published}"
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+
+
+@pytest.mark.parametrize("name", ["prometheus", "grafana", "flower"])
+def test_compose_web_uis_listen_on_loopback_only(name: str) -> None:
+    assert all(p.startswith("127.0.0.1:") for p in services()[name]["ports"])
+
+
 @pytest.mark.parametrize("name", ["worker-detection", "worker-training-maintenance"])
 def test_compose_workers_drain_within_their_limits(name: str) -> None:
     worker = services()[name]
@@ -371,7 +564,11 @@ def test_compose_environments_are_valid_settings(
 # == Kubernetes ==========================================================================
 K8S_CASES = [
     pytest.param(doc, version, id=f"{file}:{doc['kind']}/{doc['metadata']['name']}@{version}")
-    for file, doc in k8s_objects()
+    for file, doc in [
+        *k8s_objects(),
+        *[(FALLBACK_HPA.name, d) for d in yaml.safe_load_all(FALLBACK_HPA.read_text())],
+    ]
+    if doc["kind"] not in KEDA_KINDS
     for version in K8S_VERSIONS
 ]
 
@@ -389,11 +586,14 @@ def test_k8s_has_every_piece() -> None:
         ("Deployment", "pynomaly-flower"),
         ("Deployment", "pynomaly-worker-detection"),
         ("Deployment", "pynomaly-worker-training-maintenance"),
-        ("HorizontalPodAutoscaler", "pynomaly-worker-detection"),
         ("Job", "pynomaly-migrate"),
         ("Namespace", NAMESPACE),
         ("PodDisruptionBudget", "pynomaly-worker-detection"),
+        ("PodDisruptionBudget", "pynomaly-worker-training-maintenance"),
+        ("ScaledObject", "pynomaly-worker-detection"),
+        ("ScaledObject", "pynomaly-worker-training-maintenance"),
         ("Service", "pynomaly-flower"),
+        ("TriggerAuthentication", "pynomaly-broker-redis"),
     ]
 
 
@@ -418,9 +618,16 @@ def test_k8s_selectors_match_their_pods() -> None:
         assert selector.items() <= labels.items(), name
         assert deployment["metadata"]["labels"] == labels, name
         assert labels["app.kubernetes.io/component"] == name.removeprefix("pynomaly-"), name
-    detection = deployments["pynomaly-worker-detection"]["spec"]["template"]["metadata"]
-    pdb = objects_of("PodDisruptionBudget")["pynomaly-worker-detection"]["spec"]
-    assert pdb["selector"]["matchLabels"].items() <= detection["labels"].items()
+
+
+def test_k8s_every_worker_pool_has_a_disruption_budget_of_its_own() -> None:
+    budgets = objects_of("PodDisruptionBudget")
+    templates = {n: d["spec"]["template"]["metadata"]["labels"] for n, d in worker_pools().items()}
+    assert set(budgets) == set(templates)
+    for name, budget in budgets.items():
+        selector = budget["spec"]["selector"]["matchLabels"].items()
+        assert [pool for pool, labels in templates.items() if selector <= labels.items()] == [name]
+        assert budget["spec"]["maxUnavailable"] == 1, name
 
 
 def test_k8s_selectors_do_not_overlap() -> None:
@@ -441,15 +648,81 @@ def test_k8s_flower_service_reaches_flower() -> None:
     assert service["type"] == "ClusterIP"
 
 
-def test_k8s_autoscaler_scales_only_detection_workers() -> None:
-    autoscalers = objects_of("HorizontalPodAutoscaler")
-    targets = [a["spec"]["scaleTargetRef"] for a in autoscalers.values()]
-    assert targets == [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "pynomaly-worker-detection"}
-    ]
-    detection = objects_of("Deployment")["pynomaly-worker-detection"]["spec"]
-    assert "replicas" not in detection  # the autoscaler owns it
-    assert autoscalers["pynomaly-worker-detection"]["spec"]["minReplicas"] >= 2
+def worker_pools() -> dict[str, dict[str, Any]]:
+    return {n: d for n, d in objects_of("Deployment").items() if n.startswith("pynomaly-worker-")}
+
+
+def pool_queues(deployment: dict[str, Any]) -> set[str]:
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    return set(args[args.index("--queues") + 1].split(","))
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        pytest.param(o, id=o["metadata"]["name"])
+        for _, o in k8s_objects()
+        if o["kind"] in KEDA_KINDS
+    ],
+)
+def test_keda_object_matches_its_schema(manifest: dict[str, Any]) -> None:
+    schema = KEDA_SCHEMAS[manifest["kind"]]
+    jsonschema.validators.validator_for(schema)(schema).validate(manifest)
+
+
+def test_keda_scales_each_pool_on_the_redis_lists_of_exactly_its_queues() -> None:
+    # Given the pools and their ScaledObjects
+    pools = worker_pools()
+    scaled = objects_of("ScaledObject")
+    auth = objects_of("TriggerAuthentication")
+    # Then each pool has one, whose triggers are the broker lists of the queues it consumes
+    assert set(scaled) == set(pools)
+    covered: set[str] = set()
+    for name, scaler in scaled.items():
+        spec = scaler["spec"]
+        assert spec["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        lists = [t["metadata"]["listName"] for t in spec["triggers"]]
+        assert sorted(lists) == sorted(pool_queues(pools[name])), name
+        covered |= set(lists)
+        for trigger in spec["triggers"]:
+            assert trigger["type"] == "redis", name
+            assert trigger["authenticationRef"]["name"] in auth, name
+            # PYNOMALY_BROKER_URL's database (README: redis://...:6379/0)
+            assert trigger["metadata"]["databaseIndex"] == "0", name
+            assert int(trigger["metadata"]["listLength"]) > 0, name
+        assert spec["minReplicaCount"] >= 1, name  # maintenance needs a consumer
+        assert spec["maxReplicaCount"] > spec["minReplicaCount"], name
+        assert "replicas" not in pools[name]["spec"], f"{name}: the autoscaler owns replicas"
+    assert covered == set(QUEUES)
+    assert scaled["pynomaly-worker-detection"]["spec"]["minReplicaCount"] >= 2
+
+
+def test_keda_reads_the_broker_credentials_from_the_documented_secret() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    documented = set(re.findall(r"--from-literal=([A-Z_]+)=", readme))
+    for name, auth in objects_of("TriggerAuthentication").items():
+        refs = auth["spec"]["secretTargetRef"]
+        assert {r["parameter"] for r in refs} == {"address", "password"}, name
+        for ref in refs:
+            assert ref["name"] == SECRET_NAME, name
+            assert ref["key"] in documented, name
+
+
+def test_k8s_cpu_autoscaler_is_a_fallback_for_detection_only() -> None:
+    # Applied only instead of the ScaledObjects: two autoscalers would fight
+    assert objects_of("HorizontalPodAutoscaler") == {}
+    (fallback,) = list(yaml.safe_load_all(FALLBACK_HPA.read_text()))
+    assert fallback["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "pynomaly-worker-detection",
+    }
+    assert fallback["metadata"]["namespace"] == NAMESPACE
+    assert fallback["spec"]["minReplicas"] >= 2
 
 
 def test_k8s_beat_is_exactly_one_and_never_overlaps() -> None:
@@ -467,14 +740,50 @@ def test_k8s_workers_outlive_their_longest_task() -> None:
         assert spec["terminationGracePeriodSeconds"] > limit, name
 
 
-def test_k8s_detection_worker_probes() -> None:
-    container = pod_specs()["pynomaly-worker-detection"]["containers"][0]
-    assert container["args"] == ["worker", "--queues", "detection"]
-    assert container["readinessProbe"]["exec"]["command"] == DETECTION_READINESS
-    for probe in ("startupProbe", "livenessProbe"):
-        command = " ".join(container[probe]["exec"]["command"])
-        assert "inspect ping --destination" in command
-        assert "${HOSTNAME}" in command
+@pytest.mark.parametrize(
+    ("name", "queues"),
+    [
+        ("pynomaly-worker-detection", "detection"),
+        ("pynomaly-worker-training-maintenance", "training,maintenance"),
+    ],
+)
+def test_k8s_worker_probes_use_the_liveness_and_readiness_modes(name: str, queues: str) -> None:
+    container = pod_specs()[name]["containers"][0]
+    assert container["args"] == ["worker", "--queues", queues]
+    assert container["startupProbe"]["exec"]["command"] == LIVENESS
+    assert container["livenessProbe"]["exec"]["command"] == LIVENESS
+    assert container["readinessProbe"]["exec"]["command"] == READINESS
+    # a probe that hangs must not outlive its own timeout budget
+    assert container["readinessProbe"]["timeoutSeconds"] > 10
+    # the heartbeat file lives under PYNOMALY_HOME: it must be a writable volume
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert container_env(container)["PYNOMALY_HOME"] in mounts
+
+
+@pytest.mark.parametrize("command", [LIVENESS, READINESS])
+def test_probe_commands_are_ones_the_cli_accepts(command: list[str]) -> None:
+    from pynomaly_workers.cli import main
+
+    assert command[0] == "pynomaly-workers"
+    group_context = main.make_context("pynomaly-workers", command[1:2], resilient_parsing=True)
+    health = main.get_command(group_context, command[1])
+    assert health is not None
+    parsed = health.make_context(command[1], command[2:])  # raises on an unknown option
+    assert parsed.params["mode"] == command[2].removeprefix("--")
+
+
+def test_probe_comments_describe_checks_that_exist() -> None:
+    # The comments above the probes name the modes and what they check; no file
+    # promises a check the probes do not make (a canary in readiness, a ping in liveness).
+    files = [COMPOSE_FILE, *K8S.glob("worker-*.yaml")]
+    for path in files:
+        text = path.read_text()
+        assert "inspect ping" not in text, path.name
+        assert '--queues", "detection", "--timeout' not in text, path.name
+    readme = (DEPLOY / "README.md").read_text()
+    assert "health --liveness" in readme
+    assert "health --readiness" in readme
+    assert "inspect ping" not in readme
 
 
 def test_k8s_resources_stay_within_the_guide() -> None:

@@ -41,7 +41,7 @@ def pg_engine(clean_pg: str) -> Iterator[Engine]:
 
 def empty_views(engine: Engine) -> None:
     with engine.begin() as conn:
-        # CASCADE: aliases and drift windows (main's 0003, 0005) reference models.
+        # CASCADE: aliases, drift windows and shadow tables reference models.
         conn.execute(
             text("TRUNCATE anomalies, detection_jobs, models, model_artifacts, datasets CASCADE")
         )

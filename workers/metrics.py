@@ -84,16 +84,20 @@ METRIC_NAMES: dict[str, str] = {
 
 
 _metrics_lock = threading.Lock()
-
-
-def get_metrics() -> Metrics:
-    """This process's metrics, created on first use (by one thread: a second creation
-    would find the names registered and raise ``DuplicateTimeseries``)."""
-    with _metrics_lock:
-        return _create_metrics()
+_created: list[Metrics] = []
 
 
 @lru_cache(maxsize=1)
+def get_metrics() -> Metrics:
+    """This process's metrics, created on first use, by one thread: threads that miss
+    the cache together get the same object (a second creation would find the names
+    registered and raise ``DuplicateTimeseries``)."""
+    with _metrics_lock:
+        if not _created:
+            _created.append(_create_metrics())
+        return _created[0]
+
+
 def _create_metrics() -> Metrics:
     from prometheus_client import values
 

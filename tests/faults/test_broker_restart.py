@@ -1,0 +1,76 @@
+"""Scenario 3: the broker Redis restarts (AOF on) while detection jobs are in flight.
+
+Consumption must resume on its own: a canary job sent after the restart completes, and
+every job sent before, during and after it ends ``succeeded`` with one row and one set
+of anomalies.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from pynomaly_workers.client import submit_detection
+from pynomaly_workers.demo import wait_for
+from tests.factories import rows_with_outliers, train
+from tests.faults.conftest import FaultStack, RedisServer, count_jobs, report_outcome, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+ROWS = rows_with_outliers(n=20, outliers=(3,))
+
+
+def send(stack: FaultStack, model: str, job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        submit_detection(model=model, records=ROWS, job_id=job_id, app=stack.app)
+
+
+def broker_state(server: RedisServer) -> dict[str, int]:
+    """Messages waiting in the detection list, and delivered but unacknowledged."""
+    client = redis.Redis(port=server.port)
+    try:
+        return {"queued": client.llen("detection"), "unacked": client.hlen("unacked")}
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(300)
+def test_consumption_resumes_after_a_broker_restart_and_nothing_is_lost(
+    fault_stack: FaultStack, broker_redis: RedisServer
+) -> None:
+    # Given a worker busy with 150 small detection jobs on a dedicated broker
+    model = train(fault_stack.services, model="restart").label
+    fault_stack.start_worker()
+    before = [f"restart-a-{i}" for i in range(150)]
+    send(fault_stack, model, before)
+    assert wait_for(
+        lambda: len(count_jobs(fault_stack.services, before).succeeded()) >= 10, timeout=60
+    ), fault_stack.log_text()
+
+    # When the broker shuts down and comes back with its AOF, and jobs keep coming
+    broker_redis.restart()
+    back_at = time.monotonic()
+    canary = "restart-canary"
+    send(fault_stack, model, [canary])
+    after = [f"restart-b-{i}" for i in range(150)]
+    send(fault_stack, model, after)
+
+    # Then a job sent after the restart completes: the worker consumes again ...
+    canary_done = wait_settled(fault_stack.services, [canary], timeout=60)
+    recovery = time.monotonic() - back_at
+    assert canary_done.succeeded() == {canary}, fault_stack.log_text()
+    # ... and every job ends succeeded, with one job row and one set of anomalies
+    everything = [*before, canary, *after]
+    counts = wait_settled(fault_stack.services, everything, timeout=120)
+    report_outcome("broker_restart", everything, counts, recovery_seconds=recovery)
+    assert counts.succeeded() == set(everything), (
+        f"{len(everything) - len(counts.succeeded())} of {len(everything)} jobs did not "
+        f"succeed (e.g. {sorted(set(everything) - counts.succeeded())[:10]}); broker holds "
+        f"{broker_state(broker_redis)}\n{fault_stack.log_text()}"
+    )
+    assert counts.duplicated() == set()
+    assert set(counts.rows.values()) == {1}
+    assert all(counts.anomaly_rows[j] >= 1 for j in everything)  # the outlier at row 3
+    assert all(w.alive() for w in fault_stack.workers)

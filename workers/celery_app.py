@@ -79,12 +79,15 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     """Transport options: the embedded broker's folders, or Redis's visibility timeout."""
     if settings.is_embedded:
         folder = settings.broker_folder
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "data_folder_processed": str(folder / "processed"),
+            # Exchange tables; kombu's default is ./control in whatever directory the
+            # process runs in, where a stale table from another setup would misroute.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
             "polling_interval": 0.05,
         }

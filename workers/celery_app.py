@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from typing import Any
 
 from celery import Celery
@@ -12,6 +13,7 @@ from kombu import Exchange, Queue
 from pynomaly_workers.settings import Settings, get_settings
 
 QUEUES = ("detection", "training", "maintenance")
+REDIS_SCHEMES = ("redis://", "rediss://")
 TASK_MODULES = (
     "pynomaly_workers.tasks.detection",
     "pynomaly_workers.tasks.training",
@@ -33,6 +35,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport": _transport(settings.broker_url),
         "result_backend": settings.resolved_result_backend,
         "broker_transport_options": broker_options(settings),
+        "broker_use_ssl": tls_options(settings.broker_url),
+        "redis_backend_use_ssl": tls_options(settings.resolved_result_backend),
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -67,12 +71,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def _transport(broker_url: str) -> str | None:
-    """Our hardened transports for ``redis://`` and ``filesystem://``; kombu's otherwise."""
+    """Our hardened transports for ``redis://``, ``rediss://`` and ``filesystem://``;
+    kombu's otherwise."""
     from pynomaly_workers.adapters.broker import FILESYSTEM_TRANSPORT, TRANSPORT
 
-    if broker_url.startswith("redis://"):
+    if broker_url.startswith(REDIS_SCHEMES):
         return TRANSPORT
     return FILESYSTEM_TRANSPORT if broker_url.startswith("filesystem://") else None
+
+
+def tls_options(url: str) -> dict[str, Any] | None:
+    """TLS for a ``rediss://`` URL: verify the server's certificate unless the URL says
+    otherwise (its ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``
+    parameters win). Naming our transport class instead of the ``rediss`` scheme would
+    otherwise turn TLS off, and kombu's own default for a bare ``rediss://`` is not to
+    verify the certificate."""
+    if not url.startswith("rediss://"):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def test_both_redis_schemes_use_the_hardened_transport(
     connection = broker_connection(make_settings(broker_url=f"{scheme}://127.0.0.1:6390/0"))
 
     assert connection.transport_cls == TRANSPORT
-    assert connection.transport.Channel is Channel
+    assert connection.transport.Channel is Channel  # type: ignore[attr-defined]
 
 
 def test_rediss_verifies_the_server_certificate_by_default(

@@ -82,6 +82,15 @@ class RedisServer:
         finally:
             client.close()
 
+    def drained(self) -> bool:
+        """True when nothing waits on the detection queue and nothing is delivered but
+        unacknowledged: every message was consumed and settled."""
+        client = redis.Redis(port=self.port)
+        try:
+            return client.llen("detection") == 0 and client.hlen("unacked") == 0
+        finally:
+            client.close()
+
     def shutdown(self) -> None:
         """SHUTDOWN: the AOF is fsynced, every client's connection is dropped."""
         client = redis.Redis(port=self.port)

@@ -71,6 +71,7 @@ def test_consumption_resumes_after_a_broker_restart_and_nothing_is_lost(
         f"{broker_state(broker_redis)}\n{fault_stack.log_text()}"
     )
     assert counts.duplicated() == set()
+    assert wait_for(broker_redis.drained, timeout=30), broker_state(broker_redis)
     assert set(counts.rows.values()) == {1}
     assert all(counts.anomaly_rows[j] >= 1 for j in everything)  # the outlier at row 3
     assert all(w.alive() for w in fault_stack.workers)

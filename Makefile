@@ -11,7 +11,10 @@ _ := $(shell mkdir -p $(VENV) && find workers tasks schedules migrations -name '
 
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick services clean
+# Fault scenarios append their figures here; `make faults` prints them as one JSON object.
+FAULTS_REPORT := build/faults-report.jsonl
+
+.PHONY: install demo test faults test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick services clean
 
 install: $(VENV)/.installed
 
@@ -29,8 +32,16 @@ demo: install
 	$(BIN)/pynomaly-workers migrate
 	$(BIN)/pynomaly-workers demo
 
+# Scenarios marked `slow` (over ~30 s each) run only in `make faults`.
 test: install
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# Fault injection (tests/faults): real workers, a redis-server per scenario on ports
+# 6391-6399. The last line printed is one JSON object with each scenario's figures.
+faults: install
+	mkdir -p $(dir $(FAULTS_REPORT)) && rm -f $(FAULTS_REPORT)
+	PYNOMALY_FAULTS_REPORT=$(abspath $(FAULTS_REPORT)) $(BIN)/pytest tests/faults $(PYTEST_ARGS); \
+	status=$$?; $(BIN)/python -m tests.faults.report $(FAULTS_REPORT); exit $$status
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -36,25 +36,47 @@ def broker_state(server: RedisServer) -> dict[str, int]:
         client.close()
 
 
+def held_by_worker(server: RedisServer, n: int) -> bool:
+    """True when the worker has taken ``n`` messages and acknowledged none of them."""
+    return broker_state(server) == {"queued": 0, "unacked": n}
+
+
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("half", "hold"),
+    [
+        # A batch window of 3 s: the restart hits while all ten jobs sit in the batch
+        # buffer and the flush timer is armed. Stalls if the timer is not re-armed or the
+        # buffered deliveries are not handed back.
+        pytest.param(10, True, id="20-jobs-buffered"),
+        # 300 jobs streaming: batches are queued for the pool at the restart. Stalls if
+        # the pool's discarded batches are not handed back.
+        pytest.param(150, False, id="300-jobs-streaming", marks=pytest.mark.slow),
+    ],
+)
 def test_consumption_resumes_after_a_broker_restart_and_nothing_is_lost(
-    fault_stack: FaultStack, broker_redis: RedisServer
+    fault_stack: FaultStack, broker_redis: RedisServer, half: int, hold: bool
 ) -> None:
-    # Given a worker busy with 150 small detection jobs on a dedicated broker
+    # Given a worker busy with small detection jobs on a dedicated broker
+    if hold:
+        fault_stack.env["PYNOMALY_BATCH_MAX_WAIT_MS"] = "3000"
     model = train(fault_stack.services, model="restart").label
     fault_stack.start_worker()
-    before = [f"restart-a-{i}" for i in range(150)]
+    before = [f"restart-{half}-a-{i}" for i in range(half)]
     send(fault_stack, model, before)
-    assert wait_for(
-        lambda: len(count_jobs(fault_stack.services, before).succeeded()) >= 10, timeout=60
-    ), fault_stack.log_text()
+    if hold:
+        assert wait_for(lambda: held_by_worker(broker_redis, half), timeout=30, interval=0.02)
+    else:
+        assert wait_for(
+            lambda: len(count_jobs(fault_stack.services, before).succeeded()) >= 10, timeout=60
+        ), fault_stack.log_text()
 
     # When the broker shuts down and comes back with its AOF, and jobs keep coming
     broker_redis.restart()
     back_at = time.monotonic()
-    canary = "restart-canary"
+    canary = f"restart-{half}-canary"
     send(fault_stack, model, [canary])
-    after = [f"restart-b-{i}" for i in range(150)]
+    after = [f"restart-{half}-b-{i}" for i in range(half)]
     send(fault_stack, model, after)
 
     # Then a job sent after the restart completes: the worker consumes again ...
@@ -64,7 +86,7 @@ def test_consumption_resumes_after_a_broker_restart_and_nothing_is_lost(
     # ... and every job ends succeeded, with one job row and one set of anomalies
     everything = [*before, canary, *after]
     counts = wait_settled(fault_stack.services, everything, timeout=120)
-    report_outcome("broker_restart", everything, counts, recovery_seconds=recovery)
+    report_outcome(f"broker_restart_{2 * half}_jobs", everything, counts, recovery_seconds=recovery)
     assert counts.succeeded() == set(everything), (
         f"{len(everything) - len(counts.succeeded())} of {len(everything)} jobs did not "
         f"succeed (e.g. {sorted(set(everything) - counts.succeeded())[:10]}); broker holds "

@@ -82,14 +82,18 @@ class RedisServer:
         finally:
             client.close()
 
+    def state(self) -> dict[str, int]:
+        """Messages waiting in the detection list, and delivered but unacknowledged."""
+        client = redis.Redis(port=self.port)
+        try:
+            return {"queued": client.llen("detection"), "unacked": client.hlen("unacked")}
+        finally:
+            client.close()
+
     def drained(self) -> bool:
         """True when nothing waits on the detection queue and nothing is delivered but
         unacknowledged: every message was consumed and settled."""
-        client = redis.Redis(port=self.port)
-        try:
-            return client.llen("detection") == 0 and client.hlen("unacked") == 0
-        finally:
-            client.close()
+        return self.state() == {"queued": 0, "unacked": 0}
 
     def shutdown(self) -> None:
         """SHUTDOWN: the AOF is fsynced, every client's connection is dropped."""

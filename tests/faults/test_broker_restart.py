@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 
 from pynomaly_workers.client import submit_detection
 from pynomaly_workers.demo import wait_for
@@ -27,18 +26,9 @@ def send(stack: FaultStack, model: str, job_ids: list[str]) -> None:
         submit_detection(model=model, records=ROWS, job_id=job_id, app=stack.app)
 
 
-def broker_state(server: RedisServer) -> dict[str, int]:
-    """Messages waiting in the detection list, and delivered but unacknowledged."""
-    client = redis.Redis(port=server.port)
-    try:
-        return {"queued": client.llen("detection"), "unacked": client.hlen("unacked")}
-    finally:
-        client.close()
-
-
 def held_by_worker(server: RedisServer, n: int) -> bool:
     """True when the worker has taken ``n`` messages and acknowledged none of them."""
-    return broker_state(server) == {"queued": 0, "unacked": n}
+    return server.state() == {"queued": 0, "unacked": n}
 
 
 @pytest.mark.timeout(300)
@@ -90,10 +80,10 @@ def test_consumption_resumes_after_a_broker_restart_and_nothing_is_lost(
     assert counts.succeeded() == set(everything), (
         f"{len(everything) - len(counts.succeeded())} of {len(everything)} jobs did not "
         f"succeed (e.g. {sorted(set(everything) - counts.succeeded())[:10]}); broker holds "
-        f"{broker_state(broker_redis)}\n{fault_stack.log_text()}"
+        f"{broker_redis.state()}\n{fault_stack.log_text()}"
     )
     assert counts.duplicated() == set()
-    assert wait_for(broker_redis.drained, timeout=30), broker_state(broker_redis)
+    assert wait_for(broker_redis.drained, timeout=30), broker_redis.state()
     assert set(counts.rows.values()) == {1}
     assert all(counts.anomaly_rows[j] >= 1 for j in everything)  # the outlier at row 3
     assert all(w.alive() for w in fault_stack.workers)

@@ -47,12 +47,16 @@ def send_jobs(stack: FaultStack, model: str, job_ids: list[str]) -> None:
         submit_detection(model=model, records=ROWS, job_id=job_id, app=stack.app)
 
 
-def settle_all(stack: FaultStack, name: str, job_ids: list[str], since: float) -> None:
+def settle_all(
+    stack: FaultStack, broker: RedisServer, name: str, job_ids: list[str], since: float
+) -> None:
     """Every job succeeded once; record the figures under ``name``."""
-    counts = wait_settled(stack.services, job_ids, timeout=240)
+    counts = wait_settled(stack.services, job_ids, timeout=300)
     report_outcome(name, job_ids, counts, recovery_seconds=time.monotonic() - since)
-    assert counts.succeeded() == set(job_ids), (
-        f"{len(job_ids) - len(counts.succeeded())} jobs did not succeed\n{stack.log_text()}"
+    missing = sorted(set(job_ids) - counts.succeeded())
+    assert not missing, (
+        f"{len(missing)} jobs did not succeed: {[(j, counts.status.get(j)) for j in missing]}; "
+        f"{[counts.error.get(j) for j in missing]}; broker: {broker.state()}\n{stack.log_text()}"
     )
     assert counts.duplicated() == set()
 
@@ -75,7 +79,7 @@ def test_killing_every_pool_process_mid_job_loses_and_duplicates_nothing(
         killed_at = time.monotonic()
 
     # Then the lost batch is requeued and every job succeeds once
-    settle_all(fault_stack, "kill_pool_process", job_ids, killed_at)
+    settle_all(fault_stack, broker_redis, "kill_pool_process", job_ids, killed_at)
     assert wait_for(broker_redis.drained, timeout=30)
     assert worker.alive()
 
@@ -100,17 +104,17 @@ def test_a_warm_shutdown_mid_job_finishes_or_requeues_and_keeps_prefetched_jobs(
 
     # Then a new worker completes every job, each once
     fault_stack.start_worker(name="replacement")
-    settle_all(fault_stack, "warm_shutdown", job_ids, stopped_at)
+    settle_all(fault_stack, broker_redis, "warm_shutdown", job_ids, stopped_at)
     assert wait_for(broker_redis.drained, timeout=30)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_killing_the_main_process_mid_job_redelivers_after_the_visibility_timeout(
     fault_stack: FaultStack, broker_redis: RedisServer
 ) -> None:
-    # Given a short time limit, so Redis redelivers after 2 x 10 + 60 = 80 s
-    fault_stack.env.update(PYNOMALY_TASK_SOFT_TIME_LIMIT="5", PYNOMALY_TASK_TIME_LIMIT="10")
+    # Given a short time limit, so Redis redelivers after 2 x 25 + 60 = 110 s
+    fault_stack.env.update(PYNOMALY_TASK_SOFT_TIME_LIMIT="20", PYNOMALY_TASK_TIME_LIMIT="25")
     model = train(fault_stack.services, model="kill-main").label
     worker = fault_stack.start_worker(name="killed")
     job_ids = ["kill-main-locked", *(f"kill-main-{i}" for i in range(60))]
@@ -125,5 +129,5 @@ def test_killing_the_main_process_mid_job_redelivers_after_the_visibility_timeou
 
     # Then another worker runs every job once, after the visibility timeout
     fault_stack.start_worker(name="survivor")
-    settle_all(fault_stack, "kill_main_process", job_ids, killed_at)
+    settle_all(fault_stack, broker_redis, "kill_main_process", job_ids, killed_at)
     assert wait_for(broker_redis.drained, timeout=30)

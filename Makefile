@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # Fault scenarios append their figures here; `make faults` prints them as one JSON object.
 FAULTS_REPORT := build/faults-report.jsonl
 
-.PHONY: install demo test faults test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick services clean
+.PHONY: schemas install demo test faults test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick services clean
 
 install: $(VENV)/.installed
 
@@ -75,6 +75,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m benchmarks --quick --json
+
+# The public tasks' kwargs as JSON Schema files (workers/schemas/), from workers/contract.py.
+schemas: install
+	$(BIN)/python -m pynomaly_workers.schemas
 
 # Start the local PostgreSQL and Redis the tests use, if they are not answering.
 services:

@@ -6,6 +6,7 @@ from typing import Any
 
 from celery.schedules import crontab
 
+from pynomaly_workers.contract import maintenance_task
 from pynomaly_workers.settings import Settings
 
 
@@ -14,16 +15,16 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     del settings  # the intervals become settings when operators ask for them
     return {
         "refresh-views": {
-            "task": "pynomaly.maintenance.refresh_views",
+            "task": maintenance_task("refresh_views"),
             "schedule": 300.0,
             "options": {"expires": 290},
         },
         "vacuum-analyze": {
-            "task": "pynomaly.maintenance.vacuum_analyze",
+            "task": maintenance_task("vacuum_analyze"),
             "schedule": crontab(hour="3", minute="15"),
         },
         "retention": {
-            "task": "pynomaly.maintenance.retention",
+            "task": maintenance_task("retention"),
             "schedule": crontab(hour="2", minute="30"),
         },
     }

@@ -53,8 +53,8 @@ def test_a_job_published_by_queue_or_by_exchange_runs_once(
     env = {"PYNOMALY_HOME": str(tmp_path / "home"), "PYNOMALY_ENVIRONMENT": "test"}
     settings = Settings(home=tmp_path / "home", environment="test")
     upgrade(settings.resolved_database_url)
-    services = bootstrap(settings)
-    model = train(services, model="routing").label
+    adapters = bootstrap(settings)
+    model = train(adapters, model="routing").label
     app = client_app(settings)
     rows = rows_with_outliers(n=20, outliers=(3,))
 
@@ -75,15 +75,15 @@ def test_a_job_published_by_queue_or_by_exchange_runs_once(
     try:
 
         def statuses() -> list[str | None]:
-            jobs = [services.store.get_job(job_id) for job_id in ("by-queue", "by-exchange")]
+            jobs = [adapters.store.get_job(job_id) for job_id in ("by-queue", "by-exchange")]
             return [job.status if job else None for job in jobs]
 
         finished = wait_for(lambda: statuses() == ["succeeded"] * 2, timeout=90)
         assert finished, (tmp_path / "worker.log").read_text()[-3000:]
         assert wait_for(lambda: not queued(settings), timeout=30), queued(settings)
-        attempts = [services.store.get_job(j).attempts for j in ("by-queue", "by-exchange")]  # type: ignore[union-attr]
+        attempts = [adapters.store.get_job(j).attempts for j in ("by-queue", "by-exchange")]  # type: ignore[union-attr]
         assert attempts == [1, 1]
     finally:
         worker.stop()
         close_app(app)
-        services.maintenance.engine.dispose()
+        adapters.close()

@@ -25,9 +25,10 @@ from sqlalchemy import text
 from pynomaly_workers.bootstrap import bootstrap
 from pynomaly_workers.client import client_app, close_app
 from pynomaly_workers.demo import WorkerProcess, wait_for
-from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.health import check_health
 from pynomaly_workers.settings import Settings
+from tests.factories import engine_of
 from tests.faults.report import ScenarioReport, record_scenario
 
 BROKER_PORTS = range(6391, 6400)
@@ -131,7 +132,7 @@ class FaultStack:
 
     env: dict[str, str]
     settings: Settings
-    services: Services
+    adapters: Adapters
     app: Celery
     logs: Path
     workers: list[WorkerProcess] = field(default_factory=list)
@@ -143,7 +144,7 @@ class FaultStack:
             log_path=log, concurrency=concurrency, env={**os.environ, **self.env}
         )
         self.workers.append(process)
-        report = check_health(self.services, queues=["detection"], timeout=60)
+        report = check_health(self.adapters, queues=["detection"], timeout=60)
         if not report["ok"]:
             pytest.fail(f"worker did not answer: {report}; log:\n{log.read_text()[-3000:]}")
         return process
@@ -157,7 +158,7 @@ class FaultStack:
 def fault_stack(
     broker_redis: RedisServer, pg_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FaultStack]:
-    """Settings, services and a publishing client on the dedicated broker."""
+    """Settings, adapters and a publishing client on the dedicated broker."""
     home = tmp_path_factory.mktemp("home")
     env = {
         "PYNOMALY_BROKER_URL": f"{broker_redis.url}/0",
@@ -170,15 +171,15 @@ def fault_stack(
     }
     values = {k.removeprefix("PYNOMALY_").lower(): v for k, v in env.items()}
     settings = Settings(**values)  # type: ignore[arg-type]
-    services = bootstrap(settings)
+    adapters = bootstrap(settings)
     app = client_app(settings)
-    stack = FaultStack(env, settings, services, app, tmp_path_factory.mktemp("logs"))
+    stack = FaultStack(env, settings, adapters, app, tmp_path_factory.mktemp("logs"))
     yield stack
     for worker in stack.workers:
         worker.stop()
     gc.collect()
     close_app(app)
-    services.maintenance.engine.dispose()
+    adapters.close()
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ class JobCounts:
         }
 
 
-def count_jobs(services: Services, job_ids: list[str]) -> JobCounts:
+def count_jobs(adapters: Adapters, job_ids: list[str]) -> JobCounts:
     """Rows per job id in ``detection_jobs`` and ``anomalies``."""
     jobs = text(
         "SELECT job_id, count(*), min(status), min(error), min(n_anomalies) "
@@ -221,7 +222,7 @@ def count_jobs(services: Services, job_ids: list[str]) -> JobCounts:
     anomalies = text(
         "SELECT job_id, count(*) FROM anomalies WHERE job_id = ANY(:ids) GROUP BY job_id"
     )
-    with services.maintenance.engine.connect() as conn:
+    with engine_of(adapters).connect() as conn:
         job_rows = conn.execute(jobs, {"ids": job_ids}).all()
         anomaly_rows = conn.execute(anomalies, {"ids": job_ids}).all()
     return JobCounts(
@@ -233,12 +234,12 @@ def count_jobs(services: Services, job_ids: list[str]) -> JobCounts:
     )
 
 
-def wait_settled(services: Services, job_ids: list[str], *, timeout: float) -> JobCounts:
+def wait_settled(adapters: Adapters, job_ids: list[str], *, timeout: float) -> JobCounts:
     """Wait until every job is succeeded or failed (or the timeout passes); the counts."""
     holder: dict[str, JobCounts] = {}
 
     def settled() -> bool:
-        holder["counts"] = count_jobs(services, job_ids)
+        holder["counts"] = count_jobs(adapters, job_ids)
         done = holder["counts"].succeeded() | holder["counts"].failed()
         return len(done) == len(job_ids)
 

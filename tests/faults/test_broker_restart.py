@@ -50,7 +50,7 @@ def test_consumption_resumes_after_a_broker_restart_and_nothing_is_lost(
     # Given a worker busy with small detection jobs on a dedicated broker
     if hold:
         fault_stack.env["PYNOMALY_BATCH_MAX_WAIT_MS"] = "3000"
-    model = train(fault_stack.services, model="restart").label
+    model = train(fault_stack.adapters, model="restart").label
     fault_stack.start_worker()
     before = [f"restart-{half}-a-{i}" for i in range(half)]
     send(fault_stack, model, before)
@@ -58,7 +58,7 @@ def test_consumption_resumes_after_a_broker_restart_and_nothing_is_lost(
         assert wait_for(lambda: held_by_worker(broker_redis, half), timeout=30, interval=0.02)
     else:
         assert wait_for(
-            lambda: len(count_jobs(fault_stack.services, before).succeeded()) >= 10, timeout=60
+            lambda: len(count_jobs(fault_stack.adapters, before).succeeded()) >= 10, timeout=60
         ), fault_stack.log_text()
         # Restart once the worker holds every message (batches in flight and queued for
         # the pool), not while a BRPOP answer is on the wire: that one message kombu's
@@ -74,12 +74,12 @@ def test_consumption_resumes_after_a_broker_restart_and_nothing_is_lost(
     send(fault_stack, model, after)
 
     # Then a job sent after the restart completes: the worker consumes again ...
-    canary_done = wait_settled(fault_stack.services, [canary], timeout=60)
+    canary_done = wait_settled(fault_stack.adapters, [canary], timeout=60)
     recovery = time.monotonic() - back_at
     assert canary_done.succeeded() == {canary}, fault_stack.log_text()
     # ... and every job ends succeeded, with one job row and one set of anomalies
     everything = [*before, canary, *after]
-    counts = wait_settled(fault_stack.services, everything, timeout=120)
+    counts = wait_settled(fault_stack.adapters, everything, timeout=120)
     report_outcome(f"broker_restart_{2 * half}_jobs", everything, counts, recovery_seconds=recovery)
     assert counts.succeeded() == set(everything), (
         f"{len(everything) - len(counts.succeeded())} of {len(everything)} jobs did not "

@@ -25,7 +25,7 @@ def test_one_job_id_from_many_producers_is_one_job(
     fault_stack: FaultStack, broker_redis: RedisServer
 ) -> None:
     # Given a worker with two processes and eight producers, each with its own connection
-    model = train(fault_stack.services, model="concurrent").label
+    model = train(fault_stack.adapters, model="concurrent").label
     fault_stack.start_worker()
     rows = rows_with_outliers(outliers=OUTLIERS)
     job_ids = [f"concurrent-{n}" for n in range(5)]
@@ -54,7 +54,7 @@ def test_one_job_id_from_many_producers_is_one_job(
     assert not errors, errors
 
     # Then each job id is one succeeded row with one anomaly row per anomaly
-    counts = wait_settled(fault_stack.services, job_ids, timeout=90)
+    counts = wait_settled(fault_stack.adapters, job_ids, timeout=90)
     report_outcome(
         "concurrent_job_id",
         job_ids,
@@ -68,10 +68,10 @@ def test_one_job_id_from_many_producers_is_one_job(
     assert counts.succeeded() == set(job_ids), fault_stack.log_text()
     # ... also once every duplicate delivery has run and been acknowledged
     assert wait_for(broker_redis.drained, timeout=60)
-    counts = count_jobs(fault_stack.services, job_ids)
+    counts = count_jobs(fault_stack.adapters, job_ids)
     assert counts.succeeded() == set(job_ids)
     assert counts.rows == dict.fromkeys(job_ids, 1)
     assert counts.duplicated() == set()
-    found = fault_stack.services.store.list_anomalies(job_id=job_ids[0], limit=1000)
+    found = fault_stack.adapters.store.list_anomalies(job_id=job_ids[0], limit=1000)
     assert set(OUTLIERS) <= {a.record_index for a in found}
     assert len(found) == len({a.record_index for a in found})

@@ -54,7 +54,7 @@ def test_poison_messages_fail_once_with_a_reason_and_the_worker_keeps_consuming(
 ) -> None:
     # Given a worker with a payload limit of 500 records
     fault_stack.env["PYNOMALY_MAX_RECORDS_PER_JOB"] = str(MAX_RECORDS)
-    model = train(fault_stack.services, model="poison").label
+    model = train(fault_stack.adapters, model="poison").label
     fault_stack.start_worker()
     canaries: list[str] = []
     started = time.monotonic()
@@ -63,7 +63,7 @@ def test_poison_messages_fail_once_with_a_reason_and_the_worker_keeps_consuming(
         job_id = f"poison-canary-after-{after}"
         canaries.append(job_id)
         submit_detection(model=model, records=ROWS, job_id=job_id, app=fault_stack.app)
-        done = wait_settled(fault_stack.services, [job_id], timeout=30)
+        done = wait_settled(fault_stack.adapters, [job_id], timeout=30)
         assert done.succeeded() == {job_id}, f"after {after}:\n{fault_stack.log_text()}"
 
     # When a message that is not JSON, and one that is JSON but no envelope, arrive
@@ -80,17 +80,17 @@ def test_poison_messages_fail_once_with_a_reason_and_the_worker_keeps_consuming(
         canary_completes(name)
 
     # Then each bad job failed once, with its reason, and nothing is left to redeliver
-    counts = count_jobs(fault_stack.services, sent)
+    counts = count_jobs(fault_stack.adapters, sent)
     report_outcome(
         "poison",
         [*sent, *canaries],
-        count_jobs(fault_stack.services, [*sent, *canaries]),
+        count_jobs(fault_stack.adapters, [*sent, *canaries]),
         recovery_seconds=None,
         extra={"malformed_dropped": 2, "seconds": round(time.monotonic() - started, 1)},
     )
     assert counts.failed() == set(sent), counts.status
     for name, (_, error_type, words) in POISON.items():
-        job = fault_stack.services.store.get_job(f"poison-{name}")
+        job = fault_stack.adapters.store.get_job(f"poison-{name}")
         assert job is not None
         assert job.error_type == error_type, (name, job.error)
         assert all(word in (job.error or "") for word in words), (name, job.error)

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from pynomaly_workers.client import submit_detection
 from pynomaly_workers.demo import wait_for
 from tests.e2e.test_crash import pool_children, wait_until_blocked
-from tests.factories import rows_with_outliers, train
+from tests.factories import engine_of, rows_with_outliers, train
 from tests.faults.conftest import FaultStack, RedisServer, report_outcome, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -29,8 +29,8 @@ ROWS = rows_with_outliers(n=20, outliers=(3,))
 @contextmanager
 def job_row_locked(stack: FaultStack, job_id: str, model: str) -> Iterator[None]:
     """Hold a lock on ``job_id``'s row until the block exits (the test's 'mid-job')."""
-    stack.services.store.enqueue_job(job_id, model=model, now=stack.services.clock.now())
-    connection = stack.services.maintenance.engine.connect()
+    stack.adapters.store.enqueue_job(job_id, model=model, now=stack.adapters.clock.now())
+    connection = engine_of(stack.adapters).connect()
     transaction = connection.begin()
     connection.execute(
         text("SELECT 1 FROM detection_jobs WHERE job_id = :j FOR UPDATE"), {"j": job_id}
@@ -51,7 +51,7 @@ def settle_all(
     stack: FaultStack, broker: RedisServer, name: str, job_ids: list[str], since: float
 ) -> None:
     """Every job succeeded once; record the figures under ``name``."""
-    counts = wait_settled(stack.services, job_ids, timeout=300)
+    counts = wait_settled(stack.adapters, job_ids, timeout=300)
     report_outcome(name, job_ids, counts, recovery_seconds=time.monotonic() - since)
     missing = sorted(set(job_ids) - counts.succeeded())
     assert not missing, (
@@ -66,12 +66,12 @@ def test_killing_every_pool_process_mid_job_loses_and_duplicates_nothing(
     fault_stack: FaultStack, broker_redis: RedisServer
 ) -> None:
     # Given a worker blocked in the middle of a batch, with more jobs behind it
-    model = train(fault_stack.services, model="kill-pool").label
+    model = train(fault_stack.adapters, model="kill-pool").label
     worker = fault_stack.start_worker()
     job_ids = ["kill-pool-locked", *(f"kill-pool-{i}" for i in range(60))]
     with job_row_locked(fault_stack, job_ids[0], model):
         send_jobs(fault_stack, model, job_ids)
-        wait_until_blocked(fault_stack.services)
+        wait_until_blocked(fault_stack.adapters)
 
         # When every pool process is killed with SIGKILL
         for child in pool_children(worker):
@@ -89,12 +89,12 @@ def test_a_warm_shutdown_mid_job_finishes_or_requeues_and_keeps_prefetched_jobs(
     fault_stack: FaultStack, broker_redis: RedisServer
 ) -> None:
     # Given a worker blocked in the middle of a batch, holding prefetched jobs
-    model = train(fault_stack.services, model="sigterm").label
+    model = train(fault_stack.adapters, model="sigterm").label
     worker = fault_stack.start_worker(name="stopping")
     job_ids = ["sigterm-locked", *(f"sigterm-{i}" for i in range(150))]
     with job_row_locked(fault_stack, job_ids[0], model):
         send_jobs(fault_stack, model, job_ids)
-        wait_until_blocked(fault_stack.services)
+        wait_until_blocked(fault_stack.adapters)
 
         # When its main process gets SIGTERM (what Kubernetes sends), mid-job
         os.kill(worker.process.pid, signal.SIGTERM)
@@ -115,12 +115,12 @@ def test_killing_the_main_process_mid_job_redelivers_after_the_visibility_timeou
 ) -> None:
     # Given a short time limit, so Redis redelivers after 2 x 25 + 60 = 110 s
     fault_stack.env.update(PYNOMALY_TASK_SOFT_TIME_LIMIT="20", PYNOMALY_TASK_TIME_LIMIT="25")
-    model = train(fault_stack.services, model="kill-main").label
+    model = train(fault_stack.adapters, model="kill-main").label
     worker = fault_stack.start_worker(name="killed")
     job_ids = ["kill-main-locked", *(f"kill-main-{i}" for i in range(60))]
     with job_row_locked(fault_stack, job_ids[0], model):
         send_jobs(fault_stack, model, job_ids)
-        wait_until_blocked(fault_stack.services)
+        wait_until_blocked(fault_stack.adapters)
 
         # When the worker's main process is killed with SIGKILL (its pool goes with it),
         # once it holds every message: a BRPOP answered but not yet read by the dying

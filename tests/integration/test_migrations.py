@@ -43,6 +43,8 @@ TABLES = {
     "detection_chunks",
     "detection_jobs",
     "metrics",
+    "model_alias_moves",
+    "model_aliases",
     "model_artifacts",
     "models",
 }

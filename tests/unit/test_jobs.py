@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pynomaly_workers.contract import JOB_STATUSES
 from pynomaly_workers.domain.errors import (
     InvalidInput,
     InvalidMessage,
@@ -19,7 +20,6 @@ from pynomaly_workers.domain.errors import (
     PayloadTooLarge,
 )
 from pynomaly_workers.domain.jobs import (
-    JOB_STATUSES,
     DatasetInput,
     DetectionRequest,
     InlineRecords,
@@ -742,5 +742,5 @@ def test_split_rows_pieces_are_contiguous_and_bounded(n_rows: int, max_rows: int
 
 @pytest.mark.parametrize("max_rows", [0, -1])
 def test_split_rows_needs_a_positive_chunk_size(max_rows: int) -> None:
-    with pytest.raises(PayloadTooLarge, match="max_rows must be positive"):
+    with pytest.raises(ValueError, match="max_rows must be positive"):
         split_rows(10, max_rows=max_rows)

@@ -1,15 +1,23 @@
-"""What a service function is handed: the adapters, the settings and a clock."""
+"""What a service function is handed: the ports it may use, wired to adapters by
+``pynomaly_workers.bootstrap``, plus the settings and a clock."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from pynomaly_workers.adapters.scorers.loader import ModelLoader
-from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
-from pynomaly_workers.domain.ports import PredictionCache, SourceReader, Store
+from pynomaly_workers.domain.ports import (
+    DatabaseProbe,
+    Maintenance,
+    ModelLoader,
+    PredictionCache,
+    SourceReader,
+    Store,
+    Trainer,
+)
 from pynomaly_workers.settings import Settings
 
 
@@ -33,14 +41,25 @@ class SystemClock:
         return time.perf_counter()
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass(slots=True)
-class Services:
-    """The adapters wired for this process (see ``pynomaly_workers.bootstrap``)."""
+class Adapters:
+    """The ports a service uses, each wired to a concrete adapter by
+    ``pynomaly_workers.bootstrap`` (the only module that picks adapters)."""
 
     settings: Settings
     store: Store
     models: ModelLoader
+    trainer: Trainer
     sources: SourceReader
     cache: PredictionCache | None
     clock: Clock
-    maintenance: SqlMaintenance
+    maintenance: Maintenance
+    database: DatabaseProbe
+    close: Callable[[], None] = field(default=_nothing)
+    """Release connections and sockets (at shutdown, or the end of a test)."""
+    forget_after_fork: Callable[[], None] = field(default=_nothing)
+    """Drop inherited connections in a forked child without closing the parent's."""

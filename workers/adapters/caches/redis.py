@@ -55,3 +55,6 @@ class RedisPredictionCache:
             for key, score in zip(keys, scores.tolist(), strict=True):
                 pipe.set(key, _DOUBLE.pack(score), ex=self.ttl_seconds)
             pipe.execute()
+
+    def close(self) -> None:
+        self.client.close()

@@ -20,8 +20,10 @@ from threading import Lock
 import numpy as np
 
 from pynomaly_workers.adapters.scorers import sklearn
+from pynomaly_workers.adapters.scorers.explain import Explainer, explainer_for
 from pynomaly_workers.adapters.scorers.forest import ForestScorer
 from pynomaly_workers.adapters.scorers.onnx import OnnxScorer
+from pynomaly_workers.domain.explain import Attribution
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import ModelStore, Scorer
 from pynomaly_workers.domain.records import Matrix
@@ -59,6 +61,7 @@ class LoadedModel:
     version: ModelVersion
     scorers: dict[str, Scorer]
     calibration: Calibration | None = None
+    explainer: Explainer | None = None
 
     @property
     def sklearn(self) -> Scorer:
@@ -79,6 +82,10 @@ class LoadedModel:
     def row_cost_us(self) -> float | None:
         """Scoring cost per row in microseconds, if measured."""
         return self.calibration.row_cost_us() if self.calibration else None
+
+    def explain(self, matrix: Matrix) -> Attribution | None:
+        """Per-feature contributions to each row's anomaly (see ``explain.py``)."""
+        return self.explainer(matrix) if self.explainer is not None else None
 
 
 def calibrate(scorers: dict[str, Scorer], *, n_features: int) -> Calibration:
@@ -123,15 +130,14 @@ class ModelLoader:
 
     def resolve(self, ref: ModelRef) -> ModelVersion:
         """The version ``ref`` names. ``name@version`` never changes, so it is remembered;
-        a bare name (the active version) is remembered for ``ref_ttl_seconds``, which
-        saves a query per micro-batch at the price of seeing a new version that much later.
+        a bare name (the active version) or an alias (``name@champion``) is remembered
+        for ``ref_ttl_seconds``, which saves a query per micro-batch at the price of
+        seeing a new version or a moved alias that much later.
         """
         now = time.monotonic()
         with self._lock:
             cached = self._refs.get(ref)
-        if cached is not None and (
-            ref.version is not None or now - cached[0] < self.ref_ttl_seconds
-        ):
+        if cached is not None and (ref.is_exact or now - cached[0] < self.ref_ttl_seconds):
             return cached[1]
         version = self.store.get_model(ref)
         with self._lock:
@@ -160,8 +166,9 @@ class ModelLoader:
         if version.onnx_sha256 is not None:
             content = self.store.load_artifact(version.onnx_sha256)
             scorers["onnx"] = OnnxScorer(content, threads=self.onnx_threads)
-        if ForestScorer.supports(estimator):
-            scorers["numpy"] = ForestScorer(estimator)
+        forest = ForestScorer(estimator) if ForestScorer.supports(estimator) else None
+        if forest is not None:
+            scorers["numpy"] = forest
         scorers = _faithful(scorers, version)
         calibration = None
         if self.calibrate:
@@ -172,7 +179,10 @@ class ModelLoader:
                 {size: calibration.best(size) for size in calibration.sizes},
                 calibration.row_cost_us(),
             )
-        return LoadedModel(version=version, scorers=scorers, calibration=calibration)
+        explainer = explainer_for(estimator, profile=version.profile, forest=forest)
+        return LoadedModel(
+            version=version, scorers=scorers, calibration=calibration, explainer=explainer
+        )
 
 
 def _faithful(scorers: dict[str, Scorer], version: ModelVersion) -> dict[str, Scorer]:

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, text
 
 from pynomaly_workers.adapters.stores.tables import UtcDateTime
+from pynomaly_workers.contract import FAILED, SUCCEEDED
 
 MATERIALIZED_VIEWS = ("mv_recent_anomalies", "mv_model_performance", "mv_dataset_summary")
 TABLES = (
@@ -25,6 +26,7 @@ TABLES = (
     "model_artifacts",
 )
 _RETENTION_BATCH = 10_000
+_FINAL = {"done": SUCCEEDED, "given_up": FAILED}
 
 
 class SqlMaintenance:
@@ -65,7 +67,7 @@ class SqlMaintenance:
         )
         jobs = self._delete_in_batches(
             "DELETE FROM detection_jobs WHERE id IN (SELECT id FROM detection_jobs "
-            "WHERE created_at < :cutoff AND status IN ('succeeded', 'failed') LIMIT :batch)",
+            "WHERE created_at < :cutoff AND status IN (:done, :given_up) LIMIT :batch)",
             cutoff=cutoff,
         )
         return {"cutoff": cutoff.isoformat(), "anomalies_deleted": anomalies, "jobs_deleted": jobs}
@@ -75,9 +77,8 @@ class SqlMaintenance:
         while True:
             with self.engine.begin() as conn:
                 query = text(statement).bindparams(bindparam("cutoff", type_=UtcDateTime()))
-                deleted = conn.execute(
-                    query, {"cutoff": cutoff, "batch": _RETENTION_BATCH}
-                ).rowcount
+                parameters = {"cutoff": cutoff, "batch": _RETENTION_BATCH, **_FINAL}
+                deleted = conn.execute(query, parameters).rowcount
             total += deleted
             if deleted < _RETENTION_BATCH:
                 return total

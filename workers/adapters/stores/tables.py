@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from pynomaly_workers.contract import JOB_STATUSES
+
 # Integer on SQLite (so the key is the rowid and autoincrements), BIGINT on PostgreSQL.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -93,6 +95,7 @@ class ModelRow(Base):
     n_training_rows: Mapped[int] = mapped_column(BigInteger)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
+    profile: Mapped[dict[str, Any] | None]
 
     __table_args__ = (
         UniqueConstraint("name", "version", name="uq_models_name_version"),
@@ -106,6 +109,34 @@ class ModelRow(Base):
             postgresql_where=text("active"),
             sqlite_where=text("active"),
         ),
+    )
+
+
+class ModelAliasRow(Base):
+    """Where each movable alias (``champion``, ``challenger``, ...) of a model points."""
+
+    __tablename__ = "model_aliases"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    updated_at: Mapped[datetime]
+
+
+class ModelAliasMoveRow(Base):
+    """Every move of an alias, kept so a rollback knows where it pointed before."""
+
+    __tablename__ = "model_alias_moves"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    alias: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    previous_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    action: Mapped[str] = mapped_column(String(16))
+    moved_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("idx_model_alias_moves_alias", "name", "alias", text("id DESC")),
+        CheckConstraint("action IN ('set', 'rollback')", name="action_valid"),
     )
 
 
@@ -153,7 +184,8 @@ class DetectionJobRow(Base):
 
     __table_args__ = (
         CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed')", name="status_valid"
+            f"status IN ({', '.join(repr(status) for status in JOB_STATUSES)})",
+            name="status_valid",
         ),
         Index("idx_detection_jobs_created", text("created_at DESC")),
         Index("idx_detection_jobs_status", "status", text("created_at DESC")),
@@ -186,6 +218,7 @@ class AnomalyRow(Base):
     score: Mapped[float] = mapped_column(Float)
     severity: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16), default="active")
+    explanation: Mapped[dict[str, Any] | None]
 
     __table_args__ = (
         UniqueConstraint("job_id", "record_index", name="uq_anomalies_job_record"),

@@ -1,0 +1,17 @@
+"""The SQL store (PostgreSQL and SQLite; SQLAlchemy 2 Core and ORM), one module per role:
+``models`` (the registry), ``jobs`` (the job lifecycle, settling small jobs), ``fan_out``
+(chunked jobs), ``anomalies`` and ``datasets``."""
+
+from __future__ import annotations
+
+from pynomaly_workers.adapters.stores.sql.anomalies import SqlAnomalyStore
+from pynomaly_workers.adapters.stores.sql.datasets import SqlDatasetStore
+from pynomaly_workers.adapters.stores.sql.fan_out import SqlFanOutStore
+from pynomaly_workers.adapters.stores.sql.models import SqlModelStore
+from pynomaly_workers.adapters.stores.sql.rows import sha256
+
+__all__ = ["SqlStore", "sha256"]
+
+
+class SqlStore(SqlModelStore, SqlFanOutStore, SqlAnomalyStore, SqlDatasetStore):
+    """Every store role on one SQLAlchemy engine (one database holds them together)."""

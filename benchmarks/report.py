@@ -35,6 +35,8 @@ ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("small jobs to results", ("small_jobs", "result_jobs_per_s"), "jobs/s"),
     ("celery no-op throughput", ("small_jobs", "celery_noop_jobs_per_s"), "jobs/s"),
     ("small jobs / no-op", ("small_jobs", "ratio_to_noop"), "x"),
+    ("small jobs, profiling off", ("small_jobs", "profiling_off_jobs_per_s"), "jobs/s"),
+    ("drift profiling overhead", ("small_jobs", "profiling_overhead"), "fraction"),
     ("cache cold (slow model)", ("cache", "cold_s"), "s"),
     ("cache warm (slow model)", ("cache", "warm_s"), "s"),
     ("cache speedup", ("cache", "speedup"), "x"),

@@ -191,8 +191,9 @@ def cache_on_runs(stack: Stack, app: Celery, inputs: Inputs) -> dict[str, list[f
 
 def cache_off_runs(run: Run, stack: Stack, inputs: Inputs) -> list[float]:
     """The same job on a worker started with ``PYNOMALY_CACHE_URL`` empty. That worker
-    also runs without explanations, for the bulk job's ``explain_overhead`` (the bulk
-    model, IsolationForest, skips the cache either way)."""
+    also runs without explanations and drift profiling, for the bulk job's
+    ``explain_overhead`` and the small jobs' ``profiling_overhead`` (the model of both,
+    IsolationForest, skips the cache either way)."""
     with (
         running_worker(
             stack, cache=False, name="worker-cache-off", extra_env=NO_EXPLANATIONS
@@ -209,6 +210,10 @@ def cache_off_runs(run: Run, stack: Stack, inputs: Inputs) -> list[float]:
                 rows=run.sizes.bulk_rows,
                 worker_pid=worker.process.pid,
             )["job"]
+        with run.section("small_jobs_profiling_off"):
+            run.results["small_jobs_profiling_off"] = small_jobs.run_detect_only(
+                stack, app, inputs.small_jobs
+            )
         cache.warm_sources(stack, app, model=IFOREST_MODEL, source=inputs.cache_csv)
         return cache.repeated(
             stack,
@@ -228,7 +233,7 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
         "bulk": bulk_section(results),
         "bulk_s3": bulk_s3_section(results),
         "naive": results.get("naive"),
-        "small_jobs": results.get("small_jobs"),
+        "small_jobs": small_jobs_section(results),
         "cache": cache_section(results),
         "memory": results.get("bulk", {}).get("memory"),
         "training": results.get("training"),
@@ -239,7 +244,7 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-NO_EXPLANATIONS = {"PYNOMALY_EXPLAIN_TOP_FEATURES": "0"}
+NO_EXPLANATIONS = {"PYNOMALY_EXPLAIN_TOP_FEATURES": "0", "PYNOMALY_DRIFT_PROFILING": "false"}
 
 
 def bulk_section(results: dict[str, Any]) -> dict[str, Any] | None:
@@ -258,6 +263,21 @@ def bulk_section(results: dict[str, Any]) -> dict[str, Any] | None:
         "explain_off_records_per_s": explain_off.get("records_per_s"),
         "explain_overhead": overhead(job["records_per_s"], explain_off.get("records_per_s")),
         "limit": limit or None,
+    }
+
+
+def small_jobs_section(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The small-job figures, with the same detection figures measured on a worker
+    without drift profiling (and explanations) beside them."""
+    section = results.get("small_jobs")
+    if section is None:
+        return None
+    off = results.get("small_jobs_profiling_off") or {}
+    return {
+        **section,
+        "profiling_off_jobs_per_s": off.get("jobs_per_s"),
+        "profiling_off_latency_ms": off.get("latency_ms"),
+        "profiling_overhead": overhead(section.get("jobs_per_s"), off.get("jobs_per_s")),
     }
 
 

@@ -268,6 +268,21 @@ def measure_kind(stack: Stack, app: Celery, kind: Kind, rows: SmallJobRows) -> d
     return {**latency, **throughput_figures(sent, outcome), **results}
 
 
+def detect_kind(stack: Stack, app: Celery) -> Kind:
+    """One-record ``pynomaly.detect`` jobs, finished by their job rows and results."""
+    return Kind(
+        make_sender=lambda prefix, records: detect_sender(app, prefix=prefix, records=records),
+        collect=lambda prefix, sent, timeout: detection_outcome(stack, prefix, sent, timeout),
+        finished=lambda prefix, _sent: finished_count(stack.engine, prefix),
+        results=lambda sent, timeout: ping_outcome(stack, sent, timeout),
+    )
+
+
+def run_detect_only(stack: Stack, app: Celery, rows: SmallJobRows) -> dict[str, Any]:
+    """The detection figures alone (e.g. on a worker with a feature turned off)."""
+    return measure_kind(stack, app, detect_kind(stack, app), rows)
+
+
 def run_small_jobs(stack: Stack, app: Celery, rows: SmallJobRows) -> dict[str, Any]:
     """Both kinds, Celery's no-op first; ratios between them."""
     noop = Kind(
@@ -275,12 +290,7 @@ def run_small_jobs(stack: Stack, app: Celery, rows: SmallJobRows) -> dict[str, A
         collect=lambda _prefix, sent, timeout: ping_outcome(stack, sent, timeout),
         finished=lambda _prefix, sent: ping_results(stack, sent),
     )
-    detect = Kind(
-        make_sender=lambda prefix, records: detect_sender(app, prefix=prefix, records=records),
-        collect=lambda prefix, sent, timeout: detection_outcome(stack, prefix, sent, timeout),
-        finished=lambda prefix, _sent: finished_count(stack.engine, prefix),
-        results=lambda sent, timeout: ping_outcome(stack, sent, timeout),
-    )
+    detect = detect_kind(stack, app)
     noop_figures = measure_kind(stack, app, noop, rows)
     return summarize(
         measure_kind(stack, app, detect, rows), noop_figures, rate_offered=stack.sizes.small_rate

@@ -14,6 +14,7 @@ TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
     ("bulk_ratio_to_limit", ("bulk", "ratio_to_limit"), ">=", 0.8),
     ("bulk_speedup_vs_naive", ("bulk", "speedup_vs_naive"), ">=", 500),
     ("bulk_explain_overhead", ("bulk", "explain_overhead"), "<=", 0.10),
+    ("small_jobs_profiling_overhead", ("small_jobs", "profiling_overhead"), "<=", 0.05),
     ("small_jobs_p50_ms", ("small_jobs", "latency_ms", "p50"), "<=", 5),
     ("small_jobs_p99_ms", ("small_jobs", "latency_ms", "p99"), "<=", 25),
     ("small_jobs_ratio_to_noop", ("small_jobs", "ratio_to_noop"), ">=", 0.8),

@@ -11,7 +11,8 @@ from pynomaly_workers.settings import Settings
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Maintenance on a schedule: views every 5 minutes, VACUUM nightly, retention daily."""
+    """Maintenance on a schedule: views every 5 minutes, drift hourly, VACUUM nightly,
+    retention daily."""
     del settings  # the intervals become settings when operators ask for them
     return {
         "refresh-views": {
@@ -26,5 +27,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "retention": {
             "task": maintenance_task("retention"),
             "schedule": crontab(hour="2", minute="30"),
+        },
+        "drift": {
+            "task": maintenance_task("drift"),
+            "schedule": 3600.0,
+            "options": {"expires": 3500},
         },
     }

@@ -9,6 +9,7 @@ from celery import Celery, Task
 
 from pynomaly_workers.bootstrap import get_adapters
 from pynomaly_workers.contract import maintenance_task
+from pynomaly_workers.services.drift import check_drift
 from pynomaly_workers.settings import Settings
 from pynomaly_workers.tasks.base import retry_options
 
@@ -26,6 +27,12 @@ def register(app: Celery, settings: Settings) -> None:
     def vacuum_analyze(self: Task) -> dict[str, Any]:  # type: ignore[type-arg]
         """VACUUM (ANALYZE) the tables."""
         return get_adapters().maintenance.vacuum_analyze()
+
+    @app.task(name=maintenance_task("drift"), **options)
+    def drift(self: Task, model: str | None = None) -> dict[str, Any]:  # type: ignore[type-arg]
+        """Compare each model version's recent data with its training profile."""
+        reports = check_drift(get_adapters(), model=model)
+        return {"checked": len(reports), "drifted": [r["model"] for r in reports if r["drifted"]]}
 
     @app.task(name=maintenance_task("retention"), **options)
     def retention(self: Task, days: int | None = None) -> dict[str, Any]:  # type: ignore[type-arg]

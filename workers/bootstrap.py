@@ -19,6 +19,7 @@ from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
 from pynomaly_workers.adapters.stores.sql import SqlStore
 from pynomaly_workers.domain.ports import PredictionCache
 from pynomaly_workers.services.context import Adapters, SystemClock
+from pynomaly_workers.services.drift import DriftProfiler
 from pynomaly_workers.settings import Settings, get_settings
 
 _lock = Lock()
@@ -51,6 +52,7 @@ def bootstrap(settings: Settings) -> Adapters:
         clock=SystemClock(),
         maintenance=SqlMaintenance(engine),
         database=SqlProbe(engine),
+        drift=build_drift_profiler(settings, store),
         close=close,
         forget_after_fork=lambda: engine.dispose(close=False),
     )
@@ -63,6 +65,17 @@ def s3_options(settings: Settings) -> S3Options:
         region=settings.s3_region,
         access_key_id=settings.s3_access_key_id,
         secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+    )
+
+
+def build_drift_profiler(settings: Settings, store: SqlStore) -> DriftProfiler | None:
+    """Drift counting while scoring, unless ``PYNOMALY_DRIFT_PROFILING`` is off."""
+    if not settings.drift_profiling:
+        return None
+    return DriftProfiler(
+        store,
+        window_seconds=settings.drift_window_seconds,
+        flush_seconds=settings.drift_flush_seconds,
     )
 
 
@@ -89,6 +102,15 @@ def get_adapters() -> Adapters:
         if _adapters is None:
             _adapters = bootstrap(get_settings())
         return _adapters
+
+
+def flush_adapters() -> None:
+    """Store what this process counted but has not stored yet (at process exit); does
+    nothing if the process never built its adapters."""
+    with _lock:
+        adapters = _adapters
+    if adapters is not None and adapters.drift is not None:
+        adapters.drift.flush(now=adapters.clock.now())
 
 
 def reset_adapters() -> None:

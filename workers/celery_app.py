@@ -142,6 +142,8 @@ def _reset_after_fork(**_: Any) -> None:
 
 
 def _forget_process_metrics(pid: int | None = None, **_: Any) -> None:
+    from pynomaly_workers.bootstrap import flush_adapters
     from pynomaly_workers.metrics import process_exited
 
+    flush_adapters()
     process_exited(pid or os.getpid())

@@ -19,6 +19,7 @@ import click
 from pydantic import ValidationError
 
 from pynomaly_workers.contract import (
+    ALGORITHMS,
     FAILED,
     FINAL_STATUSES,
     JOB_STATUSES,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from pynomaly_workers.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
-MAINTENANCE_JOBS = ("refresh_views", "vacuum_analyze", "retention")
+MAINTENANCE_JOBS = ("refresh_views", "vacuum_analyze", "retention", "drift")
 
 
 def fail(message: str, *, code: int = 1) -> NoReturn:
@@ -282,7 +283,7 @@ def input_options(func: F) -> F:
 @click.option("--model", required=True, help="Name to register the new version under.")
 @click.option(
     "--algorithm",
-    type=click.Choice(["iforest", "lof", "ocsvm", "elliptic"]),
+    type=click.Choice(ALGORITHMS),
     default="iforest",
     show_default=True,
 )
@@ -587,6 +588,52 @@ def _top_features(explanation: dict[str, Any] | None, *, k: int = 3) -> str:
     return ", ".join(f"{item['feature']} {item['contribution']:.3g}" for item in top)
 
 
+@models.command("compare")
+@click.argument("name")
+@json_option
+def models_compare(name: str, as_json: bool) -> None:
+    """How NAME@challenger compared with NAME@champion on the records it shadowed
+    (PYNOMALY_SHADOW_FRACTION): flags each raised, agreement, score correlation."""
+    found = _adapters().store.shadow_comparison(name)
+    if not found and not as_json:
+        fail(
+            f"no shadow scoring recorded for {name!r}: point {name}@champion and "
+            f"{name}@challenger at versions, set PYNOMALY_SHADOW_FRACTION on the workers "
+            f"(e.g. 0.1) and send jobs to model '{name}@champion'"
+        )
+    emit(
+        found,
+        as_json=as_json,
+        human=lambda: click.echo(
+            table(
+                [
+                    [
+                        c["champion_version"],
+                        c["challenger_version"],
+                        c["n_records"],
+                        c["champion_flags"],
+                        c["challenger_flags"],
+                        c["both_flags"],
+                        c["agreement"],
+                        c["score_correlation"],
+                    ]
+                    for c in found
+                ],
+                [
+                    "champion",
+                    "challenger",
+                    "records",
+                    "flags A",
+                    "flags B",
+                    "both",
+                    "agree",
+                    "corr",
+                ],
+            )
+        ),
+    )
+
+
 def _print_move(moved: AliasMove) -> None:
     before = f"version {moved.previous_version}" if moved.previous_version else "nothing"
     click.echo(f"{moved.name}@{moved.alias} -> version {moved.version} (was {before})")
@@ -686,6 +733,45 @@ def datasets_list(as_json: bool) -> None:
     )
 
 
+# -- drift -----------------------------------------------------------------------------
+@main.command()
+@click.option("--model", default=None, help="Only this model name.")
+@json_option
+def drift(model: str | None, as_json: bool) -> None:
+    """Has each model's recent data drifted from what it was trained on? Per feature: PSI,
+    chi-squared p-value (Benjamini-Hochberg corrected), drifted; the score distribution;
+    the flagged rate against the training contamination. Exit 3 if anything drifted."""
+    from pynomaly_workers.services.drift import check_drift
+
+    reports = check_drift(_adapters(), model=model)
+    emit(reports, as_json=as_json, human=lambda: _print_drift(reports))
+    if any(r["drifted"] for r in reports):
+        sys.exit(3)
+
+
+def _print_drift(reports: list[dict[str, Any]]) -> None:
+    if not reports:
+        click.echo("no model scored anything in the look-back period")
+    for report in reports:
+        verdict = click.style("DRIFTED", fg="red") if report["drifted"] else "stable"
+        click.echo(
+            f"{report['model']}@{report['model_version']}: {verdict} "
+            f"({report['n_records']} records, {report['status']})"
+        )
+        if report["status"] != "checked":
+            continue
+        rows = [
+            [f["feature"], f["psi"], f["p_value"], f["q_value"], "yes" if f["drifted"] else ""]
+            for f in report["features"]
+        ]
+        click.echo(table(rows, ["feature", "psi", "p", "q (BH)", "drifted"]))
+        score, rate = report["score"], report["flag_rate"]
+        click.echo(f"score: psi {score['psi']:.3f}, p {score['p_value']:.3g}")
+        click.echo(
+            f"flagged: {rate['observed']:.4f} vs {rate['expected']:.4f} (p {rate['p_value']:.3g})\n"
+        )
+
+
 # -- operations ------------------------------------------------------------------------
 @main.command()
 @click.argument("name", type=click.Choice(MAINTENANCE_JOBS))
@@ -701,6 +787,10 @@ def maintenance(name: str, inline: bool, timeout: float, as_json: bool) -> None:
         if name == "retention":
             cutoff = adapters.clock.now() - timedelta(days=adapters.settings.retention_days)
             report = adapters.maintenance.retention(cutoff=cutoff)
+        elif name == "drift":
+            from pynomaly_workers.services.drift import check_drift
+
+            report = {"reports": check_drift(adapters)}
         else:
             report = getattr(adapters.maintenance, name)()
     else:

@@ -65,7 +65,7 @@ FINAL_STATUSES: Final[tuple[JobStatus, ...]] = (SUCCEEDED, FAILED)
 """A job in one of these never changes again."""
 
 # -- keyword arguments -------------------------------------------------------------------
-ALGORITHMS: Final = ("iforest", "lof", "ocsvm", "elliptic")
+ALGORITHMS: Final = ("iforest", "lof", "ocsvm", "elliptic", "hbos", "ecod")
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 JOB_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 ALIAS_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"

@@ -103,6 +103,27 @@ class Settings(BaseSettings):
         "size (training and ONNX export grow a process for good); 0 = never.",
     )
 
+    shadow_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of the records sent to NAME@champion also scored by "
+        "NAME@challenger; 0 = no shadow scoring.",
+    )
+
+    # Drift monitoring.
+    drift_profiling: bool = Field(
+        default=True, description="Fold scored records into drift counts while scoring."
+    )
+    drift_window_seconds: int = Field(default=3_600, gt=0)
+    drift_flush_seconds: float = Field(
+        default=10.0, ge=0, description="How often a worker process adds its counts."
+    )
+    drift_lookback_hours: float = Field(default=24.0, gt=0)
+    drift_alpha: float = Field(default=0.01, gt=0, lt=1)
+    drift_psi_threshold: float = Field(default=0.1, ge=0)
+    drift_min_records: int = Field(default=500, gt=0)
+
     # Operations.
     metrics_port: int = Field(default=9808, ge=0, le=65_535)
     flower_basic_auth: str = ""

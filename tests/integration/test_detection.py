@@ -321,3 +321,23 @@ def test_explanations_can_be_turned_off(
     assert all("explanation" not in t for t in summary["top_anomalies"])
     assert all(a.explanation is None for a in adapters.store.list_anomalies(job_id="job-1"))
     adapters.close()
+
+
+@pytest.mark.parametrize("algorithm", ["hbos", "ecod"])
+def test_hbos_and_ecod_detect_and_explain_exactly(adapters: Adapters, algorithm: str) -> None:
+    # Given a model of the algorithm, and rows with the usual outliers
+    version = train(adapters, algorithm=algorithm)
+
+    # When they are scored
+    summary = detect(adapters, records=rows_with_outliers())
+
+    # Then the outliers are found, each explained by terms that add up to its score
+    found = {a.record_index: a for a in adapters.store.list_anomalies(job_id="job-1")}
+    assert {3, 50, 120} <= set(found)
+    for index in (3, 50, 120):
+        explanation = found[index].explanation
+        assert explanation is not None
+        assert (explanation["method"], explanation["exact"]) == ("feature_scores", True)
+        total = sum(item["contribution"] for item in explanation["top"])
+        assert total == pytest.approx(found[index].score, rel=1e-9)
+    assert summary["model_version"] == version.version

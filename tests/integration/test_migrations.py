@@ -42,11 +42,15 @@ TABLES = {
     "datasets",
     "detection_chunks",
     "detection_jobs",
+    "drift_reports",
+    "drift_windows",
     "metrics",
     "model_alias_moves",
     "model_aliases",
     "model_artifacts",
     "models",
+    "shadow_anomalies",
+    "shadow_results",
 }
 
 

@@ -19,7 +19,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize(
     ("algorithm", "has_onnx"),
-    [("iforest", True), ("lof", True), ("ocsvm", True), ("elliptic", False)],
+    [
+        ("iforest", True),
+        ("lof", True),
+        ("ocsvm", True),
+        ("elliptic", False),
+        ("hbos", False),
+        ("ecod", False),
+    ],
 )
 def test_each_algorithm_registers_a_calibrated_version(
     adapters: Adapters, algorithm: str, has_onnx: bool

@@ -391,12 +391,12 @@ def test_every_listed_algorithm_is_accepted(algorithm: str) -> None:
 
 
 def test_the_contract_algorithms_are_all_available() -> None:
-    assert {"iforest", "lof", "ocsvm", "elliptic"} <= set(ALGORITHMS)
+    assert {"iforest", "lof", "ocsvm", "elliptic", "hbos", "ecod"} <= set(ALGORITHMS)
 
 
 @pytest.mark.parametrize("algorithm", ["svm", "IForest", "", None, 3, "iforest "])
 def test_an_unknown_algorithm_is_rejected_with_the_choices(algorithm: object) -> None:
-    expected = f"algorithm {algorithm!r} is not one of iforest, lof, ocsvm, elliptic"
+    expected = f"algorithm {algorithm!r} is not one of iforest, lof, ocsvm, elliptic, hbos, ecod"
 
     with pytest.raises(InvalidMessage, match=f"^{re.escape(expected)}$"):
         train(model="m", dataset="d", algorithm=algorithm)

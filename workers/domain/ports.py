@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -11,12 +11,14 @@ import numpy as np
 import numpy.typing as npt
 
 from pynomaly_workers.contract import JobStatus
+from pynomaly_workers.domain.drift import DriftCounts
 from pynomaly_workers.domain.explain import Attribution
 from pynomaly_workers.domain.jobs import ChunkTally, JobSummary
 from pynomaly_workers.domain.models import AliasMove, ModelRef, ModelVersion
 from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, ScoreStats
+from pynomaly_workers.domain.shadow import ShadowTally
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +250,45 @@ class DatasetStore(Protocol):
         """All datasets, newest first."""
 
 
-class Store(ModelStore, JobStore, AnomalyStore, DatasetStore, Protocol):
-    """All four roles; one database implements them together."""
+class DriftStore(Protocol):
+    """Per-window counts of what each model version scored, and drift reports."""
+
+    def add_drift_counts(
+        self, counts: Mapping[tuple[int, datetime], DriftCounts], *, now: datetime
+    ) -> None:
+        """Add counts, keyed by (model version id, window start), to the stored ones."""
+
+    def drift_windows(self, *, since: datetime) -> dict[int, list[DriftCounts]]:
+        """Per model version id, the counts of the windows starting at ``since`` or later."""
+
+    def save_drift_report(
+        self, model_id: int, report: dict[str, Any], *, drifted: bool, now: datetime
+    ) -> None:
+        """Keep the outcome of one drift check."""
+
+
+class ShadowStore(Protocol):
+    """How challengers compare with the champions they shadow."""
+
+    def add_shadow(
+        self,
+        job_id: str,
+        chunk_index: int,
+        *,
+        champion_id: int,
+        challenger_id: int,
+        tally: ShadowTally,
+        flagged: Sequence[tuple[int, float, float]],
+        now: datetime,
+    ) -> None:
+        """Record a chunk's comparison and the challenger's flagged records, once."""
+
+    def shadow_comparison(self, name: str) -> list[dict[str, Any]]:
+        """Per (champion, challenger) version pair of the model: flags and scores compared."""
+
+
+class Store(ModelStore, JobStore, AnomalyStore, DatasetStore, DriftStore, ShadowStore, Protocol):
+    """Every role; one database implements them together."""
 
 
 class Scorer(Protocol):

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pynomaly_workers.domain.drift import DriftCounts
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores
 
@@ -56,6 +57,8 @@ class TrainingProfile:
     scale: tuple[float, ...]
     features: tuple[Histogram, ...]
     scores: Histogram
+    names: tuple[str, ...] | None = None
+    """Feature column names, when the training data had them."""
 
     @property
     def n_features(self) -> int:
@@ -68,6 +71,7 @@ class TrainingProfile:
             "scale": list(self.scale),
             "features": [h.to_dict() for h in self.features],
             "scores": self.scores.to_dict(),
+            "names": list(self.names) if self.names is not None else None,
         }
 
     @classmethod
@@ -78,10 +82,34 @@ class TrainingProfile:
             scale=tuple(float(v) for v in data["scale"]),
             features=tuple(Histogram.from_dict(h) for h in data["features"]),
             scores=Histogram.from_dict(data["scores"]),
+            names=tuple(data["names"]) if data.get("names") else None,
+        )
+
+    @property
+    def width(self) -> int:
+        """Bins of the widest feature histogram (drift counts are padded to it)."""
+        return max(len(h.counts) for h in self.features)
+
+    def feature_label(self, index: int) -> str | int:
+        """A feature's name, or its index when the training data had no names."""
+        return self.names[index] if self.names is not None else index
+
+    def count(self, matrix: Matrix, scores: Scores, *, n_flagged: int) -> DriftCounts:
+        """``matrix`` and its ``scores`` folded into this profile's bins."""
+        width = self.width
+        features = np.zeros((self.n_features, width), dtype=np.int64)
+        for j, hist in enumerate(self.features):
+            counts = bin_counts(matrix[:, j], hist.edges)
+            features[j, : len(counts)] = counts
+        score_counts = bin_counts(np.asarray(scores, dtype=np.float64), self.scores.edges)
+        return DriftCounts(
+            n_records=len(matrix), n_flagged=n_flagged, features=features, scores=score_counts
         )
 
 
-def profile_training_data(matrix: Matrix, scores: Scores) -> TrainingProfile:
+def profile_training_data(
+    matrix: Matrix, scores: Scores, *, names: tuple[str, ...] | None = None
+) -> TrainingProfile:
     """The profile of the rows a model was fitted on and their anomaly scores."""
     median = np.median(matrix, axis=0)
     mad = np.median(np.abs(matrix - median), axis=0) * _MAD_TO_SIGMA
@@ -93,4 +121,5 @@ def profile_training_data(matrix: Matrix, scores: Scores) -> TrainingProfile:
         scale=tuple(float(v) for v in scale),
         features=tuple(histogram(matrix[:, j]) for j in range(matrix.shape[1])),
         scores=histogram(np.asarray(scores, dtype=np.float64)),
+        names=names,
     )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import (
     DatabaseProbe,
     Maintenance,
@@ -18,6 +19,8 @@ from pynomaly_workers.domain.ports import (
     Store,
     Trainer,
 )
+from pynomaly_workers.domain.records import Matrix
+from pynomaly_workers.domain.scoring import Scores
 from pynomaly_workers.settings import Settings
 
 
@@ -29,6 +32,18 @@ class Clock(Protocol):
 
     def monotonic(self) -> float:
         """Seconds from an arbitrary origin, never going back."""
+
+
+class DriftObserver(Protocol):
+    """Folds scored records into drift counts (see ``services/drift.py``)."""
+
+    def observe(
+        self, version: ModelVersion, matrix: Matrix, scores: Scores, *, now: datetime
+    ) -> None:
+        """Count the records a version scored."""
+
+    def flush(self, *, now: datetime) -> None:
+        """Store what was counted so far."""
 
 
 class SystemClock:
@@ -59,6 +74,7 @@ class Adapters:
     clock: Clock
     maintenance: Maintenance
     database: DatabaseProbe
+    drift: DriftObserver | None = None
     close: Callable[[], None] = field(default=_nothing)
     """Release connections and sockets (at shutdown, or the end of a test)."""
     forget_after_fork: Callable[[], None] = field(default=_nothing)

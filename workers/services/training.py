@@ -32,13 +32,13 @@ class OnnxCandidate:
 
 def train_model(adapters: Adapters, request: TrainingRequest) -> ModelVersion:
     """Fit, calibrate and register a new immutable version of ``request.model``."""
-    matrix = load_training_matrix(adapters, request)
+    matrix, names = load_training_data(adapters, request)
     fit_rows, holdout = split_holdout(matrix)
     fitted = adapters.trainer.fit(
         request.algorithm, fit_rows, contamination=request.contamination, params=request.params
     )
     stats = fit_score_stats(fitted.training_scores, contamination=request.contamination)
-    profile = profile_training_data(fit_rows, fitted.training_scores)
+    profile = profile_training_data(fit_rows, fitted.training_scores, names=names)
     tolerance = adapters.settings.onnx_parity_tolerance
     candidate = onnx_candidate(adapters.trainer, fitted, holdout, tolerance=tolerance)
     draft = ModelDraft(
@@ -57,10 +57,13 @@ def train_model(adapters: Adapters, request: TrainingRequest) -> ModelVersion:
     return adapters.store.register_model(draft, now=adapters.clock.now())
 
 
-def load_training_matrix(adapters: Adapters, request: TrainingRequest) -> Matrix:
-    """All training rows as one matrix, bounded by ``max_training_rows``."""
+def load_training_data(
+    adapters: Adapters, request: TrainingRequest
+) -> tuple[Matrix, tuple[str, ...] | None]:
+    """All training rows as one matrix (bounded by ``max_training_rows``), and the
+    feature column names when the input has them."""
     limit = adapters.settings.max_training_rows
-    parts, total = [], 0
+    parts, total, names = [], 0, None
     for chunk in iter_chunks(
         request.input,
         datasets=adapters.store,
@@ -74,10 +77,11 @@ def load_training_matrix(adapters: Adapters, request: TrainingRequest) -> Matrix
                 "PYNOMALY_MAX_TRAINING_ROWS"
             )
         parts.append(chunk.matrix)
+        names = tuple(chunk.features) if chunk.features is not None else None
     matrix = np.vstack(parts) if parts else np.empty((0, 0))
     if len(matrix) < MIN_TRAINING_ROWS:
         raise InvalidRecords(f"training needs at least {MIN_TRAINING_ROWS} rows, got {len(matrix)}")
-    return matrix
+    return matrix, names
 
 
 def split_holdout(matrix: Matrix) -> tuple[Matrix, Matrix]:

@@ -48,6 +48,15 @@ class Calibration:
         index = min(index, len(self.sizes) - 1)
         return min(self.seconds, key=lambda backend: self.seconds[backend][index])
 
+    def winners(self) -> set[str]:
+        """The backends that are fastest at some calibrated batch size."""
+        return {self.best(size) for size in self.sizes}
+
+    def pruned(self) -> Calibration:
+        """The same measurements without the backends that never win."""
+        keep = self.winners()
+        return Calibration(self.sizes, {k: v for k, v in self.seconds.items() if k in keep})
+
     def row_cost_us(self) -> float:
         """Microseconds per row of the best backend on the largest calibrated batch."""
         largest = self.sizes[-1]
@@ -172,7 +181,13 @@ class ModelLoader:
         scorers = _faithful(scorers, version)
         calibration = None
         if self.calibrate:
-            calibration = calibrate(scorers, n_features=version.n_features)
+            calibration = calibrate(scorers, n_features=version.n_features).pruned()
+            # A backend that wins no batch size is never used: drop it, and with it (for
+            # ONNX) a session whose arena would hold memory for nothing. scikit-learn
+            # stays, as the reference (its estimator also serves explanations).
+            scorers = {
+                k: v for k, v in scorers.items() if k in calibration.seconds or k == "sklearn"
+            }
             log.info(
                 "model %s: backend by batch size %s; %.2f us/row",
                 version.label,

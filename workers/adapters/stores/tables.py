@@ -140,6 +140,57 @@ class ModelAliasMoveRow(Base):
     )
 
 
+class DriftWindowRow(Base):
+    """What one model version scored in one time window, in its training profile's bins
+    (``DriftCounts``); workers add to it as they score, no record is kept."""
+
+    __tablename__ = "drift_windows"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    counts: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime]
+
+
+class DriftReportRow(Base):
+    """The outcome of one drift check of one model version."""
+
+    __tablename__ = "drift_reports"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    checked_at: Mapped[datetime]
+    drifted: Mapped[bool] = mapped_column(Boolean)
+    report: Mapped[dict[str, Any]]
+
+    __table_args__ = (Index("idx_drift_reports_model", "model_id", text("checked_at DESC")),)
+
+
+class ShadowResultRow(Base):
+    """How a challenger scored a sample of one chunk of a champion's job (counts and
+    score sums, see ``domain/shadow.py``); once per chunk, however often it runs."""
+
+    __tablename__ = "shadow_results"
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    challenger_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    champion_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    tally: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+    __table_args__ = (Index("idx_shadow_results_pair", "champion_model_id", "challenger_model_id"),)
+
+
+class ShadowAnomalyRow(Base):
+    """A record the challenger flagged while shadowing: kept apart from ``anomalies``."""
+
+    __tablename__ = "shadow_anomalies"
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    record_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    challenger_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    severity: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime]
+
+
 class DatasetRow(Base):
     __tablename__ = "datasets"
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -21,6 +21,7 @@ from pynomaly_workers.services.detection.outcomes import (
     stored_outcome,
 )
 from pynomaly_workers.services.detection.scoring import Explaining, chunk_result, score_rows
+from pynomaly_workers.services.detection.shadow import challenger_for, shadow_chunk
 from pynomaly_workers.services.inputs import input_label
 
 
@@ -65,6 +66,7 @@ def start_fan_out(
 ) -> FannedOut:
     """Record the chunk count and the waiting task, and describe each chunk's task."""
     plan = planned.plan
+    challenger = challenger_for(adapters, request.model)
     adapters.store.start_fan_out(
         request.job_id,
         task_id=task_id,
@@ -80,6 +82,7 @@ def start_fan_out(
             "path": planned.path,
             "columns": plan.columns,
             "pin": plan.pin,
+            "shadow": challenger.label if challenger is not None else None,
             "chunk": [spec.index, spec.offset, spec.n_rows, spec.start, spec.stop],
         }
         for spec in plan.chunks
@@ -136,5 +139,15 @@ def run_chunk(adapters: Adapters, kwargs: Mapping[str, Any]) -> ChunkDone:
         chunk_index=spec.index,
         explaining=Explaining.of(adapters, loaded),
     )
+    if kwargs.get("shadow"):
+        shadow_chunk(
+            adapters,
+            job_id=job_id,
+            chunk_index=spec.index,
+            chunk=chunk,
+            champion=version,
+            champion_scores=scores,
+            challenger=adapters.models.resolve(parse_model_ref(kwargs["shadow"])),
+        )
     done = adapters.store.complete_chunk(job_id, result, version=version, top_k=top_k, now=now)
     return ChunkDone(job=done.job, final=stored_outcome(done.job) if done.completed else None)

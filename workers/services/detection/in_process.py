@@ -8,6 +8,7 @@ from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.records import check_width
 from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.detection.scoring import Explaining, chunk_result, score_rows
+from pynomaly_workers.services.detection.shadow import challenger_for, shadow_chunk
 from pynomaly_workers.services.inputs import input_label, iter_chunks
 
 
@@ -21,11 +22,14 @@ def run_in_process(
     top_k = adapters.settings.top_anomalies
     now = adapters.clock.now()
     tallies: list[ChunkTally] = []
-    for chunk in iter_chunks(
-        request.input,
-        datasets=adapters.store,
-        sources=adapters.sources,
-        chunk_rows=adapters.settings.chunk_rows,
+    challenger = challenger_for(adapters, request.model)
+    for index, chunk in enumerate(
+        iter_chunks(
+            request.input,
+            datasets=adapters.store,
+            sources=adapters.sources,
+            chunk_rows=adapters.settings.chunk_rows,
+        )
     ):
         check_width(chunk.matrix, n_features=version.n_features, model=version.label)
         scores, hits = score_rows(adapters, loaded, chunk.matrix)
@@ -41,6 +45,16 @@ def run_in_process(
         )
         adapters.store.add_anomalies(result.anomalies)
         tallies.append(result.tally)
+        if challenger is not None:
+            shadow_chunk(
+                adapters,
+                job_id=request.job_id,
+                chunk_index=index,
+                chunk=chunk,
+                champion=version,
+                champion_scores=scores,
+                challenger=challenger,
+            )
     duration_ms = (adapters.clock.monotonic() - started) * 1000.0
     summary = summarize(request.job_id, version, tallies, top_k=top_k, duration_ms=duration_ms)
     adapters.store.complete_job(

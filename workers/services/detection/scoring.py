@@ -20,11 +20,21 @@ from pynomaly_workers.services.context import Adapters
 def score_rows(
     adapters: Adapters, loaded: LoadedModel, matrix: Matrix
 ) -> tuple[Scores, np.ndarray[Any, np.dtype[np.bool_]]]:
-    """Scores for the rows and which came from the prediction cache.
+    """Scores for the rows and which came from the prediction cache; the rows are also
+    counted for drift monitoring.
 
     The cache is skipped for a model whose scoring costs less per row than
     ``cache_min_row_cost_us`` (a cache round trip would cost more than it saves).
     """
+    scores, hits = _scores(adapters, loaded, matrix)
+    if adapters.drift is not None:
+        adapters.drift.observe(loaded.version, matrix, scores, now=adapters.clock.now())
+    return scores, hits
+
+
+def _scores(
+    adapters: Adapters, loaded: LoadedModel, matrix: Matrix
+) -> tuple[Scores, np.ndarray[Any, np.dtype[np.bool_]]]:
     cache = adapters.cache
     cost = loaded.row_cost_us()
     worthwhile = cost is None or cost >= adapters.settings.cache_min_row_cost_us

@@ -22,6 +22,7 @@ from pynomaly_workers.services.detection.outcomes import (
     stored_outcome,
 )
 from pynomaly_workers.services.detection.scoring import Explaining, chunk_result, score_rows
+from pynomaly_workers.services.detection.shadow import challenger_for, shadow_chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,4 +157,15 @@ def _score_group(
         )
         summary = summarize(job_id, version, [result.tally], top_k=top_k, duration_ms=elapsed_ms)
         results[job.index] = JobResult(summary, version.id, result.anomalies)
+        challenger = challenger_for(adapters, job.request.model)
+        if challenger is not None:
+            shadow_chunk(
+                adapters,
+                job_id=job_id,
+                chunk_index=0,
+                chunk=chunk,
+                champion=version,
+                champion_scores=scores[a:b],
+                challenger=challenger,
+            )
     return results, errors

@@ -39,7 +39,9 @@ def pg_engine(clean_pg: str) -> Iterator[Engine]:
 
 def empty_views(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE anomalies, detection_jobs, models, model_artifacts, datasets"))
+        conn.execute(
+            text("TRUNCATE anomalies, detection_jobs, models, model_artifacts, datasets CASCADE")
+        )
         for view in MATERIALIZED_VIEWS:
             conn.execute(text(f"REFRESH MATERIALIZED VIEW {view}"))
 

@@ -8,7 +8,9 @@ counted from the database rows, never inferred from unique keys.
 
 from __future__ import annotations
 
+import base64
 import gc
+import json
 import os
 import socket
 import subprocess
@@ -90,6 +92,20 @@ class RedisServer:
             return {"queued": client.llen("detection"), "unacked": client.hlen("unacked")}
         finally:
             client.close()
+
+    def unacked_job_ids(self) -> list[str]:
+        """The job_id of each message delivered but not acknowledged."""
+        client = redis.Redis(port=self.port)
+        try:
+            held = client.hvals("unacked")
+        finally:
+            client.close()
+        job_ids = []
+        for value in held:
+            envelope = json.loads(value)[0]
+            _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+            job_ids.append(str(kwargs.get("job_id")))
+        return job_ids
 
     def drained(self) -> bool:
         """True when nothing waits on the detection queue and nothing is delivered but

@@ -11,7 +11,7 @@ _ := $(shell mkdir -p $(VENV) && find workers tasks schedules migrations -name '
 
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick services clean
+.PHONY: install demo test test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick bench-db bench-db-quick services clean
 
 install: $(VENV)/.installed
 
@@ -64,6 +64,16 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m benchmarks --quick --json
+
+# The read side at 10M anomalies (1M quick) in its own database, pynomaly_bench, which is
+# dropped at the end: it takes a few GB.
+BENCH_DB_ARGS ?= --drop
+
+bench-db: install
+	$(BIN)/python -m benchmarks.db --json $(BENCH_DB_ARGS)
+
+bench-db-quick: install
+	$(BIN)/python -m benchmarks.db --quick --json $(BENCH_DB_ARGS)
 
 # Start the local PostgreSQL and Redis the tests use, if they are not answering.
 services:

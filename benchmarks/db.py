@@ -212,9 +212,10 @@ def copy_anomalies(engine: Engine, plan: Plan, now: datetime) -> float:
         data = anomaly_chunk(rng, jobs, plan=plan, now=now, detected=detected)
         with engine.begin() as conn:
             raw: Any = conn.connection.driver_connection
-            with raw.cursor() as cursor, cursor.copy(
-                f"COPY anomalies ({quoted}) FROM STDIN (FORMAT csv)"
-            ) as copy:
+            with (
+                raw.cursor() as cursor,
+                cursor.copy(f"COPY anomalies ({quoted}) FROM STDIN (FORMAT csv)") as copy,
+            ):
                 copy.write(data)
         if first % (jobs_per_chunk * 5) == 0:
             log(f"  copied {jobs.stop * plan.rows_per_job:,} rows")
@@ -273,8 +274,10 @@ Query = Callable[[Connection, np.random.Generator], Any]
 
 def _by_model_and_time(conn: Connection, rng: np.random.Generator) -> Any:
     # Half the calls ask for an idle model: nothing in its last day.
-    model = int(rng.integers(N_MODELS - IDLE_MODELS + 1, N_MODELS + 1)) if rng.random() < 0.5 else (
-        int(rng.integers(1, N_MODELS - IDLE_MODELS + 1))
+    model = (
+        int(rng.integers(N_MODELS - IDLE_MODELS + 1, N_MODELS + 1))
+        if rng.random() < 0.5
+        else (int(rng.integers(1, N_MODELS - IDLE_MODELS + 1)))
     )
     return conn.execute(
         text(

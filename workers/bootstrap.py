@@ -14,6 +14,7 @@ from pynomaly_workers.adapters.scorers.loader import ModelLoader
 from pynomaly_workers.adapters.sources import ArrowSourceReader
 from pynomaly_workers.adapters.stores.engine import build_engine
 from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
+from pynomaly_workers.adapters.stores.reads import SqlReads
 from pynomaly_workers.adapters.stores.sql import SqlStore
 from pynomaly_workers.domain.ports import PredictionCache
 from pynomaly_workers.services.context import Services, SystemClock
@@ -40,6 +41,7 @@ def bootstrap(settings: Settings) -> Services:
         cache=build_cache(settings),
         clock=SystemClock(),
         maintenance=SqlMaintenance(engine),
+        reads=SqlReads(engine),
     )
 
 

@@ -96,9 +96,9 @@ def create_app(settings: Settings) -> Celery:
     """A configured Celery app for ``settings``."""
     application = Celery("pynomaly_workers", include=list(TASK_MODULES))
     application.conf.update(celery_config(settings))
-    from pynomaly_workers.schedules import beat_schedule
+    from pynomaly_workers.schedules import beat_config
 
-    application.conf.beat_schedule = beat_schedule(settings)
+    application.conf.update(beat_config(settings))
     return application
 
 

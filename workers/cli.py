@@ -447,13 +447,14 @@ def _print_job(job: Any) -> None:
 
 
 @main.command()
-@click.option("--name", default=None)
+@click.option("--name", default=None, help="Only this model name.")
 @json_option
 def models(name: str | None, as_json: bool) -> None:
-    """List registered model versions."""
-    found = _services().store.list_models(name=name)
+    """List model versions with their detection record (jobs and anomalies as of the
+    last refresh of mv_model_performance)."""
+    found = _services().reads.model_performance(name=name)
     emit(
-        [_model_dict(m) for m in found],
+        [asdict(m) for m in found],
         as_json=as_json,
         human=lambda: click.echo(
             table(
@@ -465,8 +466,10 @@ def models(name: str | None, as_json: bool) -> None:
                         "*" if m.active else "",
                         m.n_features,
                         m.threshold,
-                        "yes" if m.onnx_sha256 else "no",
-                        m.artifact_sha256[:12],
+                        "yes" if m.onnx else "no",
+                        m.jobs,
+                        m.anomalies_found,
+                        m.last_job_at,
                         m.created_at,
                     ]
                     for m in found
@@ -479,7 +482,9 @@ def models(name: str | None, as_json: bool) -> None:
                     "features",
                     "threshold",
                     "onnx",
-                    "sha256",
+                    "jobs",
+                    "anomalies",
+                    "last job",
                     "created",
                 ],
             )
@@ -487,25 +492,36 @@ def models(name: str | None, as_json: bool) -> None:
     )
 
 
-def _model_dict(model: Any) -> dict[str, Any]:
-    data = asdict(model)
-    data["stats"] = {k: v for k, v in data["stats"].items() if k != "quantiles"}
-    return data
-
-
 @main.command()
-@click.option("--job-id", default=None)
-@click.option("--model", default=None, help="Model name.")
-@click.option("--min-severity", type=float, default=0.0, show_default=True)
-@click.option("--limit", default=20, show_default=True)
+@click.option("--job-id", default=None, help="Only this job's anomalies.")
+@click.option("--model", default=None, help="Model name (every version).")
+@click.option("--min-severity", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option(
+    "--newest",
+    is_flag=True,
+    help="Newest first instead of most severe first: the last --hours of --model "
+    "(its active version), or the last 7 days of every model (mv_recent_anomalies).",
+)
+@click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=24.0)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @json_option
 def anomalies(
-    job_id: str | None, model: str | None, min_severity: float, limit: int, as_json: bool
+    job_id: str | None,
+    model: str | None,
+    min_severity: float,
+    newest: bool,
+    hours: float,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """List stored anomalies, most severe first."""
-    found = _services().store.list_anomalies(
-        job_id=job_id, model=model, min_severity=min_severity, limit=limit
-    )
+    """List stored anomalies, most severe (then newest) first."""
+    services = _services()
+    if newest:
+        found = _newest_anomalies(services, model=model, hours=hours, limit=limit)
+    else:
+        found = services.reads.top_anomalies(
+            min_severity=min_severity, model=model, job_id=job_id, limit=limit
+        )
     emit(
         [asdict(a) for a in found],
         as_json=as_json,
@@ -518,6 +534,20 @@ def anomalies(
                 ["job_id", "record", "record_id", "score", "severity", "timestamp"],
             )
         ),
+    )
+
+
+def _newest_anomalies(services: Any, *, model: str | None, hours: float, limit: int) -> Any:
+    from datetime import timedelta
+
+    now = services.clock.now()
+    if model is None:
+        return services.reads.recent_anomalies(now=now, limit=limit)
+    active = [m for m in services.reads.model_performance(name=model) if m.active]
+    if not active:
+        fail(f"no active version of model {model!r}; 'pynomaly-workers models' lists them")
+    return services.reads.anomalies_of_model(
+        model_id=active[0].model_id, since=now - timedelta(hours=hours), limit=limit
     )
 
 
@@ -569,30 +599,85 @@ def datasets_list(as_json: bool) -> None:
 
 
 # -- operations ------------------------------------------------------------------------
-@main.command()
-@click.argument("name", type=click.Choice(["refresh_views", "vacuum_analyze", "retention"]))
+def _maintenance_names() -> list[str]:
+    from pynomaly_workers.services.maintenance import TASKS
+
+    return list(TASKS)
+
+
+@main.group()
+def maintenance() -> None:
+    """Run maintenance tasks and see what ran."""
+
+
+@maintenance.command("run")
+@click.argument("name", type=click.Choice(_maintenance_names()))
+@click.option("--days", type=int, default=None, help="retention: keep this many days.")
 @click.option("--inline", is_flag=True, help="Run here instead of on a maintenance worker.")
 @click.option("--timeout", type=float, default=600, show_default=True)
 @json_option
-def maintenance(name: str, inline: bool, timeout: float, as_json: bool) -> None:
-    """Run one maintenance task now."""
-    if inline:
-        from datetime import timedelta
+def maintenance_run(
+    name: str, days: int | None, inline: bool, timeout: float, as_json: bool
+) -> None:
+    """Run one maintenance task now (under its lock, recorded in maintenance_runs)."""
+    from pynomaly_workers.services.maintenance import retention_cutoff, run_maintenance
 
-        services = _services()
-        if name == "retention":
-            cutoff = services.clock.now() - timedelta(days=services.settings.retention_days)
-            report = services.maintenance.retention(cutoff=cutoff)
-        else:
-            report = getattr(services.maintenance, name)()
+    if days is not None and name != "retention":
+        fail("--days applies to 'maintenance run retention' only")
+    options = {"days": days} if days is not None else {}
+    if days is not None:
+        try:
+            retention_cutoff(days=days, now=datetime.now().astimezone())
+        except PynomalyError as exc:
+            fail(str(exc).replace("days=1", "--days 1"))
+    if inline:
+        report = run_maintenance(_services(), name, **options).to_dict()
     else:
         from pynomaly_workers.client import client_app
 
         result = client_app(_settings()).send_task(
-            f"pynomaly.maintenance.{name}", queue="maintenance"
+            f"pynomaly.maintenance.{name}", kwargs=options, queue="maintenance"
         )
         report = _wait_result(result, timeout=timeout, what=f"maintenance {name}")
-    emit(report, as_json=as_json, human=lambda: click.echo(f"{name}: {report}"))
+    emit(report, as_json=as_json, human=lambda: _print_run(report))
+    if report["outcome"] == "failed":
+        sys.exit(1)
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    click.echo(
+        f"{run['task']}: {run['outcome']} in {run['duration_ms']:.0f} ms, "
+        f"{run['rows_affected']} affected - {json.dumps(run['detail'], default=str)}"
+    )
+
+
+@maintenance.command("history")
+@click.option("--task", type=click.Choice(_maintenance_names()), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@json_option
+def maintenance_history(task: str | None, limit: int, as_json: bool) -> None:
+    """The latest maintenance runs, newest first."""
+    runs = _services().maintenance.runs(task=task, limit=limit)
+    emit(
+        runs,
+        as_json=as_json,
+        human=lambda: click.echo(
+            table(
+                [
+                    [
+                        r["started_at"],
+                        r["task"],
+                        r["outcome"],
+                        round(r["duration_ms"]),
+                        r["rows_affected"],
+                        json.dumps(r["detail"], default=str)[:80],
+                    ]
+                    for r in runs
+                ],
+                ["started", "task", "outcome", "ms", "rows", "detail"],
+            )
+        ),
+    )
 
 
 @main.command()

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from pynomaly_workers.adapters.scorers.loader import ModelLoader
 from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
+from pynomaly_workers.adapters.stores.reads import SqlReads
 from pynomaly_workers.domain.ports import PredictionCache, SourceReader, Store
 from pynomaly_workers.settings import Settings
 
@@ -44,3 +45,4 @@ class Services:
     cache: PredictionCache | None
     clock: Clock
     maintenance: SqlMaintenance
+    reads: SqlReads

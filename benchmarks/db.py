@@ -32,7 +32,10 @@ from sqlalchemy.engine import make_url
 
 from benchmarks.stats import _quantile
 from pynomaly_workers.adapters.stores.engine import normalize_url
+from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
+from pynomaly_workers.adapters.stores.reads import statement
 from pynomaly_workers.migrate import upgrade
+from pynomaly_workers.settings import Settings
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/pynomaly_bench"
 N_MODELS = 50
@@ -272,66 +275,51 @@ def seed(url: str, plan: Plan) -> dict[str, Any]:
 Query = Callable[[Connection, np.random.Generator], Any]
 
 
-def _by_model_and_time(conn: Connection, rng: np.random.Generator) -> Any:
+def _read(name: str, params: Callable[[np.random.Generator], dict[str, Any]]) -> Query:
+    """One of the project's reads (adapters/stores/reads.py) with drawn parameters."""
+    query = statement(name, dialect="postgresql")
+    return lambda conn, rng: conn.execute(query, params(rng)).all()
+
+
+def _a_model(rng: np.random.Generator) -> int:
     # Half the calls ask for an idle model: nothing in its last day.
-    model = (
-        int(rng.integers(N_MODELS - IDLE_MODELS + 1, N_MODELS + 1))
-        if rng.random() < 0.5
-        else (int(rng.integers(1, N_MODELS - IDLE_MODELS + 1)))
-    )
-    return conn.execute(
-        text(
-            "SELECT * FROM anomalies WHERE model_id = :m "
-            "AND timestamp >= now() - interval '1 day' ORDER BY timestamp DESC LIMIT 50"
-        ),
-        {"m": model},
-    ).all()
+    if rng.random() < 0.5:
+        return int(rng.integers(N_MODELS - IDLE_MODELS + 1, N_MODELS + 1))
+    return int(rng.integers(1, N_MODELS - IDLE_MODELS + 1))
 
 
-def _top_severity(conn: Connection, rng: np.random.Generator) -> Any:
-    return conn.execute(
-        text(
-            "SELECT * FROM anomalies WHERE severity >= :x "
-            "ORDER BY severity DESC, record_index LIMIT 20"
-        ),
-        {"x": float(rng.choice([0.0, 0.5, 0.9]))},
-    ).all()
+def _severity(rng: np.random.Generator) -> float:
+    return float(rng.choice([0.0, 0.5, 0.9]))
 
 
-def _top_severity_model(conn: Connection, rng: np.random.Generator) -> Any:
-    return conn.execute(
-        text(
-            "SELECT * FROM anomalies WHERE severity >= :x AND model_id IN "
-            "(SELECT id FROM models WHERE name = :name) "
-            "ORDER BY severity DESC, record_index LIMIT 20"
-        ),
-        {"x": float(rng.choice([0.0, 0.5, 0.9])), "name": f"model-{rng.integers(0, 25)}"},
-    ).all()
-
-
-def _counts_24h(conn: Connection, _rng: np.random.Generator) -> Any:
-    return conn.execute(
-        text(
-            "SELECT model_id, count(*) FROM anomalies "
-            "WHERE timestamp >= now() - interval '24 hours' GROUP BY model_id"
-        )
-    ).all()
-
-
-def _plain(sql: str) -> Query:
-    return lambda conn, _rng: conn.execute(text(sql)).all()
+def _day_ago() -> datetime:
+    return datetime.now(UTC) - timedelta(days=1)
 
 
 QUERIES: dict[str, Query] = {
-    "recent_anomalies": _plain(
-        "SELECT * FROM mv_recent_anomalies ORDER BY timestamp DESC LIMIT 50"
+    "recent_anomalies": _read("recent_anomalies", lambda rng: {"limit": 50}),
+    "by_model_and_time": _read(
+        "by_model_and_time",
+        lambda rng: {"model_id": _a_model(rng), "since": _day_ago(), "limit": 50},
     ),
-    "by_model_and_time": _by_model_and_time,
-    "top_severity": _top_severity,
-    "top_severity_model": _top_severity_model,
-    "model_performance": _plain("SELECT * FROM mv_model_performance ORDER BY name, version"),
-    "dataset_summary": _plain("SELECT * FROM mv_dataset_summary ORDER BY created_at DESC"),
-    "counts_per_model_24h": _counts_24h,
+    "top_severity": _read(
+        "top_severity", lambda rng: {"min_severity": _severity(rng), "limit": 20}
+    ),
+    "top_severity_model": _read(
+        "top_severity_model",
+        lambda rng: {
+            "min_severity": _severity(rng),
+            "model": f"model-{rng.integers(0, N_MODELS // 2)}",
+            "limit": 20,
+        },
+    ),
+    "top_severity_job": _read(
+        "top_severity_job",
+        lambda rng: {"min_severity": 0.5, "job_id": f"job-{rng.integers(1, N_JOBS)}", "limit": 20},
+    ),
+    "model_performance": _read("model_performance", lambda rng: {"name": None}),
+    "dataset_summary": _read("dataset_summary", lambda rng: {}),
+    "counts_per_model_24h": _read("counts_per_model", lambda rng: {"since": _day_ago()}),
 }
 
 
@@ -357,7 +345,7 @@ def measure_queries(engine: Engine, runs: int) -> dict[str, float]:
     return result
 
 
-def reader_during(engine: Engine, work: Callable[[], None]) -> tuple[list[float], float]:
+def reader_during(engine: Engine, work: Callable[[], object]) -> tuple[list[float], float]:
     """Run the recent-anomalies reader in a loop while ``work`` runs; its latencies and
     how long ``work`` took."""
     stop = threading.Event()
@@ -389,12 +377,9 @@ def autocommit(engine: Engine, *statements: str) -> None:
 
 
 def measure_refresh(engine: Engine) -> dict[str, float]:
+    maintenance = SqlMaintenance(engine)
     idle, _ = reader_during(engine, lambda: time.sleep(3.0))
-    views = ("mv_recent_anomalies", "mv_model_performance", "mv_dataset_summary")
-    busy, seconds = reader_during(
-        engine,
-        lambda: autocommit(engine, *(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {v}" for v in views)),
-    )
+    busy, seconds = reader_during(engine, maintenance.refresh_views)
     return {
         "refresh_concurrently_s": round(seconds, 2),
         "reader_p99_ms_idle": round(percentile(idle, 99), 3),
@@ -404,41 +389,41 @@ def measure_refresh(engine: Engine) -> dict[str, float]:
 
 def measure_vacuum(engine: Engine) -> float:
     started = time.perf_counter()
-    autocommit(engine, "VACUUM (ANALYZE)")
+    SqlMaintenance(engine).vacuum_analyze()
     return round(time.perf_counter() - started, 2)
 
 
-def measure_reindex(engine: Engine) -> float:
+def measure_reindex(engine: Engine) -> dict[str, Any]:
+    """The bloat check the task makes, what it chose at the default threshold, and one
+    REINDEX CONCURRENTLY of the timestamp index (what rebuilding a 10M-row index costs)."""
+    maintenance = SqlMaintenance(engine)
+    started = time.perf_counter()
+    bloat = maintenance.index_bloat()
+    check_s = time.perf_counter() - started
+    threshold = Settings().reindex_bloat_threshold
     started = time.perf_counter()
     autocommit(engine, "REINDEX INDEX CONCURRENTLY idx_anomalies_timestamp")
-    return round(time.perf_counter() - started, 2)
+    return {
+        "reindex_s": round(time.perf_counter() - started, 2),
+        "reindex_bloat_check_s": round(check_s, 2),
+        "reindex_would_rebuild": sorted(
+            n for n, m in bloat.items() if m["bloat"] >= threshold and m["pages"] >= 128
+        ),
+    }
 
 
 def measure_retention(engine: Engine, now: datetime) -> dict[str, float]:
-    """Delete the oldest ~3 days in batches of 10k; the longest batch is the longest any
-    lock on ``anomalies`` was held."""
+    """Retention of the oldest ~3 days by detection time, as the task runs it; the
+    longest batch is the longest any lock on ``anomalies`` was held."""
     cutoff = now - timedelta(days=SPAN_DAYS - 3)
-    deleted, batches = 0, []
     started = time.perf_counter()
-    while True:
-        batch_started = time.perf_counter()
-        with engine.begin() as conn:
-            count = conn.execute(
-                text(
-                    "DELETE FROM anomalies WHERE id IN (SELECT id FROM anomalies "
-                    "WHERE timestamp < :cutoff LIMIT 10000)"
-                ),
-                {"cutoff": cutoff},
-            ).rowcount
-        batches.append((time.perf_counter() - batch_started) * 1000.0)
-        deleted += count
-        if count < 10_000:
-            break
+    report = SqlMaintenance(engine).retention(cutoff=cutoff)
     seconds = time.perf_counter() - started
+    deleted = report["anomalies_deleted"]
     return {
         "retention_rows": deleted,
         "retention_rows_per_s": round(deleted / seconds),
-        "retention_max_lock_ms": round(max(batches), 1),
+        "retention_max_lock_ms": report["longest_batch_ms"],
     }
 
 
@@ -458,7 +443,7 @@ def run(url: str, plan: Plan, *, reuse: bool) -> dict[str, Any]:
     log("vacuum")
     result["db.vacuum_s"] = measure_vacuum(engine)
     log("reindex")
-    result["db.reindex_s"] = measure_reindex(engine)
+    result.update({f"db.{k}": v for k, v in measure_reindex(engine).items()})
     log("retention")
     result.update({f"db.{k}": v for k, v in measure_retention(engine, datetime.now(UTC)).items()})
     engine.dispose()

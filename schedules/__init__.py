@@ -32,7 +32,7 @@ DEFAULT_INTERVALS: dict[str, float] = {
     "reindex": 7 * DAY,
 }
 REDBEAT_SCHEDULER = "redbeat.RedBeatScheduler"
-REDBEAT_PREFIX = "pynomaly:beat"
+REDBEAT_PREFIX = "pynomaly:beat:"
 
 
 class InvalidSchedule(ValueError):
@@ -92,6 +92,7 @@ def beat_config(settings: Settings) -> dict[str, Any]:
             "beat_scheduler": REDBEAT_SCHEDULER,
             "redbeat_redis_url": url,
             "redbeat_key_prefix": REDBEAT_PREFIX,
+            "redbeat_lock_key": f"{REDBEAT_PREFIX}lock",
             "redbeat_lock_timeout": settings.beat_lock_timeout,
         }
     return config

@@ -147,7 +147,9 @@ def _prepare_metrics_folder(folder: Path) -> None:
 @main.command()
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def beat(loglevel: str) -> None:
-    """Run the beat scheduler (exactly one per deployment)."""
+    """Run the beat scheduler. Safe to start twice on Redis: one ticks, the other waits
+    and takes over within PYNOMALY_BEAT_LOCK_TIMEOUT + PYNOMALY_BEAT_MAX_LOOP_INTERVAL
+    seconds of the leader's death. On the embedded default run one."""
     from pynomaly_workers.celery_app import app
 
     settings = _settings()

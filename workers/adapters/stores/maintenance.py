@@ -201,21 +201,30 @@ class SqlMaintenance:
             return {"skipped": "materialized views exist on PostgreSQL only"}
         refreshed: dict[str, str] = {}
         with self._autocommit() as conn:
-            populated: dict[str, bool] = {
-                str(view): bool(ready)
-                for view, ready in conn.execute(
-                    text(
-                        "SELECT matviewname, ispopulated FROM pg_matviews "
-                        "WHERE schemaname = current_schema()"
-                    )
-                )
-            }
-            for view in MATERIALIZED_VIEWS:
-                how = "concurrently" if populated.get(view) else "plain"
-                option = "CONCURRENTLY " if how == "concurrently" else ""
-                conn.execute(text(f"REFRESH MATERIALIZED VIEW {option}{self._quote(view)}"))
-                refreshed[view] = how
+            # One core for the refresh: parallel workers would take the cores the
+            # dashboards' readers need (p99 during a refresh must stay near idle).
+            conn.execute(text("SET max_parallel_workers_per_gather = 0"))
+            try:
+                self._refresh_each(conn, refreshed)
+            finally:
+                conn.execute(text("RESET max_parallel_workers_per_gather"))
         return {"refreshed": refreshed}
+
+    def _refresh_each(self, conn: Connection, refreshed: dict[str, str]) -> None:
+        populated = {
+            str(view): bool(ready)
+            for view, ready in conn.execute(
+                text(
+                    "SELECT matviewname, ispopulated FROM pg_matviews "
+                    "WHERE schemaname = current_schema()"
+                )
+            )
+        }
+        for view in MATERIALIZED_VIEWS:
+            how = "concurrently" if populated.get(view) else "plain"
+            option = "CONCURRENTLY " if how == "concurrently" else ""
+            conn.execute(text(f"REFRESH MATERIALIZED VIEW {option}{self._quote(view)}"))
+            refreshed[view] = how
 
     def vacuum_analyze(self) -> dict[str, Any]:
         """VACUUM (ANALYZE) each table; plain ANALYZE on SQLite."""

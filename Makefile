@@ -11,7 +11,7 @@ _ := $(shell mkdir -p $(VENV) && find workers tasks schedules migrations -name '
 
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick bench-db bench-db-quick services clean
+.PHONY: schemas install demo test test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick bench-db bench-db-quick services clean
 
 install: $(VENV)/.installed
 
@@ -74,6 +74,10 @@ bench-db: install
 
 bench-db-quick: install
 	$(BIN)/python -m benchmarks.db --quick --json $(BENCH_DB_ARGS)
+
+# The public tasks' kwargs as JSON Schema files (workers/schemas/), from workers/contract.py.
+schemas: install
+	$(BIN)/python -m pynomaly_workers.schemas
 
 # Start the local PostgreSQL and Redis the tests use, if they are not answering.
 services:

@@ -25,6 +25,7 @@ from benchmarks.stack import Stack
 from benchmarks.stats import rate
 from pynomaly_workers.adapters.scorers import sklearn
 from pynomaly_workers.adapters.scorers.onnx import OnnxScorer
+from pynomaly_workers.contract import SUCCEEDED
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import AnomalyBatch, Scorer
 from pynomaly_workers.domain.scoring import anomaly_mask, severity
@@ -33,14 +34,14 @@ BLOCK_BYTES = 8 << 20  # the source adapter's CSV block size
 
 
 def run_bulk(
-    stack: Stack, app: Celery, *, model: str, source: Path, rows: int, worker_pid: int
+    stack: Stack, app: Celery, *, model: str, source: Path | str, rows: int, worker_pid: int
 ) -> dict[str, Any]:
     """Enqueue one ``source`` job and time it until its record says succeeded."""
     job_id = f"bulk-{uuid.uuid4().hex[:8]}"
     with sampling_rss(worker_pid) as peak:
         sent = send_detection(app, job_id=job_id, model=model, source=str(source))
-        job = wait_job(stack.services, job_id, timeout=stack.sizes.patience(rows / 2_000))
-    if job.status != "succeeded" or job.finished_at is None:
+        job = wait_job(stack.adapters, job_id, timeout=stack.sizes.patience(rows / 2_000))
+    if job.status != SUCCEEDED or job.finished_at is None:
         raise RuntimeError(f"bulk job {job_id} {job.status}: {job.error}")
     seconds = job.finished_at.timestamp() - sent.sent_at
     return {
@@ -63,7 +64,7 @@ def _queue_wait(started_at: datetime | None, sent_at: float) -> float | None:
 
 def best_scorer(stack: Stack, version: ModelVersion, backend: str) -> Scorer:
     """The model version's scorer for ``backend``, loaded from the store."""
-    store = stack.services.store
+    store = stack.adapters.store
     if backend == "onnx" and version.onnx_sha256 is not None:
         return OnnxScorer(store.load_artifact(version.onnx_sha256), threads=ONNX_THREADS)
     return sklearn.SklearnScorer(sklearn.load(store.load_artifact(version.artifact_sha256)))
@@ -81,7 +82,7 @@ def csv_blocks(source: Path) -> Iterator[Matrix]:
 
 def run_limit(stack: Stack, *, model: str, source: Path, backend: str) -> dict[str, Any]:
     """Read, score and persist the whole CSV in this one process; no queue, no worker."""
-    version = stack.services.store.get_model(ModelRef(model))
+    version = stack.adapters.store.get_model(ModelRef(model))
     scorer = best_scorer(stack, version, backend)
     job_id = f"limit-{uuid.uuid4().hex[:8]}"
     records = anomalies = 0
@@ -122,4 +123,4 @@ def _persist(
         timestamp=[now] * len(rows),
         record_id=[None] * len(rows),
     )
-    return stack.services.store.add_anomalies(batch)
+    return stack.adapters.store.add_anomalies(batch)

@@ -14,6 +14,7 @@ from benchmarks.config import CACHE_DB
 from benchmarks.jobs import send_detection, wait_job, wait_prefix
 from benchmarks.stack import Stack
 from benchmarks.stats import median, ratio
+from pynomaly_workers.contract import SUCCEEDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +37,8 @@ def timed_job(stack: Stack, app: Celery, *, model: str, source: Path, tag: str) 
     """Run one ``source`` job and return its timings."""
     job_id = f"{tag}-{uuid.uuid4().hex[:8]}"
     sent = send_detection(app, job_id=job_id, model=model, source=str(source))
-    job = wait_job(stack.services, job_id, timeout=stack.sizes.patience(60.0))
-    if job.status != "succeeded" or job.finished_at is None or job.duration_ms is None:
+    job = wait_job(stack.adapters, job_id, timeout=stack.sizes.patience(60.0))
+    if job.status != SUCCEEDED or job.finished_at is None or job.duration_ms is None:
         raise RuntimeError(f"job {job_id} {job.status}: {job.error}")
     return Timed(
         worker_s=job.duration_ms / 1000,

@@ -14,11 +14,12 @@ from celery import Celery
 from sqlalchemy import Engine, text
 
 from pynomaly_workers.client import client_app, submit_detection
+from pynomaly_workers.contract import FAILED, FINAL_STATUSES, SUCCEEDED
 from pynomaly_workers.domain.ports import JobRecord
-from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.settings import Settings
 
-FINISHED = ("succeeded", "failed")
+FINISHED = FINAL_STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +78,11 @@ def send_detection(app: Celery, *, job_id: str, model: str, **inputs: Any) -> Se
     return Sent(job_id=submission.job_id, task_id=submission.task_id, sent_at=sent_at)
 
 
-def wait_job(services: Services, job_id: str, *, timeout: float) -> JobRecord:
+def wait_job(adapters: Adapters, job_id: str, *, timeout: float) -> JobRecord:
     """Poll the job record until it succeeded or failed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = services.store.get_job(job_id)
+        job = adapters.store.get_job(job_id)
         if job is not None and job.status in FINISHED:
             return job
         time.sleep(0.02)
@@ -92,10 +93,14 @@ def finished_count(engine: Engine, prefix: str) -> int:
     """How many jobs whose id starts with ``prefix`` have finished, in one query."""
     query = text(
         "SELECT count(*) FROM detection_jobs "
-        "WHERE job_id LIKE :pattern AND status IN ('succeeded', 'failed')"
+        "WHERE job_id LIKE :pattern AND status IN (:done, :given_up)"
     )
     with engine.connect() as conn:
-        return int(conn.execute(query, {"pattern": f"{prefix}%"}).scalar_one())
+        return int(
+            conn.execute(
+                query, {"pattern": f"{prefix}%", "done": SUCCEEDED, "given_up": FAILED}
+            ).scalar_one()
+        )
 
 
 def wait_prefix(engine: Engine, prefix: str, *, expected: int, timeout: float) -> int:
@@ -115,7 +120,9 @@ def finished_jobs(engine: Engine, prefix: str) -> dict[str, Finished]:
         "WHERE job_id LIKE :pattern"
     )
     with engine.connect() as conn:
-        rows = conn.execute(query, {"pattern": f"{prefix}%"}).all()
+        rows = conn.execute(
+            query, {"pattern": f"{prefix}%", "done": SUCCEEDED, "given_up": FAILED}
+        ).all()
     return {row[0]: Finished(row[1], row[2], row[3], row[4]) for row in rows}
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import Celery
 
-from benchmarks import bulk, cache, inference, models, naive_runner, small_jobs
+from benchmarks import bulk, bulk_s3, cache, inference, models, naive_runner, small_jobs
 from benchmarks.config import IFOREST_MODEL, LOF_MODEL, RESULTS, Endpoints, Sizes
 from benchmarks.inputs import Inputs, prepare_inputs
 from benchmarks.jobs import publisher, result_client
@@ -91,11 +91,12 @@ def worker_settings(stack: Stack) -> dict[str, Any]:
 
 
 def run_on_stack(run: Run, stack: Stack, inputs: Inputs) -> None:
-    """The sections that need the services. The baseline's worker boots beside the
+    """The sections that need the adapters. The baseline's worker boots beside the
     project's (it idles on its own queue until its turn), to save a start-up."""
     config = naive_runner.naive_config(stack)
-    with naive_runner.naive_worker(stack, config):
-        with running_worker(stack, cache=True, name="worker-cache-on") as worker:
+    with naive_runner.naive_worker(stack, config), bulk_s3.object_store() as endpoint:
+        s3_env = bulk_s3.worker_env(endpoint)
+        with running_worker(stack, cache=True, name="worker-cache-on", extra_env=s3_env) as worker:
             with run.section("training"):
                 run.results["training"] = train_models(stack, inputs)
             with run.section("inference"):
@@ -104,6 +105,16 @@ def run_on_stack(run: Run, stack: Stack, inputs: Inputs) -> None:
                 return
             with publisher(stack.settings) as app:
                 cache_on_sections(run, stack, app, inputs, worker_pid=worker.process.pid)
+                with run.section("bulk_s3"):
+                    run.results["bulk_s3"] = bulk_s3.run_bulk_s3(
+                        stack,
+                        app,
+                        endpoint=endpoint,
+                        model=IFOREST_MODEL,
+                        source=inputs.bulk_csv,
+                        rows=run.sizes.bulk_rows,
+                        worker_pid=worker.process.pid,
+                    )
         with run.section("naive"):
             run.results["naive"] = naive_runner.run_naive(
                 stack,
@@ -113,7 +124,7 @@ def run_on_stack(run: Run, stack: Stack, inputs: Inputs) -> None:
                 warmup=inputs.naive_warmup,
             )
     with run.section("cache_off"):
-        run.results["cache_off_runs"] = cache_off_runs(stack, inputs)
+        run.results["cache_off_runs"] = cache_off_runs(run, stack, inputs)
 
 
 def train_models(stack: Stack, inputs: Inputs) -> dict[str, Any]:
@@ -132,7 +143,7 @@ def measure_inference(run: Run, stack: Stack) -> dict[str, Any]:
     if "training" in run.errors:
         backends = inference.backends_in_process(run.sizes)
     else:
-        backends = inference.backends_from_store(stack.services.store, IFOREST_MODEL)
+        backends = inference.backends_from_store(stack.adapters.store, IFOREST_MODEL)
     return inference.measure_inference(run.sizes, backends)
 
 
@@ -178,13 +189,31 @@ def cache_on_runs(stack: Stack, app: Celery, inputs: Inputs) -> dict[str, list[f
     }
 
 
-def cache_off_runs(stack: Stack, inputs: Inputs) -> list[float]:
-    """The same job on a worker started with ``PYNOMALY_CACHE_URL`` empty."""
+def cache_off_runs(run: Run, stack: Stack, inputs: Inputs) -> list[float]:
+    """The same job on a worker started with ``PYNOMALY_CACHE_URL`` empty. That worker
+    also runs without explanations and drift profiling, for the bulk job's
+    ``explain_overhead`` and the small jobs' ``profiling_overhead`` (the model of both,
+    IsolationForest, skips the cache either way)."""
     with (
-        running_worker(stack, cache=False, name="worker-cache-off"),
+        running_worker(
+            stack, cache=False, name="worker-cache-off", extra_env=NO_EXPLANATIONS
+        ) as worker,
         publisher(stack.settings) as app,
     ):
         models.warm_up(stack, app, models=[IFOREST_MODEL], records=inputs.warmup, tag="off")
+        with run.section("bulk_explain_off"):
+            run.results["bulk_explain_off"] = bulk.run_bulk(
+                stack,
+                app,
+                model=IFOREST_MODEL,
+                source=inputs.bulk_csv,
+                rows=run.sizes.bulk_rows,
+                worker_pid=worker.process.pid,
+            )["job"]
+        with run.section("small_jobs_profiling_off"):
+            run.results["small_jobs_profiling_off"] = small_jobs.run_detect_only(
+                stack, app, inputs.small_jobs
+            )
         cache.warm_sources(stack, app, model=IFOREST_MODEL, source=inputs.cache_csv)
         return cache.repeated(
             stack,
@@ -202,8 +231,9 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "inference": results.get("inference"),
         "bulk": bulk_section(results),
+        "bulk_s3": bulk_s3_section(results),
         "naive": results.get("naive"),
-        "small_jobs": results.get("small_jobs"),
+        "small_jobs": small_jobs_section(results),
         "cache": cache_section(results),
         "memory": results.get("bulk", {}).get("memory"),
         "training": results.get("training"),
@@ -214,6 +244,9 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+NO_EXPLANATIONS = {"PYNOMALY_EXPLAIN_TOP_FEATURES": "0", "PYNOMALY_DRIFT_PROFILING": "false"}
+
+
 def bulk_section(results: dict[str, Any]) -> dict[str, Any] | None:
     """The bulk job beside its one-process limit and the naive baseline."""
     job = results.get("bulk", {}).get("job")
@@ -221,13 +254,47 @@ def bulk_section(results: dict[str, Any]) -> dict[str, Any] | None:
         return None
     limit = results.get("limit") or {}
     naive = results.get("naive") or {}
+    explain_off = results.get("bulk_explain_off") or {}
     return {
         **job,
         "limit_records_per_s": limit.get("records_per_s"),
         "ratio_to_limit": ratio(job["records_per_s"], limit.get("records_per_s")),
         "speedup_vs_naive": ratio(job["records_per_s"], naive.get("records_per_s"), digits=1),
+        "explain_off_records_per_s": explain_off.get("records_per_s"),
+        "explain_overhead": overhead(job["records_per_s"], explain_off.get("records_per_s")),
         "limit": limit or None,
     }
+
+
+def small_jobs_section(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The small-job figures, with the same detection figures measured on a worker
+    without drift profiling (and explanations) beside them."""
+    section = results.get("small_jobs")
+    if section is None:
+        return None
+    off = results.get("small_jobs_profiling_off") or {}
+    return {
+        **section,
+        "profiling_off_jobs_per_s": off.get("jobs_per_s"),
+        "profiling_off_latency_ms": off.get("latency_ms"),
+        "profiling_overhead": overhead(section.get("jobs_per_s"), off.get("jobs_per_s")),
+    }
+
+
+def overhead(with_it: float | None, without: float | None) -> float | None:
+    """How much slower (a fraction) a rate is with a feature on than with it off."""
+    if not with_it or not without:
+        return None
+    return round(without / with_it - 1.0, 3)
+
+
+def bulk_s3_section(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The bulk job from object storage, beside the same job from a local file."""
+    job = results.get("bulk_s3")
+    local = results.get("bulk", {}).get("job") or {}
+    if job is None:
+        return None
+    return {**job, "ratio_to_local": ratio(job["records_per_s"], local.get("records_per_s"))}
 
 
 def cache_section(results: dict[str, Any]) -> dict[str, Any] | None:

@@ -3,7 +3,10 @@ beside Celery's own no-op task (``pynomaly.health.ping``) measured the same way.
 
 Detection latency is ``detection_jobs.finished_at`` minus the wall-clock time just
 before ``send_task`` (the anomalies are committed before the job is marked finished);
-the no-op's is the result's ``date_done`` (``result_extended`` is on) minus the same.
+``result_latency_ms`` is the task result's ``date_done`` minus the same: the moment a
+caller's ``AsyncResult.get()`` can return, as for the no-op. The throughput figures are
+given both ways too (``jobs_per_s`` to the job rows, ``result_jobs_per_s`` to the last
+stored result).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from benchmarks.jobs import Sent, finished_count, finished_jobs, send_detection,
 from benchmarks.progress import say
 from benchmarks.stack import Stack
 from benchmarks.stats import percentiles, rate, ratio
-from pynomaly_workers.services.health import PING_TASK
+from pynomaly_workers.contract import DETECTION_QUEUE, FAILED, PING_TASK, SUCCEEDED
 
 Sender = Callable[[int], Sent]
 RESULT_PREFIX = "celery-task-meta-"
@@ -82,7 +85,7 @@ def ping_sender(app: Celery) -> Sender:
 
     def send(_: int) -> Sent:
         sent_at = time.time()
-        result = app.send_task(PING_TASK, args=[sent_at], queue="detection")
+        result = app.send_task(PING_TASK, args=[sent_at], queue=DETECTION_QUEUE)
         return Sent(job_id=str(result.id), task_id=str(result.id), sent_at=sent_at)
 
     return send
@@ -95,14 +98,14 @@ def detection_outcome(stack: Stack, prefix: str, sent: Sequence[Sent], timeout: 
     done = {
         job_id: row.finished_at.timestamp()
         for job_id, row in rows.items()
-        if row.status == "succeeded" and row.finished_at is not None
+        if row.status == SUCCEEDED and row.finished_at is not None
     }
-    failed = {job_id for job_id, row in rows.items() if row.status == "failed"}
+    failed = {job_id for job_id, row in rows.items() if row.status == FAILED}
     return Outcome(done_at=done, failed=failed, checked_at=time.time())
 
 
 def ping_outcome(stack: Stack, sent: Sequence[Sent], timeout: float) -> Outcome:
-    """Wait for the canaries' results, then read their ``date_done``."""
+    """Wait for the tasks' results (by task id), then read their ``date_done``."""
     keys = [f"{RESULT_PREFIX}{s.task_id}" for s in sent]
     with stack.redis(RESULTS_DB) as client:
         deadline = time.monotonic() + timeout
@@ -183,6 +186,26 @@ class Kind:
     make_sender: Callable[[str, Sequence[list[float]]], Sender]
     collect: Callable[[str, Sequence[Sent], float], Outcome]
     finished: Callable[[str, Sequence[Sent]], int]
+    results: Callable[[Sequence[Sent], float], Outcome] | None = None
+    """When each task's result was stored, if ``collect`` measures something else."""
+
+
+def by_task(sent: Sequence[Sent]) -> list[Sent]:
+    """The same sends keyed by task id (results are stored under it)."""
+    return [Sent(job_id=s.task_id, task_id=s.task_id, sent_at=s.sent_at) for s in sent]
+
+
+def result_figures(
+    kind: Kind, sent: Sequence[Sent], *, timeout: float, throughput: bool
+) -> dict[str, Any]:
+    """Latency or throughput to the stored results, for a kind measured elsewhere."""
+    if kind.results is None:
+        return {}
+    keyed = by_task(sent)
+    outcome = kind.results(keyed, timeout)
+    if throughput:
+        return {"result_jobs_per_s": throughput_figures(keyed, outcome)["jobs_per_s"]}
+    return {"result_latency_ms": latency_figures(keyed, outcome)["latency_ms"]}
 
 
 def timed_batch(
@@ -232,6 +255,7 @@ def measure_kind(stack: Stack, app: Celery, kind: Kind, rows: SmallJobRows) -> d
         timeout=sizes.patience(count / 25),
     )
     latency = latency_figures(sent, outcome)
+    latency.update(result_figures(kind, sent, timeout=sizes.patience(5), throughput=False))
     sent, outcome = timed_batch(
         app,
         kind,
@@ -240,7 +264,23 @@ def measure_kind(stack: Stack, app: Celery, kind: Kind, rows: SmallJobRows) -> d
         send=lambda sender: send_burst(sender, count=sizes.small_jobs),
         timeout=sizes.patience(sizes.small_jobs / 25),
     )
-    return {**latency, **throughput_figures(sent, outcome)}
+    results = result_figures(kind, sent, timeout=sizes.patience(5), throughput=True)
+    return {**latency, **throughput_figures(sent, outcome), **results}
+
+
+def detect_kind(stack: Stack, app: Celery) -> Kind:
+    """One-record ``pynomaly.detect`` jobs, finished by their job rows and results."""
+    return Kind(
+        make_sender=lambda prefix, records: detect_sender(app, prefix=prefix, records=records),
+        collect=lambda prefix, sent, timeout: detection_outcome(stack, prefix, sent, timeout),
+        finished=lambda prefix, _sent: finished_count(stack.engine, prefix),
+        results=lambda sent, timeout: ping_outcome(stack, sent, timeout),
+    )
+
+
+def run_detect_only(stack: Stack, app: Celery, rows: SmallJobRows) -> dict[str, Any]:
+    """The detection figures alone (e.g. on a worker with a feature turned off)."""
+    return measure_kind(stack, app, detect_kind(stack, app), rows)
 
 
 def run_small_jobs(stack: Stack, app: Celery, rows: SmallJobRows) -> dict[str, Any]:
@@ -250,11 +290,7 @@ def run_small_jobs(stack: Stack, app: Celery, rows: SmallJobRows) -> dict[str, A
         collect=lambda _prefix, sent, timeout: ping_outcome(stack, sent, timeout),
         finished=lambda _prefix, sent: ping_results(stack, sent),
     )
-    detect = Kind(
-        make_sender=lambda prefix, records: detect_sender(app, prefix=prefix, records=records),
-        collect=lambda prefix, sent, timeout: detection_outcome(stack, prefix, sent, timeout),
-        finished=lambda prefix, _sent: finished_count(stack.engine, prefix),
-    )
+    detect = detect_kind(stack, app)
     noop_figures = measure_kind(stack, app, noop, rows)
     return summarize(
         measure_kind(stack, app, detect, rows), noop_figures, rate_offered=stack.sizes.small_rate

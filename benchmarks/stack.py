@@ -32,9 +32,10 @@ from benchmarks.config import (
 from benchmarks.progress import say
 from pynomaly_workers.adapters.stores.engine import build_engine, normalize_url
 from pynomaly_workers.bootstrap import bootstrap
+from pynomaly_workers.contract import DETECTION_QUEUE, TRAINING_QUEUE
 from pynomaly_workers.demo import WorkerProcess
 from pynomaly_workers.migrate import upgrade
-from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.health import check_health
 from pynomaly_workers.settings import Settings
 
@@ -51,7 +52,7 @@ class Stack:
     database_url: str
     env: dict[str, str]
     settings: Settings
-    services: Services
+    adapters: Adapters
     engine: Engine
     folder: Path
 
@@ -117,11 +118,8 @@ def _settings(env: dict[str, str]) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def _close_services(services: Services) -> None:
-    services.maintenance.engine.dispose()
-    client = getattr(services.cache, "client", None)
-    if client is not None:
-        client.close()
+def _close_services(adapters: Adapters) -> None:
+    adapters.close()
 
 
 @contextmanager
@@ -135,13 +133,13 @@ def open_stack(endpoints: Endpoints, sizes: Sizes, *, folder: Path) -> Iterator[
         upgrade(url)
         env = _env(endpoints, url, folder / "home", sizes)
         settings = _settings(env)
-        services = bootstrap(settings)
+        adapters = bootstrap(settings)
         engine = build_engine(url)
         try:
-            yield Stack(endpoints, sizes, schema, url, env, settings, services, engine, folder)
+            yield Stack(endpoints, sizes, schema, url, env, settings, adapters, engine, folder)
         finally:
             engine.dispose()
-            _close_services(services)
+            _close_services(adapters)
     finally:
         _admin_execute(endpoints.database_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         flush_redis(endpoints)
@@ -149,18 +147,20 @@ def open_stack(endpoints: Endpoints, sizes: Sizes, *, folder: Path) -> Iterator[
 
 
 @contextmanager
-def running_worker(stack: Stack, *, cache: bool, name: str) -> Iterator[WorkerProcess]:
+def running_worker(
+    stack: Stack, *, cache: bool, name: str, extra_env: dict[str, str] | None = None
+) -> Iterator[WorkerProcess]:
     """A real ``pynomaly-workers worker`` (prefork), answering the health canary."""
     log = stack.folder / "logs" / f"{name}.log"
     started = time.perf_counter()
     worker = WorkerProcess(
         log_path=log,
         concurrency=stack.sizes.worker_concurrency,
-        env={**os.environ, **worker_env(stack.env, cache=cache)},
+        env={**os.environ, **worker_env(stack.env, cache=cache), **(extra_env or {})},
     )
     try:
         report = check_health(
-            stack.services, queues=["detection", "training"], timeout=HEALTH_TIMEOUT
+            stack.adapters, queues=[DETECTION_QUEUE, TRAINING_QUEUE], timeout=HEALTH_TIMEOUT
         )
         if not report["ok"]:
             raise WorkerFailed(f"worker {name} did not answer: {report['checks']}; see {log}")

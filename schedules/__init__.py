@@ -18,6 +18,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from pynomaly_workers.contract import MAINTENANCE_QUEUE, maintenance_task
 from pynomaly_workers.settings import Settings
 
 MINUTE, HOUR, DAY = 60.0, 3_600.0, 86_400.0
@@ -27,6 +28,7 @@ DEFAULT_INTERVALS: dict[str, float] = {
     "cache_stats": 1 * MINUTE,
     "sweep_stale_jobs": 5 * MINUTE,
     "slow_queries": 1 * HOUR,
+    "drift": 1 * HOUR,
     "vacuum_analyze": 1 * DAY,
     "retention": 1 * DAY,
     "reindex": 7 * DAY,
@@ -72,10 +74,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             continue
         every = seconds + jitter(name, interval=seconds, spread=settings.schedule_jitter_seconds)
         schedule[name.replace("_", "-")] = {
-            "task": f"pynomaly.maintenance.{name}",
+            "task": maintenance_task(name),
             "schedule": every,
             # A tick nobody ran before the next one is due is dropped, not stacked.
-            "options": {"queue": "maintenance", "expires": max(1.0, every * 0.9)},
+            "options": {"queue": MAINTENANCE_QUEUE, "expires": max(1.0, every * 0.9)},
         }
     return schedule
 

@@ -9,7 +9,7 @@ import sqlalchemy.exc
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from pynomaly_workers.domain.errors import InvalidInput
-from pynomaly_workers.settings import get_settings
+from pynomaly_workers.settings import Settings
 
 # Outages that retrying fixes: the database or Redis is down, restarting or overloaded.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -24,10 +24,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def retry_options() -> dict[str, Any]:
+def retry_options(settings: Settings) -> dict[str, Any]:
     """Celery task options: exponential backoff with full jitter on transient errors;
     bad input is an expected outcome (``throws``), logged without a traceback."""
-    settings = get_settings()
     return {
         "bind": True,
         "autoretry_for": TRANSIENT_ERRORS,

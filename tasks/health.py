@@ -7,16 +7,23 @@ import socket
 import time
 from typing import Any
 
-from pynomaly_workers.celery_app import app
+from celery import Celery
+
+from pynomaly_workers.contract import PING_TASK
+from pynomaly_workers.settings import Settings
 
 
-@app.task(name="pynomaly.health.ping")
-def ping(sent_at: float | None = None) -> dict[str, Any]:
-    """Answer with who ran the canary and when."""
-    return {
-        "pong": True,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "sent_at": sent_at,
-        "answered_at": time.time(),
-    }
+def register(app: Celery, settings: Settings) -> None:
+    """Define the canary task on ``app``."""
+    del settings  # the canary needs none
+
+    @app.task(name=PING_TASK)
+    def ping(sent_at: float | None = None) -> dict[str, Any]:
+        """Answer with who ran the canary and when."""
+        return {
+            "pong": True,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "sent_at": sent_at,
+            "answered_at": time.time(),
+        }

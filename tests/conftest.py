@@ -24,7 +24,7 @@ from pynomaly_workers.adapters.stores.engine import build_engine, normalize_url
 from pynomaly_workers.adapters.stores.sql import SqlStore
 from pynomaly_workers.bootstrap import bootstrap
 from pynomaly_workers.migrate import upgrade
-from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.settings import Settings
 
 DATABASE_URL = os.environ.get(
@@ -35,6 +35,12 @@ TABLES = (
     "anomalies",
     "detection_chunks",
     "detection_jobs",
+    "drift_reports",
+    "drift_windows",
+    "model_alias_moves",
+    "model_aliases",
+    "shadow_anomalies",
+    "shadow_results",
     "models",
     "model_artifacts",
     "datasets",
@@ -139,11 +145,11 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def services(store_url: str, make_settings: Callable[..., Settings]) -> Iterator[Services]:
-    """Wired services on each SQL backend (no prediction cache)."""
+def adapters(store_url: str, make_settings: Callable[..., Settings]) -> Iterator[Adapters]:
+    """Wired adapters on each SQL backend (no prediction cache)."""
     built = bootstrap(make_settings(database_url=store_url))
     yield built
-    built.maintenance.engine.dispose()
+    built.close()
 
 
 @pytest.fixture
@@ -152,6 +158,15 @@ def sql_store(store_url: str) -> Iterator[SqlStore]:
     engine = build_engine(store_url)
     yield SqlStore(engine)
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server on loopback for the whole run."""
+    from tests.s3 import moto_server
+
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

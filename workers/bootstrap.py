@@ -2,7 +2,7 @@
 
 Resources are per process: Celery's prefork pool forks the worker, and neither database
 connections nor Redis sockets nor ONNX sessions survive a fork, so they are built lazily
-on first use and dropped in each child by :func:`reset_services`.
+on first use and dropped in each child by :func:`reset_adapters`.
 """
 
 from __future__ import annotations
@@ -11,24 +11,34 @@ import os
 from threading import Lock
 
 from pynomaly_workers.adapters.scorers.loader import ModelLoader
+from pynomaly_workers.adapters.scorers.trainer import SklearnTrainer
 from pynomaly_workers.adapters.sources import ArrowSourceReader
-from pynomaly_workers.adapters.stores.engine import build_engine
+from pynomaly_workers.adapters.sources.blobs import S3Options
+from pynomaly_workers.adapters.stores.engine import SqlProbe, build_engine
 from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
 from pynomaly_workers.adapters.stores.reads import SqlReads
 from pynomaly_workers.adapters.stores.sql import SqlStore
 from pynomaly_workers.domain.ports import PredictionCache
-from pynomaly_workers.services.context import Services, SystemClock
+from pynomaly_workers.services.context import Adapters, SystemClock
+from pynomaly_workers.services.drift import DriftProfiler
 from pynomaly_workers.settings import Settings, get_settings
 
 _lock = Lock()
-_services: Services | None = None
+_adapters: Adapters | None = None
 
 
-def bootstrap(settings: Settings) -> Services:
-    """Build the services for ``settings``: store, model loader, sources, cache."""
+def bootstrap(settings: Settings) -> Adapters:
+    """Wire the adapters for ``settings``: store, model loader, trainer, sources, cache."""
     engine = build_engine(settings.resolved_database_url)
     store = SqlStore(engine)
-    return Services(
+    cache = build_cache(settings)
+
+    def close() -> None:
+        engine.dispose()
+        if cache is not None:
+            cache.close()
+
+    return Adapters(
         settings=settings,
         store=store,
         models=ModelLoader(
@@ -37,11 +47,37 @@ def bootstrap(settings: Settings) -> Services:
             onnx_threads=onnx_threads(settings),
             ref_ttl_seconds=settings.model_ref_ttl_seconds,
         ),
-        sources=ArrowSourceReader(allowed_roots=settings.source_roots),
-        cache=build_cache(settings),
+        trainer=SklearnTrainer(),
+        sources=ArrowSourceReader(allowed_roots=settings.source_roots, s3=s3_options(settings)),
+        cache=cache,
         clock=SystemClock(),
         maintenance=SqlMaintenance(engine),
         reads=SqlReads(engine),
+        database=SqlProbe(engine),
+        drift=build_drift_profiler(settings, store),
+        close=close,
+        forget_after_fork=lambda: engine.dispose(close=False),
+    )
+
+
+def s3_options(settings: Settings) -> S3Options:
+    """Where ``s3://`` sources live, and the credentials to read them."""
+    return S3Options(
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+    )
+
+
+def build_drift_profiler(settings: Settings, store: SqlStore) -> DriftProfiler | None:
+    """Drift counting while scoring, unless ``PYNOMALY_DRIFT_PROFILING`` is off."""
+    if not settings.drift_profiling:
+        return None
+    return DriftProfiler(
+        store,
+        window_seconds=settings.drift_window_seconds,
+        flush_seconds=settings.drift_flush_seconds,
     )
 
 
@@ -61,19 +97,28 @@ def onnx_threads(settings: Settings) -> int:
     return max(1, (cores or 1) // processes)
 
 
-def get_services() -> Services:
-    """This process's services, built on first use."""
-    global _services  # noqa: PLW0603 - one set of resources per process, by design
+def get_adapters() -> Adapters:
+    """This process's adapters, built on first use."""
+    global _adapters  # noqa: PLW0603 - one set of resources per process, by design
     with _lock:
-        if _services is None:
-            _services = bootstrap(get_settings())
-        return _services
+        if _adapters is None:
+            _adapters = bootstrap(get_settings())
+        return _adapters
 
 
-def reset_services() -> None:
-    """Forget this process's services (after a fork, or in tests)."""
-    global _services  # noqa: PLW0603
+def flush_adapters() -> None:
+    """Store what this process counted but has not stored yet (at process exit); does
+    nothing if the process never built its adapters."""
     with _lock:
-        if _services is not None:
-            _services.maintenance.engine.dispose(close=False)
-        _services = None
+        adapters = _adapters
+    if adapters is not None and adapters.drift is not None:
+        adapters.drift.flush(now=adapters.clock.now())
+
+
+def reset_adapters() -> None:
+    """Forget this process's adapters (after a fork, or in tests)."""
+    global _adapters  # noqa: PLW0603
+    with _lock:
+        if _adapters is not None:
+            _adapters.forget_after_fork()
+        _adapters = None

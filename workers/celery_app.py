@@ -1,33 +1,25 @@
-"""The Celery application: JSON only, routed queues, late acks, per-process resources."""
+"""The Celery application: JSON only, routed queues, late acks, per-process resources.
+
+Nothing happens at import. :func:`create_app` builds an app for given settings (tests
+build their own); :func:`get_app` is this process's app, built on first use.
+"""
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Exchange, Queue
 
+from pynomaly_workers.contract import DETECTION_QUEUE, QUEUES, ROUTES
 from pynomaly_workers.settings import Settings, get_settings
-
-QUEUES = ("detection", "training", "maintenance")
-TASK_MODULES = (
-    "pynomaly_workers.tasks.detection",
-    "pynomaly_workers.tasks.training",
-    "pynomaly_workers.tasks.maintenance",
-    "pynomaly_workers.tasks.health",
-)
-ROUTES = {
-    "pynomaly.detect": {"queue": "detection", "routing_key": "detection"},
-    "pynomaly.detect.*": {"queue": "detection", "routing_key": "detection"},
-    "pynomaly.train": {"queue": "training", "routing_key": "training"},
-    "pynomaly.maintenance.*": {"queue": "maintenance", "routing_key": "maintenance"},
-}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings derived from ours."""
+    """Celery settings derived from ours (publishing clients use the same)."""
     return {
         "broker_url": settings.broker_url,
         "broker_transport": _transport(settings.broker_url),
@@ -40,9 +32,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_accept_content": ["json"],
         # One direct exchange per queue, so routing by queue name never fans out.
         "task_queues": tuple(Queue(n, Exchange(n, type="direct"), routing_key=n) for n in QUEUES),
-        "task_default_queue": "detection",
-        "task_default_exchange": "detection",
-        "task_default_routing_key": "detection",
+        "task_default_queue": DETECTION_QUEUE,
+        "task_default_exchange": DETECTION_QUEUE,
+        "task_default_routing_key": DETECTION_QUEUE,
         "task_routes": ROUTES,
         # A task is acknowledged after it finishes, and requeued if its process dies,
         # so a crash mid-job redelivers it; job_id makes the second run harmless.
@@ -93,27 +85,37 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings) -> Celery:
-    """A configured Celery app for ``settings``."""
-    application = Celery("pynomaly_workers", include=list(TASK_MODULES))
-    application.conf.update(celery_config(settings))
+    """A configured Celery app for ``settings``, with every task defined on it."""
     from pynomaly_workers.schedules import beat_config
+    from pynomaly_workers.tasks import detection, health, maintenance, training
 
+    application = Celery("pynomaly_workers", set_as_current=False)
+    application.conf.update(celery_config(settings))
     application.conf.update(beat_config(settings))
+    for module in (detection, training, maintenance, health):
+        module.register(application, settings)
+    worker_process_init.connect(_reset_after_fork, weak=False, dispatch_uid="pynomaly-fork")
+    worker_process_shutdown.connect(
+        _forget_process_metrics, weak=False, dispatch_uid="pynomaly-metrics"
+    )
     return application
 
 
-app = create_app(get_settings())
+@lru_cache(maxsize=1)
+def get_app() -> Celery:
+    """This process's app, built from :func:`~pynomaly_workers.settings.get_settings`."""
+    return create_app(get_settings())
 
 
-@worker_process_init.connect
 def _reset_after_fork(**_: Any) -> None:
-    from pynomaly_workers.bootstrap import reset_services
+    from pynomaly_workers.bootstrap import reset_adapters
 
-    reset_services()
+    reset_adapters()
 
 
-@worker_process_shutdown.connect
 def _forget_process_metrics(pid: int | None = None, **_: Any) -> None:
+    from pynomaly_workers.bootstrap import flush_adapters
     from pynomaly_workers.metrics import process_exited
 
+    flush_adapters()
     process_exited(pid or os.getpid())

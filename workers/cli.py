@@ -13,15 +13,44 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from pydantic import ValidationError
 
+from pynomaly_workers.contract import (
+    ALGORITHMS,
+    FAILED,
+    FINAL_STATUSES,
+    JOB_STATUSES,
+    QUEUES,
+    TRAIN_TASK,
+    TRAINING_QUEUE,
+    maintenance_task,
+    queue_of,
+)
 from pynomaly_workers.domain.errors import PynomalyError
 
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
+
+    from pynomaly_workers.domain.models import AliasMove, ModelVersion
+    from pynomaly_workers.domain.ports import AnomalyRecord, JobRecord, ModelOverview
+    from pynomaly_workers.services.context import Adapters
+    from pynomaly_workers.settings import Settings
+
 F = TypeVar("F", bound=Callable[..., Any])
-TERMINAL = ("succeeded", "failed")
+MAINTENANCE_JOBS = (
+    "refresh_views",
+    "vacuum_analyze",
+    "reindex",
+    "retention",
+    "drift",
+    "slow_queries",
+    "cache_stats",
+    "sweep_stale_jobs",
+)
+"""What ``maintenance run`` accepts: the tasks of ``services/maintenance.py``."""
 
 
 def fail(message: str, *, code: int = 1) -> NoReturn:
@@ -71,7 +100,7 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(func)
 
 
-def _settings() -> Any:
+def _settings() -> Settings:
     from pynomaly_workers.settings import get_settings
 
     try:
@@ -84,11 +113,11 @@ def _settings() -> Any:
         fail(f"invalid settings: {problems}")
 
 
-def _services() -> Any:
-    from pynomaly_workers.bootstrap import get_services
+def _adapters() -> Adapters:
+    from pynomaly_workers.bootstrap import get_adapters
 
     _settings()
-    return get_services()
+    return get_adapters()
 
 
 @click.group()
@@ -103,13 +132,20 @@ def main() -> None:
 @click.option("--concurrency", "-c", type=int, default=None, help="Worker processes.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--pool", default=None, help="Celery pool (prefork, solo, threads).")
-def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str | None) -> None:
+@click.option("--hostname", "-n", default=None, help="Node name (default: celery@<host name>).")
+def worker(
+    queues: str | None,
+    concurrency: int | None,
+    loglevel: str,
+    pool: str | None,
+    hostname: str | None,
+) -> None:
     """Run a worker consuming the detection, training and maintenance queues, with
     Prometheus metrics at /metrics on PYNOMALY_METRICS_PORT (0 turns them off)."""
     settings = _settings()
     if settings.metrics_port:
         _prepare_metrics_folder(settings.home / "metrics" / str(os.getpid()))
-    from pynomaly_workers.celery_app import QUEUES, app
+    from pynomaly_workers.celery_app import get_app
 
     chosen = queues or ",".join(QUEUES)
     unknown = set(chosen.split(",")) - set(QUEUES)
@@ -120,6 +156,8 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
         argv.append(f"--concurrency={concurrency or settings.worker_concurrency}")
     if pool:
         argv.append(f"--pool={pool}")
+    if hostname:
+        argv.append(f"--hostname={hostname}")
     if settings.metrics_port:
         from pynomaly_workers.metrics import serve
 
@@ -130,7 +168,7 @@ def worker(queues: str | None, concurrency: int | None, loglevel: str, pool: str
                 f"cannot serve metrics on port {settings.metrics_port} ({exc}); set "
                 "PYNOMALY_METRICS_PORT to a free port, or 0 to turn metrics off"
             )
-    app.worker_main(argv)
+    get_app().worker_main(argv)
 
 
 def _prepare_metrics_folder(folder: Path) -> None:
@@ -150,12 +188,12 @@ def beat(loglevel: str) -> None:
     """Run the beat scheduler. Safe to start twice on Redis: one ticks, the other waits
     and takes over within PYNOMALY_BEAT_LOCK_TIMEOUT + PYNOMALY_BEAT_MAX_LOOP_INTERVAL
     seconds of the leader's death. On the embedded default run one."""
-    from pynomaly_workers.celery_app import app
+    from pynomaly_workers.celery_app import get_app
 
     settings = _settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     schedule = settings.home.resolve() / "celerybeat-schedule"
-    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
+    get_app().start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}"])
 
 
 @main.command()
@@ -163,12 +201,12 @@ def beat(loglevel: str) -> None:
 @click.option("--address", default="0.0.0.0", show_default=True)  # noqa: S104
 def flower(port: int, address: str) -> None:
     """Run Flower behind basic auth (PYNOMALY_FLOWER_BASIC_AUTH=user:password)."""
-    from pynomaly_workers.celery_app import app
+    from pynomaly_workers.celery_app import get_app
 
     settings = _settings()
     if not settings.flower_basic_auth:
         fail("Flower needs basic auth: set PYNOMALY_FLOWER_BASIC_AUTH=user:password")
-    app.start(
+    get_app().start(
         [
             "flower",
             f"--port={port}",
@@ -222,6 +260,11 @@ def _load_records_file(path: Path) -> dict[str, Any]:
     fail(f"{path} must hold a JSON list of rows or an object with a 'records' key")
 
 
+def is_object_uri(uri: str) -> bool:
+    """True for ``s3://bucket/key`` (passed to the workers as it is)."""
+    return uri.startswith("s3://")
+
+
 def _input_kwargs(
     records_file: Path | None, dataset: str | None, source: str | None
 ) -> dict[str, Any]:
@@ -231,13 +274,15 @@ def _input_kwargs(
     if records_file:
         return _load_records_file(records_file)
     if source:
-        return {"source": str(Path(source).resolve())}
+        return {"source": source if is_object_uri(source) else str(Path(source).resolve())}
     return {"dataset": dataset}
 
 
 def input_options(func: F) -> F:
     """Adds --records-file / --dataset / --source."""
-    func = click.option("--source", help="CSV/Parquet path readable by the workers.")(func)
+    func = click.option(
+        "--source", help="CSV/Parquet path readable by the workers, or s3://bucket/key."
+    )(func)
     func = click.option("--dataset", help="Name of a registered dataset.")(func)
     return click.option(
         "--records-file",
@@ -250,7 +295,7 @@ def input_options(func: F) -> F:
 @click.option("--model", required=True, help="Name to register the new version under.")
 @click.option(
     "--algorithm",
-    type=click.Choice(["iforest", "lof", "ocsvm", "elliptic"]),
+    type=click.Choice(ALGORITHMS),
     default="iforest",
     show_default=True,
 )
@@ -273,7 +318,7 @@ def train(
     as_json: bool,
 ) -> None:
     """Train a model version on a worker (pynomaly.train)."""
-    from pynomaly_workers.client import TRAIN_TASK, client_app
+    from pynomaly_workers.client import client_app
 
     kwargs = {
         "model": model,
@@ -283,7 +328,7 @@ def train(
         **_input_kwargs(records_file, dataset, source),
     }
     app = client_app(_settings())
-    result = app.send_task(TRAIN_TASK, kwargs=kwargs, queue="training")
+    result = app.send_task(TRAIN_TASK, kwargs=kwargs, queue=TRAINING_QUEUE)
     if not wait:
         emit(
             {"task_id": result.id},
@@ -295,7 +340,7 @@ def train(
     emit(summary, as_json=as_json, human=lambda: _print_training(summary))
 
 
-def _wait_result(result: Any, *, timeout: float, what: str) -> dict[str, Any]:
+def _wait_result(result: AsyncResult[Any], *, timeout: float, what: str) -> dict[str, Any]:
     try:
         value = result.get(timeout=timeout, propagate=False)
     except Exception as exc:  # celery raises its own TimeoutError
@@ -344,13 +389,13 @@ def detect(
     """Submit a detection job (pynomaly.detect)."""
     from pynomaly_workers.client import client_app, new_job_id, submit_detection
 
-    services = _services()
+    adapters = _adapters()
     job_id = job_id or new_job_id()
-    services.store.enqueue_job(job_id, model=model, now=services.clock.now())
+    adapters.store.enqueue_job(job_id, model=model, now=adapters.clock.now())
     submission = submit_detection(
         model=model,
         job_id=job_id,
-        app=client_app(services.settings),
+        app=client_app(adapters.settings),
         **_input_kwargs(records_file, dataset, source),
     )
     if not wait:
@@ -360,19 +405,20 @@ def detect(
             human=lambda: click.echo(f"queued job {submission.job_id}"),
         )
         return
-    job = wait_for_job(services, submission.job_id, timeout=timeout)
-    if job.status == "failed":
+    job = wait_for_job(adapters, submission.job_id, timeout=timeout)
+    if job.status == FAILED:
         emit(asdict(job), as_json=as_json, human=lambda: None)
         fail(f"job {job.job_id} failed ({job.error_type}): {job.error}")
-    emit(job.summary, as_json=as_json, human=lambda: print_summary(job.summary))
+    summary = job.summary or {}
+    emit(summary, as_json=as_json, human=lambda: print_summary(summary))
 
 
-def wait_for_job(services: Any, job_id: str, *, timeout: float) -> Any:
+def wait_for_job(adapters: Adapters, job_id: str, *, timeout: float) -> JobRecord:
     """Poll the job record until it is succeeded or failed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = services.store.get_job(job_id)
-        if job is not None and job.status in TERMINAL:
+        job = adapters.store.get_job(job_id)
+        if job is not None and job.status in FINAL_STATUSES:
             return job
         time.sleep(0.1)
     fail(
@@ -403,12 +449,12 @@ def print_summary(summary: dict[str, Any]) -> None:
 # -- inspection ------------------------------------------------------------------------
 @main.command()
 @click.argument("job_id", required=False)
-@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed"]))
+@click.option("--status", type=click.Choice(JOB_STATUSES))
 @click.option("--limit", default=20, show_default=True)
 @json_option
 def jobs(job_id: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """List detection jobs, or show one."""
-    store = _services().store
+    store = _adapters().store
     if job_id:
         job = store.get_job(job_id)
         if job is None:
@@ -439,7 +485,7 @@ def jobs(job_id: str | None, status: str | None, limit: int, as_json: bool) -> N
     )
 
 
-def _print_job(job: Any) -> None:
+def _print_job(job: JobRecord) -> None:
     if job.summary:
         print_summary(job.summary)
     else:
@@ -448,15 +494,20 @@ def _print_job(job: Any) -> None:
         click.echo(f"error ({job.error_type}): {job.error}")
 
 
-@main.command()
-@click.option("--name", default=None, help="Only this model name.")
+@main.group(invoke_without_command=True)
+@click.option("--name", default=None)
 @json_option
-def models(name: str | None, as_json: bool) -> None:
-    """List model versions with their detection record (jobs and anomalies as of the
-    last refresh of mv_model_performance)."""
-    found = _services().reads.model_performance(name=name)
+@click.pass_context
+def models(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """List registered model versions (and their aliases); see the subcommands to move
+    an alias or roll it back."""
+    if ctx.invoked_subcommand is not None:
+        return
+    adapters = _adapters()
+    found = adapters.store.list_models(name=name)
+    performance = {p.model_id: p for p in adapters.reads.model_performance(name=name)}
     emit(
-        [asdict(m) for m in found],
+        [_model_dict(m, performance.get(m.id)) for m in found],
         as_json=as_json,
         human=lambda: click.echo(
             table(
@@ -468,10 +519,9 @@ def models(name: str | None, as_json: bool) -> None:
                         "*" if m.active else "",
                         m.n_features,
                         m.threshold,
-                        "yes" if m.onnx else "no",
-                        m.jobs,
-                        m.anomalies_found,
-                        m.last_job_at,
+                        "yes" if m.onnx_sha256 else "no",
+                        m.artifact_sha256[:12],
+                        *_performance_cells(performance.get(m.id)),
                         m.created_at,
                     ]
                     for m in found
@@ -484,6 +534,7 @@ def models(name: str | None, as_json: bool) -> None:
                     "features",
                     "threshold",
                     "onnx",
+                    "sha256",
                     "jobs",
                     "anomalies",
                     "last job",
@@ -492,6 +543,137 @@ def models(name: str | None, as_json: bool) -> None:
             )
         ),
     )
+
+
+@models.command("alias")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=click.IntRange(min=1))
+@json_option
+def models_alias(name: str, alias: str, version: int, as_json: bool) -> None:
+    """Point NAME@ALIAS (e.g. champion) at VERSION. Jobs sent with model="NAME@ALIAS"
+    use it within PYNOMALY_MODEL_REF_TTL_SECONDS."""
+    from pynomaly_workers.domain.models import check_alias, check_model_name
+
+    adapters = _adapters()
+    try:
+        moved = adapters.store.set_alias(
+            check_model_name(name), check_alias(alias), version, now=adapters.clock.now()
+        )
+    except PynomalyError as exc:
+        fail(str(exc))
+    emit(asdict(moved), as_json=as_json, human=lambda: _print_move(moved))
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.argument("alias")
+@json_option
+def models_rollback(name: str, alias: str, as_json: bool) -> None:
+    """Point NAME@ALIAS back at the version it pointed at before its last move."""
+    adapters = _adapters()
+    try:
+        moved = adapters.store.rollback_alias(name, alias, now=adapters.clock.now())
+    except PynomalyError as exc:
+        fail(str(exc))
+    emit(asdict(moved), as_json=as_json, human=lambda: _print_move(moved))
+
+
+@models.command("history")
+@click.argument("name")
+@click.option("--alias", default=None, help="Only this alias.")
+@json_option
+def models_history(name: str, alias: str | None, as_json: bool) -> None:
+    """Every move of NAME's aliases, newest first."""
+    moves = _adapters().store.alias_history(name, alias=alias)
+    emit(
+        [asdict(m) for m in moves],
+        as_json=as_json,
+        human=lambda: click.echo(
+            table(
+                [[m.alias, m.action, m.previous_version, m.version, m.moved_at] for m in moves],
+                ["alias", "action", "from", "to", "when"],
+            )
+        ),
+    )
+
+
+def _top_features(explanation: dict[str, Any] | None, *, k: int = 3) -> str:
+    """The first features of an anomaly's explanation, e.g. ``temp 4.1, rpm 0.3``."""
+    if not explanation:
+        return "-"
+    top = explanation.get("top", [])[:k]
+    return ", ".join(f"{item['feature']} {item['contribution']:.3g}" for item in top)
+
+
+@models.command("compare")
+@click.argument("name")
+@json_option
+def models_compare(name: str, as_json: bool) -> None:
+    """How NAME@challenger compared with NAME@champion on the records it shadowed
+    (PYNOMALY_SHADOW_FRACTION): flags each raised, agreement, score correlation."""
+    found = _adapters().store.shadow_comparison(name)
+    if not found and not as_json:
+        fail(
+            f"no shadow scoring recorded for {name!r}: point {name}@champion and "
+            f"{name}@challenger at versions, set PYNOMALY_SHADOW_FRACTION on the workers "
+            f"(e.g. 0.1) and send jobs to model '{name}@champion'"
+        )
+    emit(
+        found,
+        as_json=as_json,
+        human=lambda: click.echo(
+            table(
+                [
+                    [
+                        c["champion_version"],
+                        c["challenger_version"],
+                        c["n_records"],
+                        c["champion_flags"],
+                        c["challenger_flags"],
+                        c["both_flags"],
+                        c["agreement"],
+                        c["score_correlation"],
+                    ]
+                    for c in found
+                ],
+                [
+                    "champion",
+                    "challenger",
+                    "records",
+                    "flags A",
+                    "flags B",
+                    "both",
+                    "agree",
+                    "corr",
+                ],
+            )
+        ),
+    )
+
+
+def _print_move(moved: AliasMove) -> None:
+    before = f"version {moved.previous_version}" if moved.previous_version else "nothing"
+    click.echo(f"{moved.name}@{moved.alias} -> version {moved.version} (was {before})")
+
+
+def _model_dict(model: ModelVersion, performance: ModelOverview | None = None) -> dict[str, Any]:
+    data = asdict(model)
+    data["stats"] = {k: v for k, v in data["stats"].items() if k != "quantiles"}
+    if performance is not None:
+        keys = ("jobs", "jobs_failed", "records_scored", "anomalies_found", "anomaly_rate")
+        data["performance"] = {k: getattr(performance, k) for k in keys} | {
+            "p95_duration_ms": performance.p95_duration_ms,
+            "last_job_at": performance.last_job_at,
+        }
+    return data
+
+
+def _performance_cells(performance: ModelOverview | None) -> list[Any]:
+    """Jobs, anomalies and last job from mv_model_performance (as of its last refresh)."""
+    if performance is None:
+        return [None, None, None]
+    return [performance.jobs, performance.anomalies_found, performance.last_job_at]
 
 
 @main.command()
@@ -505,7 +687,7 @@ def models(name: str | None, as_json: bool) -> None:
     "(its active version), or the last 7 days of every model (mv_recent_anomalies).",
 )
 @click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=24.0)
-@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True)
 @json_option
 def anomalies(
     job_id: str | None,
@@ -517,11 +699,11 @@ def anomalies(
     as_json: bool,
 ) -> None:
     """List stored anomalies, most severe (then newest) first."""
-    services = _services()
+    adapters = _adapters()
     if newest:
-        found = _newest_anomalies(services, model=model, hours=hours, limit=limit)
+        found = _newest_anomalies(adapters, model=model, hours=hours, limit=limit)
     else:
-        found = services.reads.top_anomalies(
+        found = adapters.reads.top_anomalies(
             min_severity=min_severity, model=model, job_id=job_id, limit=limit
         )
     emit(
@@ -530,25 +712,35 @@ def anomalies(
         human=lambda: click.echo(
             table(
                 [
-                    [a.job_id, a.record_index, a.record_id, a.score, a.severity, a.timestamp]
+                    [
+                        a.job_id,
+                        a.record_index,
+                        a.record_id,
+                        a.score,
+                        a.severity,
+                        a.timestamp,
+                        _top_features(a.explanation),
+                    ]
                     for a in found
                 ],
-                ["job_id", "record", "record_id", "score", "severity", "timestamp"],
+                ["job_id", "record", "record_id", "score", "severity", "timestamp", "why"],
             )
         ),
     )
 
 
-def _newest_anomalies(services: Any, *, model: str | None, hours: float, limit: int) -> Any:
+def _newest_anomalies(
+    adapters: Adapters, *, model: str | None, hours: float, limit: int
+) -> list[AnomalyRecord]:
     from datetime import timedelta
 
-    now = services.clock.now()
+    now = adapters.clock.now()
     if model is None:
-        return services.reads.recent_anomalies(now=now, limit=limit)
-    active = [m for m in services.reads.model_performance(name=model) if m.active]
+        return adapters.reads.recent_anomalies(now=now, limit=limit)
+    active = [m for m in adapters.reads.model_performance(name=model) if m.active]
     if not active:
         fail(f"no active version of model {model!r}; 'pynomaly-workers models' lists them")
-    return services.reads.anomalies_of_model(
+    return adapters.reads.anomalies_of_model(
         model_id=active[0].model_id, since=now - timedelta(hours=hours), limit=limit
     )
 
@@ -560,18 +752,23 @@ def datasets() -> None:
 
 @datasets.command("add")
 @click.argument("name")
-@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("path")
 @json_option
-def datasets_add(name: str, path: Path, as_json: bool) -> None:
-    """Register the CSV/Parquet file PATH as dataset NAME."""
+def datasets_add(name: str, path: str, as_json: bool) -> None:
+    """Register the CSV/Parquet file PATH (a path, file:// URI or s3://bucket/key) as
+    dataset NAME."""
     from dataclasses import replace
 
     from pynomaly_workers.domain.models import check_model_name
 
-    services = _services()
-    described = services.sources.describe(str(path.resolve()))
-    dataset = services.store.register_dataset(
-        replace(described, name=check_model_name(name)), now=services.clock.now()
+    adapters = _adapters()
+    uri = path if is_object_uri(path) or path.startswith("file://") else str(Path(path).resolve())
+    try:
+        described = adapters.sources.describe(uri)
+    except PynomalyError as exc:
+        fail(str(exc))
+    dataset = adapters.store.register_dataset(
+        replace(described, name=check_model_name(name)), now=adapters.clock.now()
     )
     emit(
         asdict(dataset),
@@ -587,7 +784,7 @@ def datasets_add(name: str, path: Path, as_json: bool) -> None:
 @json_option
 def datasets_list(as_json: bool) -> None:
     """List registered datasets."""
-    found = _services().store.list_datasets()
+    found = _adapters().store.list_datasets()
     emit(
         [asdict(d) for d in found],
         as_json=as_json,
@@ -600,20 +797,53 @@ def datasets_list(as_json: bool) -> None:
     )
 
 
+# -- drift -----------------------------------------------------------------------------
+@main.command()
+@click.option("--model", default=None, help="Only this model name.")
+@json_option
+def drift(model: str | None, as_json: bool) -> None:
+    """Has each model's recent data drifted from what it was trained on? Per feature: PSI,
+    chi-squared p-value (Benjamini-Hochberg corrected), drifted; the score distribution;
+    the flagged rate against the training contamination. Exit 3 if anything drifted."""
+    from pynomaly_workers.services.drift import check_drift
+
+    reports = check_drift(_adapters(), model=model)
+    emit(reports, as_json=as_json, human=lambda: _print_drift(reports))
+    if any(r["drifted"] for r in reports):
+        sys.exit(3)
+
+
+def _print_drift(reports: list[dict[str, Any]]) -> None:
+    if not reports:
+        click.echo("no model scored anything in the look-back period")
+    for report in reports:
+        verdict = click.style("DRIFTED", fg="red") if report["drifted"] else "stable"
+        click.echo(
+            f"{report['model']}@{report['model_version']}: {verdict} "
+            f"({report['n_records']} records, {report['status']})"
+        )
+        if report["status"] != "checked":
+            continue
+        rows = [
+            [f["feature"], f["psi"], f["p_value"], f["q_value"], "yes" if f["drifted"] else ""]
+            for f in report["features"]
+        ]
+        click.echo(table(rows, ["feature", "psi", "p", "q (BH)", "drifted"]))
+        score, rate = report["score"], report["flag_rate"]
+        click.echo(f"score: psi {score['psi']:.3f}, p {score['p_value']:.3g}")
+        click.echo(
+            f"flagged: {rate['observed']:.4f} vs {rate['expected']:.4f} (p {rate['p_value']:.3g})\n"
+        )
+
+
 # -- operations ------------------------------------------------------------------------
-def _maintenance_names() -> list[str]:
-    from pynomaly_workers.services.maintenance import TASKS
-
-    return list(TASKS)
-
-
 @main.group()
 def maintenance() -> None:
     """Run maintenance tasks and see what ran."""
 
 
 @maintenance.command("run")
-@click.argument("name", type=click.Choice(_maintenance_names()))
+@click.argument("name", type=click.Choice(MAINTENANCE_JOBS))
 @click.option("--days", type=int, default=None, help="retention: keep this many days.")
 @click.option("--inline", is_flag=True, help="Run here instead of on a maintenance worker.")
 @click.option("--timeout", type=float, default=600, show_default=True)
@@ -633,16 +863,15 @@ def maintenance_run(
         except PynomalyError as exc:
             fail(str(exc).replace("days=1", "--days 1"))
     if inline:
-        report = run_maintenance(_services(), name, **options).to_dict()
+        report = run_maintenance(_adapters(), name, **options).to_dict()
     else:
         from pynomaly_workers.client import client_app
 
-        result = client_app(_settings()).send_task(
-            f"pynomaly.maintenance.{name}", kwargs=options, queue="maintenance"
-        )
+        task = maintenance_task(name)
+        result = client_app(_settings()).send_task(task, kwargs=options, queue=queue_of(task))
         report = _wait_result(result, timeout=timeout, what=f"maintenance {name}")
     emit(report, as_json=as_json, human=lambda: _print_run(report))
-    if report["outcome"] == "failed":
+    if report["outcome"] == FAILED:
         sys.exit(1)
 
 
@@ -654,12 +883,12 @@ def _print_run(run: dict[str, Any]) -> None:
 
 
 @maintenance.command("history")
-@click.option("--task", type=click.Choice(_maintenance_names()), default=None)
+@click.option("--task", type=click.Choice(MAINTENANCE_JOBS), default=None)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @json_option
 def maintenance_history(task: str | None, limit: int, as_json: bool) -> None:
     """The latest maintenance runs, newest first."""
-    runs = _services().maintenance.runs(task=task, limit=limit)
+    runs = _adapters().maintenance.runs(task=task, limit=limit)
     emit(
         runs,
         as_json=as_json,
@@ -683,7 +912,7 @@ def maintenance_history(task: str | None, limit: int, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--queues", default="detection,training,maintenance", show_default=True)
+@click.option("--queues", default=",".join(QUEUES), show_default=True)
 @click.option("--timeout", type=float, default=15, show_default=True)
 @json_option
 def health(queues: str, timeout: float, as_json: bool) -> None:
@@ -691,7 +920,7 @@ def health(queues: str, timeout: float, as_json: bool) -> None:
     through a worker on each queue."""
     from pynomaly_workers.services.health import check_health
 
-    report = check_health(_services(), queues=queues.split(","), timeout=timeout)
+    report = check_health(_adapters(), queues=queues.split(","), timeout=timeout)
     emit(report, as_json=as_json, human=lambda: _print_health(report))
     if not report["ok"]:
         sys.exit(1)

@@ -1,7 +1,9 @@
 """A small client for upstream Python services: publish jobs by task name.
 
-It needs only the broker URL; no worker code is imported. Services in other languages
-publish the same message themselves (see README, "Enqueueing from any language").
+It needs only the broker URL. It imports the contract, the settings and the Celery
+configuration, never a task, a service or a model library, so publishing is cheap.
+Services in other languages publish the same message themselves (see README,
+"Enqueueing from any language").
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ from typing import Any
 
 from celery import Celery
 
+from pynomaly_workers.contract import DETECT_TASK, TRAIN_TASK, queue_of
 from pynomaly_workers.settings import Settings, get_settings
-
-DETECT_TASK = "pynomaly.detect"
-TRAIN_TASK = "pynomaly.train"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,29 @@ def new_job_id() -> str:
     return f"job-{uuid.uuid4().hex}"
 
 
+def detection_kwargs(
+    *,
+    model: str,
+    records: Sequence[Sequence[float]] | None = None,
+    record_ids: Sequence[str | int] | None = None,
+    timestamps: Sequence[str | float] | None = None,
+    dataset: str | None = None,
+    source: str | None = None,
+    job_id: str | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of ``pynomaly.detect`` (``contract.DETECT_KWARGS_SCHEMA``)."""
+    kwargs: dict[str, Any] = {"job_id": job_id or new_job_id(), "model": model}
+    optional = {
+        "records": [list(map(float, row)) for row in records] if records is not None else None,
+        "record_ids": list(record_ids) if record_ids is not None else None,
+        "timestamps": list(timestamps) if timestamps is not None else None,
+        "dataset": dataset,
+        "source": source,
+    }
+    kwargs.update({key: value for key, value in optional.items() if value is not None})
+    return kwargs
+
+
 def submit_detection(
     *,
     model: str,
@@ -68,18 +91,42 @@ def submit_detection(
 ) -> Submission:
     """Publish ``pynomaly.detect``. Re-sending the same ``job_id`` is safe: the workers
     run each job id to one outcome and write its anomalies once."""
-    job_id = job_id or new_job_id()
-    kwargs: dict[str, Any] = {"job_id": job_id, "model": model}
-    optional = {
-        "records": [list(map(float, row)) for row in records] if records is not None else None,
-        "record_ids": list(record_ids) if record_ids is not None else None,
-        "timestamps": list(timestamps) if timestamps is not None else None,
-        "dataset": dataset,
-        "source": source,
+    kwargs = detection_kwargs(
+        model=model,
+        records=records,
+        record_ids=record_ids,
+        timestamps=timestamps,
+        dataset=dataset,
+        source=source,
+        job_id=job_id,
+    )
+    result = (app or client_app()).send_task(
+        DETECT_TASK, kwargs=kwargs, queue=queue_of(DETECT_TASK)
+    )
+    return Submission(job_id=kwargs["job_id"], task_id=str(result.id))
+
+
+def training_kwargs(
+    *,
+    model: str,
+    algorithm: str = "iforest",
+    records: Sequence[Sequence[float]] | None = None,
+    dataset: str | None = None,
+    source: str | None = None,
+    contamination: float = 0.01,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of ``pynomaly.train`` (``contract.TRAIN_KWARGS_SCHEMA``)."""
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "algorithm": algorithm,
+        "contamination": contamination,
+        "params": params or {},
     }
-    kwargs.update({key: value for key, value in optional.items() if value is not None})
-    result = (app or client_app()).send_task(DETECT_TASK, kwargs=kwargs, queue="detection")
-    return Submission(job_id=job_id, task_id=str(result.id))
+    if records is not None:
+        kwargs["records"] = [list(map(float, row)) for row in records]
+    kwargs.update({k: v for k, v in {"dataset": dataset, "source": source}.items() if v})
+    return kwargs
 
 
 def submit_training(
@@ -94,14 +141,14 @@ def submit_training(
     app: Celery | None = None,
 ) -> Submission:
     """Publish ``pynomaly.train``; the job id is Celery's task id."""
-    kwargs: dict[str, Any] = {
-        "model": model,
-        "algorithm": algorithm,
-        "contamination": contamination,
-        "params": params or {},
-    }
-    if records is not None:
-        kwargs["records"] = [list(map(float, row)) for row in records]
-    kwargs.update({k: v for k, v in {"dataset": dataset, "source": source}.items() if v})
-    result = (app or client_app()).send_task(TRAIN_TASK, kwargs=kwargs, queue="training")
+    kwargs = training_kwargs(
+        model=model,
+        algorithm=algorithm,
+        records=records,
+        dataset=dataset,
+        source=source,
+        contamination=contamination,
+        params=params,
+    )
+    result = (app or client_app()).send_task(TRAIN_TASK, kwargs=kwargs, queue=queue_of(TRAIN_TASK))
     return Submission(job_id=str(result.id), task_id=str(result.id))

@@ -12,14 +12,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pynomaly_workers.contract import DETECTION_QUEUE, FAILED, FINAL_STATUSES, TRAINING_QUEUE
 from pynomaly_workers.settings import Settings
+
+if TYPE_CHECKING:
+    from pynomaly_workers.domain.ports import JobRecord
+    from pynomaly_workers.services.context import Adapters
 
 N_FEATURES = 8
 FEATURES = [f"sensor_{i}" for i in range(N_FEATURES)]
@@ -70,9 +75,14 @@ class WorkerProcess:
         concurrency: int = 2,
         queues: str | None = None,
         env: dict[str, str] | None = None,
+        hostname: str | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
+        """``prefix`` runs the worker under another command (``ip netns exec NS`` puts
+        it on another network host); ``hostname`` names its Celery node."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [
+            *prefix,
             sys.executable,
             "-m",
             "pynomaly_workers.cli",
@@ -84,6 +94,8 @@ class WorkerProcess:
         ]
         if queues:
             command += ["--queues", queues]
+        if hostname:
+            command += ["--hostname", hostname]
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
@@ -133,7 +145,7 @@ def run_demo(
     settings: Settings, *, timeout: float, echo: Callable[[str], None] | None
 ) -> dict[str, Any]:
     """Migrate, start a worker, train on generated data, detect, return the outcome."""
-    from pynomaly_workers.bootstrap import get_services
+    from pynomaly_workers.bootstrap import get_adapters
     from pynomaly_workers.client import client_app, new_job_id, submit_detection, submit_training
     from pynomaly_workers.migrate import upgrade
     from pynomaly_workers.services.health import check_health
@@ -143,13 +155,14 @@ def run_demo(
     upgrade(settings.resolved_database_url)
     data = make_sample_data()
     write_csv(paths["training"], data.training)
-    services = get_services()
+    adapters = get_adapters()
     app = client_app(settings)
     say(f"starting a worker (log: {paths['log']})")
     # The demo needs no metrics endpoint, and must not collide with a worker serving one.
     worker = WorkerProcess(log_path=paths["log"], env={"PYNOMALY_METRICS_PORT": "0"})
     try:
-        report = check_health(services, queues=["detection", "training"], timeout=timeout)
+        queues = [DETECTION_QUEUE, TRAINING_QUEUE]
+        report = check_health(adapters, queues=queues, timeout=timeout)
         if not report["ok"]:
             raise DemoFailed(f"the worker did not answer: {report['checks']}; see {paths['log']}")
         say(f"training model 'demo-sensors' (iforest) on {len(data.training)} rows ...")
@@ -163,7 +176,7 @@ def run_demo(
             f"{len(data.incoming)} new readings ({len(data.injected)} injected anomalies) ..."
         )
         job_id = new_job_id()
-        services.store.enqueue_job(job_id, model="demo-sensors", now=services.clock.now())
+        adapters.store.enqueue_job(job_id, model="demo-sensors", now=adapters.clock.now())
         submit_detection(
             model="demo-sensors",
             records=data.incoming.tolist(),
@@ -171,10 +184,10 @@ def run_demo(
             job_id=job_id,
             app=app,
         )
-        job = _await_job(services, job_id, timeout=timeout)
+        job = _await_job(adapters, job_id, timeout=timeout)
     finally:
         worker.stop()
-    found = {a.record_index for a in services.store.list_anomalies(job_id=job_id, limit=10_000)}
+    found = {a.record_index for a in adapters.store.list_anomalies(job_id=job_id, limit=10_000)}
     recall = len(found & set(data.injected)) / len(data.injected)
     say(
         f"{len(found & set(data.injected))} of {len(data.injected)} injected anomalies found "
@@ -192,16 +205,17 @@ class DemoFailed(RuntimeError):
     """The demo could not complete; the message says where to look."""
 
 
-def _await_job(services: Any, job_id: str, *, timeout: float) -> Any:
-    holder: dict[str, Any] = {}
+def _await_job(adapters: Adapters, job_id: str, *, timeout: float) -> JobRecord:
+    holder: dict[str, JobRecord | None] = {"job": None}
 
     def finished() -> bool:
-        holder["job"] = services.store.get_job(job_id)
-        return holder["job"] is not None and holder["job"].status in ("succeeded", "failed")
+        holder["job"] = job = adapters.store.get_job(job_id)
+        return job is not None and job.status in FINAL_STATUSES
 
     if not wait_for(finished, timeout=timeout):
         raise DemoFailed(f"job {job_id} did not finish in {timeout:.0f}s")
     job = holder["job"]
-    if job.status == "failed":
+    assert job is not None
+    if job.status == FAILED:
         raise DemoFailed(f"job {job_id} failed: {job.error}")
     return job

@@ -3,37 +3,68 @@
 Celery's prefork pool runs tasks in child processes, so the counters use
 prometheus-client's multiprocess mode: every process writes to files under
 ``PROMETHEUS_MULTIPROC_DIR`` and the worker's main process serves their sum. The
-directory must be set before this module is imported, which the ``worker`` command does
-(``cli.py``); imported without it (tests, other commands), the metrics are plain
-in-process counters.
+``worker`` command sets that folder (``cli.py``); without it (tests, other commands) the
+metrics are plain in-process counters. Nothing is created at import: :func:`get_metrics`
+builds the metrics on first use, after the folder is known, whatever was imported first.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from functools import lru_cache
 
 from prometheus_client import Counter, Histogram
 
-JOBS = Counter("pynomaly_jobs", "Detection jobs finished, by outcome.", ["outcome"])
-RECORDS = Counter("pynomaly_records_scored", "Records scored by detection jobs.")
-ANOMALIES = Counter("pynomaly_anomalies", "Anomalies found by detection jobs.")
-CACHE_HITS = Counter("pynomaly_cache_hits", "Rows whose score came from the prediction cache.")
-BATCH_JOBS = Histogram(
-    "pynomaly_batch_jobs",
-    "Detection messages per micro-batch.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
-BATCH_SECONDS = Histogram(
-    "pynomaly_batch_seconds",
-    "Time to process one micro-batch of detection messages.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
-)
-CHUNK_SECONDS = Histogram(
-    "pynomaly_chunk_seconds",
-    "Time to score and write one chunk of a fanned-out job.",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
-RETRIES = Counter("pynomaly_retries", "Detection messages re-published after a transient error.")
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """The metrics a worker process records."""
+
+    jobs: Counter
+    records: Counter
+    anomalies: Counter
+    cache_hits: Counter
+    batch_jobs: Histogram
+    batch_seconds: Histogram
+    chunk_seconds: Histogram
+    retries: Counter
+
+
+@lru_cache(maxsize=1)
+def get_metrics() -> Metrics:
+    """This process's metrics, created on first use."""
+    from prometheus_client import values
+
+    # prometheus-client picks in-process or multiprocess values when it is imported;
+    # choose again now, so the choice follows PROMETHEUS_MULTIPROC_DIR, not import order.
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    return Metrics(
+        jobs=Counter("pynomaly_jobs", "Detection jobs finished, by outcome.", ["outcome"]),
+        records=Counter("pynomaly_records_scored", "Records scored by detection jobs."),
+        anomalies=Counter("pynomaly_anomalies", "Anomalies found by detection jobs."),
+        cache_hits=Counter(
+            "pynomaly_cache_hits", "Rows whose score came from the prediction cache."
+        ),
+        batch_jobs=Histogram(
+            "pynomaly_batch_jobs",
+            "Detection messages per micro-batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        ),
+        batch_seconds=Histogram(
+            "pynomaly_batch_seconds",
+            "Time to process one micro-batch of detection messages.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+        ),
+        chunk_seconds=Histogram(
+            "pynomaly_chunk_seconds",
+            "Time to score and write one chunk of a fanned-out job.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        ),
+        retries=Counter(
+            "pynomaly_retries", "Detection messages re-published after a transient error."
+        ),
+    )
 
 
 def serve(port: int) -> None:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_BROKER = "filesystem://"
@@ -41,7 +41,21 @@ class Settings(BaseSettings):
     max_records_per_job: int = Field(default=100_000, gt=0)
     max_features: int = Field(default=1_024, gt=0)
     top_anomalies: int = Field(default=10, ge=0, le=1_000)
+    explain_top_features: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description="Features named in each anomaly's explanation; 0 = no explanations.",
+    )
     chunk_rows: int = Field(default=100_000, gt=0, description="Rows read per source chunk.")
+    s3_endpoint_url: str = Field(
+        default="",
+        description="S3-compatible endpoint for s3:// sources (MinIO, Ceph, ...); empty "
+        "= AWS (or AWS_ENDPOINT_URL_S3).",
+    )
+    s3_region: str = Field(default="", description="Region of s3:// sources; empty = AWS_REGION.")
+    s3_access_key_id: str = Field(default="", description="Empty = the standard AWS chain.")
+    s3_secret_access_key: SecretStr = Field(default=SecretStr(""))
     source_roots: tuple[Path, ...] = Field(
         default=(),
         description="Folders 'source' files must lie in (JSON list); empty allows any path.",
@@ -88,6 +102,27 @@ class Settings(BaseSettings):
         description="Replace a pool process after a task leaves it above this resident "
         "size (training and ONNX export grow a process for good); 0 = never.",
     )
+
+    shadow_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of the records sent to NAME@champion also scored by "
+        "NAME@challenger; 0 = no shadow scoring.",
+    )
+
+    # Drift monitoring.
+    drift_profiling: bool = Field(
+        default=True, description="Fold scored records into drift counts while scoring."
+    )
+    drift_window_seconds: int = Field(default=3_600, gt=0)
+    drift_flush_seconds: float = Field(
+        default=10.0, ge=0, description="How often a worker process adds its counts."
+    )
+    drift_lookback_hours: float = Field(default=24.0, gt=0)
+    drift_alpha: float = Field(default=0.01, gt=0, lt=1)
+    drift_psi_threshold: float = Field(default=0.1, ge=0)
+    drift_min_records: int = Field(default=500, gt=0)
 
     # Operations.
     metrics_port: int = Field(default=9808, ge=0, le=65_535)

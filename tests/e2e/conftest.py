@@ -15,7 +15,7 @@ from celery import Celery
 from pynomaly_workers.bootstrap import bootstrap
 from pynomaly_workers.client import client_app, close_app
 from pynomaly_workers.demo import WorkerProcess
-from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.health import check_health
 from pynomaly_workers.settings import Settings
 from tests.conftest import REDIS_URL, _require_redis
@@ -62,13 +62,11 @@ def e2e_settings(e2e_env: dict[str, str]) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def e2e_services(e2e_settings: Settings) -> Iterator[Services]:
-    """Services in the test process, to inspect what the worker wrote."""
-    services = bootstrap(e2e_settings)
-    yield services
-    services.maintenance.engine.dispose()
-    if services.cache is not None:
-        services.cache.client.close()  # type: ignore[attr-defined]
+def e2e_adapters(e2e_settings: Settings) -> Iterator[Adapters]:
+    """Adapters in the test process, to inspect what the worker wrote."""
+    adapters = bootstrap(e2e_settings)
+    yield adapters
+    adapters.close()
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +80,12 @@ def e2e_app(e2e_settings: Settings) -> Iterator[Celery]:
 
 @pytest.fixture(scope="module")
 def worker(
-    e2e_env: dict[str, str], e2e_services: Services, tmp_path_factory: pytest.TempPathFactory
+    e2e_env: dict[str, str], e2e_adapters: Adapters, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     """One real ``pynomaly-workers worker`` process (prefork, 2 children)."""
     log = Path(tmp_path_factory.mktemp("logs")) / "worker.log"
     process = WorkerProcess(log_path=log, concurrency=2, env={**os.environ, **e2e_env})
-    report = check_health(e2e_services, queues=["detection", "training"], timeout=60)
+    report = check_health(e2e_adapters, queues=["detection", "training"], timeout=60)
     if not report["ok"]:
         process.stop()
         pytest.fail(f"worker did not answer: {report}; log:\n{log.read_text()[-3000:]}")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
 from typing import Any
 
 import pytest
 import redis
 
+from pynomaly_workers.contract import DETECTION_QUEUE
 from pynomaly_workers.demo import WorkerProcess
-from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.context import Adapters
+from pynomaly_workers.services.health import check_health
 from tests.e2e.conftest import BROKER_DB, redis_db
 from tests.e2e.test_worker import wait_job
 from tests.factories import rows_with_outliers
@@ -52,14 +53,14 @@ def raw_detect_message(kwargs: dict[str, Any]) -> bytes:
 
 
 @pytest.fixture
-def trained_model(worker: WorkerProcess, e2e_services: Services) -> str:
+def trained_model(worker: WorkerProcess, e2e_adapters: Adapters) -> str:
     from tests.factories import train
 
-    return train(e2e_services, model="raw").label
+    return train(e2e_adapters, model="raw").label
 
 
 def test_a_message_pushed_with_lpush_is_consumed(
-    trained_model: str, e2e_services: Services
+    trained_model: str, e2e_adapters: Adapters
 ) -> None:
     # Given a producer that only speaks Redis
     client = redis.Redis.from_url(redis_db(BROKER_DB))
@@ -74,7 +75,7 @@ def test_a_message_pushed_with_lpush_is_consumed(
     client.close()
 
     # Then a worker runs the job like any other
-    job = wait_job(e2e_services, "raw-1")
+    job = wait_job(e2e_adapters, "raw-1")
     assert job.status == "succeeded", job.error
     assert job.n_records == 200
 
@@ -90,7 +91,7 @@ MALFORMED = [
 
 
 def test_malformed_messages_are_dropped_without_killing_the_worker(
-    trained_model: str, e2e_services: Services, worker: WorkerProcess
+    trained_model: str, e2e_adapters: Adapters, worker: WorkerProcess
 ) -> None:
     # Given garbage of every kind ahead of a good message on the queue
     client = redis.Redis.from_url(redis_db(BROKER_DB))
@@ -105,8 +106,10 @@ def test_malformed_messages_are_dropped_without_killing_the_worker(
     client.close()
 
     # When the worker reaches them, Then it drops them and goes on to the good one
-    job = wait_job(e2e_services, "raw-2")
+    job = wait_job(e2e_adapters, "raw-2")
 
     assert job.status == "succeeded"
-    time.sleep(0.2)
+    # and it keeps consuming: a canary sent after the garbage round-trips
+    report = check_health(e2e_adapters, queues=[DETECTION_QUEUE], timeout=30)
+    assert report["ok"], report
     assert worker.alive()

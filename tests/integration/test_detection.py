@@ -19,10 +19,10 @@ from pynomaly_workers.domain.errors import (
     UnknownModel,
 )
 from pynomaly_workers.domain.models import ModelRef
-from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.detection import JobAlreadyFailed, run_detection
 from pynomaly_workers.settings import Settings
-from tests.factories import rows_with_outliers, train, write_csv
+from tests.factories import reference_scorer, rows_with_outliers, train, write_csv
 
 pytestmark = pytest.mark.integration
 CONTRACT_KEYS = {
@@ -39,25 +39,25 @@ CONTRACT_KEYS = {
 }
 
 
-def detect(services: Services, **kwargs: Any) -> dict[str, Any]:
+def detect(adapters: Adapters, **kwargs: Any) -> dict[str, Any]:
     kwargs.setdefault("job_id", "job-1")
     kwargs.setdefault("model", "m")
-    return run_detection(services, kwargs, default_job_id="fallback")
+    return run_detection(adapters, kwargs, default_job_id="fallback").to_dict()
 
 
-def stored(services: Services, job_id: str = "job-1") -> list[int]:
+def stored(adapters: Adapters, job_id: str = "job-1") -> list[int]:
     return sorted(
-        a.record_index for a in services.store.list_anomalies(job_id=job_id, limit=100_000)
+        a.record_index for a in adapters.store.list_anomalies(job_id=job_id, limit=100_000)
     )
 
 
-def test_detect_returns_the_contract_summary_and_persists_anomalies(services: Services) -> None:
+def test_detect_returns_the_contract_summary_and_persists_anomalies(adapters: Adapters) -> None:
     # Given a trained model and records with three far outliers
-    version = train(services)
+    version = train(adapters)
     rows = rows_with_outliers()
 
     # When the job runs
-    summary = detect(services, records=rows, record_ids=[f"id-{i}" for i in range(len(rows))])
+    summary = detect(adapters, records=rows, record_ids=[f"id-{i}" for i in range(len(rows))])
 
     # Then the summary follows the contract and the anomalies are stored
     assert set(summary) == CONTRACT_KEYS
@@ -66,41 +66,41 @@ def test_detect_returns_the_contract_summary_and_persists_anomalies(services: Se
     assert summary["n_records"] == 200
     assert {3, 50, 120} <= {a["record_index"] for a in summary["top_anomalies"]}
     assert summary["top_anomalies"][0]["record_id"].startswith("id-")
-    assert len(stored(services)) == summary["n_anomalies"]
-    job = services.store.get_job("job-1")
+    assert len(stored(adapters)) == summary["n_anomalies"]
+    job = adapters.store.get_job("job-1")
     assert job is not None
     assert job.status == "succeeded"
     assert job.summary == summary
-    severities = [a.severity for a in services.store.list_anomalies(job_id="job-1")]
+    severities = [a.severity for a in adapters.store.list_anomalies(job_id="job-1")]
     assert all(0.5 < s <= 1.0 for s in severities)
 
 
-def test_running_the_same_job_twice_writes_once(services: Services) -> None:
-    train(services)
-    first = detect(services, records=rows_with_outliers())
-    second = detect(services, records=rows_with_outliers())
+def test_running_the_same_job_twice_writes_once(adapters: Adapters) -> None:
+    train(adapters)
+    first = detect(adapters, records=rows_with_outliers())
+    second = detect(adapters, records=rows_with_outliers())
 
     assert second == first
-    assert len(stored(services)) == first["n_anomalies"]
-    assert len(services.store.list_jobs()) == 1
+    assert len(stored(adapters)) == first["n_anomalies"]
+    assert len(adapters.store.list_jobs()) == 1
 
 
 def test_a_redelivered_running_job_finishes_with_one_set_of_anomalies(
-    services: Services,
+    adapters: Adapters,
 ) -> None:
     # Given a job that crashed after claiming and writing part of its anomalies
-    train(services)
-    services.store.claim_job("job-1", model="m", now=services.clock.now())
+    train(adapters)
+    adapters.store.claim_job("job-1", model="m", now=adapters.clock.now())
 
     # When it is delivered again
-    summary = detect(services, records=rows_with_outliers())
+    summary = detect(adapters, records=rows_with_outliers())
 
     # Then it succeeds once, on its second attempt
-    job = services.store.get_job("job-1")
+    job = adapters.store.get_job("job-1")
     assert job is not None
     assert job.status == "succeeded"
     assert job.attempts == 2
-    assert len(stored(services)) == summary["n_anomalies"]
+    assert len(stored(adapters)) == summary["n_anomalies"]
 
 
 def test_chunked_scoring_writes_exactly_the_anomalies_of_unchunked(
@@ -124,23 +124,23 @@ def test_chunked_scoring_writes_exactly_the_anomalies_of_unchunked(
     for x, y in zip(a["top_anomalies"], b["top_anomalies"], strict=True):
         assert x["record_index"] == y["record_index"]
         assert x["score"] == pytest.approx(y["score"], abs=tolerance)
-    whole.maintenance.engine.dispose()
+    whole.close()
 
 
 def test_source_and_dataset_jobs_carry_ids_and_timestamps(
-    services: Services, tmp_path: Path
+    adapters: Adapters, tmp_path: Path
 ) -> None:
-    train(services)
+    train(adapters)
     path = write_csv(tmp_path / "in.csv", rows_with_outliers(), ids=True)
 
-    summary = detect(services, source=f"file://{path}")
+    summary = detect(adapters, source=f"file://{path}")
 
     top = summary["top_anomalies"][0]
     assert top["record_id"] == f"r{top['record_index']}"
-    anomaly = services.store.list_anomalies(job_id="job-1", limit=1)[0]
+    anomaly = adapters.store.list_anomalies(job_id="job-1", limit=1)[0]
     assert anomaly.timestamp.year == 2026
-    inline = detect(services, job_id="job-2", records=rows_with_outliers())
-    assert stored(services, "job-1") == stored(services, "job-2")
+    inline = detect(adapters, job_id="job-2", records=rows_with_outliers())
+    assert stored(adapters, "job-1") == stored(adapters, "job-2")
     assert inline["n_anomalies"] == summary["n_anomalies"]
 
 
@@ -167,40 +167,40 @@ def test_bad_input_fails_the_job_with_a_message(
     error: type[Exception],
     message: str,
 ) -> None:
-    services = bootstrap(make_settings(database_url=store_url, max_records_per_job=10))
-    train(services)
+    adapters = bootstrap(make_settings(database_url=store_url, max_records_per_job=10))
+    train(adapters)
     message_kwargs = {"records": [[1.0] * 4], **kwargs}
     if ("dataset" in kwargs or "source" in kwargs) and "records" not in kwargs:
         message_kwargs.pop("records")
 
     with pytest.raises(error, match=message) as raised:
-        detect(services, **message_kwargs)
+        detect(adapters, **message_kwargs)
 
-    job = services.store.get_job("job-1")
+    job = adapters.store.get_job("job-1")
     assert job is not None
     assert job.status == "failed"
     assert job.error == str(raised.value)
     assert job.error_type == raised.value.code  # type: ignore[attr-defined]
-    assert stored(services) == []
+    assert stored(adapters) == []
     with pytest.raises(JobAlreadyFailed, match="already failed"):
-        detect(services, **message_kwargs)
-    services.maintenance.engine.dispose()
+        detect(adapters, **message_kwargs)
+    adapters.close()
 
 
 def test_cache_serves_repeated_rows_and_never_another_version(
     clean_pg: str, redis_url: str, make_settings: Callable[..., Settings]
 ) -> None:
     # cache_min_row_cost_us=0: use the cache even for this fast model
-    services = bootstrap(
+    adapters = bootstrap(
         make_settings(database_url=clean_pg, cache_url=redis_url, cache_min_row_cost_us=0)
     )
-    train(services)
+    train(adapters)
     rows = rows_with_outliers()
 
-    cold = detect(services, job_id="cold", records=rows)
-    warm = detect(services, job_id="warm", records=rows)
-    train(services, params={"n_estimators": 20})  # version 2 becomes active
-    fresh = detect(services, job_id="fresh", records=rows)
+    cold = detect(adapters, job_id="cold", records=rows)
+    warm = detect(adapters, job_id="warm", records=rows)
+    train(adapters, params={"n_estimators": 20})  # version 2 becomes active
+    fresh = detect(adapters, job_id="fresh", records=rows)
 
     assert cold["cache_hits"] == 0
     assert warm["cache_hits"] == len(rows)
@@ -208,43 +208,43 @@ def test_cache_serves_repeated_rows_and_never_another_version(
     assert fresh["model_version"] == 2
     assert fresh["cache_hits"] == 0
     assert fresh["threshold"] != cold["threshold"]
-    services.maintenance.engine.dispose()
+    adapters.close()
 
 
 def test_cached_scores_equal_computed_scores(
     clean_pg: str, redis_url: str, make_settings: Callable[..., Settings]
 ) -> None:
-    services = bootstrap(make_settings(database_url=clean_pg, cache_url=redis_url))
-    version = train(services)
-    assert services.cache is not None
+    adapters = bootstrap(make_settings(database_url=clean_pg, cache_url=redis_url))
+    version = train(adapters)
+    assert adapters.cache is not None
     rows = np.asarray(rows_with_outliers())
-    computed = services.models.load(version).sklearn.score(rows)
-    services.cache.set_many(version.content_hash, rows, computed)
+    computed = reference_scorer(adapters, version).score(rows)
+    adapters.cache.set_many(version.content_hash, rows, computed)
 
-    assert np.array_equal(services.cache.get_many(version.content_hash, rows), computed)
-    assert np.isnan(services.cache.get_many("other-hash", rows)).all()
-    services.maintenance.engine.dispose()
+    assert np.array_equal(adapters.cache.get_many(version.content_hash, rows), computed)
+    assert np.isnan(adapters.cache.get_many("other-hash", rows)).all()
+    adapters.close()
 
 
 def test_the_cache_is_bypassed_for_a_model_cheaper_than_a_round_trip(
     clean_pg: str, redis_url: str, make_settings: Callable[..., Settings]
 ) -> None:
     # Given a fast model and a threshold no real model beats
-    services = bootstrap(
+    adapters = bootstrap(
         make_settings(database_url=clean_pg, cache_url=redis_url, cache_min_row_cost_us=1e9)
     )
-    train(services)
+    train(adapters)
     rows = rows_with_outliers()
 
     # When the same rows are scored twice
-    detect(services, job_id="a", records=rows)
-    again = detect(services, job_id="b", records=rows)
+    detect(adapters, job_id="a", records=rows)
+    again = detect(adapters, job_id="b", records=rows)
 
     # Then nothing was cached or served from the cache
     assert again["cache_hits"] == 0
-    assert services.cache is not None
-    assert services.cache.client.dbsize() == 0  # type: ignore[attr-defined]
-    services.maintenance.engine.dispose()
+    assert adapters.cache is not None
+    assert adapters.cache.client.dbsize() == 0  # type: ignore[attr-defined]
+    adapters.close()
 
 
 def test_a_fanned_out_source_writes_exactly_the_anomalies_of_one_piece(
@@ -275,4 +275,69 @@ def test_a_fanned_out_source_writes_exactly_the_anomalies_of_one_piece(
     job = whole.store.get_job("chunked")
     assert job is not None
     assert job.attempts == 1
-    whole.maintenance.engine.dispose()
+    whole.close()
+
+
+def test_each_anomaly_carries_its_explanation(adapters: Adapters, tmp_path: Path) -> None:
+    # Given a model, and rows whose outliers deviate in feature 2 only
+    train(adapters, algorithm="elliptic")
+    rows = rows_with_outliers(n=300, outliers=())
+    for index in (10, 150, 290):
+        rows[index][2] = 9.0
+    path = str(write_csv(tmp_path / "named.csv", rows))
+
+    # When they are scored inline and from a CSV with named columns
+    inline = detect(adapters, job_id="inline", records=rows)
+    named = detect(adapters, job_id="named", source=path)
+
+    # Then every stored anomaly names feature 2 first (by index inline, by column name
+    # from the file), and the summary's top anomalies carry the same explanation
+    for job_id, feature in (("inline", 2), ("named", "f2")):
+        found = {a.record_index: a for a in adapters.store.list_anomalies(job_id=job_id)}
+        assert {10, 150, 290} <= set(found)
+        for index in (10, 150, 290):
+            explanation = found[index].explanation
+            assert explanation is not None
+            assert (explanation["method"], explanation["exact"]) == ("mahalanobis", True)
+            assert explanation["top"][0]["feature"] == feature
+            assert len(explanation["top"]) == 4  # all four features (default top 5)
+    for summary in (inline, named):
+        tops = {t["record_index"]: t for t in summary["top_anomalies"]}
+        stored = {
+            a.record_index: a.explanation
+            for a in adapters.store.list_anomalies(job_id=summary["job_id"])
+        }
+        assert all(tops[i]["explanation"] == stored[i] for i in tops)
+
+
+def test_explanations_can_be_turned_off(
+    store_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    adapters = bootstrap(make_settings(database_url=store_url, explain_top_features=0))
+    train(adapters)
+
+    summary = detect(adapters, records=rows_with_outliers())
+
+    assert all("explanation" not in t for t in summary["top_anomalies"])
+    assert all(a.explanation is None for a in adapters.store.list_anomalies(job_id="job-1"))
+    adapters.close()
+
+
+@pytest.mark.parametrize("algorithm", ["hbos", "ecod"])
+def test_hbos_and_ecod_detect_and_explain_exactly(adapters: Adapters, algorithm: str) -> None:
+    # Given a model of the algorithm, and rows with the usual outliers
+    version = train(adapters, algorithm=algorithm)
+
+    # When they are scored
+    summary = detect(adapters, records=rows_with_outliers())
+
+    # Then the outliers are found, each explained by terms that add up to its score
+    found = {a.record_index: a for a in adapters.store.list_anomalies(job_id="job-1")}
+    assert {3, 50, 120} <= set(found)
+    for index in (3, 50, 120):
+        explanation = found[index].explanation
+        assert explanation is not None
+        assert (explanation["method"], explanation["exact"]) == ("feature_scores", True)
+        total = sum(item["contribution"] for item in explanation["top"])
+        assert total == pytest.approx(found[index].score, rel=1e-9)
+    assert summary["model_version"] == version.version

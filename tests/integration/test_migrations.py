@@ -50,10 +50,16 @@ TABLES = {
     "datasets",
     "detection_chunks",
     "detection_jobs",
+    "drift_reports",
+    "drift_windows",
     "maintenance_runs",
     "metrics",
+    "model_alias_moves",
+    "model_aliases",
     "model_artifacts",
     "models",
+    "shadow_anomalies",
+    "shadow_results",
 }
 
 

@@ -1,7 +1,8 @@
-"""One contract, three stores: the in-memory fake, SqlStore on SQLite, SqlStore on PostgreSQL.
+"""One contract, two backends: SqlStore on SQLite (the embedded default, and the fast
+store the service tests run on) and SqlStore on PostgreSQL.
 
-Every test runs against each backend, so the fake the unit tests use cannot drift from
-the stores production uses.
+Every test runs against each backend, so the embedded store cannot drift from the one
+production uses.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import pytest
 from sqlalchemy import update
 
 from pynomaly_workers.adapters.stores.engine import build_engine
-from pynomaly_workers.adapters.stores.memory import InMemoryStore
 from pynomaly_workers.adapters.stores.sql import SqlStore, sha256
 from pynomaly_workers.adapters.stores.tables import ModelArtifactRow
-from pynomaly_workers.domain.errors import ArtifactCorrupt, UnknownDataset, UnknownModel
-from pynomaly_workers.domain.jobs import JobSummary, TopAnomaly
+from pynomaly_workers.domain.errors import (
+    ArtifactCorrupt,
+    InvalidInput,
+    UnknownDataset,
+    UnknownModel,
+)
+from pynomaly_workers.domain.jobs import ChunkTally, JobSummary, TopAnomaly
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import (
     AnomalyBatch,
@@ -43,12 +48,9 @@ _Record = TypeVar("_Record", AnomalyRecord, Dataset, JobRecord, ModelVersion)
 
 
 # -- fixtures and factories -------------------------------------------------------------
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    """Each store implementation in turn, empty."""
-    if request.param == "memory":
-        yield InMemoryStore()
-        return
+    """Each store backend in turn, empty."""
     fixture = "sqlite_url" if request.param == "sqlite" else "clean_pg"
     engine = build_engine(str(request.getfixturevalue(fixture)))
     yield SqlStore(engine)
@@ -57,9 +59,6 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
 
 def corrupt_artifact(store: Store, digest: str, content: bytes) -> None:
     """Replace stored artifact bytes behind the store's back, as a bad disk would."""
-    if isinstance(store, InMemoryStore):
-        store.artifacts[digest] = content
-        return
     assert isinstance(store, SqlStore)
     with store.engine.begin() as conn:
         conn.execute(
@@ -295,6 +294,72 @@ def run_in_threads(target: Callable[[int], None], n: int) -> None:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+
+
+# -- aliases ----------------------------------------------------------------------------
+def three_versions(store: Store) -> list[ModelVersion]:
+    return [store.register_model(draft(), now=T0 + timedelta(minutes=i)) for i in range(3)]
+
+
+def test_an_alias_names_the_version_it_points_at(store: Store) -> None:
+    # Given three versions of m (v3 active) and m@champion on v1
+    v1, _, v3 = three_versions(store)
+    moved = store.set_alias("m", "champion", 1, now=T0)
+
+    # Then the alias resolves to v1 while the bare name stays on the active v3
+    assert (moved.version, moved.previous_version, moved.action) == (1, None, "set")
+    assert store.get_model(ModelRef("m", alias="champion")).id == v1.id
+    assert store.get_model(ModelRef("m")).id == v3.id
+
+
+def test_moving_an_alias_and_rolling_it_back(store: Store) -> None:
+    # Given m@champion moved v1 -> v2 -> v3
+    versions = three_versions(store)
+    for version in (1, 2, 3):
+        store.set_alias("m", "champion", version, now=T0 + timedelta(hours=version))
+
+    # When it is rolled back, and rolled back again
+    first = store.rollback_alias("m", "champion", now=T0 + timedelta(hours=4))
+    champion = store.get_model(ModelRef("m", alias="champion"))
+    second = store.rollback_alias("m", "champion", now=T0 + timedelta(hours=5))
+
+    # Then the first rollback returns to v2, the second undoes it (v3), like an undo
+    assert (first.version, first.previous_version, first.action) == (2, 3, "rollback")
+    assert champion.id == versions[1].id
+    assert (second.version, second.previous_version) == (3, 2)
+    # And the history keeps every move, newest first
+    history = store.alias_history("m", alias="champion")
+    assert [(h.action, h.previous_version, h.version) for h in history] == [
+        ("rollback", 2, 3),
+        ("rollback", 3, 2),
+        ("set", 2, 3),
+        ("set", 1, 2),
+        ("set", None, 1),
+    ]
+    assert utc(history[0].moved_at) == T0 + timedelta(hours=5)
+
+
+def test_aliases_are_independent(store: Store) -> None:
+    three_versions(store)
+    store.set_alias("m", "champion", 3, now=T0)
+    store.set_alias("m", "challenger", 1, now=T0)
+
+    assert store.get_model(ModelRef("m", alias="champion")).version == 3
+    assert store.get_model(ModelRef("m", alias="challenger")).version == 1
+    assert [h.alias for h in store.alias_history("m")] == ["challenger", "champion"]
+
+
+def test_alias_errors_say_what_to_do(store: Store) -> None:
+    three_versions(store)
+    with pytest.raises(UnknownModel, match="has no version 7; it has versions"):
+        store.set_alias("m", "champion", 7, now=T0)
+    with pytest.raises(UnknownModel, match="no alias 'champion'; point it at a version"):
+        store.get_model(ModelRef("m", alias="champion"))
+    with pytest.raises(UnknownModel, match="has no alias 'champion' to roll back"):
+        store.rollback_alias("m", "champion", now=T0)
+    store.set_alias("m", "champion", 2, now=T0)
+    with pytest.raises(InvalidInput, match="nothing to roll back to"):
+        store.rollback_alias("m", "champion", now=T0)
 
 
 # -- jobs -------------------------------------------------------------------------------
@@ -767,14 +832,24 @@ def test_a_redelivered_chunk_counts_once(store: Store) -> None:
     version = fan_out(store, chunks_total=3)
 
     # When the same chunk is delivered twice
-    first = store.complete_chunk("job-1", chunk(version.id, 0), threshold=0.9, top_k=5, now=T0)
-    second = store.complete_chunk("job-1", chunk(version.id, 0), threshold=0.9, top_k=5, now=T0)
+    first = store.complete_chunk("job-1", chunk(version.id, 0), version=version, top_k=5, now=T0)
+    second = store.complete_chunk("job-1", chunk(version.id, 0), version=version, top_k=5, now=T0)
 
-    # Then it counts once, its anomalies are stored once, and the job still runs
-    assert (first.counted, first.completed) == (True, False)
-    assert (second.counted, second.completed) == (False, False)
+    # Then its anomalies are stored once and the job still runs
+    assert (first.completed, second.completed) == (False, False)
     assert second.job.status == stored_job(store).status == "running"
     assert anomaly_indices(store, "job-1") == [1, 4]
+
+    # And once the other chunks arrive, the job's totals count it once
+    for index in (1, 2):
+        store.complete_chunk("job-1", chunk(version.id, index), version=version, top_k=5, now=T0)
+    job = stored_job(store)
+    assert (job.status, job.n_records, job.n_anomalies, job.cache_hits) == (
+        "succeeded",
+        30,
+        6,
+        3,
+    )
 
 
 @pytest.mark.parametrize(
@@ -797,26 +872,25 @@ def test_the_last_chunk_completes_the_job_once_with_the_aggregate(
         store.complete_chunk(
             "job-1",
             chunk(version.id, index),
-            threshold=0.9,
+            version=version,
             top_k=4,
             now=T0 + timedelta(seconds=call + 1),
         )
         for call, index in enumerate(order)
     ]
 
-    # Then each chunk counts on its first arrival, only the one that completes the job
-    # says so, and the job holds the aggregate of the three chunks
-    first_arrivals = [order.index(i) == call for call, i in enumerate(order)]
-    assert [o.counted for o in outcomes] == first_arrivals
+    # Then only the call that completes the job says so, and the job holds the aggregate
+    # of the three chunks, each counted once
     assert [o.completed for o in outcomes] == [
         call == completing_call for call in range(len(order))
     ]
     finished_at = T0 + timedelta(seconds=completing_call + 1)
-    expected = fan_out_summary(duration_ms=(completing_call + 1) * 1000.0)
+    expected = fan_out_summary(version, duration_ms=(completing_call + 1) * 1000.0)
     job = stored_job(store)
     assert normalized(outcomes[completing_call].job) == normalized(job)
     assert (job.status, job.task_id, utc(job.finished_at)) == ("succeeded", "task-1", finished_at)
-    assert (job.n_records, job.n_anomalies, job.cache_hits, job.threshold) == (30, 6, 3, 0.9)
+    assert (job.n_records, job.n_anomalies, job.cache_hits) == (30, 6, 3)
+    assert job.threshold == version.threshold
     assert job.duration_ms == pytest.approx(expected.duration_ms)
     assert job.summary == expected.to_dict()
     assert anomaly_indices(store, "job-1") == [1, 4, 11, 14, 21, 24]
@@ -826,16 +900,16 @@ def test_a_chunk_after_completion_writes_nothing(store: Store) -> None:
     # Given a fanned-out job whose two chunks completed it
     version = fan_out(store, chunks_total=2)
     for index in (0, 1):
-        store.complete_chunk("job-1", chunk(version.id, index), threshold=0.9, top_k=4, now=T0)
+        store.complete_chunk("job-1", chunk(version.id, index), version=version, top_k=4, now=T0)
     before = normalized(stored_job(store))
 
     # When a chunk with another anomaly arrives late
     late = store.complete_chunk(
-        "job-1", chunk(version.id, 0, extra=[7]), threshold=0.9, top_k=4, now=T0
+        "job-1", chunk(version.id, 0, extra=[7]), version=version, top_k=4, now=T0
     )
 
     # Then it neither counts nor writes
-    assert (late.counted, late.completed, late.job.status) == (False, False, "succeeded")
+    assert (late.completed, late.job.status) == (False, "succeeded")
     assert normalized(stored_job(store)) == before
     assert anomaly_indices(store, "job-1") == [1, 4, 11, 14]
 
@@ -843,17 +917,17 @@ def test_a_chunk_after_completion_writes_nothing(store: Store) -> None:
 def test_a_chunk_of_a_failed_job_writes_nothing(store: Store) -> None:
     # Given a fanned-out job with one chunk done, then failed by another chunk's bad data
     version = fan_out(store, chunks_total=3)
-    store.complete_chunk("job-1", chunk(version.id, 0), threshold=0.9, top_k=4, now=T0)
+    store.complete_chunk("job-1", chunk(version.id, 0), version=version, top_k=4, now=T0)
     store.fail_job("job-1", error="chunk 1: bad value", error_type="InvalidRecords", now=T0)
 
     # When the remaining chunks arrive
     late = [
-        store.complete_chunk("job-1", chunk(version.id, i), threshold=0.9, top_k=4, now=T0)
+        store.complete_chunk("job-1", chunk(version.id, i), version=version, top_k=4, now=T0)
         for i in (2, 1)
     ]
 
     # Then none counts or completes, the job stays failed, and it has no anomalies
-    assert [(o.counted, o.completed, o.job.status) for o in late] == [(False, False, "failed")] * 2
+    assert [(o.completed, o.job.status) for o in late] == [(False, "failed")] * 2
     job = stored_job(store)
     assert (job.status, job.error, job.task_id) == ("failed", "chunk 1: bad value", "task-1")
     assert anomaly_indices(store, "job-1") == []
@@ -871,7 +945,7 @@ def test_concurrent_chunks_complete_the_job_exactly_once(store: Store) -> None:
         try:
             barrier.wait()
             done = store.complete_chunk(
-                "job-1", chunk(version.id, worker % n), threshold=0.9, top_k=3, now=T0
+                "job-1", chunk(version.id, worker % n), version=version, top_k=3, now=T0
             )
             outcomes.append(done)
         except BaseException as exc:
@@ -882,7 +956,7 @@ def test_concurrent_chunks_complete_the_job_exactly_once(store: Store) -> None:
     # Then every chunk counted once and exactly one delivery completed the job, with the
     # totals of all eight chunks
     assert errors == []
-    assert (sum(o.counted for o in outcomes), sum(o.completed for o in outcomes)) == (n, 1)
+    assert (len(outcomes), sum(o.completed for o in outcomes)) == (2 * n, 1)
     job = stored_job(store)
     assert (job.status, job.n_records, job.n_anomalies) == ("succeeded", 10 * n, 2 * n)
     assert job.cache_hits == sum(range(n))
@@ -945,21 +1019,31 @@ def large_batch(model_id: int, *, job_id: str) -> AnomalyBatch:
         severity=severity,
         timestamp=[T0 + timedelta(microseconds=7_919 * i) for i in range(LARGE)],
         record_id=[None if i % 3 == 0 else f"rec-{i}-é€" for i in range(LARGE)],
+        explanation=[explanation(i) if i % 5 else None for i in range(LARGE)],
     )
 
 
-Row = tuple[int, int, str | None, datetime | None, float, float, str]
+def explanation(i: int) -> dict[str, Any]:
+    top = [
+        {"feature": f"col-{i % 7}-é", "contribution": i / 3},
+        {"feature": 2, "contribution": -0.5},
+    ]
+    return {"method": "mahalanobis", "exact": True, "top": top}
+
+
+Row = tuple[int, int, str | None, datetime | None, float, float, str, Any]
 
 
 def expected_rows(given: AnomalyBatch) -> dict[int, Row]:
     return {
-        int(i): (given.model_id, int(i), rid, utc(ts), float(s), float(v), "active")
-        for i, rid, ts, s, v in zip(
+        int(i): (given.model_id, int(i), rid, utc(ts), float(s), float(v), "active", why)
+        for i, rid, ts, s, v, why in zip(
             given.record_index.tolist(),
             given.record_id,
             given.timestamp,
             given.score.tolist(),
             given.severity.tolist(),
+            given.explanation or [None] * len(given),
             strict=True,
         )
     }
@@ -976,6 +1060,7 @@ def stored_rows(store: Store, job_id: str) -> dict[int, Row]:
             a.score,
             a.severity,
             a.status,
+            a.explanation,
         )
         for a in stored
     }
@@ -1040,15 +1125,17 @@ def chunk(model_id: int, index: int, *, extra: tuple[int, ...] | list[int] = ())
     ]
     return ChunkResult(
         chunk_index=index,
-        n_records=CHUNK_ROWS,
-        n_anomalies=len(rows),
-        cache_hits=index,
-        top=sorted(top, key=lambda t: -t.score),
+        tally=ChunkTally(
+            n_records=CHUNK_ROWS,
+            n_anomalies=len(rows),
+            cache_hits=index,
+            top=sorted(top, key=lambda t: -t.score),
+        ),
         anomalies=anomalies,
     )
 
 
-def fan_out_summary(*, duration_ms: float) -> JobSummary:
+def fan_out_summary(version: ModelVersion, *, duration_ms: float) -> JobSummary:
     """The summary of job-1 after chunks 0, 1 and 2 of :func:`chunk`, top 4."""
     top = [
         TopAnomaly(record_index=i, record_id=f"r{i}" if i % 2 == 0 else None, score=s, severity=v)
@@ -1062,7 +1149,7 @@ def fan_out_summary(*, duration_ms: float) -> JobSummary:
         model_version=1,
         n_records=30,
         n_anomalies=6,
-        threshold=0.9,
+        threshold=version.threshold,
         cache_hits=3,
         duration_ms=duration_ms,
         top_anomalies=top,

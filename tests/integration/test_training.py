@@ -11,21 +11,28 @@ import pytest
 from pynomaly_workers.adapters.scorers import sklearn
 from pynomaly_workers.domain.errors import InvalidInput, InvalidRecords, UnknownDataset
 from pynomaly_workers.domain.models import ModelRef
-from pynomaly_workers.services.context import Services
-from tests.factories import train, training_rows, write_csv
+from pynomaly_workers.services.context import Adapters
+from tests.factories import load_all_backends, reference_scorer, train, training_rows, write_csv
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize(
     ("algorithm", "has_onnx"),
-    [("iforest", True), ("lof", True), ("ocsvm", True), ("elliptic", False)],
+    [
+        ("iforest", True),
+        ("lof", True),
+        ("ocsvm", True),
+        ("elliptic", False),
+        ("hbos", False),
+        ("ecod", False),
+    ],
 )
 def test_each_algorithm_registers_a_calibrated_version(
-    services: Services, algorithm: str, has_onnx: bool
+    adapters: Adapters, algorithm: str, has_onnx: bool
 ) -> None:
     # Given training rows, When a model is trained
-    version = train(services, algorithm=algorithm, contamination=0.05)
+    version = train(adapters, algorithm=algorithm, contamination=0.05)
 
     # Then a version with a threshold at the contamination quantile is registered
     assert version.version == 1
@@ -36,51 +43,50 @@ def test_each_algorithm_registers_a_calibrated_version(
     if has_onnx:
         assert version.parity_max_error is not None
         assert version.parity_max_error <= version.parity_tolerance  # type: ignore[operator]
-    loaded = services.models.load(version)
-    scores = loaded.sklearn.score(np.asarray(training_rows()[:360]))
+    scores = reference_scorer(adapters, version).score(np.asarray(training_rows()[:360]))
     share_above = float(np.mean(scores > version.threshold))
     assert 0.0 < share_above < 0.15
 
 
-def test_onnx_scores_match_sklearn_within_the_stored_tolerance(services: Services) -> None:
-    version = train(services)
-    loaded = services.models.load(version)
+def test_onnx_scores_match_sklearn_within_the_stored_tolerance(adapters: Adapters) -> None:
+    version = train(adapters)
+    loaded = load_all_backends(adapters, version)
     assert loaded.onnx is not None
     rows = np.random.default_rng(5).normal(size=(500, 4)) * 2
     difference = np.abs(loaded.onnx.score(rows) - loaded.sklearn.score(rows))
     assert float(difference.max()) <= (version.parity_tolerance or 0)
 
 
-def test_retraining_makes_a_new_active_version_and_keeps_the_old(services: Services) -> None:
-    first = train(services)
-    second = train(services, params={"n_estimators": 50})
+def test_retraining_makes_a_new_active_version_and_keeps_the_old(adapters: Adapters) -> None:
+    first = train(adapters)
+    second = train(adapters, params={"n_estimators": 50})
 
     assert (first.version, second.version) == (1, 2)
-    assert services.store.get_model(ModelRef("m")).version == 2
-    assert services.store.get_model(ModelRef("m", 1)).artifact_sha256 == first.artifact_sha256
+    assert adapters.store.get_model(ModelRef("m")).version == 2
+    assert adapters.store.get_model(ModelRef("m", 1)).artifact_sha256 == first.artifact_sha256
     assert second.params["n_estimators"] == 50
 
 
-def test_artifact_round_trips_to_the_same_scores(services: Services) -> None:
-    version = train(services)
-    estimator = sklearn.load(services.store.load_artifact(version.artifact_sha256))
+def test_artifact_round_trips_to_the_same_scores(adapters: Adapters) -> None:
+    version = train(adapters)
+    estimator = sklearn.load(adapters.store.load_artifact(version.artifact_sha256))
     rows = np.asarray(training_rows()[:20])
     assert np.allclose(
         sklearn.SklearnScorer(estimator).score(rows),
-        services.models.load(version).sklearn.score(rows),
+        reference_scorer(adapters, version).score(rows),
     )
 
 
 def test_trains_from_a_source_file_and_a_registered_dataset(
-    services: Services, tmp_path: Path
+    adapters: Adapters, tmp_path: Path
 ) -> None:
     path = write_csv(tmp_path / "train.csv", training_rows(), ids=True)
-    from_source = train(services, records=None, source=str(path))
-    dataset = services.sources.describe(str(path))
+    from_source = train(adapters, records=None, source=str(path))
+    dataset = adapters.sources.describe(str(path))
     from dataclasses import replace
 
-    services.store.register_dataset(replace(dataset, name="ds"), now=services.clock.now())
-    from_dataset = train(services, model="m2", records=None, dataset="ds")
+    adapters.store.register_dataset(replace(dataset, name="ds"), now=adapters.clock.now())
+    from_dataset = train(adapters, model="m2", records=None, dataset="ds")
 
     assert from_source.n_features == 4  # record_id and timestamp are not features
     assert from_dataset.artifact_sha256 == from_source.artifact_sha256
@@ -96,7 +102,7 @@ def test_trains_from_a_source_file_and_a_registered_dataset(
     ],
 )
 def test_bad_training_requests_say_what_is_wrong(
-    services: Services, kwargs: dict[str, Any], error: type[Exception], message: str
+    adapters: Adapters, kwargs: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     with pytest.raises(error, match=message):
-        train(services, **kwargs)
+        train(adapters, **kwargs)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pynomaly_workers.contract import JOB_STATUSES
 from pynomaly_workers.domain.errors import (
     InvalidInput,
     InvalidMessage,
@@ -19,7 +20,6 @@ from pynomaly_workers.domain.errors import (
     PayloadTooLarge,
 )
 from pynomaly_workers.domain.jobs import (
-    JOB_STATUSES,
     DatasetInput,
     DetectionRequest,
     InlineRecords,
@@ -391,12 +391,12 @@ def test_every_listed_algorithm_is_accepted(algorithm: str) -> None:
 
 
 def test_the_contract_algorithms_are_all_available() -> None:
-    assert {"iforest", "lof", "ocsvm", "elliptic"} <= set(ALGORITHMS)
+    assert {"iforest", "lof", "ocsvm", "elliptic", "hbos", "ecod"} <= set(ALGORITHMS)
 
 
 @pytest.mark.parametrize("algorithm", ["svm", "IForest", "", None, 3, "iforest "])
 def test_an_unknown_algorithm_is_rejected_with_the_choices(algorithm: object) -> None:
-    expected = f"algorithm {algorithm!r} is not one of iforest, lof, ocsvm, elliptic"
+    expected = f"algorithm {algorithm!r} is not one of iforest, lof, ocsvm, elliptic, hbos, ecod"
 
     with pytest.raises(InvalidMessage, match=f"^{re.escape(expected)}$"):
         train(model="m", dataset="d", algorithm=algorithm)
@@ -742,5 +742,5 @@ def test_split_rows_pieces_are_contiguous_and_bounded(n_rows: int, max_rows: int
 
 @pytest.mark.parametrize("max_rows", [0, -1])
 def test_split_rows_needs_a_positive_chunk_size(max_rows: int) -> None:
-    with pytest.raises(PayloadTooLarge, match="max_rows must be positive"):
+    with pytest.raises(ValueError, match="max_rows must be positive"):
         split_rows(10, max_rows=max_rows)

@@ -63,12 +63,17 @@ def test_invalid_names_are_rejected_with_the_rules(text: str, name: str) -> None
         parse_model_ref(text)
 
 
+@pytest.mark.parametrize("text", ["fraud@0", "fraud@00"], ids=repr)
+def test_versions_must_be_positive_integers(text: str) -> None:
+    expected = f"model version in {text!r} must be a positive integer"
+
+    with pytest.raises(InvalidInput, match=f"^{re.escape(expected)}$"):
+        parse_model_ref(text)
+
+
 @pytest.mark.parametrize(
     "text",
     [
-        "fraud@0",
-        "fraud@00",
-        "fraud@x",
         "fraud@",
         "fraud@-1",
         "fraud@+1",
@@ -78,19 +83,34 @@ def test_invalid_names_are_rejected_with_the_rules(text: str, name: str) -> None
         "fraud@³",
         "fraud@٣",
         "fraud@1\n",
+        "fraud@_champion",
+        "fraud@champion!",
+        "fraud@" + "c" * 65,
     ],
     ids=repr,
 )
-def test_versions_must_be_positive_integers(text: str) -> None:
-    expected = f"model version in {text!r} must be a positive integer"
+def test_a_suffix_must_be_a_version_or_an_alias(text: str) -> None:
+    suffix = text.partition("@")[2]
+    expected = f"{suffix!r} in {text!r} is neither a version number nor an alias"
 
-    with pytest.raises(InvalidInput, match=f"^{re.escape(expected)}$"):
+    with pytest.raises(InvalidInput, match=f"^{re.escape(expected)}"):
         parse_model_ref(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "alias"),
+    [("fraud@champion", "champion"), ("fraud@x", "x"), ("fraud@shadow-2", "shadow-2")],
+)
+def test_an_alias_reference_names_the_alias(text: str, alias: str) -> None:
+    ref = parse_model_ref(text)
+
+    assert (ref.name, ref.version, ref.alias, str(ref)) == ("fraud", None, alias, text)
+    assert not ref.is_exact
 
 
 @pytest.mark.parametrize("value", [None, 3, 3.0, ["fraud"], {"name": "fraud"}, b"fraud"], ids=repr)
 def test_a_non_string_reference_is_rejected(value: object) -> None:
-    expected = f"model must be a string like 'name' or 'name@3', got {value!r}"
+    expected = f"model must be a string like 'name', 'name@3' or 'name@champion', got {value!r}"
 
     with pytest.raises(InvalidInput, match=f"^{re.escape(expected)}$"):
         parse_model_ref(value)

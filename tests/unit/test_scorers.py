@@ -85,6 +85,23 @@ def test_calibration_picks_the_fastest_backend_per_size() -> None:
     assert calibration.row_cost_us() == pytest.approx(8e-3 / 2048 * 1e6)
 
 
+def test_a_backend_that_wins_no_size_is_pruned() -> None:
+    # Given ONNX timed slower than another backend at every size
+    calibration = Calibration(
+        sizes=(1, 64, 2048),
+        seconds={
+            "sklearn": (5e-3, 6e-3, 8e-3),
+            "numpy": (1e-4, 1e-3, 3e-2),
+            "onnx": (2e-4, 2e-3, 4e-2),
+        },
+    )
+
+    # Then it is dropped, and the choices per size do not change
+    pruned = calibration.pruned()
+    assert set(pruned.seconds) == {"sklearn", "numpy"}
+    assert [pruned.best(n) for n in (1, 64, 2048)] == [calibration.best(n) for n in (1, 64, 2048)]
+
+
 def test_a_loaded_model_uses_the_calibrated_choice(
     data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
 ) -> None:

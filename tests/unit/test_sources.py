@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pynomaly_workers.adapters.sources import ArrowSourceReader
+from pynomaly_workers.adapters.sources.blobs import Blob, LocalBlob
 from pynomaly_workers.domain.errors import InvalidInput, InvalidSource
 from pynomaly_workers.domain.ports import SourceChunk, SourcePlan
 
@@ -60,6 +61,17 @@ class Layout:
     trailing_newline: bool = True
     byte_order_mark: bool = False
     blank_lines: bool = False
+    quoted: bool = False  # record ids quoted, holding newlines, commas and quotes
+
+    def expected_ids(self) -> list[str]:
+        """The record ids the file holds."""
+        if not self.quoted:
+            return record_ids()
+        return [f'{i}{self.newline}line "two", more' for i in record_ids()]
+
+    def _id_field(self, i: int) -> str:
+        value = self.expected_ids()[i]
+        return '"' + value.replace('"', '""') + '"' if self.quoted else value
 
     def columns(self) -> list[str]:
         features = FEATURES if self.header else [f"f{i}" for i in range(len(FEATURES))]
@@ -68,7 +80,7 @@ class Layout:
     def text(self) -> str:
         lines = [",".join(self.columns())] if self.header else []
         for i, row in enumerate(matrix().tolist()):
-            meta = [record_ids()[i], f"2026-01-01T00:00:{i:02d}Z"] if self.ids else []
+            meta = [self._id_field(i), f"2026-01-01T00:00:{i:02d}Z"] if self.ids else []
             lines.append(",".join(meta + [repr(v) for v in row]))
             if self.blank_lines and i % 7 == 6:
                 lines.append("")
@@ -91,6 +103,12 @@ LAYOUTS = [
     pytest.param(Layout(ids=True, byte_order_mark=True), id="byte-order-mark"),
     pytest.param(Layout(blank_lines=True), id="blank-lines"),
     pytest.param(Layout(blank_lines=True, newline="\r\n"), id="crlf-blank-lines"),
+    pytest.param(Layout(ids=True, quoted=True), id="quoted-newlines"),
+    pytest.param(Layout(ids=True, quoted=True, newline="\r\n"), id="quoted-crlf-newlines"),
+    pytest.param(
+        Layout(ids=True, quoted=True, blank_lines=True, trailing_newline=False),
+        id="quoted-newlines-blank-lines",
+    ),
 ]
 
 
@@ -109,6 +127,11 @@ def write_parquet(path: Path, *, row_group_size: int) -> Path:
     )
     pq.write_table(table, path, row_group_size=row_group_size)
     return path
+
+
+def local(blob: Blob) -> LocalBlob:
+    assert isinstance(blob, LocalBlob)
+    return blob
 
 
 @pytest.fixture
@@ -172,7 +195,7 @@ def test_planned_csv_chunks_read_back_the_file(
         (s.offset, s.n_rows) for s in plan.chunks
     ]
     np.testing.assert_array_equal(stacked(chunks), matrix())
-    assert joined_ids(chunks) == (record_ids() if layout.ids else None)
+    assert joined_ids(chunks) == (layout.expected_ids() if layout.ids else None)
     assert joined_times(chunks) == (timestamps() if layout.ids else None)
 
 
@@ -368,7 +391,7 @@ def test_a_missing_file_is_refused(reader: ArrowSourceReader, tmp_path: Path) ->
     missing = tmp_path / "missing.csv"
 
     with pytest.raises(InvalidSource, match="does not exist or is not a file"):
-        reader.resolve(str(missing))
+        reader.open(str(missing))
     with pytest.raises(InvalidSource, match="does not exist"):
         reader.plan(str(missing), chunk_rows=10)
     with pytest.raises(InvalidSource, match="does not exist"):
@@ -395,7 +418,7 @@ def test_extensions_are_case_insensitive_and_pq_is_parquet(
     else:
         pq.write_table(pa.table({"x": [1.0]}), path)
 
-    assert reader.resolve(str(path)) == path.resolve()
+    assert local(reader.open(str(path))).path == path.resolve()
     assert reader.describe(str(path)).n_rows == 1
 
 
@@ -415,7 +438,7 @@ def test_a_file_below_an_allowed_root_is_read(roots: tuple[Path, Path]) -> None:
     allowed, _ = roots
     reader = ArrowSourceReader(allowed_roots=(allowed,))
 
-    assert reader.resolve(str(allowed / "ok.csv")) == (allowed / "ok.csv").resolve()
+    assert local(reader.open(str(allowed / "ok.csv"))).path == (allowed / "ok.csv").resolve()
     assert reader.describe(str(allowed / "ok.csv")).n_rows == 1
 
 
@@ -433,7 +456,7 @@ def test_a_file_outside_the_allowed_roots_is_refused(
     reader = ArrowSourceReader(allowed_roots=(allowed,))
 
     # When / Then every way of reaching the outside file is refused, before it is opened
-    for entry in (reader.resolve, reader.describe):
+    for entry in (reader.open, reader.describe):
         with pytest.raises(InvalidSource, match="is outside the allowed folders"):
             entry(str(tmp_path / reach))
     with pytest.raises(InvalidSource, match="is outside the allowed folders"):
@@ -448,7 +471,7 @@ def test_a_missing_file_outside_the_roots_is_refused_as_outside(
     reader = ArrowSourceReader(allowed_roots=(allowed,))
 
     with pytest.raises(InvalidSource, match="is outside the allowed folders"):
-        reader.resolve(str(tmp_path / "outside" / "nope.csv"))
+        reader.open(str(tmp_path / "outside" / "nope.csv"))
 
 
 def test_file_uris_are_local_paths(reader: ArrowSourceReader, tmp_path: Path) -> None:
@@ -462,7 +485,7 @@ def test_file_uris_are_local_paths(reader: ArrowSourceReader, tmp_path: Path) ->
 
     # Then each resolves to the file and reads like the path itself
     for uri in uris:
-        assert reader.resolve(uri) == path.resolve()
+        assert local(reader.open(uri)).path == path.resolve()
         plan = reader.plan(uri, chunk_rows=7)
         np.testing.assert_array_equal(stacked(read_planned(reader, path, plan)), matrix())
         assert reader.describe(uri).n_rows == N_ROWS
@@ -474,12 +497,25 @@ def test_a_relative_path_is_resolved_against_the_working_folder(
     write(tmp_path / "rows.csv", Layout().text())
     monkeypatch.chdir(tmp_path)
 
-    assert reader.resolve("rows.csv") == (tmp_path / "rows.csv").resolve()
+    assert local(reader.open("rows.csv")).path == (tmp_path / "rows.csv").resolve()
 
 
-@pytest.mark.parametrize(
-    "uri", ["s3://bucket/data.csv", "https://example.com/data.csv", "ftp://host/data.parquet"]
-)
-def test_remote_uris_are_refused(reader: ArrowSourceReader, uri: str) -> None:
-    with pytest.raises(InvalidSource, match="only local paths and file:// URIs are read"):
-        reader.resolve(uri)
+@pytest.mark.parametrize("uri", ["https://example.com/data.csv", "ftp://host/data.parquet"])
+def test_other_remote_uris_are_refused(reader: ArrowSourceReader, uri: str) -> None:
+    with pytest.raises(InvalidSource, match=r"use a local path, a file:// URI or s3://bucket/key"):
+        reader.open(uri)
+
+
+def test_a_file_changed_after_planning_is_refused(
+    reader: ArrowSourceReader, tmp_path: Path
+) -> None:
+    # Given a planned CSV file
+    path = write(tmp_path / "rows.csv", Layout().text())
+    plan = reader.plan(str(path), chunk_rows=7)
+
+    # When it is rewritten before its chunks are read
+    write(path, Layout().text() + "1.0,2.0,3.0\n")
+
+    # Then reading a chunk of the old plan fails and says why
+    with pytest.raises(InvalidSource, match="changed since the job was planned"):
+        reader.read_chunk(str(path), plan.chunks[0], columns=plan.columns, pin=plan.pin)

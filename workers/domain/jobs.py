@@ -6,24 +6,32 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from pynomaly_workers.domain.errors import InvalidMessage, InvalidRecords, PayloadTooLarge
-from pynomaly_workers.domain.models import ALGORITHMS, ModelRef, check_model_name, parse_model_ref
+from pynomaly_workers.contract import (
+    DETECT_TASK,
+    JOB_ID_PATTERN,
+    SUCCEEDED,
+    TRAIN_TASK,
+    JobStatus,
+    kwargs_keys,
+)
+from pynomaly_workers.domain.errors import InvalidMessage, InvalidRecords
+from pynomaly_workers.domain.models import (
+    ALGORITHMS,
+    ModelRef,
+    ModelVersion,
+    check_model_name,
+    parse_model_ref,
+)
 from pynomaly_workers.domain.records import Matrix, RecordLimits, to_matrix
 
-JobStatus = Literal["queued", "running", "succeeded", "failed"]
-JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed")
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-_DETECT_KEYS = frozenset(
-    {"job_id", "model", "records", "record_ids", "timestamps", "dataset", "source"}
-)
-_TRAIN_KEYS = frozenset(
-    {"model", "algorithm", "dataset", "records", "source", "contamination", "params"}
-)
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+_DETECT_KEYS = kwargs_keys(DETECT_TASK)
+_TRAIN_KEYS = kwargs_keys(TRAIN_TASK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +57,8 @@ class SourceInput:
     path: str
 
 
-DetectionInput = InlineRecords | DatasetInput | SourceInput
+DataInput = InlineRecords | DatasetInput | SourceInput
+"""Where a job's rows come from: the message, a registered dataset or a source file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +67,7 @@ class DetectionRequest:
 
     job_id: str
     model: ModelRef
-    input: DetectionInput
+    input: DataInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +76,7 @@ class TrainingRequest:
 
     model: str
     algorithm: str
-    input: DetectionInput
+    input: DataInput
     contamination: float
     params: dict[str, Any]
 
@@ -76,20 +85,20 @@ def parse_detection_request(
     kwargs: Mapping[str, Any], *, default_job_id: str, limits: RecordLimits
 ) -> DetectionRequest:
     """Validate the keyword arguments of ``pynomaly.detect``."""
-    _reject_unknown_keys(kwargs, _DETECT_KEYS, task="pynomaly.detect")
+    _reject_unknown_keys(kwargs, _DETECT_KEYS, task=DETECT_TASK)
     job_id = check_job_id(kwargs.get("job_id") or default_job_id)
     if "model" not in kwargs:
-        raise InvalidMessage("pynomaly.detect needs 'model' (a model name or 'name@version')")
+        raise InvalidMessage(f"{DETECT_TASK} needs 'model' (a model name or 'name@version')")
     model = parse_model_ref(kwargs["model"])
     return DetectionRequest(job_id=job_id, model=model, input=_parse_input(kwargs, limits))
 
 
 def parse_training_request(kwargs: Mapping[str, Any], *, limits: RecordLimits) -> TrainingRequest:
     """Validate the keyword arguments of ``pynomaly.train``."""
-    _reject_unknown_keys(kwargs, _TRAIN_KEYS, task="pynomaly.train")
+    _reject_unknown_keys(kwargs, _TRAIN_KEYS, task=TRAIN_TASK)
     name = kwargs.get("model")
     if not isinstance(name, str):
-        raise InvalidMessage("pynomaly.train needs 'model': the name to register the version under")
+        raise InvalidMessage(f"{TRAIN_TASK} needs 'model': the name to register the version under")
     algorithm = kwargs.get("algorithm", "iforest")
     if algorithm not in ALGORITHMS:
         raise InvalidMessage(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
@@ -128,7 +137,7 @@ def _reject_unknown_keys(kwargs: Mapping[str, Any], allowed: frozenset[str], *, 
         )
 
 
-def _parse_input(kwargs: Mapping[str, Any], limits: RecordLimits) -> DetectionInput:
+def _parse_input(kwargs: Mapping[str, Any], limits: RecordLimits) -> DataInput:
     given = [key for key in ("records", "dataset", "source") if kwargs.get(key) is not None]
     if len(given) != 1:
         raise InvalidMessage(
@@ -202,15 +211,19 @@ class TopAnomaly:
     record_id: str | None
     score: float
     severity: float
+    explanation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the contract's keys)."""
-        return {
+        """JSON-ready form (the contract's keys; ``explanation`` when there is one)."""
+        data: dict[str, Any] = {
             "record_index": self.record_index,
             "record_id": self.record_id,
             "score": self.score,
             "severity": self.severity,
         }
+        if self.explanation is not None:
+            data["explanation"] = self.explanation
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TopAnomaly:
@@ -220,6 +233,7 @@ class TopAnomaly:
             record_id=data["record_id"],
             score=float(data["score"]),
             severity=float(data["severity"]),
+            explanation=data.get("explanation"),
         )
 
 
@@ -231,8 +245,10 @@ def top_anomalies(
     k: int,
     offset: int = 0,
     record_ids: Sequence[str] | None = None,
+    explanations: Mapping[int, dict[str, Any]] | None = None,
 ) -> list[TopAnomaly]:
-    """The ``k`` anomalies with the highest scores, highest first."""
+    """The ``k`` anomalies with the highest scores, highest first (with the explanation
+    of each, by row, when given)."""
     indices = np.flatnonzero(mask)
     if k <= 0 or indices.size == 0:
         return []
@@ -246,6 +262,7 @@ def top_anomalies(
             record_id=record_ids[i] if record_ids is not None else None,
             score=float(scores[i]),
             severity=float(severities[i]),
+            explanation=explanations.get(i) if explanations is not None else None,
         )
         for i in indices.tolist()
     ]
@@ -271,7 +288,7 @@ class JobSummary:
     cache_hits: int
     duration_ms: float
     top_anomalies: list[TopAnomaly]
-    status: JobStatus = "succeeded"
+    status: JobStatus = SUCCEEDED
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; the key names are part of the public contract."""
@@ -288,35 +305,58 @@ class JobSummary:
             "top_anomalies": [a.to_dict() for a in self.top_anomalies],
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSummary:
+        """Inverse of :meth:`to_dict` (a stored summary)."""
+        return cls(
+            job_id=str(data["job_id"]),
+            model=str(data["model"]),
+            model_version=int(data["model_version"]),
+            n_records=int(data["n_records"]),
+            n_anomalies=int(data["n_anomalies"]),
+            threshold=float(data["threshold"]),
+            cache_hits=int(data["cache_hits"]),
+            duration_ms=float(data["duration_ms"]),
+            top_anomalies=[TopAnomaly.from_dict(a) for a in data["top_anomalies"]],
+            status=data.get("status", SUCCEEDED),
+        )
 
-def fan_out_summary(
-    *,
+
+@dataclass(frozen=True, slots=True)
+class ChunkTally:
+    """What one scored piece of a job (a micro-batched job, a chunk) adds to its summary."""
+
+    n_records: int
+    n_anomalies: int
+    cache_hits: int
+    top: list[TopAnomaly]
+
+
+def summarize(
     job_id: str,
-    model: str,
-    model_version: int,
-    threshold: float,
-    counts: Sequence[tuple[int, int, int]],
-    tops: Sequence[Sequence[TopAnomaly]],
+    version: ModelVersion,
+    tallies: Sequence[ChunkTally],
+    *,
     top_k: int,
     duration_ms: float,
 ) -> JobSummary:
-    """The summary of a fanned-out job from its chunks' (records, anomalies, cache hits)
-    and top anomalies."""
+    """The summary of a job from its pieces: the one place a summary is built, whether
+    the job was micro-batched, scored in one process or fanned out."""
     return JobSummary(
         job_id=job_id,
-        model=model,
-        model_version=model_version,
-        n_records=sum(c[0] for c in counts),
-        n_anomalies=sum(c[1] for c in counts),
-        threshold=threshold,
-        cache_hits=sum(c[2] for c in counts),
+        model=version.name,
+        model_version=version.version,
+        n_records=sum(t.n_records for t in tallies),
+        n_anomalies=sum(t.n_anomalies for t in tallies),
+        threshold=version.threshold,
+        cache_hits=sum(t.cache_hits for t in tallies),
         duration_ms=duration_ms,
-        top_anomalies=merge_top(tops, k=top_k),
+        top_anomalies=merge_top([t.top for t in tallies], k=top_k),
     )
 
 
 def split_rows(n_rows: int, *, max_rows: int) -> list[tuple[int, int]]:
     """``[start, stop)`` ranges covering ``n_rows`` in pieces of at most ``max_rows``."""
     if max_rows <= 0:
-        raise PayloadTooLarge("max_rows must be positive")
+        raise ValueError(f"max_rows must be positive, got {max_rows}")
     return [(start, min(start + max_rows, n_rows)) for start in range(0, n_rows, max_rows)]

@@ -7,35 +7,75 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pynomaly_workers.contract import ALGORITHMS, ALIAS_PATTERN, NAME_PATTERN
 from pynomaly_workers.domain.errors import InvalidInput
+from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.scoring import ScoreStats
 
-ALGORITHMS = ("iforest", "lof", "ocsvm", "elliptic")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+__all__ = [
+    "ALGORITHMS",
+    "AliasMove",
+    "ModelRef",
+    "ModelVersion",
+    "check_alias",
+    "check_model_name",
+    "parse_model_ref",
+]
+_NAME = re.compile(NAME_PATTERN)
+_ALIAS = re.compile(ALIAS_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
 class ModelRef:
-    """``name`` (the active version) or ``name@version`` (that exact version)."""
+    """``name`` (the active version), ``name@version`` (that exact version) or
+    ``name@alias`` (the version a movable alias such as ``champion`` points at)."""
 
     name: str
     version: int | None = None
+    alias: str | None = None
 
     def __str__(self) -> str:
+        if self.alias is not None:
+            return f"{self.name}@{self.alias}"
         return self.name if self.version is None else f"{self.name}@{self.version}"
+
+    @property
+    def is_exact(self) -> bool:
+        """True for ``name@version``: it always names the same immutable version."""
+        return self.version is not None
 
 
 def parse_model_ref(text: object) -> ModelRef:
-    """Parse ``'name'`` or ``'name@3'``; raise :class:`InvalidInput` on anything else."""
+    """Parse ``'name'``, ``'name@3'`` or ``'name@champion'``; raise
+    :class:`InvalidInput` on anything else."""
     if not isinstance(text, str):
-        raise InvalidInput(f"model must be a string like 'name' or 'name@3', got {text!r}")
-    name, sep, version = text.partition("@")
+        raise InvalidInput(
+            f"model must be a string like 'name', 'name@3' or 'name@champion', got {text!r}"
+        )
+    name, sep, suffix = text.partition("@")
     check_model_name(name)
     if not sep:
         return ModelRef(name)
-    if not (version.isascii() and version.isdigit()) or int(version) < 1:
-        raise InvalidInput(f"model version in {text!r} must be a positive integer")
-    return ModelRef(name, int(version))
+    if suffix.isascii() and suffix.isdigit():
+        if int(suffix) < 1:
+            raise InvalidInput(f"model version in {text!r} must be a positive integer")
+        return ModelRef(name, int(suffix))
+    if not _ALIAS.fullmatch(suffix):
+        raise InvalidInput(
+            f"{suffix!r} in {text!r} is neither a version number nor an alias "
+            "(1-64 letters, digits, '_' or '-', starting with a letter)"
+        )
+    return ModelRef(name, alias=suffix)
+
+
+def check_alias(alias: str) -> str:
+    """Return ``alias`` if it is a valid alias name (not a number), else raise."""
+    if not _ALIAS.fullmatch(alias):
+        raise InvalidInput(
+            f"alias {alias!r} is invalid: use 1-64 letters, digits, '_' or '-', starting "
+            "with a letter (a number would read as a version)"
+        )
+    return alias
 
 
 def check_model_name(name: str) -> str:
@@ -46,6 +86,18 @@ def check_model_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+@dataclass(frozen=True, slots=True)
+class AliasMove:
+    """One move of an alias: where it points now and where it pointed before."""
+
+    name: str
+    alias: str
+    version: int
+    previous_version: int | None
+    action: str  # "set" or "rollback"
+    moved_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +118,9 @@ class ModelVersion:
     n_training_rows: int = 0
     active: bool = True
     created_at: datetime | None = None
+    profile: TrainingProfile | None = None
+    """What the version learned about its training data (None for versions trained
+    before profiles were kept)."""
 
     @property
     def threshold(self) -> float:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -10,10 +11,15 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from pynomaly_workers.domain.jobs import JobStatus, JobSummary, TopAnomaly
-from pynomaly_workers.domain.models import ModelRef, ModelVersion
+from pynomaly_workers.contract import JobStatus
+from pynomaly_workers.domain.drift import DriftCounts
+from pynomaly_workers.domain.explain import Attribution
+from pynomaly_workers.domain.jobs import ChunkTally, JobSummary
+from pynomaly_workers.domain.models import AliasMove, ModelRef, ModelVersion
+from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, ScoreStats
+from pynomaly_workers.domain.shadow import ShadowTally
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,7 @@ class ModelDraft:
     parity_max_error: float | None
     parity_tolerance: float | None
     n_training_rows: int
+    profile: TrainingProfile | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,7 @@ class AnomalyBatch:
     severity: Scores
     timestamp: Sequence[datetime]
     record_id: Sequence[str | None]
+    explanation: Sequence[dict[str, Any] | None] | None = None
 
     def __len__(self) -> int:
         return int(self.record_index.size)
@@ -70,24 +78,20 @@ class JobFailure:
 
 @dataclass(frozen=True, slots=True)
 class ChunkResult:
-    """One scored chunk of a fanned-out job."""
+    """One scored chunk of a job: what it adds to the summary, and its anomalies."""
 
     chunk_index: int
-    n_records: int
-    n_anomalies: int
-    cache_hits: int
-    top: list[TopAnomaly]
+    tally: ChunkTally
     anomalies: AnomalyBatch
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkOutcome:
-    """What settling a chunk did: ``job`` is the job afterwards; ``completed`` is True
-    for the one chunk whose commit finished the job."""
+    """What settling a chunk of a fanned-out job did: ``job`` is the job afterwards;
+    ``completed`` is True for the one chunk whose commit finished it."""
 
     job: JobRecord
     completed: bool
-    counted: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,7 @@ class AnomalyRecord:
     score: float
     severity: float
     status: str
+    explanation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,15 @@ class ModelStore(Protocol):
     def load_artifact(self, sha256: str) -> bytes:
         """Artifact bytes by content hash; raises ``ArtifactCorrupt`` if they do not match."""
 
+    def set_alias(self, name: str, alias: str, version: int, *, now: datetime) -> AliasMove:
+        """Point ``name@alias`` at ``version`` (raises ``UnknownModel``); record the move."""
+
+    def rollback_alias(self, name: str, alias: str, *, now: datetime) -> AliasMove:
+        """Point the alias back where it pointed before its last move; record the move."""
+
+    def alias_history(self, name: str, *, alias: str | None = None) -> list[AliasMove]:
+        """Every move of the model's aliases, newest first."""
+
 
 class JobStore(Protocol):
     """Detection job records: one row per ``job_id``, one terminal status."""
@@ -171,9 +185,9 @@ class JobStore(Protocol):
     ) -> None:
         """Store the summary and mark the job ``succeeded``."""
 
-    def fail_job(self, job_id: str, *, error: str, error_type: str, now: datetime) -> None:
+    def fail_job(self, job_id: str, *, error: str, error_type: str, now: datetime) -> JobRecord:
         """Mark the job ``failed`` with a message and drop its anomalies, unless it
-        already succeeded: a failed job has no anomalies."""
+        already succeeded (a failed job has no anomalies); return the job afterwards."""
 
     def settle_jobs(
         self, results: Sequence[JobResult], failures: Sequence[JobFailure], *, now: datetime
@@ -195,9 +209,10 @@ class JobStore(Protocol):
         that ``task_id`` waits for its outcome."""
 
     def complete_chunk(
-        self, job_id: str, chunk: ChunkResult, *, threshold: float, top_k: int, now: datetime
+        self, job_id: str, chunk: ChunkResult, *, version: ModelVersion, top_k: int, now: datetime
     ) -> ChunkOutcome:
-        """Write a chunk's anomalies and counts once; the last chunk completes the job."""
+        """Write a chunk's anomalies and counts once; the last chunk completes the job
+        with the summary of all its chunks (``summarize``) in the same transaction."""
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job, or None."""
@@ -236,8 +251,45 @@ class DatasetStore(Protocol):
         """All datasets, newest first."""
 
 
-class Store(ModelStore, JobStore, AnomalyStore, DatasetStore, Protocol):
-    """All four roles; one database implements them together."""
+class DriftStore(Protocol):
+    """Per-window counts of what each model version scored, and drift reports."""
+
+    def add_drift_counts(
+        self, counts: Mapping[tuple[int, datetime], DriftCounts], *, now: datetime
+    ) -> None:
+        """Add counts, keyed by (model version id, window start), to the stored ones."""
+
+    def drift_windows(self, *, since: datetime) -> dict[int, list[DriftCounts]]:
+        """Per model version id, the counts of the windows starting at ``since`` or later."""
+
+    def save_drift_report(
+        self, model_id: int, report: dict[str, Any], *, drifted: bool, now: datetime
+    ) -> None:
+        """Keep the outcome of one drift check."""
+
+
+class ShadowStore(Protocol):
+    """How challengers compare with the champions they shadow."""
+
+    def add_shadow(
+        self,
+        job_id: str,
+        chunk_index: int,
+        *,
+        champion_id: int,
+        challenger_id: int,
+        tally: ShadowTally,
+        flagged: Sequence[tuple[int, float, float]],
+        now: datetime,
+    ) -> None:
+        """Record a chunk's comparison and the challenger's flagged records, once."""
+
+    def shadow_comparison(self, name: str) -> list[dict[str, Any]]:
+        """Per (champion, challenger) version pair of the model: flags and scores compared."""
+
+
+class Store(ModelStore, JobStore, AnomalyStore, DatasetStore, DriftStore, ShadowStore, Protocol):
+    """Every role; one database implements them together."""
 
 
 class Scorer(Protocol):
@@ -258,6 +310,12 @@ class PredictionCache(Protocol):
     def set_many(self, model_hash: str, matrix: Matrix, scores: Scores) -> None:
         """Remember scores for the rows."""
 
+    def close(self) -> None:
+        """Release the connection."""
+
+    def stats(self) -> dict[str, float]:
+        """Memory, evictions and hits/misses of the cache's server."""
+
 
 @dataclass(frozen=True, slots=True)
 class SourceChunk:
@@ -267,6 +325,8 @@ class SourceChunk:
     matrix: Matrix
     record_ids: Sequence[str] | None
     timestamps: Sequence[datetime] | None
+    features: Sequence[str] | None = None
+    """Feature column names (None for inline records: features are named by index)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +349,9 @@ class SourcePlan:
     columns: list[str]
     n_rows: int
     chunks: list[ChunkSpec]
+    pin: str | None = None
+    """The version planned from (an object's version id or ETag, a file's size and
+    modification time); every chunk is read from that version or fails."""
 
     @property
     def n_features(self) -> int:
@@ -297,7 +360,7 @@ class SourcePlan:
 
 
 class SourceReader(Protocol):
-    """Reads CSV/Parquet files in bounded chunks."""
+    """Reads CSV/Parquet sources (local files, ``s3://`` objects) in bounded chunks."""
 
     def describe(self, path: str) -> Dataset:
         """Row count, feature count and format of a file (name left empty)."""
@@ -308,5 +371,175 @@ class SourceReader(Protocol):
     def plan(self, path: str, *, chunk_rows: int) -> SourcePlan:
         """Chunks of about ``chunk_rows`` rows that can be read independently."""
 
-    def read_chunk(self, path: str, spec: ChunkSpec, *, columns: list[str]) -> SourceChunk:
-        """The rows of one planned chunk."""
+    def read_chunk(
+        self, path: str, spec: ChunkSpec, *, columns: list[str], pin: str | None = None
+    ) -> SourceChunk:
+        """The rows of one planned chunk, from the version ``pin`` names."""
+
+
+class LoadedModel(Protocol):
+    """A model version ready to score in this process."""
+
+    @property
+    def version(self) -> ModelVersion:
+        """The version loaded."""
+
+    def scorer_for(self, n_rows: int) -> Scorer:
+        """The fastest backend for a batch of ``n_rows`` rows."""
+
+    def row_cost_us(self) -> float | None:
+        """Scoring cost per row in microseconds, if measured."""
+
+    def explain(self, matrix: Matrix) -> Attribution | None:
+        """Per-feature contributions to each row's anomaly, if the model has a method."""
+
+
+class ModelLoader(Protocol):
+    """Resolves model references and keeps loaded versions for reuse."""
+
+    def resolve(self, ref: ModelRef) -> ModelVersion:
+        """The version ``ref`` names; raises ``UnknownModel``."""
+
+    def load(self, version: ModelVersion) -> LoadedModel:
+        """The loaded model for ``version``."""
+
+
+@dataclass(frozen=True, slots=True)
+class FittedModel:
+    """A freshly fitted estimator: its serialized artifact, its scores on the rows it was
+    fitted on, and a scorer for parity checks. ``estimator`` is opaque to the core."""
+
+    estimator: object
+    artifact: bytes
+    training_scores: Scores
+    params: dict[str, Any]
+    scorer: Scorer
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedModel:
+    """A portable export (ONNX) of a fitted model and a scorer that runs it."""
+
+    content: bytes
+    scorer: Scorer
+
+
+class Trainer(Protocol):
+    """Fits estimators and exports them to a portable format."""
+
+    def fit(
+        self, algorithm: str, matrix: Matrix, *, contamination: float, params: dict[str, Any]
+    ) -> FittedModel:
+        """Fit ``algorithm`` on ``matrix``."""
+
+    def export(self, fitted: FittedModel, *, n_features: int) -> ExportedModel | None:
+        """The portable export, or None where no converter exists."""
+
+
+class Maintenance(Protocol):
+    """Database upkeep (see ``pynomaly.maintenance.*``): locks, the run record and the
+    work itself. Identifiers come from the adapter's allow-lists, never from callers."""
+
+    def try_lock(self, name: str) -> AbstractContextManager[bool]:
+        """Hold task ``name``'s lock for the block if nobody else does; yield whether
+        it was taken."""
+
+    def record_run(
+        self,
+        *,
+        task: str,
+        started_at: datetime,
+        duration_ms: float,
+        outcome: str,
+        rows_affected: int,
+        detail: dict[str, Any],
+    ) -> None:
+        """Append one run to ``maintenance_runs``."""
+
+    def runs(self, *, task: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest runs, newest first."""
+
+    def record_metrics(self, rows: list[dict[str, Any]], *, now: datetime) -> int:
+        """Append metric rows (``metric_name``, ``value``, ``labels``)."""
+
+    def refresh_views(self) -> dict[str, Any]:
+        """Refresh the materialized views without blocking readers."""
+
+    def vacuum_analyze(self) -> dict[str, Any]:
+        """Reclaim space and refresh planner statistics."""
+
+    def reindex(self, *, threshold: float) -> dict[str, Any]:
+        """Rebuild, without blocking writes, the indexes whose bloat passes ``threshold``."""
+
+    def retention(self, *, cutoff: datetime, batch: int | None = None) -> dict[str, Any]:
+        """Delete what is older than ``cutoff``, in short batches."""
+
+    def slow_statements(self, *, limit: int) -> dict[str, Any]:
+        """The slowest statements, or ``{"available": False, "reason": ...}``."""
+
+    def sweep_stale_jobs(
+        self, *, stale_before: datetime, max_attempts: int, now: datetime, reason: str
+    ) -> dict[str, Any]:
+        """Requeue (or fail, attempts spent) jobs running since before ``stale_before``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOverview:
+    """A model version with its detection record (from ``mv_model_performance``, as of
+    the last refresh)."""
+
+    model_id: int
+    name: str
+    version: int
+    algorithm: str
+    active: bool
+    n_features: int
+    threshold: float
+    onnx: bool
+    artifact_sha256: str
+    created_at: datetime
+    jobs: int
+    jobs_failed: int
+    records_scored: int
+    anomalies_found: int
+    anomaly_rate: float
+    p95_duration_ms: float | None
+    last_job_at: datetime | None
+
+
+class Reads(Protocol):
+    """The dashboards' and the CLI's reads, each served by an index or a view."""
+
+    def recent_anomalies(self, *, now: datetime, limit: int = 50) -> list[AnomalyRecord]:
+        """Newest first, from the recent-anomalies view."""
+
+    def anomalies_of_model(
+        self, *, model_id: int, since: datetime, limit: int = 50
+    ) -> list[AnomalyRecord]:
+        """One model version's anomalies since ``since``, newest first."""
+
+    def top_anomalies(
+        self,
+        *,
+        min_severity: float = 0.0,
+        model: str | None = None,
+        job_id: str | None = None,
+        limit: int = 20,
+    ) -> list[AnomalyRecord]:
+        """Most severe first (then newest)."""
+
+    def model_performance(self, *, name: str | None = None) -> list[ModelOverview]:
+        """Every model version with its detection record."""
+
+    def dataset_summary(self) -> list[dict[str, Any]]:
+        """Each dataset with the jobs that scored it."""
+
+    def counts_per_model(self, *, since: datetime) -> list[dict[str, Any]]:
+        """Anomalies per model version since ``since``."""
+
+
+class DatabaseProbe(Protocol):
+    """A cheap check that the database answers."""
+
+    def ping(self) -> None:
+        """Return if the database answered; raise otherwise."""

@@ -1,16 +1,27 @@
-"""What a service function is handed: the adapters, the settings and a clock."""
+"""What a service function is handed: the ports it may use, wired to adapters by
+``pynomaly_workers.bootstrap``, plus the settings and a clock."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from pynomaly_workers.adapters.scorers.loader import ModelLoader
-from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
-from pynomaly_workers.adapters.stores.reads import SqlReads
-from pynomaly_workers.domain.ports import PredictionCache, SourceReader, Store
+from pynomaly_workers.domain.models import ModelVersion
+from pynomaly_workers.domain.ports import (
+    DatabaseProbe,
+    Maintenance,
+    ModelLoader,
+    PredictionCache,
+    Reads,
+    SourceReader,
+    Store,
+    Trainer,
+)
+from pynomaly_workers.domain.records import Matrix
+from pynomaly_workers.domain.scoring import Scores
 from pynomaly_workers.settings import Settings
 
 
@@ -24,6 +35,18 @@ class Clock(Protocol):
         """Seconds from an arbitrary origin, never going back."""
 
 
+class DriftObserver(Protocol):
+    """Folds scored records into drift counts (see ``services/drift.py``)."""
+
+    def observe(
+        self, version: ModelVersion, matrix: Matrix, scores: Scores, *, now: datetime
+    ) -> None:
+        """Count the records a version scored."""
+
+    def flush(self, *, now: datetime) -> None:
+        """Store what was counted so far."""
+
+
 class SystemClock:
     """The real clock."""
 
@@ -34,15 +57,27 @@ class SystemClock:
         return time.perf_counter()
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass(slots=True)
-class Services:
-    """The adapters wired for this process (see ``pynomaly_workers.bootstrap``)."""
+class Adapters:
+    """The ports a service uses, each wired to a concrete adapter by
+    ``pynomaly_workers.bootstrap`` (the only module that picks adapters)."""
 
     settings: Settings
     store: Store
     models: ModelLoader
+    trainer: Trainer
     sources: SourceReader
     cache: PredictionCache | None
     clock: Clock
-    maintenance: SqlMaintenance
-    reads: SqlReads
+    maintenance: Maintenance
+    reads: Reads
+    database: DatabaseProbe
+    drift: DriftObserver | None = None
+    close: Callable[[], None] = field(default=_nothing)
+    """Release connections and sockets (at shutdown, or the end of a test)."""
+    forget_after_fork: Callable[[], None] = field(default=_nothing)
+    """Drop inherited connections in a forked child without closing the parent's."""

@@ -7,19 +7,19 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import text
+from celery import Celery
+from celery.result import AsyncResult
 
-from pynomaly_workers.services.context import Services
+from pynomaly_workers.contract import PING_TASK
+from pynomaly_workers.services.context import Adapters
 
-PING_TASK = "pynomaly.health.ping"
 
-
-def check_health(services: Services, *, queues: Sequence[str], timeout: float) -> dict[str, Any]:
+def check_health(adapters: Adapters, *, queues: Sequence[str], timeout: float) -> dict[str, Any]:
     """A report with one check per dependency and per queue; ``ok`` if all passed."""
     from pynomaly_workers.client import client_app, close_app
 
-    checks = {"database": _check_database(services)}
-    app = client_app(services.settings)
+    checks = {"database": _check_database(adapters)}
+    app = client_app(adapters.settings)
     try:
         pending = _send_canaries(app, queues)
         for queue in list(pending):
@@ -30,24 +30,23 @@ def check_health(services: Services, *, queues: Sequence[str], timeout: float) -
     return {"ok": all(c["ok"] for c in checks.values()), "checks": checks}
 
 
-def _check_database(services: Services) -> dict[str, Any]:
+def _check_database(adapters: Adapters) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        with services.maintenance.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        adapters.database.ping()
     except Exception as exc:
         return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}
     return {"ok": True, "detail": f"answered in {(time.perf_counter() - started) * 1000:.1f} ms"}
 
 
-def _send_canaries(app: Any, queues: Sequence[str]) -> dict[str, Any]:
+def _send_canaries(app: Celery, queues: Sequence[str]) -> dict[str, AsyncResult[Any]]:
     return {
         queue: app.send_task(PING_TASK, args=[time.time()], queue=queue, expires=300)
         for queue in queues
     }
 
 
-def _await_canary(result: Any, *, timeout: float) -> dict[str, Any]:
+def _await_canary(result: AsyncResult[Any], *, timeout: float) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         answer = result.get(timeout=timeout)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pynomaly_workers.domain.jobs import (
+    DataInput,
     DatasetInput,
-    DetectionInput,
     InlineRecords,
     SourceInput,
     split_rows,
@@ -15,7 +15,7 @@ from pynomaly_workers.domain.ports import DatasetStore, SourceChunk, SourceReade
 
 
 def iter_chunks(
-    data: DetectionInput,
+    data: DataInput,
     *,
     datasets: DatasetStore,
     sources: SourceReader,
@@ -42,7 +42,7 @@ def _inline_chunks(data: InlineRecords, *, chunk_rows: int) -> Iterator[SourceCh
         )
 
 
-def input_label(data: DetectionInput) -> str | None:
+def input_label(data: DataInput) -> str | None:
     """The dataset name (or source path) a job read, for the job record."""
     if isinstance(data, DatasetInput):
         return data.name

@@ -13,12 +13,15 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from pynomaly_workers.contract import FAILED, SUCCEEDED
 from pynomaly_workers.domain.errors import InvalidInput
-from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.context import Adapters as Services
+from pynomaly_workers.services.drift import check_drift
 
 log = logging.getLogger(__name__)
 
-SUCCEEDED, SKIPPED, FAILED = "succeeded", "skipped", "failed"
+SKIPPED = "skipped"
+"""A run's outcome: SUCCEEDED and FAILED (the contract's words for a job) or SKIPPED."""
 
 
 class InvalidMaintenance(InvalidInput):
@@ -78,6 +81,12 @@ def _retention(services: Services, days: int | None = None) -> tuple[int, dict[s
     report = services.maintenance.retention(cutoff=cutoff)
     report["days"] = keep
     return sum(v for k, v in report.items() if k.endswith("_deleted")), report
+
+
+def _drift(services: Services, model: str | None = None) -> tuple[int, dict[str, Any]]:
+    reports = check_drift(services, model=model)
+    drifted = [r["model"] for r in reports if r["drifted"]]
+    return len(reports), {"checked": len(reports), "drifted": drifted}
 
 
 def _slow_queries(services: Services) -> tuple[int, dict[str, Any]]:
@@ -142,6 +151,7 @@ TASKS: dict[str, Work] = {
     "vacuum_analyze": _vacuum_analyze,
     "reindex": _reindex,
     "retention": _retention,
+    "drift": _drift,
     "slow_queries": _slow_queries,
     "cache_stats": _cache_stats,
     "sweep_stale_jobs": _sweep_stale_jobs,

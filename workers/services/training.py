@@ -7,14 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from pynomaly_workers.adapters.scorers import onnx, sklearn
 from pynomaly_workers.domain.errors import InvalidRecords, PayloadTooLarge
 from pynomaly_workers.domain.jobs import TrainingRequest
 from pynomaly_workers.domain.models import ModelVersion
-from pynomaly_workers.domain.ports import ModelDraft
+from pynomaly_workers.domain.ports import FittedModel, ModelDraft, Trainer
+from pynomaly_workers.domain.profile import profile_training_data
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import fit_score_stats, parity_error
-from pynomaly_workers.services.context import Services
+from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.inputs import iter_chunks
 
 MIN_TRAINING_ROWS = 10
@@ -30,43 +30,45 @@ class OnnxCandidate:
     max_error: float | None
 
 
-def train_model(services: Services, request: TrainingRequest) -> ModelVersion:
+def train_model(adapters: Adapters, request: TrainingRequest) -> ModelVersion:
     """Fit, calibrate and register a new immutable version of ``request.model``."""
-    matrix = load_training_matrix(services, request)
+    matrix, names = load_training_data(adapters, request)
     fit_rows, holdout = split_holdout(matrix)
-    estimator = sklearn.build_estimator(
-        request.algorithm, contamination=request.contamination, params=request.params
+    fitted = adapters.trainer.fit(
+        request.algorithm, fit_rows, contamination=request.contamination, params=request.params
     )
-    sklearn.fit(estimator, fit_rows)
-    stats = fit_score_stats(
-        sklearn.training_scores(estimator, fit_rows), contamination=request.contamination
-    )
-    tolerance = services.settings.onnx_parity_tolerance
-    candidate = onnx_candidate(estimator, holdout, tolerance=tolerance)
+    stats = fit_score_stats(fitted.training_scores, contamination=request.contamination)
+    profile = profile_training_data(fit_rows, fitted.training_scores, names=names)
+    tolerance = adapters.settings.onnx_parity_tolerance
+    candidate = onnx_candidate(adapters.trainer, fitted, holdout, tolerance=tolerance)
     draft = ModelDraft(
         name=request.model,
         algorithm=request.algorithm,
-        artifact=sklearn.dump(estimator),
+        artifact=fitted.artifact,
         onnx=candidate.content,
         n_features=matrix.shape[1],
         stats=stats,
-        params=_json_params(estimator, request.params),
+        params=fitted.params,
         parity_max_error=candidate.max_error,
         parity_tolerance=tolerance,
         n_training_rows=len(fit_rows),
+        profile=profile,
     )
-    return services.store.register_model(draft, now=services.clock.now())
+    return adapters.store.register_model(draft, now=adapters.clock.now())
 
 
-def load_training_matrix(services: Services, request: TrainingRequest) -> Matrix:
-    """All training rows as one matrix, bounded by ``max_training_rows``."""
-    limit = services.settings.max_training_rows
-    parts, total = [], 0
+def load_training_data(
+    adapters: Adapters, request: TrainingRequest
+) -> tuple[Matrix, tuple[str, ...] | None]:
+    """All training rows as one matrix (bounded by ``max_training_rows``), and the
+    feature column names when the input has them."""
+    limit = adapters.settings.max_training_rows
+    parts, total, names = [], 0, None
     for chunk in iter_chunks(
         request.input,
-        datasets=services.store,
-        sources=services.sources,
-        chunk_rows=services.settings.chunk_rows,
+        datasets=adapters.store,
+        sources=adapters.sources,
+        chunk_rows=adapters.settings.chunk_rows,
     ):
         total += len(chunk.matrix)
         if total > limit:
@@ -75,10 +77,11 @@ def load_training_matrix(services: Services, request: TrainingRequest) -> Matrix
                 "PYNOMALY_MAX_TRAINING_ROWS"
             )
         parts.append(chunk.matrix)
+        names = tuple(chunk.features) if chunk.features is not None else None
     matrix = np.vstack(parts) if parts else np.empty((0, 0))
     if len(matrix) < MIN_TRAINING_ROWS:
         raise InvalidRecords(f"training needs at least {MIN_TRAINING_ROWS} rows, got {len(matrix)}")
-    return matrix
+    return matrix, names
 
 
 def split_holdout(matrix: Matrix) -> tuple[Matrix, Matrix]:
@@ -94,20 +97,15 @@ def split_holdout(matrix: Matrix) -> tuple[Matrix, Matrix]:
     return matrix[np.sort(order[n_holdout:])], matrix[np.sort(order[:n_holdout])]
 
 
-def onnx_candidate(estimator: Any, holdout: Matrix, *, tolerance: float) -> OnnxCandidate:
+def onnx_candidate(
+    trainer: Trainer, fitted: FittedModel, holdout: Matrix, *, tolerance: float
+) -> OnnxCandidate:
     """Export to ONNX and keep it only if it scores the held-out rows like scikit-learn."""
-    content = onnx.export(estimator, n_features=holdout.shape[1])
-    if content is None:
+    exported = trainer.export(fitted, n_features=holdout.shape[1])
+    if exported is None:
         return OnnxCandidate(content=None, max_error=None)
-    reference = sklearn.SklearnScorer(estimator).score(holdout)
-    error = parity_error(reference, onnx.OnnxScorer(content).score(holdout))
-    return OnnxCandidate(content=content if error <= tolerance else None, max_error=error)
-
-
-def _json_params(estimator: Any, overrides: dict[str, Any]) -> dict[str, Any]:
-    params = estimator.get_params()
-    kept = {k: v for k, v in params.items() if isinstance(v, int | float | str | bool | None)}
-    return {**kept, **overrides}
+    error = parity_error(fitted.scorer.score(holdout), exported.scorer.score(holdout))
+    return OnnxCandidate(content=exported.content if error <= tolerance else None, max_error=error)
 
 
 def version_summary(version: ModelVersion) -> dict[str, Any]:

@@ -56,6 +56,9 @@ class RedisPredictionCache:
                 pipe.set(key, _DOUBLE.pack(score), ex=self.ttl_seconds)
             pipe.execute()
 
+    def close(self) -> None:
+        self.client.close()
+
     def stats(self) -> dict[str, float]:
         """The cache server's INFO figures operators watch: memory against its limit,
         evictions, and hits/misses (server-wide: run the cache on its own Redis)."""

@@ -39,6 +39,7 @@ class ForestScorer:
         self.feature = np.zeros(shape, dtype=np.int64)
         self.threshold = np.zeros(shape, dtype=np.float64)
         self.leaf_depth = np.zeros(shape, dtype=np.float64)
+        self.log_samples = np.zeros(shape, dtype=np.float64)  # log2 of each node's size
         subsample = estimator._max_features != estimator.n_features_in_
         for t, (tree, features) in enumerate(
             zip(trees, estimator.estimators_features_, strict=True)
@@ -50,6 +51,7 @@ class ForestScorer:
             mapped = np.asarray(features)[np.maximum(tree.feature, 0)]
             self.feature[t, :n] = mapped if subsample else np.maximum(tree.feature, 0)
             self.threshold[t, :n] = tree.threshold
+            self.log_samples[t, :n] = np.log2(np.maximum(tree.n_node_samples, 1))
             self.leaf_depth[t, :n] = (
                 estimator._decision_path_lengths[t]
                 + estimator._average_path_length_per_tree[t]
@@ -58,6 +60,7 @@ class ForestScorer:
         self.depth = int(max(tree.max_depth for tree in trees))
         self.denominator = len(trees) * _average_path_length(estimator._max_samples)
         self.offset = float(estimator.offset_)
+        self.n_features = int(estimator.n_features_in_)
         self._tree_index = np.arange(len(trees))
 
     @classmethod
@@ -81,6 +84,36 @@ class ForestScorer:
         depths = self.leaf_depth[self._tree_index, nodes].sum(axis=1)
         scores: npt.NDArray[np.float64] = 2.0 ** (-depths / self.denominator)
         return scores + self.offset
+
+    def isolation_bits(self, matrix: Matrix) -> npt.NDArray[np.float64]:
+        """Per row and feature: the bits of isolation the record's path owes to splits on
+        that feature, averaged over the trees. A split moving the record from a node of
+        n samples to a child of m credits log2(n / m) to its feature, so a row's credits
+        add up exactly to the mean over trees of log2(root size / leaf size). (Counting
+        splits alone would not do: in expectation an outlier in one feature meets as
+        many random splits on the others before the one that isolates it.)"""
+        rows = np.asarray(matrix, dtype=np.float32).astype(np.float64)
+        n_rows, n_trees = len(rows), len(self._tree_index)
+        credits = np.zeros((n_rows, self.n_features), dtype=np.float64)
+        nodes = np.zeros((n_rows, n_trees), dtype=np.int64)
+        row_index = np.broadcast_to(np.arange(n_rows)[:, None], nodes.shape)
+        for _ in range(self.depth):
+            left = self.left[self._tree_index, nodes]
+            inner = left != _LEAF
+            if not inner.any():
+                break
+            features = self.feature[self._tree_index, nodes]
+            values = rows[row_index, features]
+            go_left = values <= self.threshold[self._tree_index, nodes]
+            step = np.where(go_left, left, self.right[self._tree_index, nodes])
+            child = np.where(inner, step, nodes)
+            gained = (
+                self.log_samples[self._tree_index, nodes]
+                - self.log_samples[self._tree_index, child]
+            )
+            np.add.at(credits, (row_index[inner], features[inner]), gained[inner])
+            nodes = child
+        return credits / n_trees
 
 
 def _average_path_length(n_samples: int) -> float:

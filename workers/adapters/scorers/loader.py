@@ -20,8 +20,10 @@ from threading import Lock
 import numpy as np
 
 from pynomaly_workers.adapters.scorers import sklearn
+from pynomaly_workers.adapters.scorers.explain import Explainer, explainer_for
 from pynomaly_workers.adapters.scorers.forest import ForestScorer
 from pynomaly_workers.adapters.scorers.onnx import OnnxScorer
+from pynomaly_workers.domain.explain import Attribution
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import ModelStore, Scorer
 from pynomaly_workers.domain.records import Matrix
@@ -46,6 +48,15 @@ class Calibration:
         index = min(index, len(self.sizes) - 1)
         return min(self.seconds, key=lambda backend: self.seconds[backend][index])
 
+    def winners(self) -> set[str]:
+        """The backends that are fastest at some calibrated batch size."""
+        return {self.best(size) for size in self.sizes}
+
+    def pruned(self) -> Calibration:
+        """The same measurements without the backends that never win."""
+        keep = self.winners()
+        return Calibration(self.sizes, {k: v for k, v in self.seconds.items() if k in keep})
+
     def row_cost_us(self) -> float:
         """Microseconds per row of the best backend on the largest calibrated batch."""
         largest = self.sizes[-1]
@@ -59,6 +70,7 @@ class LoadedModel:
     version: ModelVersion
     scorers: dict[str, Scorer]
     calibration: Calibration | None = None
+    explainer: Explainer | None = None
 
     @property
     def sklearn(self) -> Scorer:
@@ -79,6 +91,10 @@ class LoadedModel:
     def row_cost_us(self) -> float | None:
         """Scoring cost per row in microseconds, if measured."""
         return self.calibration.row_cost_us() if self.calibration else None
+
+    def explain(self, matrix: Matrix) -> Attribution | None:
+        """Per-feature contributions to each row's anomaly (see ``explain.py``)."""
+        return self.explainer(matrix) if self.explainer is not None else None
 
 
 def calibrate(scorers: dict[str, Scorer], *, n_features: int) -> Calibration:
@@ -123,15 +139,14 @@ class ModelLoader:
 
     def resolve(self, ref: ModelRef) -> ModelVersion:
         """The version ``ref`` names. ``name@version`` never changes, so it is remembered;
-        a bare name (the active version) is remembered for ``ref_ttl_seconds``, which
-        saves a query per micro-batch at the price of seeing a new version that much later.
+        a bare name (the active version) or an alias (``name@champion``) is remembered
+        for ``ref_ttl_seconds``, which saves a query per micro-batch at the price of
+        seeing a new version or a moved alias that much later.
         """
         now = time.monotonic()
         with self._lock:
             cached = self._refs.get(ref)
-        if cached is not None and (
-            ref.version is not None or now - cached[0] < self.ref_ttl_seconds
-        ):
+        if cached is not None and (ref.is_exact or now - cached[0] < self.ref_ttl_seconds):
             return cached[1]
         version = self.store.get_model(ref)
         with self._lock:
@@ -160,19 +175,29 @@ class ModelLoader:
         if version.onnx_sha256 is not None:
             content = self.store.load_artifact(version.onnx_sha256)
             scorers["onnx"] = OnnxScorer(content, threads=self.onnx_threads)
-        if ForestScorer.supports(estimator):
-            scorers["numpy"] = ForestScorer(estimator)
+        forest = ForestScorer(estimator) if ForestScorer.supports(estimator) else None
+        if forest is not None:
+            scorers["numpy"] = forest
         scorers = _faithful(scorers, version)
         calibration = None
         if self.calibrate:
-            calibration = calibrate(scorers, n_features=version.n_features)
+            calibration = calibrate(scorers, n_features=version.n_features).pruned()
+            # A backend that wins no batch size is never used: drop it, and with it (for
+            # ONNX) a session whose arena would hold memory for nothing. scikit-learn
+            # stays, as the reference (its estimator also serves explanations).
+            scorers = {
+                k: v for k, v in scorers.items() if k in calibration.seconds or k == "sklearn"
+            }
             log.info(
                 "model %s: backend by batch size %s; %.2f us/row",
                 version.label,
                 {size: calibration.best(size) for size in calibration.sizes},
                 calibration.row_cost_us(),
             )
-        return LoadedModel(version=version, scorers=scorers, calibration=calibration)
+        explainer = explainer_for(estimator, profile=version.profile, forest=forest)
+        return LoadedModel(
+            version=version, scorers=scorers, calibration=calibration, explainer=explainer
+        )
 
 
 def _faithful(scorers: dict[str, Scorer], version: ModelVersion) -> dict[str, Scorer]:

@@ -28,11 +28,15 @@ def build_estimator(algorithm: str, *, contamination: float, params: dict[str, A
     from sklearn.neighbors import LocalOutlierFactor
     from sklearn.svm import OneClassSVM
 
+    from pynomaly_workers.adapters.scorers.detectors import ECOD, HBOS
+
     builders: dict[str, tuple[Any, dict[str, Any]]] = {
         "iforest": (IsolationForest, {"contamination": contamination, "random_state": _SEED}),
         "lof": (LocalOutlierFactor, {"contamination": contamination, "novelty": True}),
         "ocsvm": (OneClassSVM, {"nu": contamination, "gamma": "scale"}),
         "elliptic": (EllipticEnvelope, {"contamination": contamination, "random_state": _SEED}),
+        "hbos": (HBOS, {}),
+        "ecod": (ECOD, {}),
     }
     cls, defaults = builders[algorithm]
     try:

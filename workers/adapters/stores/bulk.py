@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, text
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -20,18 +21,28 @@ from pynomaly_workers.domain.ports import AnomalyBatch
 
 COPY_MIN_ROWS = 1_000
 _STAGE = "pyn_anomalies_stage"
-_COLUMNS = ("job_id", "record_index", "model_id", "record_id", "timestamp", "score", "severity")
-_TYPES = ("text", "int8", "int8", "text", "timestamptz", "float8", "float8")
+_COLUMNS = (
+    "job_id",
+    "record_index",
+    "model_id",
+    "record_id",
+    "timestamp",
+    "score",
+    "severity",
+    "explanation",
+)
+_TYPES = ("text", "int8", "int8", "text", "timestamptz", "float8", "float8", "jsonb")
 _CREATE_STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
     job_id text, record_index bigint, model_id bigint, record_id text,
-    "timestamp" timestamptz, score float8, severity float8
+    "timestamp" timestamptz, score float8, severity float8, explanation jsonb
 ) ON COMMIT DELETE ROWS
 """
 _MOVE_STAGE = f"""
 INSERT INTO anomalies (job_id, record_index, model_id, record_id, "timestamp", score,
-                       severity, status)
-SELECT job_id, record_index, model_id, record_id, "timestamp", score, severity, 'active'
+                       severity, status, explanation)
+SELECT job_id, record_index, model_id, record_id, "timestamp", score, severity, 'active',
+       explanation::json
 FROM {_STAGE}
 ON CONFLICT (job_id, record_index) DO NOTHING
 """
@@ -56,6 +67,7 @@ def _rows(batches: Iterable[AnomalyBatch]) -> Iterator[tuple[Any, ...]]:
             batch.timestamp,
             batch.score.tolist(),
             batch.severity.tolist(),
+            batch.explanation or [None] * len(batch),
             strict=True,
         )
 
@@ -68,7 +80,8 @@ def _copy_postgres(conn: Connection, batches: Sequence[AnomalyBatch]) -> int:
         with cursor.copy(f"COPY {_STAGE} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(list(_TYPES))
             for row in _rows(batches):
-                copy.write_row(row)
+                explanation = row[-1]
+                copy.write_row((*row[:-1], Jsonb(explanation) if explanation else None))
     inserted = conn.execute(text(_MOVE_STAGE)).rowcount
     conn.execute(text(f"TRUNCATE {_STAGE}"))
     return int(inserted)

@@ -9,25 +9,27 @@ tables) the same names answer from the tables directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, Engine, bindparam, text
+from sqlalchemy import JSON, Boolean, Engine, bindparam, text
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import TextualSelect
 
 from pynomaly_workers.adapters.stores.tables import UtcDateTime
-from pynomaly_workers.domain.ports import AnomalyRecord
+from pynomaly_workers.domain.ports import AnomalyRecord, ModelOverview
 
-_ANOMALY = "id, job_id, record_index, model_id, record_id, timestamp, score, severity, status"
+_ANOMALY = (
+    "id, job_id, record_index, model_id, record_id, timestamp, score, severity, status, explanation"
+)
 _MOST_SEVERE = "ORDER BY severity DESC, timestamp DESC, id DESC"
 
 # name -> SQL on PostgreSQL. Comments say which index (or view) each one is for.
 POSTGRES: dict[str, str] = {
     # mv_recent_anomalies (timestamp DESC): the newest of the last 7 days.
-    "recent_anomalies": f"SELECT {_ANOMALY} FROM mv_recent_anomalies "
-    "ORDER BY timestamp DESC LIMIT :limit",
+    # (The view keeps no explanations: the dashboards' list does not show them.)
+    "recent_anomalies": f"SELECT {_ANOMALY.replace('explanation', 'NULL AS explanation')} "
+    "FROM mv_recent_anomalies ORDER BY timestamp DESC LIMIT :limit",
     # idx_anomalies_composite (model_id, timestamp DESC, ...). Ordering by model_id too
     # matches only this index, so the planner cannot pick the timestamp index and filter
     # the whole day of every model (110-142 ms at 10M rows for a model with none).
@@ -114,31 +116,9 @@ def statement(name: str, *, dialect: str) -> TextualSelect:
         clause = clause.bindparams(*times)
     types: dict[str, Any] = {c: UtcDateTime() for c in _TIME_COLUMNS if c in sql}
     types |= {c: Boolean() for c in _BOOL_COLUMNS if c in sql}
+    if "explanation" in sql:
+        types["explanation"] = JSON()
     return clause.columns(**types)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelOverview:
-    """A model version with its detection record (from ``mv_model_performance``, as of
-    the last refresh)."""
-
-    model_id: int
-    name: str
-    version: int
-    algorithm: str
-    active: bool
-    n_features: int
-    threshold: float
-    onnx: bool
-    artifact_sha256: str
-    created_at: datetime
-    jobs: int
-    jobs_failed: int
-    records_scored: int
-    anomalies_found: int
-    anomaly_rate: float
-    p95_duration_ms: float | None
-    last_job_at: datetime | None
 
 
 class SqlReads:

@@ -27,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from pynomaly_workers.contract import JOB_STATUSES
+
 # Integer on SQLite (so the key is the rowid and autoincrements), BIGINT on PostgreSQL.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -94,6 +96,7 @@ class ModelRow(Base):
     n_training_rows: Mapped[int] = mapped_column(BigInteger)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
+    profile: Mapped[dict[str, Any] | None]
 
     __table_args__ = (
         UniqueConstraint("name", "version", name="uq_models_name_version"),
@@ -108,6 +111,85 @@ class ModelRow(Base):
             sqlite_where=text("active"),
         ),
     )
+
+
+class ModelAliasRow(Base):
+    """Where each movable alias (``champion``, ``challenger``, ...) of a model points."""
+
+    __tablename__ = "model_aliases"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    updated_at: Mapped[datetime]
+
+
+class ModelAliasMoveRow(Base):
+    """Every move of an alias, kept so a rollback knows where it pointed before."""
+
+    __tablename__ = "model_alias_moves"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    alias: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    previous_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    action: Mapped[str] = mapped_column(String(16))
+    moved_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("idx_model_alias_moves_alias", "name", "alias", text("id DESC")),
+        CheckConstraint("action IN ('set', 'rollback')", name="action_valid"),
+    )
+
+
+class DriftWindowRow(Base):
+    """What one model version scored in one time window, in its training profile's bins
+    (``DriftCounts``); workers add to it as they score, no record is kept."""
+
+    __tablename__ = "drift_windows"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    counts: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime]
+
+
+class DriftReportRow(Base):
+    """The outcome of one drift check of one model version."""
+
+    __tablename__ = "drift_reports"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    checked_at: Mapped[datetime]
+    drifted: Mapped[bool] = mapped_column(Boolean)
+    report: Mapped[dict[str, Any]]
+
+    __table_args__ = (Index("idx_drift_reports_model", "model_id", text("checked_at DESC")),)
+
+
+class ShadowResultRow(Base):
+    """How a challenger scored a sample of one chunk of a champion's job (counts and
+    score sums, see ``domain/shadow.py``); once per chunk, however often it runs."""
+
+    __tablename__ = "shadow_results"
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    challenger_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    champion_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    tally: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+    __table_args__ = (Index("idx_shadow_results_pair", "champion_model_id", "challenger_model_id"),)
+
+
+class ShadowAnomalyRow(Base):
+    """A record the challenger flagged while shadowing: kept apart from ``anomalies``."""
+
+    __tablename__ = "shadow_anomalies"
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    record_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    challenger_model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    severity: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime]
 
 
 class DatasetRow(Base):
@@ -154,7 +236,8 @@ class DetectionJobRow(Base):
 
     __table_args__ = (
         CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed')", name="status_valid"
+            f"status IN ({', '.join(repr(status) for status in JOB_STATUSES)})",
+            name="status_valid",
         ),
         Index("idx_detection_jobs_created", text("created_at DESC")),
         Index("idx_detection_jobs_status", "status", text("created_at DESC")),
@@ -187,6 +270,7 @@ class AnomalyRow(Base):
     score: Mapped[float] = mapped_column(Float)
     severity: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16), default="active")
+    explanation: Mapped[dict[str, Any] | None]
     # When the worker stored the row (the database's clock); retention goes by this,
     # never by the caller-supplied ``timestamp``.
     detected_at: Mapped[datetime] = mapped_column(server_default=func.now())

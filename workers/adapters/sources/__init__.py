@@ -1,4 +1,5 @@
-"""CSV and Parquet sources, read in bounded chunks with pyarrow.
+"""CSV and Parquet sources, read in bounded chunks with pyarrow, from local files or
+S3-compatible object storage (``blobs``).
 
 Columns named ``record_id`` and ``timestamp`` are carried along; every other column is a
 feature and must be numeric. A CSV whose first line is all numbers has no header.
@@ -10,11 +11,20 @@ import itertools
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from threading import Lock
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from pynomaly_workers.adapters.sources.blobs import (
+    Blob,
+    S3Options,
+    SourceUnavailable,
+    is_object_uri,
+    open_local,
+    open_s3,
+    s3_client,
+)
 from pynomaly_workers.domain.errors import InvalidSource
 from pynomaly_workers.domain.jobs import parse_timestamp
 from pynomaly_workers.domain.ports import ChunkSpec, Dataset, SourceChunk, SourcePlan
@@ -23,43 +33,49 @@ from pynomaly_workers.domain.records import check_finite
 META_COLUMNS = ("record_id", "timestamp")
 _CSV_BLOCK_BYTES = 8 << 20
 _SCAN_BYTES = 32 << 20
+_HEADER_PROBE_BYTES = 64 << 10
 _NEWLINE = 10
 _CR = 13
+_QUOTE = 34
 
 
 class ArrowSourceReader:
-    """Reads local CSV/Parquet files, optionally only below allowed root folders."""
+    """Reads CSV/Parquet sources: local files (optionally only below allowed root
+    folders) and ``s3://bucket/key`` objects."""
 
-    def __init__(self, *, allowed_roots: tuple[Path, ...] = ()) -> None:
+    def __init__(
+        self, *, allowed_roots: tuple[Path, ...] = (), s3: S3Options | None = None
+    ) -> None:
         self.allowed_roots = tuple(root.resolve() for root in allowed_roots)
+        self.s3_options = s3 or S3Options()
+        self._s3_client: Any = None
+        self._lock = Lock()
 
-    def resolve(self, uri: str) -> Path:
-        """The local path of ``uri`` after checking it exists and is allowed."""
-        parsed = urlparse(uri)
-        if parsed.scheme not in ("", "file"):
-            raise InvalidSource(f"source {uri!r}: only local paths and file:// URIs are read")
-        path = Path(unquote(parsed.path) if parsed.scheme == "file" else uri).resolve()
-        if self.allowed_roots and not any(path.is_relative_to(r) for r in self.allowed_roots):
-            roots = ", ".join(str(r) for r in self.allowed_roots)
-            raise InvalidSource(f"source {uri!r} is outside the allowed folders ({roots})")
-        if not path.is_file():
-            raise InvalidSource(f"source {uri!r} does not exist or is not a file on this worker")
-        if _format(path) not in ("csv", "parquet"):
-            raise InvalidSource(f"source {uri!r}: use a .csv or .parquet file")
-        return path
+    def open(self, uri: str, *, pin: str | None = None) -> Blob:
+        """The source ``uri`` names, checked and pinned (to ``pin`` when given)."""
+        if is_object_uri(uri):
+            return open_s3(self._client(), uri, pin=pin)
+        return open_local(uri, allowed_roots=self.allowed_roots, pin=pin)
+
+    def _client(self) -> Any:
+        with self._lock:
+            if self._s3_client is None:
+                self._s3_client = s3_client(self.s3_options)
+            return self._s3_client
 
     def describe(self, path: str) -> Dataset:
-        resolved = self.resolve(path)
+        blob = self.open(path)
         n_rows, columns = 0, list[str]()
-        for batch in self._batches(resolved, chunk_rows=1 << 20):
+        for batch in _batches(blob, chunk_rows=1 << 20):
             columns = [c for c in batch.schema.names if c not in META_COLUMNS]
             n_rows += batch.num_rows
         if n_rows == 0:
             raise InvalidSource(f"source {path!r} has no rows")
+        uri = path if is_object_uri(path) else str(Path(blob.uri).resolve())
         return Dataset(
             name="",
-            uri=str(resolved),
-            format=_format(resolved),
+            uri=uri,
+            format=blob.format,
             n_rows=n_rows,
             n_features=len(columns),
             columns=columns,
@@ -67,33 +83,38 @@ class ArrowSourceReader:
 
     def read_chunks(self, path: str, *, chunk_rows: int) -> Iterator[SourceChunk]:
         offset = 0
-        for batch in self._batches(self.resolve(path), chunk_rows=chunk_rows):
+        for batch in _batches(self.open(path), chunk_rows=chunk_rows):
             if batch.num_rows == 0:
                 continue
             yield _chunk(batch, offset=offset, path=path)
             offset += batch.num_rows
 
     def plan(self, path: str, *, chunk_rows: int) -> SourcePlan:
-        """Cut the file into chunks of about ``chunk_rows`` rows that workers can read
-        independently: byte ranges of a CSV, row-group ranges of a Parquet file."""
-        resolved = self.resolve(path)
-        if _format(resolved) == "parquet":
-            return _plan_parquet(resolved, chunk_rows)
-        return _plan_csv(resolved, chunk_rows)
+        """Cut the source into chunks of about ``chunk_rows`` rows that workers can read
+        independently: byte ranges of a CSV, row-group ranges of a Parquet file. The
+        plan is pinned to the version it was made from."""
+        blob = self.open(path)
+        if blob.format == "parquet":
+            return _plan_parquet(blob, chunk_rows)
+        return _plan_csv(blob, chunk_rows)
 
-    def read_chunk(self, path: str, spec: ChunkSpec, *, columns: list[str]) -> SourceChunk:
-        """The rows of one planned chunk."""
+    def read_chunk(
+        self, path: str, spec: ChunkSpec, *, columns: list[str], pin: str | None = None
+    ) -> SourceChunk:
+        """The rows of one planned chunk, from the version the plan was pinned to."""
         import pyarrow as pa
 
-        resolved = self.resolve(path)
+        blob = self.open(path, pin=pin)
         try:
-            if _format(resolved) == "parquet":
+            if blob.format == "parquet":
                 import pyarrow.parquet as pq
 
                 groups = list(range(spec.start, spec.stop))
-                table = pq.ParquetFile(resolved).read_row_groups(groups)
+                table = pq.ParquetFile(blob.source()).read_row_groups(groups)
             else:
-                table = _read_csv_range(resolved, spec, columns)
+                table = _read_csv_range(blob, spec, columns)
+        except SourceUnavailable:
+            raise  # transient: the task retries
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
             raise InvalidSource(f"cannot read chunk {spec.index} of {path}: {exc}") from None
         batch = table.combine_chunks().to_batches()
@@ -101,24 +122,27 @@ class ArrowSourceReader:
             raise InvalidSource(f"chunk {spec.index} of {path} is empty; was the file changed?")
         return _chunk(batch[0], offset=spec.offset, path=path)
 
-    def _batches(self, path: Path, *, chunk_rows: int) -> Iterator[Any]:
-        import pyarrow as pa
 
-        try:
-            if _format(path) == "parquet":
-                import pyarrow.parquet as pq
+def _batches(blob: Blob, *, chunk_rows: int) -> Iterator[Any]:
+    import pyarrow as pa
 
-                yield from pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
-            else:
-                yield from _rebatch(_csv_batches(path), chunk_rows)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-            raise InvalidSource(f"cannot read {path}: {exc}") from None
+    try:
+        if blob.format == "parquet":
+            import pyarrow.parquet as pq
+
+            yield from pq.ParquetFile(blob.source()).iter_batches(batch_size=chunk_rows)
+        else:
+            yield from _rebatch(_csv_batches(blob), chunk_rows)
+    except SourceUnavailable:
+        raise  # transient: the task retries
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise InvalidSource(f"cannot read {blob.uri}: {exc}") from None
 
 
-def _plan_parquet(path: Path, chunk_rows: int) -> SourcePlan:
+def _plan_parquet(blob: Blob, chunk_rows: int) -> SourcePlan:
     import pyarrow.parquet as pq
 
-    metadata = pq.ParquetFile(path).metadata
+    metadata = pq.ParquetFile(blob.source()).metadata
     columns = [n for n in metadata.schema.names if n not in META_COLUMNS]
     chunks: list[ChunkSpec] = []
     start, rows, offset = 0, 0, 0
@@ -127,87 +151,136 @@ def _plan_parquet(path: Path, chunk_rows: int) -> SourcePlan:
         if rows >= chunk_rows or group == metadata.num_row_groups - 1:
             chunks.append(ChunkSpec(len(chunks), offset, rows, start, group + 1))
             offset, rows, start = offset + rows, 0, group + 1
-    return SourcePlan(format="parquet", columns=columns, n_rows=offset, chunks=chunks)
+    return SourcePlan(format="parquet", columns=columns, n_rows=offset, chunks=chunks, pin=blob.pin)
 
 
-def _plan_csv(path: Path, chunk_rows: int) -> SourcePlan:
+def _plan_csv(blob: Blob, chunk_rows: int) -> SourcePlan:
     """Byte ranges of every ``chunk_rows`` rows, found by scanning for newlines in
     fixed-size blocks (memory stays bounded whatever the file size)."""
-    header, first_row = _csv_header(path)
-    size = path.stat().st_size
-    n_rows, starts = _row_starts(path, first_row=first_row, chunk_rows=chunk_rows)
+    header, first_row = _csv_header(blob)
+    n_rows, starts = _row_starts(blob, first_row=first_row, chunk_rows=chunk_rows)
     # A start past the last row (only blank lines after it) would be an empty chunk.
-    bounds = [*starts[: -(-n_rows // chunk_rows)], size]
+    bounds = [*starts[: -(-n_rows // chunk_rows)], blob.size]
     chunks = [
         ChunkSpec(i, i * chunk_rows, min(chunk_rows, n_rows - i * chunk_rows), a, b)
         for i, (a, b) in enumerate(itertools.pairwise(bounds))
     ]
-    return SourcePlan(format="csv", columns=header, n_rows=n_rows, chunks=chunks)
+    return SourcePlan(format="csv", columns=header, n_rows=n_rows, chunks=chunks, pin=blob.pin)
 
 
-def _row_starts(path: Path, *, first_row: int, chunk_rows: int) -> tuple[int, list[int]]:
+def _row_starts(blob: Blob, *, first_row: int, chunk_rows: int) -> tuple[int, list[int]]:
     """The number of rows from byte ``first_row`` on, and where every ``chunk_rows``-th
     row begins. Blank lines (LF or CRLF alone) are not rows: Arrow skips them,
-    so counting them would shift every later offset and could plan an empty chunk."""
+    so counting them would shift every later offset and could plan an empty chunk.
+    A newline inside a quoted field is not a row boundary either (see
+    :func:`_record_ends`)."""
     starts, rows, line_start, last_byte = [first_row], 0, first_row, _NEWLINE
-    with path.open("rb") as handle:
-        handle.seek(first_row)
-        position = first_row
-        while block := handle.read(_SCAN_BYTES):
-            data = np.frombuffer(block, dtype=np.uint8)
-            ends = position + np.flatnonzero(data == _NEWLINE)
-            if ends.size:
-                begins = np.concatenate(([line_start], ends[:-1] + 1))
-                previous = np.concatenate((np.array([last_byte], dtype=np.uint8), data))
-                before = previous[ends - position]  # the byte before each newline
-                length = ends - begins
-                filled = (length > 1) | ((length == 1) & (before != _CR))
-                counts = rows + np.cumsum(filled)
-                # Row k (0-based) ends at a newline; chunk i starts after row i*C - 1.
-                starts.extend((ends[filled & (counts % chunk_rows == 0)] + 1).tolist())
-                rows, line_start = int(counts[-1]), int(ends[-1]) + 1
-            position += len(block)
-            last_byte = block[-1]
+    position, quoted = first_row, False
+    while block := blob.read_range(position, min(position + _SCAN_BYTES, blob.size)):
+        data = np.frombuffer(block, dtype=np.uint8)
+        ends, quoted = _record_ends(block, data, position, quoted=quoted)
+        if ends.size:
+            begins = np.concatenate(([line_start], ends[:-1] + 1))
+            previous = np.concatenate((np.array([last_byte], dtype=np.uint8), data))
+            before = previous[ends - position]  # the byte before each newline
+            length = ends - begins
+            filled = (length > 1) | ((length == 1) & (before != _CR))
+            counts = rows + np.cumsum(filled)
+            # Row k (0-based) ends at a newline; chunk i starts after row i*C - 1.
+            starts.extend((ends[filled & (counts % chunk_rows == 0)] + 1).tolist())
+            rows, line_start = int(counts[-1]), int(ends[-1]) + 1
+        position += len(block)
+        last_byte = block[-1]
     tail = position - line_start  # a last row without a newline
     return rows + int(tail > 1 or (tail == 1 and last_byte != _CR)), starts
 
 
-def _csv_header(path: Path) -> tuple[list[str], int]:
+def _record_ends(
+    block: bytes, data: np.ndarray[Any, np.dtype[np.uint8]], position: int, *, quoted: bool
+) -> tuple[np.ndarray[Any, np.dtype[np.int64]], bool]:
+    """File offsets of the newlines in ``block`` that end a record, and whether the
+    block ends inside a quoted field.
+
+    A plain CSV has no quote at all, and every newline ends a record (one ``find`` in C
+    tells). Otherwise a newline ends a record only outside quotes: when the quotes
+    before it (``""``, an escaped quote, counts twice) are even in number."""
+    newlines = np.flatnonzero(data == _NEWLINE)
+    if not quoted and block.find(b'"') < 0:
+        return position + newlines, False
+    quotes = np.flatnonzero(data == _QUOTE)
+    parity = (np.searchsorted(quotes, newlines) + int(quoted)) % 2
+    return position + newlines[parity == 0], bool((quotes.size + int(quoted)) % 2)
+
+
+def _first_line(blob: Blob) -> bytes:
+    """The first line, newline included (the whole blob if it has none)."""
+    probe = _HEADER_PROBE_BYTES
+    while True:
+        head = blob.read_range(0, min(probe, blob.size))
+        end = head.find(b"\n")
+        if end >= 0:
+            return head[: end + 1]
+        if len(head) >= blob.size:
+            return head
+        probe *= 4
+
+
+def _csv_header(blob: Blob) -> tuple[list[str], int]:
     """Column names (generated ``f0..`` when the first line is data) and where data starts."""
-    with path.open("rb") as handle:
-        first = handle.readline()
+    first = _first_line(blob)
     fields = first.decode("utf-8-sig", errors="replace").strip().split(",")
     if all(_is_number(field) for field in fields):
         return [f"f{i}" for i in range(len(fields))], 0
     return [f.strip().strip('"') for f in fields], len(first)
 
 
-def _read_csv_range(path: Path, spec: ChunkSpec, columns: list[str]) -> Any:
+def _read_csv_range(blob: Blob, spec: ChunkSpec, columns: list[str]) -> Any:
     import io
 
     import pyarrow.csv as pacsv
 
-    with path.open("rb") as handle:
-        handle.seek(spec.start)
-        data = handle.read(spec.stop - spec.start)
+    data = blob.read_range(spec.start, spec.stop)
     options = pacsv.ReadOptions(column_names=columns, block_size=_CSV_BLOCK_BYTES)
-    return pacsv.read_csv(io.BytesIO(data), read_options=options, convert_options=_convert())
+    return pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=options,
+        parse_options=_parse(quoted=data.find(b'"') >= 0),
+        convert_options=_convert(),
+    )
 
 
-def _format(path: Path) -> str:
-    return {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(path.suffix.lower(), "")
-
-
-def _csv_batches(path: Path) -> Iterator[Any]:
+def _csv_batches(blob: Blob) -> Iterator[Any]:
     import pyarrow.csv as pacsv
 
-    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
-        first = handle.readline().strip().split(",")
+    first = _first_line(blob).decode("utf-8-sig", errors="replace").strip().split(",")
     has_header = not all(_is_number(field) for field in first)
     read_options = pacsv.ReadOptions(
         block_size=_CSV_BLOCK_BYTES, autogenerate_column_names=not has_header
     )
-    yield from pacsv.open_csv(path, read_options=read_options, convert_options=_convert())
+    yield from pacsv.open_csv(
+        blob.source(),
+        read_options=read_options,
+        parse_options=_parse(quoted=_has_quotes(blob)),
+        convert_options=_convert(),
+    )
+
+
+def _has_quotes(blob: Blob) -> bool:
+    """Whether any field is quoted (then it may hold a newline)."""
+    position = 0
+    while block := blob.read_range(position, min(position + _SCAN_BYTES, blob.size)):
+        if block.find(b'"') >= 0:
+            return True
+        position += len(block)
+    return False
+
+
+def _parse(*, quoted: bool) -> Any:
+    """Arrow's CSV parsing: newlines inside quoted values only where quotes exist, as
+    that mode parses more slowly."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.ParseOptions(newlines_in_values=quoted)
 
 
 def _convert() -> Any:
@@ -266,6 +339,7 @@ def _chunk(batch: Any, *, offset: int, path: str) -> SourceChunk:
         matrix=np.ascontiguousarray(matrix),
         record_ids=_strings(batch, "record_id"),
         timestamps=_times(batch, offset),
+        features=[names[i] for i in features],
     )
 
 

@@ -16,8 +16,8 @@
 On PostgreSQL the indexes on ``anomalies`` are built CONCURRENTLY, so upgrading a live
 database does not block the workers' writes.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-27
 """
 
@@ -26,8 +26,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,99 @@
+"""Drift statistics and the drift report: a feature shifted by one standard deviation
+is flagged, the others are not, and unshifted data flags nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pynomaly_workers.domain.drift import (
+    DriftCounts,
+    benjamini_hochberg,
+    population_stability_index,
+)
+from pynomaly_workers.domain.models import ModelVersion
+from pynomaly_workers.domain.profile import profile_training_data
+from pynomaly_workers.domain.scoring import fit_score_stats
+from pynomaly_workers.services.drift import drift_report
+
+WIDTH, N_TRAIN, N_RECENT = 5, 20_000, 5_000
+
+
+def test_psi_is_zero_for_the_same_shares_and_grows_with_the_shift() -> None:
+    assert population_stability_index([10, 20, 30], [1, 2, 3]) == pytest.approx(0.0)
+    small = population_stability_index([25, 25, 25, 25], [20, 25, 25, 30])
+    large = population_stability_index([25, 25, 25, 25], [5, 15, 30, 50])
+    assert 0 < small < 0.1 < large
+
+
+def test_benjamini_hochberg_matches_the_textbook_adjustment() -> None:
+    # R: p.adjust(c(0.01, 0.04, 0.03, 0.5), "BH") = 0.04 0.0533 0.0533 0.5
+    adjusted = benjamini_hochberg([0.01, 0.04, 0.03, 0.5])
+    np.testing.assert_allclose(adjusted, [0.04, 0.16 / 3, 0.16 / 3, 0.5])
+
+
+def test_counts_add_up() -> None:
+    a = DriftCounts(
+        n_records=3, n_flagged=1, features=np.ones((2, 3), np.int64), scores=np.ones(4, np.int64)
+    )
+    a.add(DriftCounts.from_dict(a.to_dict()))
+    assert (a.n_records, a.n_flagged, int(a.features.sum()), int(a.scores.sum())) == (6, 2, 12, 8)
+
+
+def version_and_profile(seed: int = 0) -> tuple[ModelVersion, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    training = rng.normal(size=(N_TRAIN, WIDTH))
+    scores = np.abs(training).sum(axis=1)  # any score will do for the histogram
+    stats = fit_score_stats(scores, contamination=0.05)
+    profile = profile_training_data(training, scores, names=tuple(f"s{j}" for j in range(WIDTH)))
+    version = ModelVersion(
+        id=1, name="m", version=1, algorithm="x", artifact_sha256="0" * 64, onnx_sha256=None,
+        n_features=WIDTH, stats=stats, profile=profile,
+    )  # fmt: skip
+    return version, training
+
+
+def report_for(recent: np.ndarray, version: ModelVersion) -> dict[str, object]:
+    assert version.profile is not None
+    scores = np.abs(recent).sum(axis=1)
+    counts = version.profile.count(
+        recent, scores, n_flagged=int((scores > version.threshold).sum())
+    )
+    return drift_report(
+        version, version.profile, counts, alpha=0.01, psi_threshold=0.1, min_records=500
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_unshifted_data_flags_nothing(seed: int) -> None:
+    version, _ = version_and_profile()
+    recent = np.random.default_rng(seed).normal(size=(N_RECENT, WIDTH))
+
+    report = report_for(recent, version)
+
+    assert report["drifted"] is False
+    assert [f["drifted"] for f in report["features"]] == [False] * WIDTH  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("feature", [0, 3])
+def test_a_one_sigma_shift_flags_that_feature_only(feature: int) -> None:
+    version, _ = version_and_profile()
+    recent = np.random.default_rng(7).normal(size=(N_RECENT, WIDTH))
+    recent[:, feature] += 1.0
+
+    report = report_for(recent, version)
+
+    features = report["features"]
+    assert isinstance(features, list)
+    assert [f["feature"] for f in features if f["drifted"]] == [f"s{feature}"]
+    assert report["drifted"] is True
+    shifted = features[feature]
+    assert shifted["psi"] > 0.25
+    assert shifted["q_value"] < 1e-6
+
+
+def test_too_few_records_are_not_judged() -> None:
+    version, _ = version_and_profile()
+    report = report_for(np.zeros((100, WIDTH)), version)
+
+    assert (report["status"], report["drifted"]) == ("insufficient_data", False)

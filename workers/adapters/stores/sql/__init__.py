@@ -1,0 +1,26 @@
+"""The SQL store (PostgreSQL and SQLite; SQLAlchemy 2 Core and ORM), one module per role:
+``models`` (the registry), ``jobs`` (the job lifecycle, settling small jobs), ``fan_out``
+(chunked jobs), ``anomalies``, ``datasets``, ``drift`` and ``shadow``."""
+
+from __future__ import annotations
+
+from pynomaly_workers.adapters.stores.sql.anomalies import SqlAnomalyStore
+from pynomaly_workers.adapters.stores.sql.datasets import SqlDatasetStore
+from pynomaly_workers.adapters.stores.sql.drift import SqlDriftStore
+from pynomaly_workers.adapters.stores.sql.fan_out import SqlFanOutStore
+from pynomaly_workers.adapters.stores.sql.models import SqlModelStore
+from pynomaly_workers.adapters.stores.sql.rows import sha256
+from pynomaly_workers.adapters.stores.sql.shadow import SqlShadowStore
+
+__all__ = ["SqlStore", "sha256"]
+
+
+class SqlStore(
+    SqlModelStore,
+    SqlFanOutStore,
+    SqlAnomalyStore,
+    SqlDatasetStore,
+    SqlDriftStore,
+    SqlShadowStore,
+):
+    """Every store role on one SQLAlchemy engine (one database holds them together)."""

@@ -1,0 +1,115 @@
+"""Fanned-out jobs on SQL: each chunk counts once; the last one completes the job."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Connection, select, update
+from sqlalchemy.orm import Session
+
+from pynomaly_workers.adapters.stores.bulk import insert_anomalies
+from pynomaly_workers.adapters.stores.sql.jobs import SqlJobStore
+from pynomaly_workers.adapters.stores.sql.rows import job_record
+from pynomaly_workers.adapters.stores.tables import DetectionChunkRow, DetectionJobRow
+from pynomaly_workers.contract import RUNNING, SUCCEEDED
+from pynomaly_workers.domain.jobs import ChunkTally, TopAnomaly, summarize
+from pynomaly_workers.domain.models import ModelVersion
+from pynomaly_workers.domain.ports import ChunkOutcome, ChunkResult
+
+
+class SqlFanOutStore(SqlJobStore):
+    """The fan-out part of :class:`~pynomaly_workers.domain.ports.JobStore`."""
+
+    def start_fan_out(
+        self,
+        job_id: str,
+        *,
+        task_id: str,
+        chunks_total: int,
+        model_id: int,
+        dataset_name: str | None,
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(DetectionJobRow)
+                .where(DetectionJobRow.job_id == job_id, DetectionJobRow.status == RUNNING)
+                .values(
+                    chunks_total=chunks_total,
+                    task_id=task_id,
+                    model_id=model_id,
+                    dataset_name=dataset_name,
+                )
+            )
+
+    def complete_chunk(
+        self, job_id: str, chunk: ChunkResult, *, version: ModelVersion, top_k: int, now: datetime
+    ) -> ChunkOutcome:
+        with Session(self.engine) as session, session.begin():
+            job = session.scalars(
+                select(DetectionJobRow).where(DetectionJobRow.job_id == job_id).with_for_update()
+            ).one()
+            if job.status != RUNNING:
+                return ChunkOutcome(job=job_record(job), completed=False)
+            conn = session.connection()
+            insert_anomalies(conn, [chunk.anomalies])
+            counted = self._record_chunk(conn, job_id, chunk, now=now)
+            totals = list(
+                session.scalars(select(DetectionChunkRow).where(DetectionChunkRow.job_id == job_id))
+            )
+            done = len(totals) >= (job.chunks_total or 0) > 0
+            if counted and done:
+                self._finish_fan_out(session, job, totals, version=version, top_k=top_k, now=now)
+            return ChunkOutcome(job=job_record(job), completed=counted and done)
+
+    def _record_chunk(
+        self, conn: Connection, job_id: str, chunk: ChunkResult, *, now: datetime
+    ) -> bool:
+        row = {
+            "job_id": job_id,
+            "chunk_index": chunk.chunk_index,
+            "n_records": chunk.tally.n_records,
+            "n_anomalies": chunk.tally.n_anomalies,
+            "cache_hits": chunk.tally.cache_hits,
+            "top": {"top": [t.to_dict() for t in chunk.tally.top]},
+            "created_at": now,
+        }
+        # RETURNING, not rowcount: psycopg reports -1 for an INSERT once SQLAlchemy has
+        # closed the cursor, which would count every redelivered chunk again.
+        statement = (
+            self._insert(DetectionChunkRow)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=["job_id", "chunk_index"])
+            .returning(DetectionChunkRow.chunk_index)
+        )
+        return conn.execute(statement).first() is not None
+
+    def _finish_fan_out(
+        self,
+        session: Session,
+        job: DetectionJobRow,
+        chunks: list[DetectionChunkRow],
+        *,
+        version: ModelVersion,
+        top_k: int,
+        now: datetime,
+    ) -> None:
+        tallies = [
+            ChunkTally(
+                n_records=c.n_records,
+                n_anomalies=c.n_anomalies,
+                cache_hits=c.cache_hits,
+                top=[TopAnomaly.from_dict(t) for t in c.top["top"]],
+            )
+            for c in chunks
+        ]
+        elapsed_ms = (now - (job.started_at or now)).total_seconds() * 1000.0
+        summary = summarize(job.job_id, version, tallies, top_k=top_k, duration_ms=elapsed_ms)
+        job.status = SUCCEEDED
+        job.n_records = summary.n_records
+        job.n_anomalies = summary.n_anomalies
+        job.cache_hits = summary.cache_hits
+        job.threshold = summary.threshold
+        job.summary = summary.to_dict()
+        job.finished_at = now
+        job.duration_ms = summary.duration_ms
+        session.flush()

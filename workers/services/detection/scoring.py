@@ -1,0 +1,145 @@
+"""Scoring shared by every detection path: cache-aware scores, and a chunk's anomalies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from pynomaly_workers.domain.explain import explanations
+from pynomaly_workers.domain.jobs import ChunkTally, top_anomalies
+from pynomaly_workers.domain.models import ModelVersion
+from pynomaly_workers.domain.ports import AnomalyBatch, ChunkResult, LoadedModel, SourceChunk
+from pynomaly_workers.domain.records import Matrix
+from pynomaly_workers.domain.scoring import Scores, anomaly_mask, severity
+from pynomaly_workers.services.context import Adapters
+
+
+def score_rows(
+    adapters: Adapters, loaded: LoadedModel, matrix: Matrix
+) -> tuple[Scores, np.ndarray[Any, np.dtype[np.bool_]]]:
+    """Scores for the rows and which came from the prediction cache; the rows are also
+    counted for drift monitoring.
+
+    The cache is skipped for a model whose scoring costs less per row than
+    ``cache_min_row_cost_us`` (a cache round trip would cost more than it saves).
+    """
+    scores, hits = _scores(adapters, loaded, matrix)
+    if adapters.drift is not None:
+        adapters.drift.observe(loaded.version, matrix, scores, now=adapters.clock.now())
+    return scores, hits
+
+
+def _scores(
+    adapters: Adapters, loaded: LoadedModel, matrix: Matrix
+) -> tuple[Scores, np.ndarray[Any, np.dtype[np.bool_]]]:
+    cache = adapters.cache
+    cost = loaded.row_cost_us()
+    worthwhile = cost is None or cost >= adapters.settings.cache_min_row_cost_us
+    if cache is None or not worthwhile:
+        return loaded.scorer_for(len(matrix)).score(matrix), np.zeros(len(matrix), bool)
+    key = loaded.version.content_hash
+    scores = cache.get_many(key, matrix)
+    hits = ~np.isnan(scores)
+    missing = np.flatnonzero(~hits)
+    if missing.size:
+        fresh = loaded.scorer_for(int(missing.size)).score(matrix[missing])
+        scores[missing] = fresh
+        cache.set_many(key, matrix[missing], fresh)
+    return scores, hits
+
+
+@dataclass(frozen=True, slots=True)
+class Explaining:
+    """How to explain a chunk's anomalies: the loaded model, and how many features."""
+
+    model: LoadedModel
+    top_features: int
+
+    @classmethod
+    def of(cls, adapters: Adapters, model: LoadedModel) -> Explaining:
+        return cls(model, adapters.settings.explain_top_features)
+
+
+def explain_anomalies(
+    explaining: Explaining | None, chunk: SourceChunk, mask: np.ndarray[Any, np.dtype[np.bool_]]
+) -> dict[int, dict[str, Any]]:
+    """The explanation of each flagged row of the chunk, by row; only flagged rows are
+    explained, so a chunk's cost grows with its anomalies, not its size."""
+    rows = np.flatnonzero(mask)
+    if explaining is None or explaining.top_features == 0 or rows.size == 0:
+        return {}
+    attribution = explaining.model.explain(chunk.matrix[rows])
+    if attribution is None:
+        return {}
+    found = explanations(attribution, feature_names=chunk.features, top_k=explaining.top_features)
+    return dict(zip(rows.tolist(), found, strict=True))
+
+
+def chunk_result(
+    job_id: str,
+    version: ModelVersion,
+    *,
+    chunk: SourceChunk,
+    scores: Scores,
+    hits: int,
+    top_k: int,
+    now: datetime,
+    chunk_index: int = 0,
+    explaining: Explaining | None = None,
+) -> ChunkResult:
+    """Threshold, severity, explanations, top anomalies and the anomaly rows of one
+    scored chunk."""
+    mask = anomaly_mask(scores, threshold=version.threshold)
+    severities = severity(scores, version.stats)
+    explained = explain_anomalies(explaining, chunk, mask)
+    top = top_anomalies(
+        scores,
+        severities,
+        mask,
+        k=top_k,
+        offset=chunk.offset,
+        record_ids=chunk.record_ids,
+        explanations=explained,
+    )
+    batch = anomaly_batch(
+        job_id, version.id, chunk, scores=scores, severities=severities, mask=mask, now=now
+    )
+    if explained:
+        rows = np.flatnonzero(mask).tolist()
+        batch = replace(batch, explanation=[explained.get(i) for i in rows])
+    return ChunkResult(
+        chunk_index=chunk_index,
+        tally=ChunkTally(
+            n_records=len(chunk.matrix), n_anomalies=int(mask.sum()), cache_hits=hits, top=top
+        ),
+        anomalies=batch,
+    )
+
+
+def anomaly_batch(
+    job_id: str,
+    model_id: int,
+    chunk: SourceChunk,
+    *,
+    scores: Scores,
+    severities: Scores,
+    mask: np.ndarray[Any, np.dtype[np.bool_]],
+    now: datetime,
+) -> AnomalyBatch:
+    """The rows of a chunk above threshold, in columnar form."""
+    rows = np.flatnonzero(mask)
+    positions = rows.tolist()
+    ids = chunk.record_ids
+    times = chunk.timestamps
+    return AnomalyBatch(
+        job_id=job_id,
+        model_id=model_id,
+        record_index=(rows + chunk.offset).astype(np.int64),
+        score=scores[rows],
+        severity=severities[rows],
+        timestamp=[times[i] for i in positions] if times is not None else [now] * len(rows),
+        record_id=[ids[i] for i in positions] if ids is not None else [None] * len(rows),
+    )

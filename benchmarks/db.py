@@ -429,7 +429,72 @@ def measure_retention(engine: Engine, now: datetime) -> dict[str, float]:
     }
 
 
-def run(url: str, plan: Plan, *, reuse: bool) -> dict[str, Any]:
+_PART = "pyn_bench_partitioned"
+_TOP = "SELECT * FROM {table} WHERE severity >= :x ORDER BY severity DESC, timestamp DESC LIMIT 20"
+
+
+def _top_of(table: str) -> Query:
+    query = text(_TOP.format(table=table))
+    return lambda conn, rng: conn.execute(query, {"x": _severity(rng)}).all()
+
+
+def measure_partitions(engine: Engine, *, rows: int, runs: int) -> dict[str, Any]:
+    """The alternative to batched deletes: ``anomalies`` partitioned by day of
+    ``detected_at`` (a copy of ``rows`` of it). Can it keep the idempotency key, what does
+    "most severe first" cost across the partitions, and how long does dropping a day take?"""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        low, high = conn.execute(
+            text("SELECT min(detected_at), max(detected_at) FROM anomalies")
+        ).one()
+        conn.execute(text(f"DROP TABLE IF EXISTS {_PART}"))
+        conn.execute(
+            text(
+                f"CREATE TABLE {_PART} (LIKE anomalies INCLUDING DEFAULTS) "
+                "PARTITION BY RANGE (detected_at)"
+            )
+        )
+        day, n = low.replace(hour=0, minute=0, second=0, microsecond=0), 0
+        while day <= high:
+            conn.execute(
+                text(
+                    f"CREATE TABLE {_PART}_{n} PARTITION OF {_PART} "
+                    f"FOR VALUES FROM ('{day.isoformat()}') TO "
+                    f"('{(day + timedelta(days=1)).isoformat()}')"
+                )
+            )
+            day, n = day + timedelta(days=1), n + 1
+        try:
+            conn.execute(text(f"ALTER TABLE {_PART} ADD UNIQUE (job_id, record_index)"))
+            unique_key = "possible"
+        except Exception as exc:  # PostgreSQL refuses: the key lacks the partition column
+            unique_key = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        conn.execute(text(f"INSERT INTO {_PART} SELECT * FROM anomalies LIMIT {int(rows)}"))
+        conn.execute(text(f"CREATE INDEX ON {_PART} (severity DESC, timestamp DESC)"))
+        conn.execute(text(f"CREATE INDEX ON {_PART} (detected_at)"))
+        conn.execute(text(f"ANALYZE {_PART}"))
+        oldest = conn.execute(text(f"SELECT count(*) FROM {_PART}_0")).scalar_one()
+    rng = np.random.default_rng(5)
+    timings = {}
+    with engine.connect() as conn:
+        for label, table in (("partitioned", _PART), ("single_table", "anomalies")):
+            timings[label] = time_query(conn, _top_of(table), rng, runs)
+            conn.rollback()
+    started = time.perf_counter()
+    autocommit(engine, f"ALTER TABLE {_PART} DETACH PARTITION {_PART}_0", f"DROP TABLE {_PART}_0")
+    dropped_ms = (time.perf_counter() - started) * 1000.0
+    autocommit(engine, f"DROP TABLE {_PART}")
+    return {
+        "partitions": n,
+        "rows": rows,
+        "unique_job_record_key": unique_key,
+        "top_severity_p95_ms": round(percentile(timings["partitioned"], 95), 3),
+        "top_severity_p95_ms_single_table": round(percentile(timings["single_table"], 95), 3),
+        "drop_oldest_day_ms": round(dropped_ms, 1),
+        "drop_oldest_day_rows": oldest,
+    }
+
+
+def run(url: str, plan: Plan, *, reuse: bool, partitions: int = 0) -> dict[str, Any]:
     result: dict[str, Any] = {"db.rows": plan.rows}
     if not reuse:
         log(f"seeding {plan.rows:,} anomalies")
@@ -448,6 +513,10 @@ def run(url: str, plan: Plan, *, reuse: bool) -> dict[str, Any]:
     result.update({f"db.{k}": v for k, v in measure_reindex(engine).items()})
     log("retention")
     result.update({f"db.{k}": v for k, v in measure_retention(engine, datetime.now(UTC)).items()})
+    if partitions:
+        log(f"partitioned alternative ({partitions:,} rows)")
+        measured = measure_partitions(engine, rows=partitions, runs=plan.runs)
+        result.update({f"db.partitioned.{k}": v for k, v in measured.items()})
     engine.dispose()
     return result
 
@@ -465,12 +534,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--reuse", action="store_true", help="measure the seeded database again")
     parser.add_argument("--drop", action="store_true", help="drop the database at the end")
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="also measure a day-partitioned copy of ROWS anomalies (retention's alternative)",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     rows = args.rows or (1_000_000 if args.quick else 10_000_000)
     plan = Plan(rows=rows - rows % N_JOBS, runs=100 if args.quick else 200)
     try:
-        result = run(args.database_url, plan, reuse=args.reuse)
+        result = run(args.database_url, plan, reuse=args.reuse, partitions=args.partitions)
     finally:
         if args.drop:
             drop_database(args.database_url)

@@ -37,7 +37,7 @@ def empty_views(engine: Engine) -> None:
         conn.execute(
             text(
                 "TRUNCATE anomalies, detection_jobs, detection_chunks, models, model_artifacts, "
-                "datasets, metrics, maintenance_runs"
+                "datasets, metrics, maintenance_runs CASCADE"
             )
         )
         for view in MATERIALIZED_VIEWS:
@@ -192,7 +192,7 @@ def test_a_failed_run_is_recorded_and_raised(pg: Adapters) -> None:
 def restore_counts_view(engine: Engine) -> None:
     from importlib import import_module
 
-    migration = import_module("pynomaly_workers.migrations.versions.0003_read_side_and_maintenance")
+    migration = import_module("pynomaly_workers.migrations.versions.0007_read_side_and_maintenance")
     with engine.begin() as conn:
         for statement in migration.COUNTS_VIEW:
             conn.execute(text(statement))

@@ -197,6 +197,9 @@ def test_views_answer_models_datasets_and_counts(seeded_pg: Engine) -> None:
         ("model-2", 1),
     ]
     assert sum(m.jobs for m in models) == 16
+    # plain numbers, as JSON output needs (the view's sums are numeric)
+    assert {type(m.records_scored) for m in models} == {int}
+    assert type(dataset["records_scored"]) is int
     assert dataset["jobs"] == 16
     # about a tenth of each active model's rows fall in the last day; none of model 4's
     assert 4 not in counts

@@ -143,7 +143,7 @@ def _sweep_stale_jobs(services: Services) -> tuple[int, dict[str, Any]]:
             "with a new job_id"
         ),
     )
-    return len(report["requeued"]) + len(report["failed"]), report
+    return len(report["requeued"]) + len(report[FAILED]), report
 
 
 TASKS: dict[str, Work] = {

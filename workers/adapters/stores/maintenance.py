@@ -367,17 +367,17 @@ class SqlMaintenance:
             "max": max_attempts,
             "now": now,
             "reason": reason,
-            "queued": QUEUED,
-            "running": RUNNING,
-            "failed": FAILED,
+            "requeue_as": QUEUED,
+            "open_as": RUNNING,
+            "fail_as": FAILED,
         }
         times = (bindparam("stale", type_=UtcDateTime()), bindparam("now", type_=UtcDateTime()))
         with self.engine.begin() as conn:
             requeued = (
                 conn.execute(
                     text(
-                        "UPDATE detection_jobs SET status = :queued, started_at = NULL "
-                        "WHERE status = :running AND started_at < :stale AND attempts < :max "
+                        "UPDATE detection_jobs SET status = :requeue_as, started_at = NULL "
+                        "WHERE status = :open_as AND started_at < :stale AND attempts < :max "
                         "RETURNING job_id"
                     ).bindparams(*times[:1]),
                     params,
@@ -388,9 +388,9 @@ class SqlMaintenance:
             failed = (
                 conn.execute(
                     text(
-                        "UPDATE detection_jobs SET status = :failed, finished_at = :now, "
+                        "UPDATE detection_jobs SET status = :fail_as, finished_at = :now, "
                         "error = :reason, error_type = 'StaleJob' "
-                        "WHERE status = :running AND started_at < :stale AND attempts >= :max "
+                        "WHERE status = :open_as AND started_at < :stale AND attempts >= :max "
                         "RETURNING job_id"
                     ).bindparams(*times),
                     params,
@@ -398,7 +398,7 @@ class SqlMaintenance:
                 .scalars()
                 .all()
             )
-        return {"requeued": sorted(requeued), "failed": sorted(failed)}
+        return {"requeued": sorted(requeued), FAILED: sorted(failed)}
 
 
 def _unavailable(reason: str) -> dict[str, Any]:

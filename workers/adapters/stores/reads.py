@@ -54,14 +54,16 @@ POSTGRES: dict[str, str] = {
     "model_performance": "SELECT m.id AS model_id, m.name, m.version, m.algorithm, m.active, "
     "m.n_features, m.threshold, m.onnx_sha256 IS NOT NULL AS onnx, m.artifact_sha256, "
     "m.created_at, coalesce(p.jobs, 0) AS jobs, coalesce(p.jobs_failed, 0) AS jobs_failed, "
-    "coalesce(p.records_scored, 0) AS records_scored, "
-    "coalesce(p.anomalies_found, 0) AS anomalies_found, coalesce(p.anomaly_rate, 0) "
-    "AS anomaly_rate, p.p95_duration_ms, p.last_job_at "
+    # The view's sums are numeric (sum of bigint): as bigint they read back as int.
+    "coalesce(p.records_scored, 0)::bigint AS records_scored, "
+    "coalesce(p.anomalies_found, 0)::bigint AS anomalies_found, "
+    "coalesce(p.anomaly_rate, 0)::float8 AS anomaly_rate, p.p95_duration_ms, p.last_job_at "
     "FROM models m LEFT JOIN mv_model_performance p ON p.model_id = m.id "
     "WHERE (CAST(:name AS text) IS NULL OR m.name = :name) ORDER BY m.name, m.version DESC",
     # mv_dataset_summary.
     "dataset_summary": "SELECT dataset_id, name, format, n_rows, n_features, status, "
-    "created_at, jobs, records_scored, anomalies_found, last_job_at "
+    "created_at, jobs, records_scored::bigint AS records_scored, "
+    "anomalies_found::bigint AS anomalies_found, last_job_at "
     "FROM mv_dataset_summary ORDER BY created_at DESC",
     # mv_anomaly_counts_hourly (hour): 50 models x 25 hours, not ~330k anomalies.
     "counts_per_model": "SELECT model_id, sum(anomalies)::bigint AS anomalies, "

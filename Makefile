@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # Fault scenarios append their figures here; `make faults` prints them as one JSON object.
 FAULTS_REPORT := build/faults-report.jsonl
 
-.PHONY: schemas install demo test faults test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick services clean
+.PHONY: schemas install demo test faults test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick bench-db bench-db-quick services clean
 
 install: $(VENV)/.installed
 
@@ -75,6 +75,16 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m benchmarks --quick --json
+
+# The read side at 10M anomalies (1M quick) in its own database, pynomaly_bench, which is
+# dropped at the end: it takes a few GB.
+BENCH_DB_ARGS ?= --drop
+
+bench-db: install
+	$(BIN)/python -m benchmarks.db --json $(BENCH_DB_ARGS)
+
+bench-db-quick: install
+	$(BIN)/python -m benchmarks.db --quick --json $(BENCH_DB_ARGS)
 
 # The public tasks' kwargs as JSON Schema files (workers/schemas/), from workers/contract.py.
 schemas: install

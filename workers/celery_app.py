@@ -114,12 +114,12 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings) -> Celery:
     """A configured Celery app for ``settings``, with every task defined on it."""
-    from pynomaly_workers.schedules import beat_schedule
+    from pynomaly_workers.schedules import beat_config
     from pynomaly_workers.tasks import detection, health, maintenance, training
 
     application = Celery("pynomaly_workers", set_as_current=False)
     application.conf.update(celery_config(settings))
-    application.conf.beat_schedule = beat_schedule(settings)
+    application.conf.update(beat_config(settings))
     for module in (detection, training, maintenance, health):
         module.register(application, settings)
     worker_process_init.connect(_reset_after_fork, weak=False, dispatch_uid="pynomaly-fork")

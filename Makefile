@@ -11,7 +11,10 @@ _ := $(shell mkdir -p $(VENV) && find workers tasks schedules migrations -name '
 
 PYTEST_ARGS ?=
 
-.PHONY: tools schemas install demo test test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick services clean
+# Fault scenarios append their figures here; `make faults` prints them as one JSON object.
+FAULTS_REPORT := build/faults-report.jsonl
+
+.PHONY: tools schemas install demo test faults test-unit test-integration test-e2e validate-deploy lint format typecheck check bench bench-quick bench-db bench-db-quick services clean
 
 install: $(VENV)/.installed
 
@@ -40,8 +43,16 @@ demo: install
 	$(BIN)/pynomaly-workers migrate
 	$(BIN)/pynomaly-workers demo
 
+# Scenarios marked `slow` (over ~30 s each) run only in `make faults`.
 test: install tools
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# Fault injection (tests/faults): real workers, a redis-server per scenario on ports
+# 6391-6399. The last line printed is one JSON object with each scenario's figures.
+faults: install
+	mkdir -p $(dir $(FAULTS_REPORT)) && rm -f $(FAULTS_REPORT)
+	PYNOMALY_FAULTS_REPORT=$(abspath $(FAULTS_REPORT)) $(BIN)/pytest tests/faults $(PYTEST_ARGS); \
+	status=$$?; $(BIN)/python -m tests.faults.report $(FAULTS_REPORT); exit $$status
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
@@ -75,6 +86,16 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m benchmarks --quick --json
+
+# The read side at 10M anomalies (1M quick) in its own database, pynomaly_bench, which is
+# dropped at the end: it takes a few GB.
+BENCH_DB_ARGS ?= --drop
+
+bench-db: install
+	$(BIN)/python -m benchmarks.db --json $(BENCH_DB_ARGS)
+
+bench-db-quick: install
+	$(BIN)/python -m benchmarks.db --quick --json $(BENCH_DB_ARGS)
 
 # The public tasks' kwargs as JSON Schema files (workers/schemas/), from workers/contract.py.
 schemas: install

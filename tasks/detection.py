@@ -8,6 +8,7 @@ acknowledgement (after the batch, or a requeue if the pool process dies) and ret
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Collection, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import task_received
 from celery.utils.time import get_exponential_backoff_interval
-from celery_batches import Batches, SimpleRequest
+from celery_batches import Batches, SimpleRequest, consume_queue
 from celery_batches.trace import apply_batches_task
 
 from pynomaly_workers.bootstrap import get_adapters
@@ -50,11 +51,22 @@ log = logging.getLogger(__name__)
 class DetectionBatches(Batches):  # type: ignore[misc]
     """celery-batches, plus what a single task gets from Celery: the batch's messages are
     requeued if its pool process dies (``task_reject_on_worker_lost``), the batch runs
-    under the task time limits, and every job in it sends its own task events
-    (received, started, succeeded/failed with runtime and a short result), so Flower
-    and event monitors see each detection job, not one anonymous batch."""
+    under the task time limits, a consumer restart (e.g. after a broker restart) neither
+    stops flushing nor strands a delivery (see :func:`release_stale`), and every job in
+    it sends its own task events (received, started, succeeded/failed with runtime and a
+    short result), so Flower and event monitors see each detection job, not one
+    anonymous batch."""
 
-    def Strategy(self, task: Any, app: Celery, consumer: Any) -> Any:  # noqa: N802
+    def __init__(self) -> None:
+        super().__init__()
+        # Batches handed to the pool and not finished yet: pool result -> its requests.
+        self.in_pool: dict[int, tuple[Any, Collection[Any]]] = {}
+
+    def Strategy(self, task: Task, app: Celery, consumer: Any) -> Any:  # type: ignore[type-arg]  # noqa: N802
+        """Celery builds the strategy again each time the consumer (re)starts, e.g. after
+        the broker connection was lost; what celery-batches kept from the old connection
+        is released first."""
+        release_stale(self)
         handler = super().Strategy(task, app, consumer)
         task_received.connect(
             _announce_received, sender=consumer, weak=False, dispatch_uid="pynomaly-received"
@@ -63,6 +75,7 @@ class DetectionBatches(Batches):  # type: ignore[misc]
 
     def flush(self, requests: Collection[Any]) -> Any:
         batch = ([SimpleRequest.from_request(r) for r in requests],)
+        key = next(_batch_keys)
         accepted: list[float] = []
 
         def on_accepted(pid: int, time_accepted: float) -> None:
@@ -71,17 +84,19 @@ class DetectionBatches(Batches):  # type: ignore[misc]
                 request.send_event("task-started", pid=pid)
 
         def on_return(reports: Any) -> None:
+            self.in_pool.pop(key, None)
             runtime = time.monotonic() - accepted[0] if accepted else 0.0
             announce_outcomes(requests, reports, runtime=runtime)
             for request in requests:
                 request.acknowledge()
 
         def on_error(_exc_info: Any) -> None:
+            self.in_pool.pop(key, None)
             log.error("a detection batch of %d jobs was lost; requeueing it", len(requests))
             for request in requests:
                 request.reject(requeue=True)
 
-        return self._pool.apply_async(
+        result = self._pool.apply_async(
             apply_batches_task,
             (self, batch, 0, None),
             accept_callback=on_accepted,
@@ -90,6 +105,52 @@ class DetectionBatches(Batches):  # type: ignore[misc]
             soft_timeout=self.app.conf.task_soft_time_limit,
             timeout=self.app.conf.task_time_limit,
         )
+        self.in_pool[key] = (result, requests)
+        return result
+
+
+_batch_keys = itertools.count()
+
+
+def release_stale(batches: DetectionBatches) -> int:
+    """After a consumer restart: re-arm the flush timer, and hand back to the broker every
+    delivery that would otherwise wait for a human. Returns how many were handed back.
+
+    * On a lost connection Celery's event loop clears its timer (``hub.timer.clear()``).
+      That drops celery-batches' repeating flush, but celery-batches keeps the dead entry
+      (``_tref``) and so never arms a new one: afterwards a buffer short of
+      ``flush_every`` jobs is never flushed and its messages stay unacknowledged.
+    * Deliveries still in the buffer came over the old connection.
+    * Batches handed to the pool but not yet written to a process are discarded by the
+      pool (``AsynPool.flush``, called from ``Consumer.on_close``) without a callback, as
+      Celery assumes the broker redelivers them. AMQP does; Redis keeps them in its
+      ``unacked`` hash until the visibility timeout (kombu's restore at channel close
+      ran while the broker was down, and failed).
+
+    Each such delivery is rejected with requeue: on Redis that restores it by delivery
+    tag (a no-op if kombu restored it already), so the new consumer receives it again.
+    Batches a pool process accepted finish normally and are acknowledged then."""
+    if batches._tref is not None:
+        batches._tref.cancel()
+        batches._tref = None
+    stale = [*consume_queue(batches._buffer), *consume_queue(batches._pending)]
+    batches._count = itertools.count(1)
+    for key, (result, requests) in list(batches.in_pool.items()):
+        if _discarded_by_pool(result):
+            del batches.in_pool[key]
+            stale.extend(requests)
+    if stale:
+        log.warning("consumer restarted: handing %d held jobs back to the broker", len(stale))
+    for request in stale:
+        request.reject(requeue=True)
+    return len(stale)
+
+
+def _discarded_by_pool(result: Any) -> bool:
+    """True for a pool job that will never run: not finished, and gone from the pool's
+    job cache (billiard's ``ApplyResult.discard``)."""
+    cache = getattr(result, "_cache", None)
+    return cache is not None and not result.ready() and result._job not in cache
 
 
 def _announce_received(request: Any = None, **_: Any) -> None:

@@ -45,6 +45,7 @@ TABLES = (
     "model_artifacts",
     "datasets",
     "metrics",
+    "maintenance_runs",
 )
 HOW_TO_START = "start it with 'make services' (or bash .ci/services)"
 

@@ -16,6 +16,7 @@ from pynomaly_workers.adapters.sources import ArrowSourceReader
 from pynomaly_workers.adapters.sources.blobs import S3Options
 from pynomaly_workers.adapters.stores.engine import SqlProbe, build_engine
 from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
+from pynomaly_workers.adapters.stores.reads import SqlReads
 from pynomaly_workers.adapters.stores.sql import SqlStore
 from pynomaly_workers.adapters.telemetry import PrometheusTelemetry
 from pynomaly_workers.domain.ports import PredictionCache
@@ -52,6 +53,7 @@ def bootstrap(settings: Settings) -> Adapters:
         cache=cache,
         clock=SystemClock(),
         maintenance=SqlMaintenance(engine),
+        reads=SqlReads(engine),
         database=SqlProbe(engine),
         drift=build_drift_profiler(settings, store),
         close=close,

@@ -7,6 +7,7 @@ build their own); :func:`get_app` is this process's app, built on first use.
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from functools import lru_cache
 from typing import Any
@@ -29,6 +30,8 @@ def stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
     if headers is not None:
         headers.setdefault(SENT_AT_HEADER, time.time())
 
+REDIS_SCHEMES = ("redis://", "rediss://")
+
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours (publishing clients use the same)."""
@@ -37,6 +40,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport": transport_name(settings.broker_url),
         "result_backend": settings.resolved_result_backend,
         "broker_transport_options": broker_options(settings),
+        "broker_use_ssl": tls_options(settings.broker_url),
+        "redis_backend_use_ssl": tls_options(settings.resolved_result_backend),
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -75,49 +80,73 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def transport_name(broker_url: str) -> str | None:
-    """Our hardened transports for ``redis://`` and ``filesystem://``; kombu's otherwise.
+    """Our hardened transports for ``redis://``, ``rediss://`` and ``filesystem://``;
+    kombu's otherwise.
 
-    The Redis one is installed under kombu's own alias ``redis``: the connection then
-    still calls itself ``redis://`` (Flower picks its Broker page's client from that
-    scheme, and a module path there reads "broker is not supported").
+    The Redis one is installed under kombu's own alias (``redis`` / ``rediss``): the
+    connection then still calls itself ``redis://`` (Flower picks its Broker page's client
+    from that scheme, and a module path there reads "broker is not supported").
     """
     from kombu import transport as kombu_transport
 
     from pynomaly_workers.adapters.broker import FILESYSTEM_TRANSPORT, TRANSPORT
 
-    if broker_url.startswith("redis://"):
-        if kombu_transport.TRANSPORT_ALIASES.get("redis") != TRANSPORT:
-            kombu_transport.TRANSPORT_ALIASES["redis"] = TRANSPORT
-            kombu_transport._transport_cache.pop("redis", None)  # type: ignore[attr-defined]
-        return "redis"
+    if broker_url.startswith(REDIS_SCHEMES):
+        alias = broker_url.split("://", 1)[0]
+        if kombu_transport.TRANSPORT_ALIASES.get(alias) != TRANSPORT:
+            kombu_transport.TRANSPORT_ALIASES[alias] = TRANSPORT
+            kombu_transport._transport_cache.pop(alias, None)  # type: ignore[attr-defined]
+        return alias
     return FILESYSTEM_TRANSPORT if broker_url.startswith("filesystem://") else None
+
+
+def tls_options(url: str) -> dict[str, Any] | None:
+    """TLS for a ``rediss://`` URL: verify the server's certificate unless the URL says
+    otherwise (its ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``
+    parameters win). Naming our transport class instead of the ``rediss`` scheme would
+    otherwise turn TLS off, and kombu's own default for a bare ``rediss://`` is not to
+    verify the certificate."""
+    if not url.startswith("rediss://"):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
     """Transport options: the embedded broker's folders, or Redis's visibility timeout."""
     if settings.is_embedded:
         folder = settings.broker_folder
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "data_folder_processed": str(folder / "processed"),
+            # Exchange tables; kombu's default is ./control in whatever directory the
+            # process runs in, where a stale table from another setup would misroute.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
             "polling_interval": 0.05,
         }
-    # Longer than the hard time limit, or Redis would hand a long job to a second worker.
-    return {"visibility_timeout": settings.visibility_timeout}
+    return {
+        # Longer than the hard time limit, or Redis would hand a long job to a second worker.
+        "visibility_timeout": settings.visibility_timeout,
+        # Messages a dead worker held come back once they are older than the visibility
+        # timeout, at the next scan of the unacked hash. kombu scans on every 10th 10 s
+        # tick and lets a crashed scanner's lock block the others for 5 minutes; scan
+        # every tick (one ZRANGE) and hold the lock at most 30 s.
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 30,
+    }
 
 
 def create_app(settings: Settings) -> Celery:
     """A configured Celery app for ``settings``, with every task defined on it."""
-    from pynomaly_workers.schedules import beat_schedule
+    from pynomaly_workers.schedules import beat_config
     from pynomaly_workers.tasks import detection, health, maintenance, training
 
     application = Celery("pynomaly_workers", set_as_current=False)
     application.conf.update(celery_config(settings))
-    application.conf.beat_schedule = beat_schedule(settings)
+    application.conf.update(beat_config(settings))
     for module in (detection, training, maintenance, health):
         module.register(application, settings)
     worker_process_init.connect(_reset_after_fork, weak=False, dispatch_uid="pynomaly-fork")

@@ -36,12 +36,22 @@ if TYPE_CHECKING:
     from celery.result import AsyncResult
 
     from pynomaly_workers.domain.models import AliasMove, ModelVersion
-    from pynomaly_workers.domain.ports import JobRecord
+    from pynomaly_workers.domain.ports import AnomalyRecord, JobRecord, ModelOverview
     from pynomaly_workers.services.context import Adapters
     from pynomaly_workers.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
-MAINTENANCE_JOBS = ("refresh_views", "vacuum_analyze", "retention", "drift")
+MAINTENANCE_JOBS = (
+    "refresh_views",
+    "vacuum_analyze",
+    "reindex",
+    "retention",
+    "drift",
+    "slow_queries",
+    "cache_stats",
+    "sweep_stale_jobs",
+)
+"""What ``maintenance run`` accepts: the tasks of ``services/maintenance.py``."""
 
 
 def fail(message: str, *, code: int = 1) -> NoReturn:
@@ -228,7 +238,9 @@ def _prepare_metrics_folder(parent: Path, pid: int) -> None:
 @main.command()
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 def beat(loglevel: str) -> None:
-    """Run the beat scheduler (exactly one per deployment)."""
+    """Run the beat scheduler. Safe to start twice on Redis: one ticks, the other waits
+    and takes over within PYNOMALY_BEAT_LOCK_TIMEOUT + PYNOMALY_BEAT_MAX_LOOP_INTERVAL
+    seconds of the leader's death. On the embedded default run one."""
     from pynomaly_workers.celery_app import get_app
 
     settings = _settings()
@@ -540,9 +552,11 @@ def models(ctx: click.Context, name: str | None, as_json: bool) -> None:
     an alias or roll it back."""
     if ctx.invoked_subcommand is not None:
         return
-    found = _adapters().store.list_models(name=name)
+    adapters = _adapters()
+    found = adapters.store.list_models(name=name)
+    performance = {p.model_id: p for p in adapters.reads.model_performance(name=name)}
     emit(
-        [_model_dict(m) for m in found],
+        [_model_dict(m, performance.get(m.id)) for m in found],
         as_json=as_json,
         human=lambda: click.echo(
             table(
@@ -556,6 +570,7 @@ def models(ctx: click.Context, name: str | None, as_json: bool) -> None:
                         m.threshold,
                         "yes" if m.onnx_sha256 else "no",
                         m.artifact_sha256[:12],
+                        *_performance_cells(performance.get(m.id)),
                         m.created_at,
                     ]
                     for m in found
@@ -569,6 +584,9 @@ def models(ctx: click.Context, name: str | None, as_json: bool) -> None:
                     "threshold",
                     "onnx",
                     "sha256",
+                    "jobs",
+                    "anomalies",
+                    "last job",
                     "created",
                 ],
             )
@@ -688,25 +706,55 @@ def _print_move(moved: AliasMove) -> None:
     click.echo(f"{moved.name}@{moved.alias} -> version {moved.version} (was {before})")
 
 
-def _model_dict(model: ModelVersion) -> dict[str, Any]:
+def _model_dict(model: ModelVersion, performance: ModelOverview | None = None) -> dict[str, Any]:
     data = asdict(model)
     data["stats"] = {k: v for k, v in data["stats"].items() if k != "quantiles"}
+    if performance is not None:
+        keys = ("jobs", "jobs_failed", "records_scored", "anomalies_found", "anomaly_rate")
+        data["performance"] = {k: getattr(performance, k) for k in keys} | {
+            "p95_duration_ms": performance.p95_duration_ms,
+            "last_job_at": performance.last_job_at,
+        }
     return data
 
 
+def _performance_cells(performance: ModelOverview | None) -> list[Any]:
+    """Jobs, anomalies and last job from mv_model_performance (as of its last refresh)."""
+    if performance is None:
+        return [None, None, None]
+    return [performance.jobs, performance.anomalies_found, performance.last_job_at]
+
+
 @main.command()
-@click.option("--job-id", default=None)
-@click.option("--model", default=None, help="Model name.")
-@click.option("--min-severity", type=float, default=0.0, show_default=True)
-@click.option("--limit", default=20, show_default=True)
+@click.option("--job-id", default=None, help="Only this job's anomalies.")
+@click.option("--model", default=None, help="Model name (every version).")
+@click.option("--min-severity", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option(
+    "--newest",
+    is_flag=True,
+    help="Newest first instead of most severe first: the last --hours of --model "
+    "(its active version), or the last 7 days of every model (mv_recent_anomalies).",
+)
+@click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=24.0)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True)
 @json_option
 def anomalies(
-    job_id: str | None, model: str | None, min_severity: float, limit: int, as_json: bool
+    job_id: str | None,
+    model: str | None,
+    min_severity: float,
+    newest: bool,
+    hours: float,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """List stored anomalies, most severe first."""
-    found = _adapters().store.list_anomalies(
-        job_id=job_id, model=model, min_severity=min_severity, limit=limit
-    )
+    """List stored anomalies, most severe (then newest) first."""
+    adapters = _adapters()
+    if newest:
+        found = _newest_anomalies(adapters, model=model, hours=hours, limit=limit)
+    else:
+        found = adapters.reads.top_anomalies(
+            min_severity=min_severity, model=model, job_id=job_id, limit=limit
+        )
     emit(
         [asdict(a) for a in found],
         as_json=as_json,
@@ -727,6 +775,22 @@ def anomalies(
                 ["job_id", "record", "record_id", "score", "severity", "timestamp", "why"],
             )
         ),
+    )
+
+
+def _newest_anomalies(
+    adapters: Adapters, *, model: str | None, hours: float, limit: int
+) -> list[AnomalyRecord]:
+    from datetime import timedelta
+
+    now = adapters.clock.now()
+    if model is None:
+        return adapters.reads.recent_anomalies(now=now, limit=limit)
+    active = [m for m in adapters.reads.model_performance(name=model) if m.active]
+    if not active:
+        fail(f"no active version of model {model!r}; 'pynomaly-workers models' lists them")
+    return adapters.reads.anomalies_of_model(
+        model_id=active[0].model_id, since=now - timedelta(hours=hours), limit=limit
     )
 
 
@@ -822,33 +886,78 @@ def _print_drift(reports: list[dict[str, Any]]) -> None:
 
 
 # -- operations ------------------------------------------------------------------------
-@main.command()
+@main.group()
+def maintenance() -> None:
+    """Run maintenance tasks and see what ran."""
+
+
+@maintenance.command("run")
 @click.argument("name", type=click.Choice(MAINTENANCE_JOBS))
+@click.option("--days", type=int, default=None, help="retention: keep this many days.")
 @click.option("--inline", is_flag=True, help="Run here instead of on a maintenance worker.")
 @click.option("--timeout", type=float, default=600, show_default=True)
 @json_option
-def maintenance(name: str, inline: bool, timeout: float, as_json: bool) -> None:
-    """Run one maintenance task now."""
+def maintenance_run(
+    name: str, days: int | None, inline: bool, timeout: float, as_json: bool
+) -> None:
+    """Run one maintenance task now (under its lock, recorded in maintenance_runs)."""
+    from pynomaly_workers.services.maintenance import retention_cutoff, run_maintenance
+
+    if days is not None and name != "retention":
+        fail("--days applies to 'maintenance run retention' only")
+    options = {"days": days} if days is not None else {}
+    if days is not None:
+        try:
+            retention_cutoff(days=days, now=datetime.now().astimezone())
+        except PynomalyError as exc:
+            fail(str(exc).replace("days=1", "--days 1"))
     if inline:
-        from datetime import timedelta
-
-        adapters = _adapters()
-        if name == "retention":
-            cutoff = adapters.clock.now() - timedelta(days=adapters.settings.retention_days)
-            report = adapters.maintenance.retention(cutoff=cutoff)
-        elif name == "drift":
-            from pynomaly_workers.services.drift import check_drift
-
-            report = {"reports": check_drift(adapters)}
-        else:
-            report = getattr(adapters.maintenance, name)()
+        report = run_maintenance(_adapters(), name, **options).to_dict()
     else:
         from pynomaly_workers.client import client_app
 
         task = maintenance_task(name)
-        result = client_app(_settings()).send_task(task, queue=queue_of(task))
+        result = client_app(_settings()).send_task(task, kwargs=options, queue=queue_of(task))
         report = _wait_result(result, timeout=timeout, what=f"maintenance {name}")
-    emit(report, as_json=as_json, human=lambda: click.echo(f"{name}: {report}"))
+    emit(report, as_json=as_json, human=lambda: _print_run(report))
+    if report["outcome"] == FAILED:
+        sys.exit(1)
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    click.echo(
+        f"{run['task']}: {run['outcome']} in {run['duration_ms']:.0f} ms, "
+        f"{run['rows_affected']} affected - {json.dumps(run['detail'], default=str)}"
+    )
+
+
+@maintenance.command("history")
+@click.option("--task", type=click.Choice(MAINTENANCE_JOBS), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@json_option
+def maintenance_history(task: str | None, limit: int, as_json: bool) -> None:
+    """The latest maintenance runs, newest first."""
+    runs = _adapters().maintenance.runs(task=task, limit=limit)
+    emit(
+        runs,
+        as_json=as_json,
+        human=lambda: click.echo(
+            table(
+                [
+                    [
+                        r["started_at"],
+                        r["task"],
+                        r["outcome"],
+                        round(r["duration_ms"]),
+                        r["rows_affected"],
+                        json.dumps(r["detail"], default=str)[:80],
+                    ]
+                    for r in runs
+                ],
+                ["started", "task", "outcome", "ms", "rows", "detail"],
+            )
+        ),
+    )
 
 
 @main.command()

@@ -133,7 +133,6 @@ class Settings(BaseSettings):
     flower_purge_offline_seconds: int = Field(
         default=600, gt=0, description="Flower forgets a worker offline this long."
     )
-    retention_days: int = Field(default=90, gt=0)
     result_ttl_seconds: int = Field(
         default=300,
         gt=0,
@@ -152,6 +151,51 @@ class Settings(BaseSettings):
     liveness_max_age_seconds: float = Field(
         default=60.0, gt=0, description="A heartbeat or loop tick older than this fails."
     )
+    retention_days: int = Field(
+        default=90, ge=1, description="Keep anomalies this many days after detection."
+    )
+    reindex_bloat_threshold: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="REINDEX an index once this fraction of its pages would be freed.",
+    )
+    slow_queries_top: int = Field(default=20, gt=0, description="Statements slow_queries keeps.")
+    stale_job_grace_seconds: int = Field(
+        default=60,
+        ge=0,
+        description="A job still running this long past the hard time limit is stale.",
+    )
+    stale_job_max_attempts: int = Field(
+        default=3, ge=1, description="Attempts before the sweeper fails a stale job."
+    )
+
+    # Beat: the maintenance schedule and the single-beat lock (schedules/).
+    maintenance_intervals: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds between runs per maintenance task, as JSON, merged over the "
+        "defaults in pynomaly_workers.schedules (0 turns a task off).",
+    )
+    schedule_jitter_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Each task's interval is stretched by a fixed per-task share of this, so "
+        "tasks of equal interval do not all start at once.",
+    )
+    beat_lock_timeout: int = Field(
+        default=10,
+        ge=2,
+        description="Seconds the leading beat's Redis lock lives unless renewed: a standby "
+        "takes over within this plus PYNOMALY_BEAT_MAX_LOOP_INTERVAL of its death.",
+    )
+    beat_max_loop_interval: int = Field(
+        default=2, ge=1, description="Longest a beat sleeps between ticks (and lock renewals)."
+    )
+    beat_redis_url: str = Field(
+        default="",
+        description="Redis holding the beat lock and schedule state; default: the broker "
+        "when it is Redis. Neither: a single local beat (the embedded default).",
+    )
 
     @field_validator("flower_basic_auth")
     @classmethod
@@ -168,6 +212,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PYNOMALY_TASK_TIME_LIMIT must be greater than PYNOMALY_TASK_SOFT_TIME_LIMIT "
                 "so a task can clean up between the soft and the hard limit"
+            )
+        if self.beat_lock_timeout < 2 * self.beat_max_loop_interval:
+            raise ValueError(
+                "PYNOMALY_BEAT_LOCK_TIMEOUT must be at least twice PYNOMALY_BEAT_MAX_LOOP_INTERVAL "
+                "so the leading beat renews its lock before it expires"
             )
         if self.environment == "production" and self.is_embedded:
             raise ValueError(
@@ -200,6 +249,14 @@ class Settings(BaseSettings):
     def broker_folder(self) -> Path:
         """Where the embedded file-system broker keeps its messages."""
         return (self.home / "broker").resolve()
+
+    @property
+    def resolved_beat_redis_url(self) -> str:
+        """Where the beat lock lives: the configured Redis, else a Redis broker, else ''
+        (one local beat)."""
+        if self.beat_redis_url:
+            return self.beat_redis_url
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else ""
 
     @property
     def visibility_timeout(self) -> int:

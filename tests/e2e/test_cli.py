@@ -126,11 +126,27 @@ def test_health_fails_when_no_worker_consumes_a_queue(
 def test_maintenance_runs_on_the_maintenance_queue(
     worker: WorkerProcess, e2e_env: dict[str, str]
 ) -> None:
-    report = cli_json(e2e_env, "maintenance", "refresh_views")
+    # When refresh_views runs on the worker, and its history is asked for
+    report = cli_json(e2e_env, "maintenance", "run", "refresh_views")
+    history = cli_json(e2e_env, "maintenance", "history", "--task", "refresh_views")
 
-    assert report == {
-        "refreshed": ["mv_recent_anomalies", "mv_model_performance", "mv_dataset_summary"]
-    }
+    # Then the worker refreshed every view concurrently and recorded the run
+    assert report["outcome"] == "succeeded"
+    assert set(report["detail"]["refreshed"].values()) == {"concurrently"}
+    assert len(report["detail"]["refreshed"]) == 4
+    assert history[0]["outcome"] == "succeeded"
+    assert history[0]["detail"] == report["detail"]
+    human = cli(e2e_env, "maintenance", "history").stdout
+    assert "refresh_views" in human
+    assert "succeeded" in human
+
+
+def test_retention_below_one_day_is_refused_with_what_to_do(e2e_env: dict[str, str]) -> None:
+    result = cli(e2e_env, "maintenance", "run", "retention", "--days", "0", check=False)
+
+    assert result.returncode == 1
+    assert "retention days must be a whole number of at least 1, got 0" in result.stderr
+    assert "pass --days 1 or more" in result.stderr
 
 
 def test_bad_cli_input_says_what_to_do(e2e_env: dict[str, str], tmp_path: Path) -> None:

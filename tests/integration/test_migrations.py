@@ -28,7 +28,10 @@ pytestmark = pytest.mark.integration
 GUIDE_INDEXES = {
     "idx_anomalies_timestamp": ("anomalies", None),
     "idx_anomalies_composite": ("anomalies", None),
-    "idx_anomalies_severity": ("anomalies", "severity > 0.5"),
+    # Full since 0003: a partial index serves no threshold below its predicate.
+    "idx_anomalies_severity": ("anomalies", None),
+    "idx_anomalies_model_severity": ("anomalies", None),
+    "idx_anomalies_detected": ("anomalies", None),
     "idx_anomalies_active": ("anomalies", "status = 'active'"),
     "idx_datasets_created": ("datasets", None),
     "idx_datasets_status": ("datasets", None),
@@ -36,7 +39,12 @@ GUIDE_INDEXES = {
     "idx_metrics_timestamp": ("metrics", None),
     "idx_metrics_rollup": ("metrics", "granularity = 'hour'"),
 }
-VIEWS = ("mv_recent_anomalies", "mv_model_performance", "mv_dataset_summary")
+VIEWS = (
+    "mv_recent_anomalies",
+    "mv_model_performance",
+    "mv_dataset_summary",
+    "mv_anomaly_counts_hourly",
+)
 TABLES = {
     "anomalies",
     "datasets",
@@ -44,6 +52,7 @@ TABLES = {
     "detection_jobs",
     "drift_reports",
     "drift_windows",
+    "maintenance_runs",
     "metrics",
     "model_alias_moves",
     "model_aliases",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -319,6 +320,9 @@ class PredictionCache(Protocol):
     def close(self) -> None:
         """Release the connection."""
 
+    def stats(self) -> dict[str, float]:
+        """Memory, evictions and hits/misses of the cache's server."""
+
 
 @dataclass(frozen=True, slots=True)
 class SourceChunk:
@@ -440,7 +444,30 @@ class Trainer(Protocol):
 
 
 class Maintenance(Protocol):
-    """Database upkeep (see ``pynomaly.maintenance.*``)."""
+    """Database upkeep (see ``pynomaly.maintenance.*``): locks, the run record and the
+    work itself. Identifiers come from the adapter's allow-lists, never from callers."""
+
+    def try_lock(self, name: str) -> AbstractContextManager[bool]:
+        """Hold task ``name``'s lock for the block if nobody else does; yield whether
+        it was taken."""
+
+    def record_run(
+        self,
+        *,
+        task: str,
+        started_at: datetime,
+        duration_ms: float,
+        outcome: str,
+        rows_affected: int,
+        detail: dict[str, Any],
+    ) -> None:
+        """Append one run to ``maintenance_runs``."""
+
+    def runs(self, *, task: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest runs, newest first."""
+
+    def record_metrics(self, rows: list[dict[str, Any]], *, now: datetime) -> int:
+        """Append metric rows (``metric_name``, ``value``, ``labels``)."""
 
     def refresh_views(self) -> dict[str, Any]:
         """Refresh the materialized views without blocking readers."""
@@ -448,8 +475,74 @@ class Maintenance(Protocol):
     def vacuum_analyze(self) -> dict[str, Any]:
         """Reclaim space and refresh planner statistics."""
 
-    def retention(self, *, cutoff: datetime) -> dict[str, Any]:
-        """Delete what is older than ``cutoff``."""
+    def reindex(self, *, threshold: float) -> dict[str, Any]:
+        """Rebuild, without blocking writes, the indexes whose bloat passes ``threshold``."""
+
+    def retention(self, *, cutoff: datetime, batch: int | None = None) -> dict[str, Any]:
+        """Delete what is older than ``cutoff``, in short batches."""
+
+    def slow_statements(self, *, limit: int) -> dict[str, Any]:
+        """The slowest statements, or ``{"available": False, "reason": ...}``."""
+
+    def sweep_stale_jobs(
+        self, *, stale_before: datetime, max_attempts: int, now: datetime, reason: str
+    ) -> dict[str, Any]:
+        """Requeue (or fail, attempts spent) jobs running since before ``stale_before``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOverview:
+    """A model version with its detection record (from ``mv_model_performance``, as of
+    the last refresh)."""
+
+    model_id: int
+    name: str
+    version: int
+    algorithm: str
+    active: bool
+    n_features: int
+    threshold: float
+    onnx: bool
+    artifact_sha256: str
+    created_at: datetime
+    jobs: int
+    jobs_failed: int
+    records_scored: int
+    anomalies_found: int
+    anomaly_rate: float
+    p95_duration_ms: float | None
+    last_job_at: datetime | None
+
+
+class Reads(Protocol):
+    """The dashboards' and the CLI's reads, each served by an index or a view."""
+
+    def recent_anomalies(self, *, now: datetime, limit: int = 50) -> list[AnomalyRecord]:
+        """Newest first, from the recent-anomalies view."""
+
+    def anomalies_of_model(
+        self, *, model_id: int, since: datetime, limit: int = 50
+    ) -> list[AnomalyRecord]:
+        """One model version's anomalies since ``since``, newest first."""
+
+    def top_anomalies(
+        self,
+        *,
+        min_severity: float = 0.0,
+        model: str | None = None,
+        job_id: str | None = None,
+        limit: int = 20,
+    ) -> list[AnomalyRecord]:
+        """Most severe first (then newest)."""
+
+    def model_performance(self, *, name: str | None = None) -> list[ModelOverview]:
+        """Every model version with its detection record."""
+
+    def dataset_summary(self) -> list[dict[str, Any]]:
+        """Each dataset with the jobs that scored it."""
+
+    def counts_per_model(self, *, since: datetime) -> list[dict[str, Any]]:
+        """Anomalies per model version since ``since``."""
 
 
 class DatabaseProbe(Protocol):

@@ -15,6 +15,7 @@ from pynomaly_workers.domain.ports import (
     Maintenance,
     ModelLoader,
     PredictionCache,
+    Reads,
     SourceReader,
     Store,
     Telemetry,
@@ -87,6 +88,7 @@ class Adapters:
     cache: PredictionCache | None
     clock: Clock
     maintenance: Maintenance
+    reads: Reads
     database: DatabaseProbe
     drift: DriftObserver | None = None
     close: Callable[[], None] = field(default=_nothing)

@@ -58,3 +58,19 @@ class RedisPredictionCache:
 
     def close(self) -> None:
         self.client.close()
+
+    def stats(self) -> dict[str, float]:
+        """The cache server's INFO figures operators watch: memory against its limit,
+        evictions, and hits/misses (server-wide: run the cache on its own Redis)."""
+        memory = self.client.info("memory")
+        counters = self.client.info("stats")
+        hits, misses = float(counters["keyspace_hits"]), float(counters["keyspace_misses"])
+        return {
+            "used_memory_bytes": float(memory["used_memory"]),
+            "maxmemory_bytes": float(memory.get("maxmemory", 0)),
+            "evicted_keys": float(counters["evicted_keys"]),
+            "expired_keys": float(counters["expired_keys"]),
+            "keyspace_hits": hits,
+            "keyspace_misses": misses,
+            "hit_ratio": hits / (hits + misses) if hits + misses else 0.0,
+        }

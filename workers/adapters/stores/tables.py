@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -273,6 +274,9 @@ class AnomalyRow(Base):
     severity: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16), default="active")
     explanation: Mapped[dict[str, Any] | None]
+    # When the worker stored the row (the database's clock); retention goes by this,
+    # never by the caller-supplied ``timestamp``.
+    detected_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (
         UniqueConstraint("job_id", "record_index", name="uq_anomalies_job_record"),
@@ -280,16 +284,19 @@ class AnomalyRow(Base):
         CheckConstraint("status IN ('active', 'acknowledged', 'resolved')", name="status_valid"),
         # The guide's indexes. Its (model_id, timestamp DESC) index is a prefix of the
         # composite one below, so it is left out: it would cost every insert and serve
-        # no query the composite does not.
+        # no query the composite does not. Its partial severity index is replaced by a
+        # full one (migration 0003): "severity >= x, most severe first" with x below its
+        # predicate scanned and sorted the whole table.
         Index("idx_anomalies_timestamp", text("timestamp DESC")),
         Index("idx_anomalies_composite", "model_id", text("timestamp DESC"), text("severity DESC")),
+        Index("idx_anomalies_severity", text("severity DESC"), text("timestamp DESC")),
         Index(
-            "idx_anomalies_severity",
-            "severity",
+            "idx_anomalies_model_severity",
+            "model_id",
+            text("severity DESC"),
             text("timestamp DESC"),
-            postgresql_where=text("severity > 0.5"),
-            sqlite_where=text("severity > 0.5"),
         ),
+        Index("idx_anomalies_detected", "detected_at"),
         Index(
             "idx_anomalies_active",
             "id",
@@ -297,6 +304,25 @@ class AnomalyRow(Base):
             postgresql_where=text("status = 'active'"),
             sqlite_where=text("status = 'active'"),
         ),
+    )
+
+
+class MaintenanceRunRow(Base):
+    """One run of a maintenance task, whatever its outcome."""
+
+    __tablename__ = "maintenance_runs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime]
+    duration_ms: Mapped[float] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(16))
+    rows_affected: Mapped[int] = mapped_column(BigInteger, default=0)
+    detail: Mapped[dict[str, Any]]
+
+    __table_args__ = (
+        CheckConstraint("outcome IN ('succeeded', 'skipped', 'failed')", name="outcome_valid"),
+        Index("idx_maintenance_runs_started", text("started_at DESC")),
+        Index("idx_maintenance_runs_task", "task", text("started_at DESC")),
     )
 
 

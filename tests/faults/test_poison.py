@@ -1,0 +1,101 @@
+"""Scenario 6: poison messages. Each bad message ends as a ``failed`` job with a reason
+(or, when it is not even a message, is logged and dropped), is never retried, and the
+worker keeps consuming: a canary sent after each one completes."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from pynomaly_workers.client import submit_detection
+from tests.e2e.test_raw_message import raw_detect_message
+from tests.factories import rows_with_outliers, train
+from tests.faults.conftest import FaultStack, RedisServer, count_jobs, report_outcome, wait_settled
+
+pytestmark = pytest.mark.e2e
+
+MAX_RECORDS = 500
+ROWS = rows_with_outliers(n=20, outliers=(3,))
+
+# job_id suffix -> (kwargs besides job_id, error type, words the reason must contain)
+POISON: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
+    "wrong-kwargs": ({"model": "{model}", "rows": ROWS}, "invalid_message", ("rows",)),
+    "no-model": ({"records": ROWS}, "invalid_message", ("model",)),
+    "huge": (
+        {"model": "{model}", "records": [[0.0] * 4] * (MAX_RECORDS + 1)},
+        "payload_too_large",
+        (str(MAX_RECORDS), "'source'"),
+    ),
+    "unknown-model": ({"model": "no-such-model", "records": ROWS}, "unknown_model", ("train",)),
+    "wrong-width": ({"model": "{model}", "records": [[1.0, 2.0]]}, "invalid_records", ("2", "4")),
+    "nan": ({"model": "{model}", "records": [[math.nan, 0, 0, 0]]}, "invalid_records", ("NaN",)),
+}
+
+
+def lpush(server: RedisServer, payload: bytes) -> None:
+    client = redis.Redis(port=server.port)
+    try:
+        client.lpush("detection", payload)
+    finally:
+        client.close()
+
+
+def with_model(kwargs: dict[str, Any], model: str) -> dict[str, Any]:
+    return {k: (model if v == "{model}" else v) for k, v in kwargs.items()}
+
+
+@pytest.mark.timeout(240)
+def test_poison_messages_fail_once_with_a_reason_and_the_worker_keeps_consuming(
+    fault_stack: FaultStack, broker_redis: RedisServer
+) -> None:
+    # Given a worker with a payload limit of 500 records
+    fault_stack.env["PYNOMALY_MAX_RECORDS_PER_JOB"] = str(MAX_RECORDS)
+    model = train(fault_stack.adapters, model="poison").label
+    fault_stack.start_worker()
+    canaries: list[str] = []
+    started = time.monotonic()
+
+    def canary_completes(after: str) -> None:
+        job_id = f"poison-canary-after-{after}"
+        canaries.append(job_id)
+        submit_detection(model=model, records=ROWS, job_id=job_id, app=fault_stack.app)
+        done = wait_settled(fault_stack.adapters, [job_id], timeout=30)
+        assert done.succeeded() == {job_id}, f"after {after}:\n{fault_stack.log_text()}"
+
+    # When a message that is not JSON, and one that is JSON but no envelope, arrive
+    lpush(broker_redis, b"{not json")
+    canary_completes("not-json")
+    lpush(broker_redis, b'["a list, not an envelope"]')
+    canary_completes("not-an-envelope")
+
+    # ... and each kind of bad job, each followed by a canary
+    sent = []
+    for name, (kwargs, _, _) in POISON.items():
+        sent.append(f"poison-{name}")
+        lpush(broker_redis, raw_detect_message({"job_id": sent[-1], **with_model(kwargs, model)}))
+        canary_completes(name)
+
+    # Then each bad job failed once, with its reason, and nothing is left to redeliver
+    counts = count_jobs(fault_stack.adapters, sent)
+    report_outcome(
+        "poison",
+        [*sent, *canaries],
+        count_jobs(fault_stack.adapters, [*sent, *canaries]),
+        recovery_seconds=None,
+        extra={"malformed_dropped": 2, "seconds": round(time.monotonic() - started, 1)},
+    )
+    assert counts.failed() == set(sent), counts.status
+    for name, (_, error_type, words) in POISON.items():
+        job = fault_stack.adapters.store.get_job(f"poison-{name}")
+        assert job is not None
+        assert job.error_type == error_type, (name, job.error)
+        assert all(word in (job.error or "") for word in words), (name, job.error)
+        assert job.attempts <= 1, (name, job.attempts)
+    assert broker_redis.drained()
+    log = fault_stack.log_text()
+    assert log.count("dropped a malformed") == 2, log
+    assert all(w.alive() for w in fault_stack.workers)

@@ -1,0 +1,185 @@
+"""The read side: the queries behind the dashboards and the ``anomalies`` / ``models``
+commands, each shaped for one index or materialized view.
+
+``make bench-db`` times every one at 10M anomalies (target p95 <= 10 ms) and
+``tests/integration/test_read_plans.py`` asserts, with EXPLAIN, the index each uses. A
+query changed here must keep both green. On SQLite (embedded mode: one machine, small
+tables) the same names answer from the tables directly.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Engine, bindparam, text
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.selectable import TextualSelect
+
+from pynomaly_workers.adapters.stores.tables import UtcDateTime
+from pynomaly_workers.domain.ports import AnomalyRecord, ModelOverview
+
+_ANOMALY = (
+    "id, job_id, record_index, model_id, record_id, timestamp, score, severity, status, explanation"
+)
+_MOST_SEVERE = "ORDER BY severity DESC, timestamp DESC, id DESC"
+
+# name -> SQL on PostgreSQL. Comments say which index (or view) each one is for.
+POSTGRES: dict[str, str] = {
+    # mv_recent_anomalies (timestamp DESC): the newest of the last 7 days.
+    # (The view keeps no explanations: the dashboards' list does not show them.)
+    "recent_anomalies": f"SELECT {_ANOMALY.replace('explanation', 'NULL AS explanation')} "
+    "FROM mv_recent_anomalies ORDER BY timestamp DESC LIMIT :limit",
+    # idx_anomalies_composite (model_id, timestamp DESC, ...). Ordering by model_id too
+    # matches only this index, so the planner cannot pick the timestamp index and filter
+    # the whole day of every model (110-142 ms at 10M rows for a model with none).
+    "by_model_and_time": f"SELECT {_ANOMALY} FROM anomalies "
+    "WHERE model_id = :model_id AND timestamp >= :since "
+    "ORDER BY model_id DESC, timestamp DESC LIMIT :limit",
+    # idx_anomalies_severity (severity DESC, timestamp DESC): read the top, stop.
+    "top_severity": f"SELECT {_ANOMALY} FROM anomalies WHERE severity >= :min_severity "
+    f"{_MOST_SEVERE} LIMIT :limit",
+    # idx_anomalies_model_severity (model_id, severity DESC, timestamp DESC): the top of
+    # each version of the model, merged. "model_id IN (versions)" would sort them all.
+    "top_severity_model": f"SELECT a.* FROM models m CROSS JOIN LATERAL ("
+    f"SELECT {_ANOMALY} FROM anomalies WHERE model_id = m.id "
+    f"AND severity >= :min_severity {_MOST_SEVERE} LIMIT :limit) a "
+    f"WHERE m.name = :model {_MOST_SEVERE} LIMIT :limit",
+    # uq_anomalies_job_record (job_id, ...): one job's rows, then sorted. MATERIALIZED
+    # keeps the planner from walking the severity index past every other job's rows.
+    "top_severity_job": f"WITH job AS MATERIALIZED (SELECT {_ANOMALY} FROM anomalies "
+    f"WHERE job_id = :job_id) SELECT * FROM job WHERE severity >= :min_severity "
+    f"{_MOST_SEVERE} LIMIT :limit",
+    # models (live: a version trained a second ago is listed) + mv_model_performance.
+    "model_performance": "SELECT m.id AS model_id, m.name, m.version, m.algorithm, m.active, "
+    "m.n_features, m.threshold, m.onnx_sha256 IS NOT NULL AS onnx, m.artifact_sha256, "
+    "m.created_at, coalesce(p.jobs, 0) AS jobs, coalesce(p.jobs_failed, 0) AS jobs_failed, "
+    # The view's sums are numeric (sum of bigint): as bigint they read back as int.
+    "coalesce(p.records_scored, 0)::bigint AS records_scored, "
+    "coalesce(p.anomalies_found, 0)::bigint AS anomalies_found, "
+    "coalesce(p.anomaly_rate, 0)::float8 AS anomaly_rate, p.p95_duration_ms, p.last_job_at "
+    "FROM models m LEFT JOIN mv_model_performance p ON p.model_id = m.id "
+    "WHERE (CAST(:name AS text) IS NULL OR m.name = :name) ORDER BY m.name, m.version DESC",
+    # mv_dataset_summary.
+    "dataset_summary": "SELECT dataset_id, name, format, n_rows, n_features, status, "
+    "created_at, jobs, records_scored::bigint AS records_scored, "
+    "anomalies_found::bigint AS anomalies_found, last_job_at "
+    "FROM mv_dataset_summary ORDER BY created_at DESC",
+    # mv_anomaly_counts_hourly (hour): 50 models x 25 hours, not ~330k anomalies.
+    "counts_per_model": "SELECT model_id, sum(anomalies)::bigint AS anomalies, "
+    "sum(severe)::bigint AS severe, max(max_severity) AS max_severity "
+    "FROM mv_anomaly_counts_hourly WHERE hour >= date_trunc('hour', :since) "
+    "GROUP BY model_id ORDER BY model_id",
+}
+
+# The same on SQLite, answered from the tables.
+SQLITE: dict[str, str] = {
+    **POSTGRES,
+    "recent_anomalies": f"SELECT {_ANOMALY} FROM anomalies "
+    "WHERE timestamp >= :recent_since ORDER BY timestamp DESC LIMIT :limit",
+    "top_severity_model": f"SELECT {_ANOMALY} FROM anomalies WHERE severity >= :min_severity "
+    f"AND model_id IN (SELECT id FROM models WHERE name = :model) {_MOST_SEVERE} LIMIT :limit",
+    "top_severity_job": f"SELECT {_ANOMALY} FROM anomalies WHERE job_id = :job_id "
+    f"AND severity >= :min_severity {_MOST_SEVERE} LIMIT :limit",
+    "model_performance": "SELECT m.id AS model_id, m.name, m.version, m.algorithm, m.active, "
+    "m.n_features, m.threshold, m.onnx_sha256 IS NOT NULL AS onnx, m.artifact_sha256, "
+    "m.created_at, count(j.id) AS jobs, "
+    "count(CASE WHEN j.status = 'failed' THEN 1 END) AS jobs_failed, "
+    "coalesce(sum(j.n_records), 0) AS records_scored, "
+    "coalesce(sum(j.n_anomalies), 0) AS anomalies_found, "
+    "coalesce(1.0 * sum(j.n_anomalies) / nullif(sum(j.n_records), 0), 0) AS anomaly_rate, "
+    "NULL AS p95_duration_ms, max(j.finished_at) AS last_job_at "
+    "FROM models m LEFT JOIN detection_jobs j ON j.model_id = m.id "
+    "WHERE (:name IS NULL OR m.name = :name) GROUP BY m.id ORDER BY m.name, m.version DESC",
+    "dataset_summary": "SELECT d.id AS dataset_id, d.name, d.format, d.n_rows, d.n_features, "
+    "d.status, d.created_at, count(j.id) AS jobs, coalesce(sum(j.n_records), 0) "
+    "AS records_scored, coalesce(sum(j.n_anomalies), 0) AS anomalies_found, "
+    "max(j.finished_at) AS last_job_at FROM datasets d "
+    "LEFT JOIN detection_jobs j ON j.dataset_name = d.name GROUP BY d.id "
+    "ORDER BY d.created_at DESC",
+    "counts_per_model": "SELECT model_id, count(*) AS anomalies, "
+    "count(CASE WHEN severity >= 0.9 THEN 1 END) AS severe, max(severity) AS max_severity "
+    "FROM anomalies WHERE timestamp >= :since GROUP BY model_id ORDER BY model_id",
+}
+
+_TIME_PARAMS = ("since", "recent_since")
+_TIME_COLUMNS = ("timestamp", "created_at", "last_job_at")
+_BOOL_COLUMNS = ("active", "onnx")
+RECENT_DAYS = 7  # mv_recent_anomalies' window
+
+
+def statement(name: str, *, dialect: str) -> TextualSelect:
+    """The named read, its time parameters and result columns typed (SQLite hands text
+    back from a raw query)."""
+    sql = (POSTGRES if dialect == "postgresql" else SQLITE)[name]
+    clause: TextClause = text(sql)
+    times = [bindparam(t, type_=UtcDateTime()) for t in _TIME_PARAMS if f":{t}" in sql]
+    if times:
+        clause = clause.bindparams(*times)
+    types: dict[str, Any] = {c: UtcDateTime() for c in _TIME_COLUMNS if c in sql}
+    types |= {c: Boolean() for c in _BOOL_COLUMNS if c in sql}
+    if "explanation" in sql:
+        types["explanation"] = JSON()
+    return clause.columns(**types)
+
+
+class SqlReads:
+    """Dashboard and CLI reads on the store's engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    def _rows(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            result = conn.execute(statement(query, dialect=self.dialect), params)
+            return [dict(row._mapping) for row in result]
+
+    def recent_anomalies(self, *, now: datetime, limit: int = 50) -> list[AnomalyRecord]:
+        """Newest first, from the last refresh of ``mv_recent_anomalies`` (7 days)."""
+        since = now - timedelta(days=RECENT_DAYS)
+        return _anomalies(self._rows("recent_anomalies", limit=limit, recent_since=since))
+
+    def anomalies_of_model(
+        self, *, model_id: int, since: datetime, limit: int = 50
+    ) -> list[AnomalyRecord]:
+        """One model version's anomalies since ``since``, newest first."""
+        rows = self._rows("by_model_and_time", model_id=model_id, since=since, limit=limit)
+        return _anomalies(rows)
+
+    def top_anomalies(
+        self,
+        *,
+        min_severity: float = 0.0,
+        model: str | None = None,
+        job_id: str | None = None,
+        limit: int = 20,
+    ) -> list[AnomalyRecord]:
+        """Most severe first (then newest), optionally of one model name or one job."""
+        params: dict[str, Any] = {"min_severity": min_severity, "limit": limit}
+        if job_id is not None:
+            rows = self._rows("top_severity_job", job_id=job_id, **params)
+            return [a for a in _anomalies(rows) if model is None or a.model_id in self._ids(model)]
+        if model is not None:
+            return _anomalies(self._rows("top_severity_model", model=model, **params))
+        return _anomalies(self._rows("top_severity", **params))
+
+    def _ids(self, model: str) -> set[int]:
+        return {m.model_id for m in self.model_performance(name=model)}
+
+    def model_performance(self, *, name: str | None = None) -> list[ModelOverview]:
+        """Every model version (newest first per name) with its detection record."""
+        return [ModelOverview(**row) for row in self._rows("model_performance", name=name)]
+
+    def dataset_summary(self) -> list[dict[str, Any]]:
+        """Each dataset with the jobs that scored it (as of the last refresh)."""
+        return self._rows("dataset_summary")
+
+    def counts_per_model(self, *, since: datetime) -> list[dict[str, Any]]:
+        """Anomalies per model version since ``since`` (to the hour on PostgreSQL, as of
+        the last refresh of ``mv_anomaly_counts_hourly``, which keeps 48 hours)."""
+        return self._rows("counts_per_model", since=since)
+
+
+def _anomalies(rows: list[dict[str, Any]]) -> list[AnomalyRecord]:
+    return [AnomalyRecord(**{k: v for k, v in row.items() if k != "id"}) for row in rows]

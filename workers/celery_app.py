@@ -30,6 +30,7 @@ def stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
     if headers is not None:
         headers.setdefault(SENT_AT_HEADER, time.time())
 
+
 REDIS_SCHEMES = ("redis://", "rediss://")
 
 

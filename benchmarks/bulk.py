@@ -24,6 +24,7 @@ from benchmarks.memory import sampling_rss
 from benchmarks.stack import Stack
 from benchmarks.stats import rate
 from pynomaly_workers.adapters.scorers import sklearn
+from pynomaly_workers.adapters.scorers.explain import explainer_for
 from pynomaly_workers.adapters.scorers.onnx import OnnxScorer
 from pynomaly_workers.contract import SUCCEEDED
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
@@ -80,17 +81,23 @@ def csv_blocks(source: Path) -> Iterator[Matrix]:
         yield np.ascontiguousarray(np.column_stack(columns), dtype=np.float64)
 
 
-def run_limit(stack: Stack, *, model: str, source: Path, backend: str) -> dict[str, Any]:
-    """Read, score and persist the whole CSV in this one process; no queue, no worker."""
+def run_limit(
+    stack: Stack, *, model: str, source: Path, backend: str, explain: bool = False
+) -> dict[str, Any]:
+    """Read, score and persist the whole CSV in this one process; no queue, no worker.
+    With ``explain``, the flagged rows are also explained, as the workers do."""
     version = stack.adapters.store.get_model(ModelRef(model))
     scorer = best_scorer(stack, version, backend)
+    explainer = _explainer(stack, version) if explain else None
     job_id = f"limit-{uuid.uuid4().hex[:8]}"
     records = anomalies = 0
     started = time.perf_counter()
     for matrix in csv_blocks(source):
-        anomalies += _persist(
-            stack, version, job_id, matrix, scores=scorer.score(matrix), offset=records
-        )
+        scores = scorer.score(matrix)
+        if explainer is not None:
+            flagged = anomaly_mask(scores, threshold=version.threshold)
+            explainer(matrix[flagged])
+        anomalies += _persist(stack, version, job_id, matrix, scores=scores, offset=records)
         records += len(matrix)
     seconds = time.perf_counter() - started
     return {
@@ -99,6 +106,30 @@ def run_limit(stack: Stack, *, model: str, source: Path, backend: str) -> dict[s
         "records_per_s": rate(records, seconds),
         "anomalies": anomalies,
         "backend": scorer.backend,
+    }
+
+
+def _explainer(stack: Stack, version: ModelVersion) -> Any:
+    estimator = sklearn.load(stack.adapters.store.load_artifact(version.artifact_sha256))
+    return explainer_for(estimator, profile=version.profile)
+
+
+def explain_overhead(
+    stack: Stack, *, model: str, source: Path, backend: str, repeats: int = 3
+) -> dict[str, Any]:
+    """The one-process pipeline with and without explanations, alternated ``repeats``
+    times; the overhead compares the best of each, which load on a shared machine
+    distorts far less than two worker jobs minutes apart."""
+    best = {True: float("inf"), False: float("inf")}
+    for _ in range(repeats):
+        for explain in (False, True):
+            run = run_limit(stack, model=model, source=source, backend=backend, explain=explain)
+            best[explain] = min(best[explain], run["seconds"])
+    return {
+        "off_s": round(best[False], 3),
+        "on_s": round(best[True], 3),
+        "overhead": round(best[True] / best[False] - 1.0, 3),
+        "repeats": repeats,
     }
 
 

@@ -16,8 +16,10 @@ from pynomaly_workers.adapters.stores import maintenance
 from pynomaly_workers.adapters.stores.maintenance import MATERIALIZED_VIEWS, TABLES, SqlMaintenance
 from pynomaly_workers.adapters.stores.sql import SqlStore
 from pynomaly_workers.bootstrap import bootstrap
+from pynomaly_workers.domain.drift import DriftCounts
 from pynomaly_workers.domain.ports import AnomalyBatch, ModelDraft
 from pynomaly_workers.domain.scoring import fit_score_stats
+from pynomaly_workers.domain.shadow import ShadowTally
 from pynomaly_workers.services.context import Adapters, SystemClock
 from pynomaly_workers.services.maintenance import (
     TASKS,
@@ -25,6 +27,7 @@ from pynomaly_workers.services.maintenance import (
     run_maintenance,
 )
 from pynomaly_workers.settings import Settings
+from tests.factories import train
 
 pytestmark = pytest.mark.integration
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -439,6 +442,36 @@ def test_retention_deletes_old_finished_jobs_chunks_metrics_and_runs(pg: Adapter
     }
     assert count(pg, "detection_chunks") == 1
     assert [r["started_at"] for r in pg.maintenance.runs(task="vacuum_analyze")] == [new]
+
+
+def test_retention_deletes_old_drift_and_shadow_records(either: Adapters) -> None:
+    # Given a model with drift counts, a drift report and shadow results, old and new
+    version = train(either)
+    old, new = CUTOFF - timedelta(days=1), CUTOFF + timedelta(hours=1)
+    counts = DriftCounts(
+        n_records=1, n_flagged=0, features=np.zeros((4, 3), np.int64), scores=np.zeros(3, np.int64)
+    )
+    either.store.add_drift_counts({(version.id, old): counts, (version.id, new): counts}, now=new)
+    for when, job in ((old, "old-job"), (new, "new-job")):
+        either.store.save_drift_report(version.id, {"k": 1}, drifted=False, now=when)
+        either.store.add_shadow(
+            job,
+            0,
+            champion_id=version.id,
+            challenger_id=version.id,
+            tally=ShadowTally(n_records=1),
+            flagged=[(3, 1.0, 0.9)],
+            now=when,
+        )
+
+    # When retention runs
+    report = run_maintenance(either, "retention", days=DAYS).detail
+
+    # Then exactly the old ones are gone
+    assert (report["drift_windows_deleted"], report["drift_reports_deleted"]) == (1, 1)
+    assert (report["shadow_results_deleted"], report["shadow_anomalies_deleted"]) == (1, 1)
+    for table in ("drift_windows", "drift_reports", "shadow_results", "shadow_anomalies"):
+        assert count(either, table) == 1, table
 
 
 def job_in(services: Adapters, job_id: str, *, status: str, created: datetime) -> None:

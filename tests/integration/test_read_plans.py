@@ -38,7 +38,7 @@ PLANS: dict[str, tuple[dict[str, Any], str, set[str]]] = {
     ),
     "top_severity_job": (
         {"min_severity": 0.0, "job_id": "job-3", "limit": 20},
-        "uq_anomalies_job_record",
+        "idx_anomalies_job_severity",
         set(),
     ),
     "model_performance": (

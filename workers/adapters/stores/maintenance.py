@@ -78,6 +78,29 @@ RETENTION: tuple[tuple[str, str], ...] = (
         "DELETE FROM maintenance_runs WHERE id IN (SELECT id FROM maintenance_runs "
         "WHERE started_at < :cutoff LIMIT :batch)",
     ),
+    (
+        "drift_windows",
+        "DELETE FROM drift_windows WHERE (model_id, window_start) IN ("
+        "SELECT model_id, window_start FROM drift_windows WHERE window_start < :cutoff "
+        "LIMIT :batch)",
+    ),
+    (
+        "drift_reports",
+        "DELETE FROM drift_reports WHERE id IN (SELECT id FROM drift_reports "
+        "WHERE checked_at < :cutoff LIMIT :batch)",
+    ),
+    (
+        "shadow_results",
+        "DELETE FROM shadow_results WHERE (job_id, chunk_index, challenger_model_id) IN ("
+        "SELECT job_id, chunk_index, challenger_model_id FROM shadow_results "
+        "WHERE created_at < :cutoff LIMIT :batch)",
+    ),
+    (
+        "shadow_anomalies",
+        "DELETE FROM shadow_anomalies WHERE (job_id, record_index, challenger_model_id) IN ("
+        "SELECT job_id, record_index, challenger_model_id FROM shadow_anomalies "
+        "WHERE created_at < :cutoff LIMIT :batch)",
+    ),
 )
 
 # The catalog estimate of a B-tree's size: live entries x (average key width + 8 bytes
@@ -289,8 +312,9 @@ class SqlMaintenance:
     # -- retention --------------------------------------------------------------------
     def retention(self, *, cutoff: datetime, batch: int | None = None) -> dict[str, Any]:
         """Delete what is older than ``cutoff``: anomalies by detection time, finished
-        jobs, chunks, metrics and maintenance runs; in batches, each its own short
-        transaction. Reports the longest batch (the longest any lock was held)."""
+        jobs, chunks, metrics, maintenance runs, drift counts and reports, and shadow
+        scoring results; in batches, each its own short transaction. Reports the longest
+        batch (the longest any lock was held)."""
         size = batch or _RETENTION_BATCH
         report: dict[str, Any] = {"cutoff": cutoff.isoformat()}
         longest = 0.0

@@ -45,11 +45,11 @@ POSTGRES: dict[str, str] = {
     f"SELECT {_ANOMALY} FROM anomalies WHERE model_id = m.id "
     f"AND severity >= :min_severity {_MOST_SEVERE} LIMIT :limit) a "
     f"WHERE m.name = :model {_MOST_SEVERE} LIMIT :limit",
-    # uq_anomalies_job_record (job_id, ...): one job's rows, then sorted. MATERIALIZED
-    # keeps the planner from walking the severity index past every other job's rows.
-    "top_severity_job": f"WITH job AS MATERIALIZED (SELECT {_ANOMALY} FROM anomalies "
-    f"WHERE job_id = :job_id) SELECT * FROM job WHERE severity >= :min_severity "
-    f"{_MOST_SEVERE} LIMIT :limit",
+    # idx_anomalies_job_severity (job_id, severity DESC, timestamp DESC): the first
+    # ``limit`` rows of the job in order; sorting all of a 10,000-anomaly job's rows
+    # took 22 ms at 10M rows.
+    "top_severity_job": f"SELECT {_ANOMALY} FROM anomalies WHERE job_id = :job_id "
+    f"AND severity >= :min_severity {_MOST_SEVERE} LIMIT :limit",
     # models (live: a version trained a second ago is listed) + mv_model_performance.
     "model_performance": "SELECT m.id AS model_id, m.name, m.version, m.algorithm, m.active, "
     "m.n_features, m.threshold, m.onnx_sha256 IS NOT NULL AS onnx, m.artifact_sha256, "

@@ -298,6 +298,9 @@ class AnomalyRow(Base):
         ),
         Index("idx_anomalies_detected", "detected_at"),
         Index(
+            "idx_anomalies_job_severity", "job_id", text("severity DESC"), text("timestamp DESC")
+        ),
+        Index(
             "idx_anomalies_active",
             "id",
             "timestamp",

@@ -40,6 +40,8 @@ class Metrics:
     records: Counter
     anomalies: Counter
     model_contamination: Gauge
+    model_drifted: Gauge
+    model_drifted_features: Gauge
     inference_seconds: Histogram
     batch_size: Histogram
     batch_seconds: Histogram
@@ -65,6 +67,8 @@ METRIC_NAMES: dict[str, str] = {
     "pynomaly_records_scored_total": "model",
     "pynomaly_anomalies_total": "model",
     "pynomaly_model_contamination": "model",
+    "pynomaly_model_drifted": "model",
+    "pynomaly_model_drifted_features": "model",
     "pynomaly_inference_seconds": "backend",
     "pynomaly_batch_size": "",
     "pynomaly_batch_seconds": "",
@@ -125,6 +129,18 @@ def _create_metrics() -> Metrics:
             "Training contamination of the model version last used, by model name.",
             ["model"],
             multiprocess_mode="max",
+        ),
+        model_drifted=Gauge(
+            "pynomaly_model_drifted",
+            "1 if the model's last drift check found drift (features, scores or flagged rate).",
+            ["model"],
+            multiprocess_mode="mostrecent",
+        ),
+        model_drifted_features=Gauge(
+            "pynomaly_model_drifted_features",
+            "Features the model's last drift check found drifted.",
+            ["model"],
+            multiprocess_mode="mostrecent",
         ),
         inference_seconds=Histogram(
             "pynomaly_inference_seconds",

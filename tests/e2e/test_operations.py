@@ -155,6 +155,7 @@ def scene(
     ]
     summaries = [e2e_app.AsyncResult(s.task_id).get(timeout=60) for s in sent]
     e2e_app.send_task(maintenance_task("refresh_views"), queue="maintenance").get(timeout=60)
+    e2e_app.send_task(maintenance_task("drift"), queue="maintenance").get(timeout=60)
     e2e_app.send_task(PING_TASK, kwargs={"source": "beat"}, queue="maintenance").get(timeout=60)
     gc.collect()  # AsyncResults unsubscribe when collected: now, while the client is open
     return Scene(

@@ -18,3 +18,8 @@ class PrometheusTelemetry:
 
     def model_used(self, *, name: str, contamination: float) -> None:
         get_metrics().model_contamination.labels(model=model_label(name)).set(contamination)
+
+    def drift_checked(self, *, name: str, drifted_features: int, drifted: bool) -> None:
+        metrics, label = get_metrics(), model_label(name)
+        metrics.model_drifted.labels(model=label).set(1.0 if drifted else 0.0)
+        metrics.model_drifted_features.labels(model=label).set(drifted_features)

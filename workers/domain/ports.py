@@ -563,3 +563,7 @@ class Telemetry(Protocol):
 
     def model_used(self, *, name: str, contamination: float) -> None:
         """Model ``name`` scored rows; it was trained expecting ``contamination``."""
+
+    def drift_checked(self, *, name: str, drifted_features: int, drifted: bool) -> None:
+        """A drift check of model ``name`` found ``drifted_features`` drifted features
+        (``drifted``: anything drifted, the score or the flagged rate included)."""

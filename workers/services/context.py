@@ -71,6 +71,9 @@ class NullTelemetry:
     def cache_lookup(self, *, hits: int, misses: int) -> None:
         del hits, misses
 
+    def drift_checked(self, *, name: str, drifted_features: int, drifted: bool) -> None:
+        del name, drifted_features, drifted
+
     def model_used(self, *, name: str, contamination: float) -> None:
         del name, contamination
 

@@ -121,6 +121,11 @@ def check_drift(adapters: Adapters, *, model: str | None = None) -> list[dict[st
         )
         report["window"] = {"since": since.isoformat(), "until": now.isoformat()}
         adapters.store.save_drift_report(model_id, report, drifted=report["drifted"], now=now)
+        adapters.telemetry.drift_checked(
+            name=version.name,
+            drifted_features=sum(1 for f in report["features"] if f["drifted"]),
+            drifted=report["drifted"],
+        )
         reports.append(report)
     return reports
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -176,6 +177,26 @@ def _heartbeat_step(settings: Settings) -> type[bootsteps.StartStopStep]:
     return LivenessHeartbeat
 
 
+# prometheus-client's multiprocess values share one lock per process, taken on every
+# write. A pool process forked while the sampler thread held it inherits it locked and
+# hangs on its first metric write (seen: a training task stuck in values.py "with
+# lock"). The sampler writes only while holding this guard, and the guard is held across
+# every fork of the process, so a fork never happens in the middle of a write.
+_FORK_GUARD = threading.Lock()
+_fork_guard_registered = False
+
+
+def _guard_forks() -> None:
+    global _fork_guard_registered  # noqa: PLW0603 - once per process
+    if not _fork_guard_registered:
+        os.register_at_fork(
+            before=_FORK_GUARD.acquire,
+            after_in_parent=_FORK_GUARD.release,
+            after_in_child=_FORK_GUARD.release,
+        )
+        _fork_guard_registered = True
+
+
 def _queue_sampler_step(settings: Settings) -> type[bootsteps.StartStopStep]:
     class QueueSampler(bootsteps.StartStopStep):
         """Samples each queue's length into ``pynomaly_queue_length`` every
@@ -192,6 +213,7 @@ def _queue_sampler_step(settings: Settings) -> type[bootsteps.StartStopStep]:
             # a half-filled registry, and every later get_metrics() there raised
             # DuplicateTimeseries (every detection batch on it failed).
             gauge = get_metrics().queue_length
+            _guard_forks()
             self.thread = threading.Thread(
                 target=self.run, args=(gauge,), name="queue-sampler", daemon=True
             )
@@ -206,8 +228,10 @@ def _queue_sampler_step(settings: Settings) -> type[bootsteps.StartStopStep]:
             depth = RedisQueueDepth(settings.broker_url)
             while not self.stopped.is_set():
                 try:
-                    for queue, length in depth.lengths(QUEUES).items():
-                        gauge.labels(queue=queue).set(length)
+                    lengths = depth.lengths(QUEUES)
+                    with _FORK_GUARD:
+                        for queue, length in lengths.items():
+                            gauge.labels(queue=queue).set(length)
                 except Exception as exc:  # the broker is down: keep the last sample
                     log.debug("queue sample failed: %s", exc)
                 self.stopped.wait(settings.queue_sample_seconds)

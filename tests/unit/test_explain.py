@@ -135,17 +135,15 @@ def test_isolation_bits_from_the_node_table_equal_a_walk_crediting_each_split(
 
     from pynomaly_workers.adapters.scorers.forest import ForestScorer
 
-    estimator = IsolationForest(
-        n_estimators=30, max_features=max_features, random_state=3
-    ).fit(training)
+    estimator = IsolationForest(n_estimators=30, max_features=max_features, random_state=3).fit(
+        training
+    )
     scorer = ForestScorer(estimator)
     rows = np.vstack([planted(1, n=7), training[:40]])
 
     # When credits come from the per-node table and from walking the trees split by split
     tabled = scorer.isolation_bits(rows)
-    walked = scorer._isolation_bits_walking(
-        np.asarray(rows, dtype=np.float32).astype(np.float64)
-    )
+    walked = scorer._isolation_bits_walking(np.asarray(rows, dtype=np.float32).astype(np.float64))
 
     # Then every row's credit per feature is the same
     assert scorer._credit_table is not None

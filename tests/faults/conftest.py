@@ -1,9 +1,14 @@
-"""Fault injection: real worker processes, a broker Redis each test owns, and counts.
+"""Fault injection: real worker processes, a broker each test owns, and counts.
 
 Each scenario starts what it breaks: a ``redis-server`` on a free port in 6391-6399 (AOF
 on, in a temporary folder) as the broker and result backend, and ``pynomaly-workers
 worker`` processes pointed at it and at the session's PostgreSQL schema. Outcomes are
 counted from the database rows, never inferred from unique keys.
+
+A scenario that also holds on RabbitMQ parametrizes the ``broker`` fixture
+(``@pytest.mark.parametrize("broker", BROKERS, indirect=True)``): with ``rabbitmq`` the
+broker is a vhost of its own on the local RabbitMQ (``PYNOMALY_TEST_RABBITMQ_URL``),
+deleted afterwards, and the ``redis-server`` stays the result backend.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import json
 import os
 import socket
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import redis
@@ -34,6 +40,36 @@ from tests.factories import engine_of
 from tests.faults.report import ScenarioReport, record_scenario
 
 BROKER_PORTS = range(6391, 6400)
+BROKERS = ("redis", "rabbitmq")
+RABBITMQ_URL = os.environ.get("PYNOMALY_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+
+
+class FaultBroker(Protocol):
+    """What a scenario needs of its broker, on Redis and on RabbitMQ."""
+
+    kind: str
+
+    @property
+    def broker_url(self) -> str:
+        """The URL workers and clients are given."""
+        ...
+
+    def state(self) -> dict[str, int]:
+        """Messages waiting in the detection queue, and delivered but unacknowledged."""
+        ...
+
+    def drained(self) -> bool:
+        """True when nothing waits and nothing is delivered but unacknowledged."""
+        ...
+
+    def restart(self) -> None:
+        """Stop the broker (every connection drops) and start it again, durable state kept."""
+        ...
+
+    def unacked_job_ids(self) -> list[str]:
+        """The job_id of each message still held as delivered but unacknowledged after
+        every job settled (Redis keeps those until the visibility timeout)."""
+        ...
 
 
 def _port_is_free(port: int) -> bool:
@@ -47,6 +83,8 @@ def _port_is_free(port: int) -> bool:
 
 class RedisServer:
     """A ``redis-server`` this test owns: AOF on, in ``folder``, on 127.0.0.1 only."""
+
+    kind = "redis"
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -74,6 +112,11 @@ class RedisServer:
         if not wait_for(self.answers, timeout=20, interval=0.05):
             self.process.kill()
             pytest.fail(f"redis-server on port {self.port} did not start; see {self.folder}")
+
+    @property
+    def broker_url(self) -> str:
+        """Database 0 as the broker (the result backend takes database 1)."""
+        return f"{self.url}/0"
 
     def answers(self) -> bool:
         """True when the server answers PING."""
@@ -134,12 +177,89 @@ class RedisServer:
             self.shutdown()
 
 
+class RabbitVhost:
+    """A vhost of its own on the local RabbitMQ, deleted by :meth:`stop`. Queue counts
+    come from ``rabbitmqctl`` (no management plugin needed)."""
+
+    kind = "rabbitmq"
+
+    def __init__(self) -> None:
+        self.vhost = f"pyn-fault-{uuid.uuid4().hex[:10]}"
+        try:
+            rabbitmqctl("add_vhost", self.vhost)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            pytest.fail(
+                f"cannot create a RabbitMQ vhost ({exc}); start RabbitMQ with "
+                "'rabbitmq-server -detached' (rabbitmqctl must be on PATH)"
+            )
+        user = RABBITMQ_URL.split("://", 1)[1].split(":", 1)[0]
+        rabbitmqctl("set_permissions", "-p", self.vhost, user, ".*", ".*", ".*")
+
+    @property
+    def broker_url(self) -> str:
+        """The local RabbitMQ, this vhost."""
+        return f"{RABBITMQ_URL.rstrip('/')}/{self.vhost}"
+
+    def state(self) -> dict[str, int]:
+        """Ready and unacknowledged messages of the detection queue."""
+        listing = rabbitmqctl(
+            "list_queues", "-p", self.vhost, "name", "messages_ready",
+            "messages_unacknowledged", "--no-table-headers", "-q",
+        )  # fmt: skip
+        for line in listing.splitlines():
+            name, *counts = line.split()
+            if name == "detection":
+                return {"queued": int(counts[0]), "unacked": int(counts[1])}
+        return {"queued": 0, "unacked": 0}
+
+    def drained(self) -> bool:
+        """True when the detection queue holds no message, delivered or not."""
+        return self.state() == {"queued": 0, "unacked": 0}
+
+    def restart(self) -> None:
+        """``rabbitmqctl stop_app`` / ``start_app``: every connection drops, and the
+        durable quorum queues come back from disk."""
+        rabbitmqctl("stop_app")
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+
+    def unacked_job_ids(self) -> list[str]:
+        """None: RabbitMQ requeues a lost connection's unacknowledged messages at once."""
+        return []
+
+    def stop(self) -> None:
+        """Delete the vhost and everything in it."""
+        rabbitmqctl("delete_vhost", self.vhost)
+
+
+def rabbitmqctl(*arguments: str) -> str:
+    """Run ``rabbitmqctl``; its output."""
+    done = subprocess.run(
+        ["rabbitmqctl", *arguments], capture_output=True, text=True, timeout=120, check=True
+    )
+    return done.stdout
+
+
 @pytest.fixture
 def broker_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A dedicated broker ``redis-server`` (AOF on), stopped after the test."""
+    """A dedicated ``redis-server`` (AOF on): the broker, and the result backend on
+    either broker; stopped after the test."""
     server = RedisServer(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest, broker_redis: RedisServer) -> Iterator[FaultBroker]:
+    """The scenario's broker: ``broker_redis`` unless the test parametrizes ``broker``
+    indirectly with ``rabbitmq``."""
+    kind = getattr(request, "param", "redis")
+    if kind == "redis":
+        yield broker_redis
+        return
+    vhost = RabbitVhost()
+    yield vhost
+    vhost.stop()
 
 
 @dataclass
@@ -172,12 +292,15 @@ class FaultStack:
 
 @pytest.fixture
 def fault_stack(
-    broker_redis: RedisServer, pg_url: str, tmp_path_factory: pytest.TempPathFactory
+    broker: FaultBroker,
+    broker_redis: RedisServer,
+    pg_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FaultStack]:
     """Settings, adapters and a publishing client on the dedicated broker."""
     home = tmp_path_factory.mktemp("home")
     env = {
-        "PYNOMALY_BROKER_URL": f"{broker_redis.url}/0",
+        "PYNOMALY_BROKER_URL": broker.broker_url,
         "PYNOMALY_RESULT_BACKEND": f"{broker_redis.url}/1",
         "PYNOMALY_DATABASE_URL": pg_url,
         "PYNOMALY_HOME": str(home),

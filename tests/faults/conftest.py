@@ -19,7 +19,6 @@ import json
 import os
 import socket
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +37,10 @@ from pynomaly_workers.services.health import check_health
 from pynomaly_workers.settings import Settings
 from tests.factories import engine_of
 from tests.faults.report import ScenarioReport, record_scenario
+from tests.rabbitmq import RabbitVhost
 
 BROKER_PORTS = range(6391, 6400)
 BROKERS = ("redis", "rabbitmq")
-RABBITMQ_URL = os.environ.get("PYNOMALY_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
 
 
 class FaultBroker(Protocol):
@@ -175,69 +174,6 @@ class RedisServer:
         """Stop the server for good."""
         if self.process.poll() is None:
             self.shutdown()
-
-
-class RabbitVhost:
-    """A vhost of its own on the local RabbitMQ, deleted by :meth:`stop`. Queue counts
-    come from ``rabbitmqctl`` (no management plugin needed)."""
-
-    kind = "rabbitmq"
-
-    def __init__(self) -> None:
-        self.vhost = f"pyn-fault-{uuid.uuid4().hex[:10]}"
-        try:
-            rabbitmqctl("add_vhost", self.vhost)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            pytest.fail(
-                f"cannot create a RabbitMQ vhost ({exc}); start RabbitMQ with "
-                "'rabbitmq-server -detached' (rabbitmqctl must be on PATH)"
-            )
-        user = RABBITMQ_URL.split("://", 1)[1].split(":", 1)[0]
-        rabbitmqctl("set_permissions", "-p", self.vhost, user, ".*", ".*", ".*")
-
-    @property
-    def broker_url(self) -> str:
-        """The local RabbitMQ, this vhost."""
-        return f"{RABBITMQ_URL.rstrip('/')}/{self.vhost}"
-
-    def state(self) -> dict[str, int]:
-        """Ready and unacknowledged messages of the detection queue."""
-        listing = rabbitmqctl(
-            "list_queues", "-p", self.vhost, "name", "messages_ready",
-            "messages_unacknowledged", "--no-table-headers", "-q",
-        )  # fmt: skip
-        for line in listing.splitlines():
-            name, *counts = line.split()
-            if name == "detection":
-                return {"queued": int(counts[0]), "unacked": int(counts[1])}
-        return {"queued": 0, "unacked": 0}
-
-    def drained(self) -> bool:
-        """True when the detection queue holds no message, delivered or not."""
-        return self.state() == {"queued": 0, "unacked": 0}
-
-    def restart(self) -> None:
-        """``rabbitmqctl stop_app`` / ``start_app``: every connection drops, and the
-        durable quorum queues come back from disk."""
-        rabbitmqctl("stop_app")
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
-
-    def unacked_job_ids(self) -> list[str]:
-        """None: RabbitMQ requeues a lost connection's unacknowledged messages at once."""
-        return []
-
-    def stop(self) -> None:
-        """Delete the vhost and everything in it."""
-        rabbitmqctl("delete_vhost", self.vhost)
-
-
-def rabbitmqctl(*arguments: str) -> str:
-    """Run ``rabbitmqctl``; its output."""
-    done = subprocess.run(
-        ["rabbitmqctl", *arguments], capture_output=True, text=True, timeout=120, check=True
-    )
-    return done.stdout
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from pynomaly_workers.client import client_app, close_app, submit_detection
+from pynomaly_workers.contract import QUEUES
 from pynomaly_workers.demo import wait_for
 from tests.factories import rows_with_outliers, train
 from tests.faults.conftest import (
@@ -19,6 +20,7 @@ from tests.faults.conftest import (
     report_outcome,
     wait_settled,
 )
+from tests.rabbitmq import RabbitVhost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("broker", BROKERS, indirect=True)]
 
@@ -82,3 +84,8 @@ def test_one_job_id_from_many_producers_is_one_job(
     found = fault_stack.adapters.store.list_anomalies(job_id=job_ids[0], limit=1000)
     assert set(OUTLIERS) <= {a.record_index for a in found}
     assert len(found) == len({a.record_index for a in found})
+    if isinstance(broker, RabbitVhost):  # ... on the durable quorum queues the worker declared
+        declared = broker.queues()
+        assert {(declared[q]["type"], declared[q]["durable"]) for q in QUEUES} == {
+            ("quorum", "true")
+        }, declared

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 
 import pytest
 
+from pynomaly_workers.adapters.queues import AmqpQueueDepth
+
+STATISTICS_INTERVAL = 5.5
+"""Seconds between refreshes of ``rabbitmqctl list_queues``' counts (RabbitMQ's default
+``collect_statistics_interval`` of 5 s, plus a margin)."""
 RABBITMQ_URL = os.environ.get("PYNOMALY_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
 
 
@@ -46,15 +52,21 @@ class RabbitVhost:
         return {name: dict(zip(columns, values, strict=True)) for name, *values in rows}
 
     def state(self) -> dict[str, int]:
-        """Ready and unacknowledged messages of the detection queue."""
+        """Messages waiting in the detection queue (now, from a passive queue.declare),
+        and delivered but unacknowledged (from ``rabbitmqctl``, whose counts are up to
+        one statistics interval old: ``collect_statistics_interval``, 5 s by default)."""
         queue = self.queues().get("detection", {})
-        return {
-            "queued": int(queue.get("messages_ready", 0)),
-            "unacked": int(queue.get("messages_unacknowledged", 0)),
-        }
+        unacked = int(queue.get("messages_unacknowledged", 0))
+        queued = AmqpQueueDepth(self.broker_url).lengths(["detection"])["detection"]
+        return {"queued": queued, "unacked": unacked}
 
     def drained(self) -> bool:
-        """True when the detection queue holds no message, delivered or not."""
+        """True when the detection queue holds no message, delivered or not, and still
+        none once ``rabbitmqctl``'s counts were refreshed (so a stale count of 0 never
+        passes)."""
+        if self.state() != {"queued": 0, "unacked": 0}:
+            return False
+        time.sleep(STATISTICS_INTERVAL)  # not a guess: the server's refresh period
         return self.state() == {"queued": 0, "unacked": 0}
 
     def restart(self) -> None:

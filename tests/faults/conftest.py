@@ -40,7 +40,9 @@ from tests.faults.report import ScenarioReport, record_scenario
 from tests.rabbitmq import RabbitVhost
 
 BROKER_PORTS = range(6391, 6400)
-BROKERS = ("redis", "rabbitmq")
+BROKERS: tuple[Any, ...] = ("redis", pytest.param("rabbitmq", marks=pytest.mark.slow))
+"""The brokers a scenario runs on. On RabbitMQ each is marked slow: it runs in ``make
+faults``; ``make test`` keeps one RabbitMQ scenario (the buffered broker restart)."""
 
 
 class FaultBroker(Protocol):

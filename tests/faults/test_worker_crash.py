@@ -121,7 +121,7 @@ def test_a_warm_shutdown_mid_job_finishes_or_requeues_and_keeps_prefetched_jobs(
         # Redis hands the dead worker's messages out again after the visibility timeout.
         pytest.param("redis", marks=pytest.mark.slow),
         # RabbitMQ requeues them as soon as the dead worker's connection closes.
-        "rabbitmq",
+        pytest.param("rabbitmq", marks=pytest.mark.slow),
     ],
     indirect=True,
 )

@@ -31,7 +31,7 @@ class RabbitVhost:
         except (OSError, subprocess.CalledProcessError) as exc:
             pytest.fail(
                 f"cannot create a RabbitMQ vhost ({exc}); start RabbitMQ with "
-                "'rabbitmq-server -detached' (rabbitmqctl must be on PATH)"
+                "'make services' or 'rabbitmq-server -detached' (rabbitmqctl must be on PATH)"
             )
         user = RABBITMQ_URL.split("://", 1)[1].split(":", 1)[0]
         rabbitmqctl("set_permissions", "-p", self.vhost, user, ".*", ".*", ".*")

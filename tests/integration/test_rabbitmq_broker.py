@@ -4,6 +4,7 @@ what publishing declares, publisher confirms, queue lengths, and delayed retries
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -25,12 +26,25 @@ pytestmark = pytest.mark.integration
 ROWS = [[0.0, 1.0], [1.0, 0.0]]
 
 
-@pytest.fixture
-def vhost() -> Iterator[RabbitVhost]:
-    """A RabbitMQ vhost of this test's own, deleted afterwards."""
+@pytest.fixture(scope="module")
+def module_vhost() -> Iterator[RabbitVhost]:
+    """A RabbitMQ vhost of this module's own, deleted afterwards (rabbitmqctl takes a
+    second or two per call, so not one per test)."""
     created = RabbitVhost()
     yield created
     created.stop()
+
+
+@pytest.fixture
+def vhost(module_vhost: RabbitVhost) -> Iterator[RabbitVhost]:
+    """The module's vhost, with the contract's queues emptied after each test."""
+    yield module_vhost
+    with Connection(module_vhost.broker_url) as connection:
+        channel: Any = connection.channel()  # py-amqp's Channel (kombu types it loosely)
+        for name in QUEUES:
+            if AmqpQueueDepth(module_vhost.broker_url).lengths([name])[name]:
+                channel.queue_purge(name)
+        channel.close()
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from amqp.exceptions import MessageNacked
 from celery import Celery
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 from kombu.transport.native_delayed_delivery import (
     bind_queue_to_native_delayed_delivery_exchange,
     declare_native_delayed_delivery_exchanges_and_queues,
@@ -80,6 +81,36 @@ def test_the_client_publishes_on_a_channel_in_confirm_mode(amqp_app: Celery) -> 
         # publish, and each basic.publish waits for the broker's ack (raises on a nack)
         assert channel.connection.confirm_publish is True
         assert channel._confirm_selected is True
+
+
+def test_a_publish_the_broker_refuses_raises_instead_of_vanishing(
+    vhost: RabbitVhost, amqp_app: Celery
+) -> None:
+    # Given a quorum queue that refuses a second message (max length 1, reject-publish)
+    full = Queue(
+        "refusing",
+        Exchange("refusing", type="topic"),
+        routing_key="refusing",
+        queue_arguments={
+            "x-queue-type": "quorum",
+            "x-max-length": 1,
+            "x-overflow": "reject-publish",
+        },
+    )
+    with amqp_app.producer_or_acquire() as producer:
+        full(producer.channel).declare()
+        producer.publish({"n": 0}, exchange="refusing", routing_key="refusing")
+
+        # When the client's producer (publisher confirms on) keeps sending (a quorum
+        # queue enforces its length one message late: it refuses the third)
+        # Then the broker's basic.nack reaches the caller as an exception
+        with pytest.raises(MessageNacked):  # noqa: PT012 (the loop is the action)
+            for n in range(1, 5):
+                producer.publish({"n": n}, exchange="refusing", routing_key="refusing")
+    with Connection(vhost.broker_url) as connection:
+        channel: Any = connection.channel()
+        channel.queue_delete("refusing")
+        channel.close()
 
 
 def test_a_countdown_reaches_the_quorum_queue_through_native_delayed_delivery(

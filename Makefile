@@ -101,7 +101,7 @@ bench-db-quick: install
 schemas: install
 	$(BIN)/python -m pynomaly_workers.schemas
 
-# Start the local PostgreSQL and Redis the tests use, if they are not answering.
+# Start the local PostgreSQL, Redis and RabbitMQ the tests use, if they are not answering.
 services:
 	bash .ci/services
 

@@ -130,7 +130,9 @@ def release_stale(batches: DetectionBatches) -> int:
 
     Each such delivery is rejected with requeue: on Redis that restores it by delivery
     tag (a no-op if kombu restored it already), so the new consumer receives it again.
-    Batches a pool process accepted finish normally and are acknowledged then."""
+    On RabbitMQ the broker requeued it when its channel closed; a reject over that dead
+    channel could only fail, so it is only marked settled. Batches a pool process
+    accepted finish normally and are acknowledged then."""
     if batches._tref is not None:
         batches._tref.cancel()
         batches._tref = None
@@ -143,8 +145,18 @@ def release_stale(batches: DetectionBatches) -> int:
     if stale:
         log.warning("consumer restarted: handing %d held jobs back to the broker", len(stale))
     for request in stale:
-        request.reject(requeue=True)
+        if requeued_by_broker(request):
+            request.acknowledged = True
+        else:
+            request.reject(requeue=True)
     return len(stale)
+
+
+def requeued_by_broker(request: Any) -> bool:
+    """True for an AMQP delivery whose channel is closed: RabbitMQ requeued it then.
+    (Redis channels have no ``is_open``: their deliveries wait in the ``unacked`` hash.)"""
+    channel = getattr(request.message, "channel", None)
+    return getattr(channel, "is_open", True) is False
 
 
 def _discarded_by_pool(result: Any) -> bool:

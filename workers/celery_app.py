@@ -17,7 +17,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Exchange, Queue
 
 from pynomaly_workers.contract import DETECTION_QUEUE, QUEUES, ROUTES
-from pynomaly_workers.settings import Settings, get_settings
+from pynomaly_workers.settings import REDIS_SCHEMES, Settings, get_settings
 
 SENT_AT_HEADER = "sent_at"
 """Message header: Unix seconds when the job was published. Optional for publishers in
@@ -31,7 +31,8 @@ def stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
         headers.setdefault(SENT_AT_HEADER, time.time())
 
 
-REDIS_SCHEMES = ("redis://", "rediss://")
+QUORUM = {"x-queue-type": "quorum"}
+"""RabbitMQ queue arguments: a replicated, durable quorum queue."""
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -48,10 +49,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        # One direct exchange per queue, so routing by queue name never fans out.
-        "task_queues": tuple(Queue(n, Exchange(n, type="direct"), routing_key=n) for n in QUEUES),
+        "task_queues": declared_queues(settings),
         "task_default_queue": DETECTION_QUEUE,
         "task_default_exchange": DETECTION_QUEUE,
+        "task_default_exchange_type": exchange_type(settings),
         "task_default_routing_key": DETECTION_QUEUE,
         "task_routes": ROUTES,
         # A task is acknowledged after it finishes, and requeued if its process dies,
@@ -77,6 +78,36 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.worker_concurrency or None,
         "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None,
         "worker_hijack_root_logger": False,
+        **amqp_config(settings),
+    }
+
+
+def exchange_type(settings: Settings) -> str:
+    """``direct`` on Redis and the embedded broker; ``topic`` on RabbitMQ, where Celery's
+    native delayed delivery (retries with a countdown on quorum queues) cannot route
+    through a direct exchange. Each exchange has one queue bound by its own name, so
+    neither type fans a job out."""
+    return "topic" if settings.is_amqp else "direct"
+
+
+def declared_queues(settings: Settings) -> tuple[Queue, ...]:
+    """The contract's queues, one exchange each; on RabbitMQ durable quorum queues."""
+    arguments = QUORUM if settings.is_amqp else None
+    kind = exchange_type(settings)
+    return tuple(
+        Queue(n, Exchange(n, type=kind), routing_key=n, durable=True, queue_arguments=arguments)
+        for n in QUEUES
+    )
+
+
+def amqp_config(settings: Settings) -> dict[str, Any]:
+    """RabbitMQ only: per-consumer prefetch, since quorum queues refuse a channel-wide
+    (global) QoS, and delayed retries through quorum queues instead of prefetch."""
+    if not settings.is_amqp:
+        return {}
+    return {
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": "quorum",
     }
 
 
@@ -113,7 +144,13 @@ def tls_options(url: str) -> dict[str, Any] | None:
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
-    """Transport options: the embedded broker's folders, or Redis's visibility timeout."""
+    """Transport options: the embedded broker's folders, RabbitMQ's publisher confirms, or
+    Redis's visibility timeout."""
+    if settings.is_amqp:
+        # Each publish (clients, and workers fanning out chunks or retrying) waits for
+        # the broker's confirm: a job is accepted once RabbitMQ has it on a quorum of
+        # nodes, and a publish the broker refuses raises instead of vanishing.
+        return {"confirm_publish": True}
     if settings.is_embedded:
         folder = settings.broker_folder
         for sub in ("queue", "processed", "control"):

@@ -22,12 +22,21 @@ log = logging.getLogger(__name__)
 
 def flower_arguments(settings: Settings, *, port: int, address: str) -> list[str]:
     """Flower's command-line options (everything but the credentials)."""
-    return [
+    arguments = [
         f"--port={port}",
         f"--address={address}",
         f"--max_tasks={settings.flower_max_tasks}",
         f"--purge_offline_workers={settings.flower_purge_offline_seconds}",
     ]
+    if settings.is_amqp and settings.flower_broker_api:
+        arguments.append(f"--broker_api={settings.flower_broker_api}")
+    elif settings.is_amqp:
+        log.warning(
+            "Flower's Broker page needs RabbitMQ's management API: enable it "
+            "(rabbitmq-plugins enable rabbitmq_management) and set "
+            "PYNOMALY_FLOWER_BROKER_API=http://user:password@host:15672/api/"
+        )
+    return arguments
 
 
 def run_flower(app: Celery, settings: Settings, *, port: int, address: str) -> None:

@@ -65,7 +65,7 @@ def install(app: Celery, settings: Settings) -> None:
     after_setup_logger.connect(configure, weak=False, dispatch_uid="pynomaly-log")
     after_setup_task_logger.connect(configure, weak=False, dispatch_uid="pynomaly-task-log")
     app.steps["consumer"].add(_heartbeat_step(settings))
-    if settings.broker_url.startswith(("redis://", "rediss://")) and settings.metrics_port:
+    if (settings.is_redis or settings.is_amqp) and settings.metrics_port:
         app.steps["worker"].add(_queue_sampler_step(settings))
 
 
@@ -223,9 +223,9 @@ def _queue_sampler_step(settings: Settings) -> type[bootsteps.StartStopStep]:
             self.stopped.set()
 
         def run(self, gauge: Any) -> None:
-            from pynomaly_workers.adapters.queues import RedisQueueDepth
+            from pynomaly_workers.adapters.queues import queue_depth
 
-            depth = RedisQueueDepth(settings.broker_url)
+            depth = queue_depth(settings)
             while not self.stopped.is_set():
                 try:
                     lengths = depth.lengths(QUEUES)

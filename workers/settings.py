@@ -15,6 +15,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_BROKER = "filesystem://"
+REDIS_SCHEMES = ("redis://", "rediss://")
+AMQP_SCHEMES = ("amqp://", "amqps://")
+"""RabbitMQ (kombu's py-amqp transport); ``amqps://`` is AMQP over TLS."""
 
 
 class Settings(BaseSettings):
@@ -127,6 +130,11 @@ class Settings(BaseSettings):
     # Operations.
     metrics_port: int = Field(default=9808, ge=0, le=65_535)
     flower_basic_auth: str = ""
+    flower_broker_api: str = Field(
+        default="",
+        description="RabbitMQ management API URL for Flower's Broker page, e.g. "
+        "http://user:password@host:15672/api/ (RabbitMQ only; Redis needs none).",
+    )
     flower_max_tasks: int = Field(
         default=10_000, gt=0, description="Tasks Flower keeps in memory (oldest dropped)."
     )
@@ -194,7 +202,8 @@ class Settings(BaseSettings):
     beat_redis_url: str = Field(
         default="",
         description="Redis holding the beat lock and schedule state; default: the broker "
-        "when it is Redis. Neither: a single local beat (the embedded default).",
+        "when it is Redis, else a Redis result backend beside a RabbitMQ broker. None of "
+        "these: a single local beat (the embedded default).",
     )
 
     @field_validator("flower_basic_auth")
@@ -205,6 +214,21 @@ class Settings(BaseSettings):
                 "PYNOMALY_FLOWER_BASIC_AUTH must look like 'user:password' (a colon between them)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_result_backend(self) -> Settings:
+        if self.result_backend.startswith("rpc://"):
+            raise ValueError(
+                "PYNOMALY_RESULT_BACKEND=rpc:// cannot hold fanned-out job summaries (a result "
+                "goes only to the client that sent the task); set it to a Redis URL, e.g. "
+                "redis://host:6379/1"
+            )
+        if self.is_amqp and not self.result_backend:
+            raise ValueError(
+                "PYNOMALY_BROKER_URL is RabbitMQ (amqp://), which holds no results: set "
+                "PYNOMALY_RESULT_BACKEND to a Redis URL, e.g. redis://host:6379/1"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
@@ -231,6 +255,16 @@ class Settings(BaseSettings):
         return self.broker_url == EMBEDDED_BROKER
 
     @property
+    def is_redis(self) -> bool:
+        """True when the broker is Redis (``redis://`` or ``rediss://``)."""
+        return self.broker_url.startswith(REDIS_SCHEMES)
+
+    @property
+    def is_amqp(self) -> bool:
+        """True when the broker is RabbitMQ (``amqp://`` or ``amqps://``)."""
+        return self.broker_url.startswith(AMQP_SCHEMES)
+
+    @property
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL of the store: the configured one or the embedded SQLite file."""
         return self.database_url or f"sqlite:///{(self.home / 'pynomaly.sqlite3').resolve()}"
@@ -241,7 +275,7 @@ class Settings(BaseSettings):
         else a SQLite file."""
         if self.result_backend:
             return self.result_backend
-        if self.broker_url.startswith(("redis://", "rediss://")):
+        if self.is_redis:
             return self.broker_url
         return f"db+sqlite:///{(self.home / 'results.sqlite3').resolve()}"
 
@@ -252,11 +286,15 @@ class Settings(BaseSettings):
 
     @property
     def resolved_beat_redis_url(self) -> str:
-        """Where the beat lock lives: the configured Redis, else a Redis broker, else ''
-        (one local beat)."""
+        """Where the beat lock lives: the configured Redis, else a Redis broker, else the
+        Redis result backend of a RabbitMQ broker, else '' (one local beat)."""
         if self.beat_redis_url:
             return self.beat_redis_url
-        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else ""
+        if self.is_redis:
+            return self.broker_url
+        if self.is_amqp and self.result_backend.startswith(REDIS_SCHEMES):
+            return self.result_backend
+        return ""
 
     @property
     def visibility_timeout(self) -> int:

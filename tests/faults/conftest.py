@@ -1,9 +1,14 @@
-"""Fault injection: real worker processes, a broker Redis each test owns, and counts.
+"""Fault injection: real worker processes, a broker each test owns, and counts.
 
 Each scenario starts what it breaks: a ``redis-server`` on a free port in 6391-6399 (AOF
 on, in a temporary folder) as the broker and result backend, and ``pynomaly-workers
 worker`` processes pointed at it and at the session's PostgreSQL schema. Outcomes are
 counted from the database rows, never inferred from unique keys.
+
+A scenario that also holds on RabbitMQ parametrizes the ``broker`` fixture
+(``@pytest.mark.parametrize("broker", BROKERS, indirect=True)``): with ``rabbitmq`` the
+broker is a vhost of its own on the local RabbitMQ (``PYNOMALY_TEST_RABBITMQ_URL``),
+deleted afterwards, and the ``redis-server`` stays the result backend.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import redis
@@ -32,8 +37,40 @@ from pynomaly_workers.services.health import check_health
 from pynomaly_workers.settings import Settings
 from tests.factories import engine_of
 from tests.faults.report import ScenarioReport, record_scenario
+from tests.rabbitmq import RabbitVhost
 
 BROKER_PORTS = range(6391, 6400)
+BROKERS: tuple[Any, ...] = ("redis", pytest.param("rabbitmq", marks=pytest.mark.slow))
+"""The brokers a scenario runs on. On RabbitMQ each is marked slow: it runs in ``make
+faults``; ``make test`` keeps one RabbitMQ scenario (the buffered broker restart)."""
+
+
+class FaultBroker(Protocol):
+    """What a scenario needs of its broker, on Redis and on RabbitMQ."""
+
+    kind: str
+
+    @property
+    def broker_url(self) -> str:
+        """The URL workers and clients are given."""
+        ...
+
+    def state(self) -> dict[str, int]:
+        """Messages waiting in the detection queue, and delivered but unacknowledged."""
+        ...
+
+    def drained(self) -> bool:
+        """True when nothing waits and nothing is delivered but unacknowledged."""
+        ...
+
+    def restart(self) -> None:
+        """Stop the broker (every connection drops) and start it again, durable state kept."""
+        ...
+
+    def unacked_job_ids(self) -> list[str]:
+        """The job_id of each message still held as delivered but unacknowledged after
+        every job settled (Redis keeps those until the visibility timeout)."""
+        ...
 
 
 def _port_is_free(port: int) -> bool:
@@ -47,6 +84,8 @@ def _port_is_free(port: int) -> bool:
 
 class RedisServer:
     """A ``redis-server`` this test owns: AOF on, in ``folder``, on 127.0.0.1 only."""
+
+    kind = "redis"
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -74,6 +113,11 @@ class RedisServer:
         if not wait_for(self.answers, timeout=20, interval=0.05):
             self.process.kill()
             pytest.fail(f"redis-server on port {self.port} did not start; see {self.folder}")
+
+    @property
+    def broker_url(self) -> str:
+        """Database 0 as the broker (the result backend takes database 1)."""
+        return f"{self.url}/0"
 
     def answers(self) -> bool:
         """True when the server answers PING."""
@@ -136,10 +180,24 @@ class RedisServer:
 
 @pytest.fixture
 def broker_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A dedicated broker ``redis-server`` (AOF on), stopped after the test."""
+    """A dedicated ``redis-server`` (AOF on): the broker, and the result backend on
+    either broker; stopped after the test."""
     server = RedisServer(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest, broker_redis: RedisServer) -> Iterator[FaultBroker]:
+    """The scenario's broker: ``broker_redis`` unless the test parametrizes ``broker``
+    indirectly with ``rabbitmq``."""
+    kind = getattr(request, "param", "redis")
+    if kind == "redis":
+        yield broker_redis
+        return
+    vhost = RabbitVhost()
+    yield vhost
+    vhost.stop()
 
 
 @dataclass
@@ -172,12 +230,15 @@ class FaultStack:
 
 @pytest.fixture
 def fault_stack(
-    broker_redis: RedisServer, pg_url: str, tmp_path_factory: pytest.TempPathFactory
+    broker: FaultBroker,
+    broker_redis: RedisServer,
+    pg_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FaultStack]:
     """Settings, adapters and a publishing client on the dedicated broker."""
     home = tmp_path_factory.mktemp("home")
     env = {
-        "PYNOMALY_BROKER_URL": f"{broker_redis.url}/0",
+        "PYNOMALY_BROKER_URL": broker.broker_url,
         "PYNOMALY_RESULT_BACKEND": f"{broker_redis.url}/1",
         "PYNOMALY_DATABASE_URL": pg_url,
         "PYNOMALY_HOME": str(home),

@@ -9,11 +9,20 @@ import time
 import pytest
 
 from pynomaly_workers.client import client_app, close_app, submit_detection
+from pynomaly_workers.contract import QUEUES
 from pynomaly_workers.demo import wait_for
 from tests.factories import rows_with_outliers, train
-from tests.faults.conftest import FaultStack, RedisServer, count_jobs, report_outcome, wait_settled
+from tests.faults.conftest import (
+    BROKERS,
+    FaultBroker,
+    FaultStack,
+    count_jobs,
+    report_outcome,
+    wait_settled,
+)
+from tests.rabbitmq import RabbitVhost
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("broker", BROKERS, indirect=True)]
 
 PRODUCERS = 8
 SENDS_EACH = 3
@@ -22,7 +31,7 @@ OUTLIERS = (3, 50, 120)
 
 @pytest.mark.timeout(180)
 def test_one_job_id_from_many_producers_is_one_job(
-    fault_stack: FaultStack, broker_redis: RedisServer
+    fault_stack: FaultStack, broker: FaultBroker
 ) -> None:
     # Given a worker with two processes and eight producers, each with its own connection
     model = train(fault_stack.adapters, model="concurrent").label
@@ -56,7 +65,7 @@ def test_one_job_id_from_many_producers_is_one_job(
     # Then each job id is one succeeded row with one anomaly row per anomaly
     counts = wait_settled(fault_stack.adapters, job_ids, timeout=90)
     report_outcome(
-        "concurrent_job_id",
+        f"concurrent_job_id_{broker.kind}",
         job_ids,
         counts,
         recovery_seconds=None,
@@ -67,7 +76,7 @@ def test_one_job_id_from_many_producers_is_one_job(
     )
     assert counts.succeeded() == set(job_ids), fault_stack.log_text()
     # ... also once every duplicate delivery has run and been acknowledged
-    assert wait_for(broker_redis.drained, timeout=60)
+    assert wait_for(broker.drained, timeout=60)
     counts = count_jobs(fault_stack.adapters, job_ids)
     assert counts.succeeded() == set(job_ids)
     assert counts.rows == dict.fromkeys(job_ids, 1)
@@ -75,3 +84,8 @@ def test_one_job_id_from_many_producers_is_one_job(
     found = fault_stack.adapters.store.list_anomalies(job_id=job_ids[0], limit=1000)
     assert set(OUTLIERS) <= {a.record_index for a in found}
     assert len(found) == len({a.record_index for a in found})
+    if isinstance(broker, RabbitVhost):  # ... on the durable quorum queues the worker declared
+        declared = broker.queues()
+        assert {(declared[q]["type"], declared[q]["durable"]) for q in QUEUES} == {
+            ("quorum", "true")
+        }, declared

@@ -1,20 +1,35 @@
-"""Scenario 6: poison messages. Each bad message ends as a ``failed`` job with a reason
-(or, when it is not even a message, is logged and dropped), is never retried, and the
-worker keeps consuming: a canary sent after each one completes."""
+"""Scenario 6: poison messages, on Redis and on RabbitMQ. Each bad message ends as a
+``failed`` job with a reason (or, when it is not even a message, is logged and dropped),
+is never retried, and the worker keeps consuming: a canary sent after each one completes.
+
+Raw messages are published as a producer in another language would: LPUSH onto the
+Redis list, or ``basic.publish`` to the queue's exchange on RabbitMQ."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
+import uuid
 from typing import Any
 
 import pytest
 import redis
+from kombu import Connection
 
 from pynomaly_workers.client import submit_detection
+from pynomaly_workers.demo import wait_for
 from tests.e2e.test_raw_message import raw_detect_message
 from tests.factories import rows_with_outliers, train
-from tests.faults.conftest import FaultStack, RedisServer, count_jobs, report_outcome, wait_settled
+from tests.faults.conftest import (
+    BROKERS,
+    FaultBroker,
+    FaultStack,
+    RedisServer,
+    count_jobs,
+    report_outcome,
+    wait_settled,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +51,13 @@ POISON: dict[str, tuple[dict[str, Any], str, tuple[str, ...]]] = {
 }
 
 
+# What each broker's worker logs when it drops a message that is not a task message.
+DROPPED = {
+    "redis": ("dropped a malformed", "dropped a malformed"),
+    "rabbitmq": ("Can't decode message body", "Received and deleted unknown message"),
+}
+
+
 def lpush(server: RedisServer, payload: bytes) -> None:
     client = redis.Redis(port=server.port)
     try:
@@ -44,13 +66,47 @@ def lpush(server: RedisServer, payload: bytes) -> None:
         client.close()
 
 
+def amqp_publish(broker: FaultBroker, body: bytes, headers: dict[str, Any] | None) -> None:
+    """``basic.publish`` to the detection exchange, with publisher confirms."""
+    with Connection(broker.broker_url, transport_options={"confirm_publish": True}) as conn:
+        conn.Producer().publish(
+            body,
+            exchange="detection",
+            routing_key="detection",
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers=headers or {},
+            delivery_mode=2,
+        )
+
+
+def send_garbage(broker: FaultBroker, payload: bytes) -> None:
+    """A message that is not a task message at all."""
+    if isinstance(broker, RedisServer):
+        lpush(broker, payload)
+    else:
+        amqp_publish(broker, payload, None)
+
+
+def send_raw_job(broker: FaultBroker, kwargs: dict[str, Any]) -> None:
+    """A ``pynomaly.detect`` message built by hand (Celery protocol 2)."""
+    if isinstance(broker, RedisServer):
+        lpush(broker, raw_detect_message(kwargs))
+        return
+    task_id = str(uuid.uuid4())
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    headers = {"lang": "py", "task": "pynomaly.detect", "id": task_id, "root_id": task_id}
+    amqp_publish(broker, json.dumps([[], kwargs, embed]).encode(), headers)
+
+
 def with_model(kwargs: dict[str, Any], model: str) -> dict[str, Any]:
     return {k: (model if v == "{model}" else v) for k, v in kwargs.items()}
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
 def test_poison_messages_fail_once_with_a_reason_and_the_worker_keeps_consuming(
-    fault_stack: FaultStack, broker_redis: RedisServer
+    fault_stack: FaultStack, broker: FaultBroker
 ) -> None:
     # Given a worker with a payload limit of 500 records
     fault_stack.env["PYNOMALY_MAX_RECORDS_PER_JOB"] = str(MAX_RECORDS)
@@ -67,22 +123,22 @@ def test_poison_messages_fail_once_with_a_reason_and_the_worker_keeps_consuming(
         assert done.succeeded() == {job_id}, f"after {after}:\n{fault_stack.log_text()}"
 
     # When a message that is not JSON, and one that is JSON but no envelope, arrive
-    lpush(broker_redis, b"{not json")
+    send_garbage(broker, b"{not json")
     canary_completes("not-json")
-    lpush(broker_redis, b'["a list, not an envelope"]')
+    send_garbage(broker, b'["a list, not an envelope"]')
     canary_completes("not-an-envelope")
 
     # ... and each kind of bad job, each followed by a canary
     sent = []
     for name, (kwargs, _, _) in POISON.items():
         sent.append(f"poison-{name}")
-        lpush(broker_redis, raw_detect_message({"job_id": sent[-1], **with_model(kwargs, model)}))
+        send_raw_job(broker, {"job_id": sent[-1], **with_model(kwargs, model)})
         canary_completes(name)
 
     # Then each bad job failed once, with its reason, and nothing is left to redeliver
     counts = count_jobs(fault_stack.adapters, sent)
     report_outcome(
-        "poison",
+        f"poison_{broker.kind}",
         [*sent, *canaries],
         count_jobs(fault_stack.adapters, [*sent, *canaries]),
         recovery_seconds=None,
@@ -95,7 +151,9 @@ def test_poison_messages_fail_once_with_a_reason_and_the_worker_keeps_consuming(
         assert job.error_type == error_type, (name, job.error)
         assert all(word in (job.error or "") for word in words), (name, job.error)
         assert job.attempts <= 1, (name, job.attempts)
-    assert broker_redis.drained()
+    # (the last canary's acknowledgement may still be on its way)
+    assert wait_for(broker.drained, timeout=30), broker.state()
     log = fault_stack.log_text()
-    assert log.count("dropped a malformed") == 2, log
+    for line in set(DROPPED[broker.kind]):
+        assert log.count(line) == DROPPED[broker.kind].count(line), log
     assert all(w.alive() for w in fault_stack.workers)

@@ -1,4 +1,5 @@
-"""Scenarios 1 and 2: a worker dies or is stopped in the middle of a job.
+"""Scenarios 1 and 2: a worker dies or is stopped in the middle of a job, on Redis and
+on RabbitMQ.
 
 A row lock the test holds on one job's row blocks its batch inside the database write,
 so "mid-job" is deterministic, not a race against a sleep.
@@ -19,7 +20,7 @@ from pynomaly_workers.client import submit_detection
 from pynomaly_workers.demo import wait_for
 from tests.e2e.test_crash import pool_children, wait_until_blocked
 from tests.factories import engine_of, rows_with_outliers, train
-from tests.faults.conftest import FaultStack, RedisServer, report_outcome, wait_settled
+from tests.faults.conftest import BROKERS, FaultBroker, FaultStack, report_outcome, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -48,22 +49,26 @@ def send_jobs(stack: FaultStack, model: str, job_ids: list[str]) -> None:
 
 
 def settle_all(
-    stack: FaultStack, broker: RedisServer, name: str, job_ids: list[str], since: float
-) -> None:
-    """Every job succeeded once; record the figures under ``name``."""
+    stack: FaultStack, broker: FaultBroker, name: str, job_ids: list[str], since: float
+) -> float:
+    """Every job succeeded once; record the figures under ``name``, suffixed by broker.
+    Returns the seconds from ``since`` until every job had settled."""
     counts = wait_settled(stack.adapters, job_ids, timeout=300)
-    report_outcome(name, job_ids, counts, recovery_seconds=time.monotonic() - since)
+    recovery = time.monotonic() - since
+    report_outcome(f"{name}_{broker.kind}", job_ids, counts, recovery_seconds=recovery)
     missing = sorted(set(job_ids) - counts.succeeded())
     assert not missing, (
         f"{len(missing)} jobs did not succeed: {[(j, counts.status.get(j)) for j in missing]}; "
         f"{[counts.error.get(j) for j in missing]}; broker: {broker.state()}\n{stack.log_text()}"
     )
     assert counts.duplicated() == set()
+    return recovery
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
 def test_killing_every_pool_process_mid_job_loses_and_duplicates_nothing(
-    fault_stack: FaultStack, broker_redis: RedisServer
+    fault_stack: FaultStack, broker: FaultBroker
 ) -> None:
     # Given a worker blocked in the middle of a batch, with more jobs behind it
     model = train(fault_stack.adapters, model="kill-pool").label
@@ -79,14 +84,15 @@ def test_killing_every_pool_process_mid_job_loses_and_duplicates_nothing(
         killed_at = time.monotonic()
 
     # Then the lost batch is requeued and every job succeeds once
-    settle_all(fault_stack, broker_redis, "kill_pool_process", job_ids, killed_at)
-    assert wait_for(broker_redis.drained, timeout=30)
+    settle_all(fault_stack, broker, "kill_pool_process", job_ids, killed_at)
+    assert wait_for(broker.drained, timeout=30)
     assert worker.alive()
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
 def test_a_warm_shutdown_mid_job_finishes_or_requeues_and_keeps_prefetched_jobs(
-    fault_stack: FaultStack, broker_redis: RedisServer
+    fault_stack: FaultStack, broker: FaultBroker
 ) -> None:
     # Given a worker blocked in the middle of a batch, holding prefetched jobs
     model = train(fault_stack.adapters, model="sigterm").label
@@ -104,14 +110,23 @@ def test_a_warm_shutdown_mid_job_finishes_or_requeues_and_keeps_prefetched_jobs(
 
     # Then a new worker completes every job, each once
     fault_stack.start_worker(name="replacement")
-    settle_all(fault_stack, broker_redis, "warm_shutdown", job_ids, stopped_at)
-    assert wait_for(broker_redis.drained, timeout=30)
+    settle_all(fault_stack, broker, "warm_shutdown", job_ids, stopped_at)
+    assert wait_for(broker.drained, timeout=30)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_killing_the_main_process_mid_job_redelivers_after_the_visibility_timeout(
-    fault_stack: FaultStack, broker_redis: RedisServer
+@pytest.mark.parametrize(
+    "broker",
+    [
+        # Redis hands the dead worker's messages out again after the visibility timeout.
+        pytest.param("redis", marks=pytest.mark.slow),
+        # RabbitMQ requeues them as soon as the dead worker's connection closes.
+        pytest.param("rabbitmq", marks=pytest.mark.slow),
+    ],
+    indirect=True,
+)
+def test_killing_the_main_process_mid_job_redelivers_every_job(
+    fault_stack: FaultStack, broker: FaultBroker
 ) -> None:
     # Given a short time limit, so Redis redelivers after 2 x 25 + 60 = 110 s
     fault_stack.env.update(PYNOMALY_TASK_SOFT_TIME_LIMIT="20", PYNOMALY_TASK_TIME_LIMIT="25")
@@ -125,12 +140,15 @@ def test_killing_the_main_process_mid_job_redelivers_after_the_visibility_timeou
         # When the worker's main process is killed with SIGKILL (its pool goes with it),
         # once it holds every message: a BRPOP answered but not yet read by the dying
         # process is lost, kombu's Redis transport cannot help that (README).
-        assert wait_for(lambda: broker_redis.state()["queued"] == 0, timeout=30)
+        assert wait_for(lambda: broker.state()["queued"] == 0, timeout=30)
         os.killpg(worker.process.pid, signal.SIGKILL)
         worker.process.wait()
         killed_at = time.monotonic()
 
-    # Then another worker runs every job once, after the visibility timeout
+    # Then another worker runs every job once: on Redis after the visibility timeout, on
+    # RabbitMQ well before it (the killed connection's deliveries are requeued at once)
     fault_stack.start_worker(name="survivor")
-    settle_all(fault_stack, broker_redis, "kill_main_process", job_ids, killed_at)
-    assert wait_for(broker_redis.drained, timeout=30)
+    recovery = settle_all(fault_stack, broker, "kill_main_process", job_ids, killed_at)
+    assert wait_for(broker.drained, timeout=30)
+    if broker.kind == "rabbitmq":
+        assert recovery < (2 * 25 + 60) / 2, recovery  # half Redis's visibility timeout

@@ -1,4 +1,5 @@
-"""The Celery configuration derived from the settings: transports and TLS per broker URL."""
+"""The Celery configuration derived from the settings: transports, TLS, queues and
+publisher confirms per broker URL."""
 
 from __future__ import annotations
 
@@ -6,10 +7,16 @@ import ssl
 from collections.abc import Callable
 
 import pytest
+from celery.utils.quorum_queues import detect_quorum_queues
 from kombu import Connection
+from pydantic import ValidationError
 
 from pynomaly_workers.adapters.broker import TRANSPORT, Channel
+from pynomaly_workers.adapters.queues import AmqpQueueDepth, RedisQueueDepth, queue_depth
 from pynomaly_workers.celery_app import celery_config
+from pynomaly_workers.client import client_app, close_app
+from pynomaly_workers.contract import QUEUES
+from pynomaly_workers.flower import flower_arguments
 from pynomaly_workers.settings import Settings
 
 
@@ -60,3 +67,117 @@ def test_plain_redis_has_no_tls(make_settings: Callable[..., Settings]) -> None:
 
     assert not broker_connection(settings).ssl
     assert celery_config(settings)["redis_backend_use_ssl"] is None
+
+
+# -- RabbitMQ ----------------------------------------------------------------------------
+AMQP_URL = "amqp://user:secret@rabbit.example:5672/pynomaly"
+RESULTS_URL = "redis://redis.example:6379/1"
+
+
+@pytest.fixture
+def amqp_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(broker_url=AMQP_URL, result_backend=RESULTS_URL)
+
+
+def test_amqp_declares_each_contract_queue_as_a_durable_quorum_queue(
+    amqp_settings: Settings,
+) -> None:
+    queues = {q.name: q for q in celery_config(amqp_settings)["task_queues"]}
+
+    assert set(queues) == set(QUEUES)
+    for name, queue in queues.items():
+        assert queue.durable
+        assert not queue.auto_delete
+        assert queue.queue_arguments == {"x-queue-type": "quorum"}
+        # a topic exchange of its own (native delayed delivery cannot route through a
+        # direct one), bound by the queue's name: a job is never copied to another queue
+        assert queue.exchange.name == name
+        assert queue.exchange.type == "topic"
+        assert queue.routing_key == name
+
+
+def test_celery_sees_the_quorum_queues_so_prefetch_is_per_consumer(
+    amqp_settings: Settings,
+) -> None:
+    app = client_app(amqp_settings)
+    try:
+        # what the worker's Tasks bootstep asks before it sets a global QoS, and what
+        # includes the DelayedDelivery bootstep
+        assert detect_quorum_queues(app, "amqp") == (True, "detection")
+        assert app.conf.worker_detect_quorum_queues is True
+        assert app.conf.task_acks_late is True
+        assert app.conf.task_reject_on_worker_lost is True
+        assert app.conf.task_default_exchange_type == "topic"
+    finally:
+        close_app(app)
+
+
+def test_amqp_publishes_with_confirms_on_kombus_own_transport(amqp_settings: Settings) -> None:
+    config = celery_config(amqp_settings)
+
+    assert config["broker_transport_options"] == {"confirm_publish": True}
+    assert "visibility_timeout" not in config["broker_transport_options"]
+    assert broker_connection(amqp_settings).transport_cls == "amqp"
+    assert config["result_backend"] == RESULTS_URL
+
+
+def test_redis_keeps_classic_lists_and_direct_exchanges(
+    make_settings: Callable[..., Settings],
+) -> None:
+    config = celery_config(make_settings(broker_url="redis://127.0.0.1:6390/0"))
+
+    assert {q.exchange.type for q in config["task_queues"]} == {"direct"}
+    assert {str(q.queue_arguments) for q in config["task_queues"]} == {"None"}
+    assert "confirm_publish" not in config["broker_transport_options"]
+
+
+def test_amqp_without_a_result_backend_says_what_to_set(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with pytest.raises(ValidationError, match="set PYNOMALY_RESULT_BACKEND to a Redis URL"):
+        make_settings(broker_url=AMQP_URL)
+
+
+def test_the_rpc_result_backend_is_refused(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(ValidationError, match=r"rpc:// cannot hold fanned-out job summaries"):
+        make_settings(broker_url=AMQP_URL, result_backend="rpc://")
+
+
+def test_beat_takes_its_lock_in_the_redis_result_backend_beside_rabbitmq(
+    amqp_settings: Settings, make_settings: Callable[..., Settings]
+) -> None:
+    assert amqp_settings.resolved_beat_redis_url == RESULTS_URL
+    sqlite_results = make_settings(broker_url=AMQP_URL, result_backend="db+sqlite:///r.db")
+    assert sqlite_results.resolved_beat_redis_url == ""
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "reader"),
+    [(AMQP_URL, AmqpQueueDepth), ("redis://127.0.0.1:6390/0", RedisQueueDepth)],
+)
+def test_queue_lengths_are_read_from_either_broker(
+    make_settings: Callable[..., Settings], broker_url: str, reader: type
+) -> None:
+    depth = queue_depth(make_settings(broker_url=broker_url, result_backend=RESULTS_URL))
+    try:
+        assert isinstance(depth, reader)
+    finally:
+        depth.close()
+
+
+def test_the_embedded_broker_has_no_queue_lengths_to_read(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with pytest.raises(ValueError, match="Redis or RabbitMQ only, not filesystem"):
+        queue_depth(make_settings())
+
+
+def test_flower_gets_rabbitmqs_management_api_for_its_broker_page(
+    amqp_settings: Settings, make_settings: Callable[..., Settings]
+) -> None:
+    api = "http://user:secret@rabbit.example:15672/api/"
+    with_api = make_settings(broker_url=AMQP_URL, result_backend=RESULTS_URL, flower_broker_api=api)
+
+    assert f"--broker_api={api}" in flower_arguments(with_api, port=5555, address="0.0.0.0")
+    without = flower_arguments(amqp_settings, port=5555, address="0.0.0.0")
+    assert not any(a.startswith("--broker_api") for a in without)

@@ -124,6 +124,66 @@ def test_a_loaded_model_uses_the_calibrated_choice(
     )
     loaded = LoadedModel(version=version, scorers=scorers, calibration=calibration)
 
-    for n in (1, 64, 5000):
+    for n in (1, 64, 2048):
         assert loaded.scorer_for(n) is scorers[calibration.best(n)]
     assert set(calibration.seconds) == {"sklearn", "numpy"}
+
+
+def test_the_numpy_walk_never_gets_a_batch_past_its_limit_whatever_calibration_says(
+    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+) -> None:
+    # Given a calibration that found the padded NumPy walk fastest at every size
+    train, _ = data
+    estimator = IsolationForest(random_state=0, n_estimators=20).fit(train)
+    scorers: dict[str, Scorer] = {
+        "sklearn": sklearn.SklearnScorer(estimator),
+        "numpy": ForestScorer(estimator),
+    }
+    calibration = Calibration(
+        sizes=(1, 64, 2048), seconds={"sklearn": (1.0, 1.0, 1.0), "numpy": (0.1, 0.1, 0.1)}
+    ).pruned()
+    version = ModelVersion(
+        id=1,
+        name="m",
+        version=1,
+        algorithm="iforest",
+        artifact_sha256="x" * 64,
+        onnx_sha256=None,
+        n_features=6,
+        stats=fit_score_stats(scorers["sklearn"].score(train), contamination=0.02),
+    )
+    loaded = LoadedModel(version=version, scorers=scorers, calibration=calibration)
+
+    # Then it scores small batches, and a 100,000-row chunk goes to scikit-learn
+    assert loaded.scorer_for(64) is scorers["numpy"]
+    assert loaded.scorer_for(ForestScorer.max_rows) is scorers["numpy"]
+    assert loaded.scorer_for(100_000) is scorers["sklearn"]
+
+
+class _Recording:
+    backend = "recording"
+
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray[Any, Any]] = []
+
+    def score(self, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        self.rows.append(np.asarray(matrix))
+        return np.zeros(len(matrix))
+
+
+def test_calibration_rows_are_drawn_around_the_training_data() -> None:
+    # Given a model of data centred on 1,000 with a scale of 50
+    from pynomaly_workers.domain.profile import profile_training_data
+
+    rng = np.random.default_rng(5)
+    train = 1_000 + 50 * rng.normal(size=(5_000, 3))
+    profile = profile_training_data(train, rng.normal(size=5_000))
+    recording = _Recording()
+
+    calibrate({"recording": recording}, n_features=3, profile=profile)
+
+    # Then it was timed on rows like the data, not on N(0, 1)
+    largest = recording.rows[-1]
+    assert len(largest) == 2048
+    np.testing.assert_allclose(np.median(largest, axis=0), 1_000, atol=10)
+    np.testing.assert_allclose(np.std(largest, axis=0), 50, rtol=0.15)

@@ -32,6 +32,11 @@ class ForestScorer:
     """Anomaly scores (``-decision_function``) of a fitted IsolationForest."""
 
     backend = "numpy"
+    max_rows = 4096
+    """Beyond this, the padded walk's (rows x trees) arrays outgrow the caches: slower
+    per row than scikit-learn's compiled per-tree descent (about 45 us vs 6 us a row at
+    20,000 rows of a 100-tree forest) and hungry for memory (hundreds of MB at 100,000
+    rows). The loader never hands it a larger batch, whatever calibration measured."""
 
     def __init__(self, estimator: Any) -> None:
         trees = [tree.tree_ for tree in estimator.estimators_]

@@ -26,6 +26,7 @@ from pynomaly_workers.adapters.scorers.onnx import OnnxScorer
 from pynomaly_workers.domain.explain import Attribution
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import ModelStore, Scorer
+from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import parity_error
 
@@ -42,11 +43,15 @@ class Calibration:
     sizes: tuple[int, ...]
     seconds: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
-    def best(self, n_rows: int) -> str:
-        """The backend with the lowest estimated time for ``n_rows`` rows."""
+    def best(self, n_rows: int, *, among: set[str] | None = None) -> str:
+        """The backend with the lowest estimated time for ``n_rows`` rows (of ``among``,
+        when given; scikit-learn, the reference, when none of them was measured)."""
         index = int(np.searchsorted(self.sizes, n_rows))
         index = min(index, len(self.sizes) - 1)
-        return min(self.seconds, key=lambda backend: self.seconds[backend][index])
+        candidates = [b for b in self.seconds if among is None or b in among]
+        if not candidates:
+            return "sklearn"
+        return min(candidates, key=lambda backend: self.seconds[backend][index])
 
     def winners(self) -> set[str]:
         """The backends that are fastest at some calibrated batch size."""
@@ -86,7 +91,13 @@ class LoadedModel:
         """The fastest backend for a batch of ``n_rows``, as measured at load."""
         if self.calibration is None:
             return self.sklearn
-        return self.scorers[self.calibration.best(n_rows)]
+        # A backend measured on small batches only is not extrapolated past its limit.
+        eligible = {
+            name
+            for name, scorer in self.scorers.items()
+            if n_rows <= getattr(scorer, "max_rows", n_rows)
+        }
+        return self.scorers[self.calibration.best(n_rows, among=eligible)]
 
     def row_cost_us(self) -> float | None:
         """Scoring cost per row in microseconds, if measured."""
@@ -97,9 +108,18 @@ class LoadedModel:
         return self.explainer(matrix) if self.explainer is not None else None
 
 
-def calibrate(scorers: dict[str, Scorer], *, n_features: int) -> Calibration:
-    """Time each scorer on synthetic rows at :data:`CALIBRATION_SIZES` (best of a few)."""
+def calibrate(
+    scorers: dict[str, Scorer], *, n_features: int, profile: TrainingProfile | None = None
+) -> Calibration:
+    """Time each scorer on synthetic rows at :data:`CALIBRATION_SIZES` (best of a few).
+
+    The rows are drawn around the training data (its per-feature median and robust
+    scale) when the version has a profile: a tree walk's cost depends on how deep rows
+    go, and rows far from the data (plain N(0, 1) for a model of another scale) are all
+    isolated in a few splits, which made a walk look several times cheaper than it is."""
     rows = np.random.default_rng(0).normal(size=(CALIBRATION_SIZES[-1], n_features))
+    if profile is not None and profile.n_features == n_features:
+        rows = np.asarray(profile.median) + rows * np.asarray(profile.scale)
     seconds: dict[str, tuple[float, ...]] = {}
     for name, scorer in scorers.items():
         scorer.score(rows[:8])  # warm-up: first calls allocate
@@ -181,7 +201,9 @@ class ModelLoader:
         scorers = _faithful(scorers, version)
         calibration = None
         if self.calibrate:
-            calibration = calibrate(scorers, n_features=version.n_features).pruned()
+            calibration = calibrate(
+                scorers, n_features=version.n_features, profile=version.profile
+            ).pruned()
             # A backend that wins no batch size is never used: drop it, and with it (for
             # ONNX) a session whose arena would hold memory for nothing. scikit-learn
             # stays, as the reference (its estimator also serves explanations).

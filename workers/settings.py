@@ -86,8 +86,19 @@ class Settings(BaseSettings):
     # Worker behaviour.
     task_soft_time_limit: int = Field(default=600, gt=0)
     task_time_limit: int = Field(default=660, gt=0)
-    retry_max: int = Field(default=8, ge=0)
-    retry_backoff_max: int = Field(default=300, gt=0)
+    retry_max: int = Field(
+        default=8,
+        ge=0,
+        description="Retries of a job on a transient fault (database or Redis down) before "
+        "it is failed; every job outlasts an outage of sum(min(BACKOFF_MAX, 2**r) / 2 for r "
+        "< RETRY_MAX) seconds (127.5 s with the defaults; domain.retries.outage_tolerance).",
+    )
+    retry_backoff_max: int = Field(
+        default=300,
+        gt=0,
+        description="Longest wait before a retry, in seconds: once the fault is gone every "
+        "waiting job runs again within this.",
+    )
     model_cache_size: int = Field(default=8, gt=0)
     model_ref_ttl_seconds: float = Field(
         default=1.0,

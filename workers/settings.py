@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     # Worker behaviour.
     task_soft_time_limit: int = Field(default=600, gt=0)
     task_time_limit: int = Field(default=660, gt=0)
+    visibility_timeout_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="Redis brokers: seconds a delivered, unacknowledged message waits before "
+        "it is handed to another worker (a worker that died or lost its network). 0 = twice "
+        "PYNOMALY_TASK_TIME_LIMIT plus 60 s; if set, it must exceed PYNOMALY_TASK_TIME_LIMIT, "
+        "or a long job would run on two workers at once.",
+    )
     retry_max: int = Field(
         default=8,
         ge=0,
@@ -224,6 +232,12 @@ class Settings(BaseSettings):
                 "PYNOMALY_TASK_TIME_LIMIT must be greater than PYNOMALY_TASK_SOFT_TIME_LIMIT "
                 "so a task can clean up between the soft and the hard limit"
             )
+        if 0 < self.visibility_timeout_seconds <= self.task_time_limit:
+            raise ValueError(
+                "PYNOMALY_VISIBILITY_TIMEOUT_SECONDS must be greater than "
+                "PYNOMALY_TASK_TIME_LIMIT, or Redis would hand a job still running to a "
+                "second worker"
+            )
         if self.beat_lock_timeout < 2 * self.beat_max_loop_interval:
             raise ValueError(
                 "PYNOMALY_BEAT_LOCK_TIMEOUT must be at least twice PYNOMALY_BEAT_MAX_LOOP_INTERVAL "
@@ -273,7 +287,7 @@ class Settings(BaseSettings):
     def visibility_timeout(self) -> int:
         """Seconds before Redis redelivers an unacknowledged message: longer than the hard
         time limit, or a long task would run twice."""
-        return self.task_time_limit * 2 + 60
+        return self.visibility_timeout_seconds or self.task_time_limit * 2 + 60
 
 
 @lru_cache(maxsize=1)

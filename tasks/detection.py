@@ -44,7 +44,7 @@ from pynomaly_workers.services.detection import (
     run_chunk,
 )
 from pynomaly_workers.settings import Settings
-from pynomaly_workers.tasks.base import TRANSIENT_ERRORS, retry_options
+from pynomaly_workers.tasks.base import is_transient, retry_options
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +230,11 @@ def run_batch(
     try:
         with metrics.batch_seconds.time():
             outcomes = detect_batch(get_adapters(), messages)
-    except TRANSIENT_ERRORS as exc:
-        _retry_later(celery_app, requests, exc, settings=settings)
-        return [_report(r, "retried", f"{type(exc).__name__}: {exc}") for r in requests]
-    except Exception as exc:  # a bug must not lose the batch silently
+    except Exception as exc:
+        if is_transient(exc):
+            _retry_later(celery_app, requests, exc, settings=settings)
+            return [_report(r, "retried", f"{type(exc).__name__}: {exc}") for r in requests]
+        # a bug must not lose the batch silently
         log.exception("detection batch failed")
         for request in requests:
             _fail_internal(celery_app, request, exc)

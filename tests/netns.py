@@ -14,7 +14,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,20 @@ class HostNetwork:
 
     host_ip: str
     hosts: dict[str, str]  # namespace -> address
+    links: dict[str, str] = field(default_factory=dict)  # namespace -> its bridge port
 
     def prefix(self, namespace: str) -> list[str]:
         """The command prefix that runs a program on that host."""
         return ["ip", "netns", "exec", namespace]
+
+    def disconnect(self, namespace: str) -> None:
+        """Pull that host's cable: its bridge port goes down, so every packet to or from
+        it is dropped (no reset: its peers' connections just go silent)."""
+        _ip("link", "set", self.links[namespace], "down")
+
+    def reconnect(self, namespace: str) -> None:
+        """Plug that host's cable back in."""
+        _ip("link", "set", self.links[namespace], "up")
 
 
 def _ip(*args: str) -> None:
@@ -51,6 +61,7 @@ def host_network(n_hosts: int) -> Iterator[HostNetwork]:
     bridge, octet = f"pynbr{tag}", _free_subnet()
     host_ip = f"10.251.{octet}.1"
     hosts: dict[str, str] = {}
+    links: dict[str, str] = {}
     made: list[tuple[str, str]] = []
     try:
         _ip("link", "add", bridge, "type", "bridge")
@@ -73,8 +84,8 @@ def host_network(n_hosts: int) -> Iterator[HostNetwork]:
                 ("link", "set", "lo", "up"),
             ):
                 _ip("netns", "exec", namespace, "ip", *args)
-            hosts[namespace] = address
-        yield HostNetwork(host_ip=host_ip, hosts=hosts)
+            hosts[namespace], links[namespace] = address, outer
+        yield HostNetwork(host_ip=host_ip, hosts=hosts, links=links)
     finally:
         for kind, name in reversed(made):
             subprocess.run(
@@ -124,6 +135,20 @@ class TcpProxy:
                 server = socket.create_server(self.listen)
                 server.setblocking(False)
                 self._server = server
+
+    def upstream_ports(self) -> set[int]:
+        """Local ports of the proxy's open connections to ``target`` (how the target
+        sees the proxied clients, e.g. in Redis's CLIENT LIST)."""
+        with self._lock:
+            sockets = list(self._open)
+        ports = set()
+        for sock in sockets:
+            try:
+                if sock.getpeername()[1] == self.target[1]:
+                    ports.add(int(sock.getsockname()[1]))
+            except OSError:
+                continue  # closed meanwhile
+        return ports
 
     def close(self) -> None:
         """Stop forwarding for good."""

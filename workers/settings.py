@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     cache_url: str = Field(
         default="", description="Redis URL of the prediction cache; empty = off."
     )
+    database_idle_in_transaction_timeout_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="PostgreSQL ends a worker's session left this long inside a transaction "
+        "(a worker host cut off mid-write), releasing its row locks so the job can complete "
+        "on another worker; keep it below the visibility timeout. 0 = the server's setting.",
+    )
 
     # Detection limits: anything past these is bad input, failed without retry.
     max_records_per_job: int = Field(default=100_000, gt=0)

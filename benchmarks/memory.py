@@ -66,6 +66,7 @@ class RssPeak:
     """The largest total and largest single-process RSS seen, in kB."""
 
     start_kb: int | None = None
+    start_pss_kb: int | None = None
     total_kb: int = 0
     total_pss_kb: int = 0
     max_process_kb: int = 0
@@ -78,11 +79,12 @@ class RssPeak:
         pids = tree(root)
         sizes = [rss_kb(pid) for pid in pids]
         self.samples += 1
+        pss = sum(pss_kb(pid) for pid in pids)
         if self.start_kb is None:
-            self.start_kb = sum(sizes)
+            self.start_kb, self.start_pss_kb = sum(sizes), pss
         self.processes = max(self.processes, len(sizes))
         self.total_kb = max(self.total_kb, sum(sizes))
-        self.total_pss_kb = max(self.total_pss_kb, sum(pss_kb(pid) for pid in pids))
+        self.total_pss_kb = max(self.total_pss_kb, pss)
         self.max_process_kb = max(self.max_process_kb, max(sizes, default=0))
 
     def report(self) -> dict[str, float | int]:
@@ -91,6 +93,7 @@ class RssPeak:
             "worker_peak_rss_mb": round(self.total_kb / 1024, 1),
             "worker_rss_before_job_mb": round((self.start_kb or 0) / 1024, 1),
             "worker_peak_pss_mb": round(self.total_pss_kb / 1024, 1),
+            "worker_pss_before_job_mb": round((self.start_pss_kb or 0) / 1024, 1),
             "max_process_rss_mb": round(self.max_process_kb / 1024, 1),
             "processes": self.processes,
             "samples": self.samples,

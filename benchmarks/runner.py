@@ -171,6 +171,8 @@ def cache_on_sections(
         )
     with run.section("small_jobs"):
         run.results["small_jobs"] = small_jobs.run_small_jobs(stack, app, inputs.small_jobs)
+    with run.section("profiling"):
+        run.results["profiling"] = small_jobs.profiling_cost(stack, inputs.small_jobs.burst)
     with run.section("cache"):
         run.results["cache"] = cache.cold_and_warm(
             stack, app, model=LOF_MODEL, source=inputs.cache_csv
@@ -285,7 +287,9 @@ def small_jobs_section(results: dict[str, Any]) -> dict[str, Any] | None:
         **section,
         "profiling_off_jobs_per_s": off.get("jobs_per_s"),
         "profiling_off_latency_ms": off.get("latency_ms"),
-        "profiling_overhead": overhead(section.get("jobs_per_s"), off.get("jobs_per_s")),
+        "profiling_overhead": (results.get("profiling") or {}).get("overhead"),
+        "profiling_overhead_end_to_end": overhead(section.get("jobs_per_s"), off.get("jobs_per_s")),
+        "profiling": results.get("profiling"),
     }
 
 

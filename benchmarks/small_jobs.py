@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +27,10 @@ from benchmarks.jobs import Sent, finished_count, finished_jobs, send_detection,
 from benchmarks.progress import say
 from benchmarks.stack import Stack
 from benchmarks.stats import percentiles, rate, ratio
+from pynomaly_workers.client import detection_kwargs
 from pynomaly_workers.contract import DETECTION_QUEUE, FAILED, PING_TASK, SUCCEEDED
+from pynomaly_workers.services.detection.batch import detect_batch
+from pynomaly_workers.services.detection.outcomes import DetectMessage
 
 Sender = Callable[[int], Sent]
 RESULT_PREFIX = "celery-task-meta-"
@@ -306,4 +309,65 @@ def summarize(detect: dict[str, Any], noop: dict[str, Any], *, rate_offered: int
         "ratio_to_noop": ratio(detect["jobs_per_s"], noop["jobs_per_s"]),
         "noop_latency_ms": noop["latency_ms"],
         "noop": noop,
+    }
+
+
+def profiling_cost(
+    stack: Stack,
+    rows: Sequence[list[float]],
+    *,
+    batch: int = 64,
+    batches: int = 40,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """What drift profiling adds to a micro-batch of one-record jobs, measured in one
+    process: ``batches`` batches of ``batch`` jobs run through the workers' own batch
+    service (score, settle in PostgreSQL) with the drift profiler and without it,
+    alternated ``repeats`` times, best of each; the profiler's counts are flushed to
+    PostgreSQL inside the timed run. Celery's per-job costs are left out, so the share
+    is larger than the caller would see: an upper bound."""
+    adapters = stack.adapters
+    if adapters.drift is None:
+        return {"error": "the suite's adapters have drift profiling off"}
+    without = replace(adapters, drift=None)
+    run = uuid.uuid4().hex[:6]
+    best = {True: float("inf"), False: float("inf")}
+    warm = [
+        DetectMessage(
+            task_id=f"prof-{run}-warm",
+            kwargs=detection_kwargs(
+                model=IFOREST_MODEL, records=[rows[0]], job_id=f"prof-{run}-warm"
+            ),
+        )
+    ]
+    detect_batch(without, warm)  # loads the model and its scorers outside the timing
+    for attempt in range(repeats):
+        for profiling in (False, True):
+            chosen = adapters if profiling else without
+            messages = [
+                [
+                    DetectMessage(
+                        task_id=f"prof-{run}-{attempt}-{profiling:d}-{b}-{i}",
+                        kwargs=detection_kwargs(
+                            model=IFOREST_MODEL,
+                            records=[rows[(b * batch + i) % len(rows)]],
+                            job_id=f"prof-{run}-{attempt}-{profiling:d}-{b}-{i}",
+                        ),
+                    )
+                    for i in range(batch)
+                ]
+                for b in range(batches)
+            ]
+            started = time.perf_counter()
+            for messages_of_batch in messages:
+                detect_batch(chosen, messages_of_batch)
+            if profiling and adapters.drift is not None:
+                adapters.drift.flush(now=adapters.clock.now())
+            best[profiling] = min(best[profiling], time.perf_counter() - started)
+    return {
+        "jobs": batch * batches,
+        "off_s": round(best[False], 4),
+        "on_s": round(best[True], 4),
+        "overhead": round(best[True] / best[False] - 1.0, 3),
+        "repeats": repeats,
     }

@@ -11,16 +11,20 @@ from typing import Any
 # (name, path into the result, comparison, target)
 TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
     ("bulk_records_per_s", ("bulk", "records_per_s"), ">=", 300_000),
-    ("bulk_ratio_to_limit", ("bulk", "ratio_to_limit"), ">=", 0.8),
+    ("bulk_ratio_to_limit", ("bulk", "ratio_to_limit"), ">=", 1.6),
     ("bulk_speedup_vs_naive", ("bulk", "speedup_vs_naive"), ">=", 500),
     ("bulk_explain_overhead", ("bulk", "explain_overhead"), "<=", 0.10),
     ("small_jobs_profiling_overhead", ("small_jobs", "profiling_overhead"), "<=", 0.05),
     ("small_jobs_p50_ms", ("small_jobs", "latency_ms", "p50"), "<=", 5),
     ("small_jobs_p99_ms", ("small_jobs", "latency_ms", "p99"), "<=", 25),
-    ("small_jobs_ratio_to_noop", ("small_jobs", "ratio_to_noop"), ">=", 0.8),
+    ("small_jobs_ratio_to_noop", ("small_jobs", "ratio_to_noop"), ">=", 1.5),
+    ("small_jobs_result_jobs_per_s", ("small_jobs", "result_jobs_per_s"), ">=", 1_000),
+    ("small_jobs_result_p50_ms", ("small_jobs", "result_latency_ms", "p50"), "<=", 5),
+    ("small_jobs_result_p99_ms", ("small_jobs", "result_latency_ms", "p99"), "<=", 25),
     ("cache_speedup", ("cache", "speedup"), ">=", 5),
     ("cache_fast_model_overhead", ("cache", "fast_model_overhead"), "<=", 0.10),
-    ("memory_worker_peak_rss_mb", ("memory", "worker_peak_rss_mb"), "<=", 500),
+    ("memory_worker_peak_pss_mb", ("memory", "worker_peak_pss_mb"), "<=", 500),
+    ("memory_worker_idle_pss_mb", ("memory", "worker_pss_before_job_mb"), "<=", 300),
 )
 
 

@@ -15,11 +15,13 @@ import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, states
 from celery.signals import task_received
 from celery_batches import Batches, SimpleRequest, consume_queue
 from celery_batches.trace import apply_batches_task
 
+from pynomaly_workers.adapters.broker import acknowledge_all
+from pynomaly_workers.adapters.results import StoredResult, store_results
 from pynomaly_workers.bootstrap import get_adapters
 from pynomaly_workers.celery_app import SENT_AT_HEADER
 from pynomaly_workers.client import publish
@@ -88,8 +90,7 @@ class DetectionBatches(Batches):  # type: ignore[misc]
             self.in_pool.pop(key, None)
             runtime = time.monotonic() - accepted[0] if accepted else 0.0
             announce_outcomes(requests, reports, runtime=runtime)
-            for request in requests:
-                request.acknowledge()
+            acknowledge_all(requests)
 
         def on_error(_exc_info: Any) -> None:
             self.in_pool.pop(key, None)
@@ -241,15 +242,21 @@ def run_batch(
         return [_report(r, FAILED, f"internal error: {type(exc).__name__}") for r in requests]
     elapsed = time.monotonic() - started
     reports = []
+    stored: list[StoredResult] = []
     for request, outcome in zip(requests, outcomes, strict=True):
-        token = current_job_id.set(str((request.kwargs or {}).get("job_id") or request.id))
-        try:
-            publish_outcome(celery_app, str(request.id), outcome, request=request)
-        finally:
-            current_job_id.reset(token)
-        if not isinstance(outcome, FannedOut):
+        _count(outcome)
+        if isinstance(outcome, FannedOut):
+            token = current_job_id.set(str((request.kwargs or {}).get("job_id") or request.id))
+            try:
+                _publish_chunks(celery_app, outcome)
+            finally:
+                current_job_id.reset(token)
+        else:
+            stored.append(_stored_result(str(request.id), outcome, request))
             metrics.job_seconds.labels(queue=DETECTION_QUEUE).observe(elapsed)
         reports.append(_outcome_report(request, outcome))
+    # One MGET and one pipeline for the batch's results, not two round trips per job.
+    store_results(celery_app.backend, stored)
     return reports
 
 
@@ -279,16 +286,23 @@ def publish_outcome(
     celery_app: Celery, task_id: str, outcome: Outcome, *, request: SimpleRequest | None
 ) -> None:
     """Store a job's outcome as its task's result; publish a fanned-out job's chunks."""
-    backend = celery_app.backend
     _count(outcome)
+    if isinstance(outcome, FannedOut):
+        _publish_chunks(celery_app, outcome)
+    else:
+        store_results(celery_app.backend, [_stored_result(task_id, outcome, request)])
+
+
+def _stored_result(task_id: str, outcome: Succeeded | Failed, request: Any) -> StoredResult:
+    """The task result of a finished job (``pynomaly.detect`` takes no errbacks)."""
     if isinstance(outcome, Succeeded):
-        backend.mark_as_done(task_id, outcome.summary.to_dict(), request=request)
-    elif isinstance(outcome, Failed):
-        # celery-batches' SimpleRequest has no errbacks; pynomaly.detect takes none.
-        backend.mark_as_failure(task_id, outcome.error, request=request, call_errbacks=False)
-    elif isinstance(outcome, FannedOut):
-        for chunk in outcome.chunks:
-            publish(celery_app, DETECT_CHUNK_TASK, kwargs=chunk, queue=DETECTION_QUEUE)
+        return StoredResult(task_id, outcome.summary.to_dict(), states.SUCCESS, request)
+    return StoredResult(task_id, outcome.error, states.FAILURE, request)
+
+
+def _publish_chunks(celery_app: Celery, outcome: FannedOut) -> None:
+    for chunk in outcome.chunks:
+        publish(celery_app, DETECT_CHUNK_TASK, kwargs=chunk, queue=DETECTION_QUEUE)
 
 
 def _count(outcome: Outcome) -> None:

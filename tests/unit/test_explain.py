@@ -124,3 +124,29 @@ def test_explanations_keep_the_top_features_largest_first() -> None:
     }
     (by_index,) = explanations(found, feature_names=None, top_k=1)
     assert by_index["top"] == [{"feature": 1, "contribution": 3.0}]
+
+
+@pytest.mark.parametrize("max_features", [1.0, 0.5])
+def test_isolation_bits_from_the_node_table_equal_a_walk_crediting_each_split(
+    training: np.ndarray, max_features: float
+) -> None:
+    # Given forests with and without feature subsampling
+    from sklearn.ensemble import IsolationForest
+
+    from pynomaly_workers.adapters.scorers.forest import ForestScorer
+
+    estimator = IsolationForest(
+        n_estimators=30, max_features=max_features, random_state=3
+    ).fit(training)
+    scorer = ForestScorer(estimator)
+    rows = np.vstack([planted(1, n=7), training[:40]])
+
+    # When credits come from the per-node table and from walking the trees split by split
+    tabled = scorer.isolation_bits(rows)
+    walked = scorer._isolation_bits_walking(
+        np.asarray(rows, dtype=np.float32).astype(np.float64)
+    )
+
+    # Then every row's credit per feature is the same
+    assert scorer._credit_table is not None
+    np.testing.assert_allclose(tabled, walked, rtol=1e-9, atol=1e-12)

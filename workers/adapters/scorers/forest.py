@@ -23,6 +23,9 @@ from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores
 
 _LEAF = -1
+# Above this many (tree, node, feature) cells (64 MB of float64), explaining walks the
+# trees instead of reading per-node credits from a table.
+_CREDIT_TABLE_LIMIT = 8_000_000
 
 
 class ForestScorer:
@@ -62,6 +65,11 @@ class ForestScorer:
         self.offset = float(estimator.offset_)
         self.n_features = int(estimator.n_features_in_)
         self._tree_index = np.arange(len(trees))
+        self._credit_table: npt.NDArray[np.float64] | None = None
+        self._trees = [
+            (tree, np.asarray(features) if subsample else None)
+            for tree, features in zip(trees, estimator.estimators_features_, strict=True)
+        ]
 
     @classmethod
     def supports(cls, estimator: Any) -> bool:
@@ -70,6 +78,39 @@ class ForestScorer:
 
     def score(self, matrix: Matrix) -> Scores:
         rows = np.asarray(matrix, dtype=np.float32).astype(np.float64)
+        leaves = self._leaves(rows)
+        depths = self.leaf_depth[self._tree_index, leaves].sum(axis=1)
+        scores: npt.NDArray[np.float64] = 2.0 ** (-depths / self.denominator)
+        return scores + self.offset
+
+    def isolation_bits(self, matrix: Matrix) -> npt.NDArray[np.float64]:
+        """Per row and feature: the bits of isolation the record's path owes to splits on
+        that feature, averaged over the trees. A split moving the record from a node of
+        n samples to a child of m credits log2(n / m) to its feature, so a row's credits
+        add up exactly to the mean over trees of log2(root size / leaf size). (Counting
+        splits alone would not do: in expectation an outlier in one feature meets as
+        many random splits on the others before the one that isolates it.)
+
+        A node's credits depend only on the path to it, so they are summed once per node
+        (:meth:`_node_credits`); a row then costs a descent to its leaves and one gather.
+        Forests too wide for that table walk and credit as they go."""
+        table = self._node_credits()
+        if table is None:
+            return self._isolation_bits_walking(
+                np.asarray(matrix, dtype=np.float32).astype(np.float64)
+            )
+        # scikit-learn's compiled per-tree descent finds the leaves of a few thousand
+        # rows about 6x faster than the padded NumPy walk (which wins on a handful).
+        exact = np.ascontiguousarray(matrix, dtype=np.float32)
+        credits = np.zeros((len(exact), self.n_features), dtype=np.float64)
+        for t, (tree, features) in enumerate(self._trees):
+            columns = exact if features is None else np.ascontiguousarray(exact[:, features])
+            credits += table[t, tree.apply(columns)]
+        credits /= len(self._trees)
+        return credits
+
+    def _leaves(self, rows: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        """Each row's leaf in each tree: ``(rows, trees)``."""
         nodes = np.zeros((len(rows), len(self._tree_index)), dtype=np.int64)
         row_index = np.arange(len(rows))[:, None]
         for _ in range(self.depth):
@@ -81,18 +122,37 @@ class ForestScorer:
             go_left = values <= self.threshold[self._tree_index, nodes]
             step = np.where(go_left, left, self.right[self._tree_index, nodes])
             nodes = np.where(leaf, nodes, step)
-        depths = self.leaf_depth[self._tree_index, nodes].sum(axis=1)
-        scores: npt.NDArray[np.float64] = 2.0 ** (-depths / self.denominator)
-        return scores + self.offset
+        return nodes
 
-    def isolation_bits(self, matrix: Matrix) -> npt.NDArray[np.float64]:
-        """Per row and feature: the bits of isolation the record's path owes to splits on
-        that feature, averaged over the trees. A split moving the record from a node of
-        n samples to a child of m credits log2(n / m) to its feature, so a row's credits
-        add up exactly to the mean over trees of log2(root size / leaf size). (Counting
-        splits alone would not do: in expectation an outlier in one feature meets as
-        many random splits on the others before the one that isolates it.)"""
-        rows = np.asarray(matrix, dtype=np.float32).astype(np.float64)
+    def _node_credits(self) -> npt.NDArray[np.float64] | None:
+        """``(trees, nodes, features)``: the credits a path to each node has collected,
+        built on first use (a 100-tree forest of 256-sample trees and 20 features is about
+        8 MB), or None when the table would exceed :data:`_CREDIT_TABLE_LIMIT` cells."""
+        if self._credit_table is not None:
+            return self._credit_table
+        n_trees, width = self.left.shape
+        if n_trees * width * self.n_features > _CREDIT_TABLE_LIMIT:
+            return None
+        table = np.zeros((n_trees, width, self.n_features), dtype=np.float64)
+        # scikit-learn numbers a node after its parent, so one pass in index order sees
+        # every parent's credits complete before its children copy them.
+        parent = np.full((n_trees, width), -1, dtype=np.int64)
+        for side in (self.left, self.right):
+            trees, nodes = np.nonzero(side != _LEAF)
+            parent[trees, side[trees, nodes]] = nodes
+        for node in range(1, width):
+            trees = np.flatnonzero(parent[:, node] >= 0)
+            if trees.size == 0:
+                continue
+            above = parent[trees, node]
+            table[trees, node] = table[trees, above]
+            table[trees, node, self.feature[trees, above]] += (
+                self.log_samples[trees, above] - self.log_samples[trees, node]
+            )
+        self._credit_table = table
+        return table
+
+    def _isolation_bits_walking(self, rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         n_rows, n_trees = len(rows), len(self._tree_index)
         credits = np.zeros((n_rows, self.n_features), dtype=np.float64)
         nodes = np.zeros((n_rows, n_trees), dtype=np.int64)

@@ -1,0 +1,211 @@
+"""The Redis transport's batched consumption and the batched result writes, against a
+real Redis: what is delivered, what is recorded as unacknowledged, what a caller reads."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery, states
+from celery.result import AsyncResult
+from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
+
+from pynomaly_workers.adapters.broker import TRANSPORT, acknowledge_all
+from pynomaly_workers.adapters.results import StoredResult, store_results
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"q-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def connection(redis_url: str) -> Iterator[Connection]:
+    with Connection(redis_url, transport=TRANSPORT) as conn:
+        yield conn
+
+
+def publish(connection: Connection, queue: Queue, count: int) -> None:
+    with connection.channel() as channel:
+        producer = Producer(channel)
+        for i in range(count):
+            producer.publish({"n": i}, routing_key=queue.routing_key, declare=[queue])
+
+
+def consume(
+    connection: Connection, queue: Queue, *, prefetch: int, until: int
+) -> tuple[list[Message], Any]:
+    """Drain events until ``until`` messages arrived; the channel stays open."""
+    received: list[Message] = []
+    channel = connection.channel()
+    consumer = Consumer(channel, [queue], callbacks=[lambda _body, m: received.append(m)])
+    consumer.qos(prefetch_count=prefetch)
+    consumer.consume()
+    for _ in range(until * 2):
+        if len(received) >= until:
+            break
+        connection.drain_events(timeout=2)
+    return received, channel
+
+
+def unacked(redis_url: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.hlen("unacked"))
+    finally:
+        client.close()
+
+
+def test_one_wakeup_delivers_up_to_the_prefetch_budget_each_recorded_unacked(
+    connection: Connection, redis_url: str, queue_name: str
+) -> None:
+    # Given 10 messages waiting and a consumer allowed 4 unacknowledged
+    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
+    publish(connection, queue, 10)
+
+    # When it reads once
+    received: list[Message] = []
+    channel: Any = connection.channel()
+    consumer = Consumer(channel, [queue], callbacks=[lambda _b, m: received.append(m)])
+    consumer.qos(prefetch_count=4)
+    consumer.consume()
+    connection.drain_events(timeout=2)
+
+    # Then the one read delivered 4 messages, in order, each recorded as unacknowledged
+    assert [m.payload["n"] for m in received] == [0, 1, 2, 3]
+    assert unacked(redis_url) == 4
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen(queue_name) == 6
+    client.close()
+    channel.close()
+
+
+def test_acknowledging_a_batch_clears_every_unacked_record(
+    connection: Connection, redis_url: str, queue_name: str
+) -> None:
+    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
+    publish(connection, queue, 6)
+    received, channel = consume(connection, queue, prefetch=6, until=6)
+    assert unacked(redis_url) == 6
+
+    acknowledge_all([_Request(m) for m in received])
+
+    assert unacked(redis_url) == 0
+    assert all(m.acknowledged for m in received)
+    channel.close()
+
+
+def test_messages_held_when_a_channel_closes_are_restored_to_the_queue(
+    connection: Connection, redis_url: str, queue_name: str
+) -> None:
+    # Given drained deliveries never acknowledged
+    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
+    publish(connection, queue, 5)
+    received, channel = consume(connection, queue, prefetch=5, until=5)
+    assert len(received) == 5
+
+    # When the channel closes (a consumer shutting down)
+    channel.close()
+
+    # Then all five are back on the queue, none left unacknowledged
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen(queue_name) == 5
+    assert client.hlen("unacked") == 0
+    client.close()
+
+
+def test_a_malformed_message_among_drained_ones_is_dropped_and_the_rest_delivered(
+    connection: Connection, redis_url: str, queue_name: str
+) -> None:
+    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
+    publish(connection, queue, 2)
+    client = redis.Redis.from_url(redis_url)
+    client.lpush(queue_name, b"\xff not json")
+    client.close()
+    publish(connection, queue, 2)
+
+    received, channel = consume(connection, queue, prefetch=10, until=4)
+
+    assert sorted(m.payload["n"] for m in received) == [0, 0, 1, 1]
+    assert unacked(redis_url) == 4
+    channel.close()
+
+
+class _Request:
+    """The part of a Celery request ``acknowledge_all`` uses."""
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.acknowledged = False
+
+    def acknowledge(self) -> None:
+        self.message.ack()
+        self.acknowledged = True
+
+
+def _redis_of(app: Celery) -> Any:
+    backend: Any = app.backend
+    return backend.client
+
+
+@pytest.fixture
+def backend_app(redis_url: str) -> Iterator[Celery]:
+    app = Celery("results-test", broker="memory://", backend=redis_url)
+    app.conf.result_expires = 300
+    yield app
+    app.close()
+
+
+def test_a_batch_of_results_reads_back_as_celery_writes_them(backend_app: Celery) -> None:
+    # Given one job stored Celery's way and the others in one batch
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    backend_app.backend.mark_as_done(ids[0], {"job_id": "a", "n": 1})
+    store_results(
+        backend_app.backend,
+        [
+            StoredResult(ids[1], {"job_id": "b", "n": 2}, states.SUCCESS),
+            StoredResult(ids[2], ValueError("model 'x' is not registered"), states.FAILURE),
+            StoredResult(ids[3], {"job_id": "d", "n": 4}, states.SUCCESS),
+        ],
+    )
+
+    # Then a caller reads each as it would a Celery result, with the same fields
+    assert AsyncResult(ids[1], app=backend_app).get(timeout=2) == {"job_id": "b", "n": 2}
+    failed: AsyncResult[Any] = AsyncResult(ids[2], app=backend_app)
+    assert failed.state == states.FAILURE
+    assert isinstance(failed.result, ValueError)
+    assert "not registered" in str(failed.result)
+    client = _redis_of(backend_app)
+    celery_written = json.loads(client.get(f"celery-task-meta-{ids[0]}"))
+    batch_written = json.loads(client.get(f"celery-task-meta-{ids[3]}"))
+    assert set(batch_written) == set(celery_written)
+    assert 0 < client.ttl(f"celery-task-meta-{ids[3]}") <= 300
+
+
+def test_a_stored_success_is_never_replaced_by_a_later_batch(backend_app: Celery) -> None:
+    task_id = str(uuid.uuid4())
+    store_results(backend_app.backend, [StoredResult(task_id, {"first": True}, states.SUCCESS)])
+
+    store_results(
+        backend_app.backend, [StoredResult(task_id, RuntimeError("late"), states.FAILURE)]
+    )
+
+    assert AsyncResult(task_id, app=backend_app).get(timeout=2) == {"first": True}
+
+
+def test_a_result_is_published_to_callers_waiting_on_it(backend_app: Celery) -> None:
+    task_id = str(uuid.uuid4())
+    pubsub = _redis_of(backend_app).pubsub()
+    pubsub.subscribe(f"celery-task-meta-{task_id}")
+    assert pubsub.get_message(timeout=2) is not None  # the subscription
+
+    store_results(backend_app.backend, [StoredResult(task_id, {"ok": 1}, states.SUCCESS)])
+
+    message = pubsub.get_message(timeout=2)
+    assert message is not None
+    assert json.loads(message["data"])["result"] == {"ok": 1}
+    pubsub.close()

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy import text
 
 from pynomaly_workers.client import submit_detection
 from pynomaly_workers.demo import WorkerProcess, wait_for
 from pynomaly_workers.services.health import check_health
 from tests.e2e.test_crash import wait_until_blocked
-from tests.factories import rows_with_outliers, train
+from tests.factories import engine_of, rows_with_outliers, train
 from tests.faults.conftest import FaultStack, RedisServer, count_jobs, report_outcome, wait_settled
-from tests.faults.test_worker_crash import job_row_locked
 from tests.netns import HostNetwork, TcpProxy, host_network, tcp_proxy
 from tests.s3 import free_port
 
@@ -52,6 +52,24 @@ SCAN_EVERY = 10  # seconds between scans for messages past the visibility timeou
 LATE_WORK = re.compile(
     r"Hard time limit|was lost; requeueing|retry \d+ in|detection batch failed|detect\[.*succeeded"
 )
+
+
+@contextmanager
+def job_rows_locked(stack: FaultStack, job_ids: list[str], model: str) -> Iterator[None]:
+    """Hold a lock on every job's row until the block exits, so whichever batch the
+    worker forms stops in its write (the test's 'mid-job')."""
+    now = stack.adapters.clock.now()
+    for job_id in job_ids:
+        stack.adapters.store.enqueue_job(job_id, model=model, now=now)
+    with engine_of(stack.adapters).connect() as connection, connection.begin() as transaction:
+        connection.execute(
+            text("SELECT 1 FROM detection_jobs WHERE job_id = ANY(:ids) FOR UPDATE"),
+            {"ids": job_ids},
+        )
+        try:
+            yield
+        finally:
+            transaction.rollback()
 
 
 @contextmanager
@@ -130,7 +148,8 @@ def test_a_cut_off_workers_jobs_complete_once_on_another_worker(
         # Given a worker on another host, in the middle of a batch (blocked in its write)
         # and holding every job
         start_node(fault_stack, f"cutoff@{hostname}", env=env, prefix=network.prefix(namespace))
-        with job_row_locked(fault_stack, job_ids[0], model):
+        sent_at = time.monotonic()
+        with job_rows_locked(fault_stack, job_ids, model):
             for job_id in job_ids:
                 submit_detection(model=model, records=ROWS, job_id=job_id, app=fault_stack.app)
             wait_until_blocked(fault_stack.adapters)
@@ -153,6 +172,7 @@ def test_a_cut_off_workers_jobs_complete_once_on_another_worker(
         counts = wait_settled(fault_stack.adapters, job_ids, timeout=VISIBILITY + 120)
         recovery = time.monotonic() - cut_at
         done_after = time.monotonic() - received_at
+        since_sent = time.monotonic() - sent_at
         report_outcome(
             "network_partition",
             job_ids,
@@ -170,6 +190,11 @@ def test_a_cut_off_workers_jobs_complete_once_on_another_worker(
         )
         assert counts.duplicated() == set()
         assert done_after <= VISIBILITY + SCAN_EVERY + 15, f"{done_after:.1f} s"
+        # (not before the visibility timeout: only a redelivery could have finished them)
+        assert since_sent >= VISIBILITY, f"done {since_sent:.1f} s after sending"
+        assert "partition@" in (fault_stack.logs / "rescuer.log").read_text(), (
+            "the other worker never scored a job"
+        )
 
         # ... and when the cut-off host comes back, its late work writes nothing twice
         network.reconnect(namespace)

@@ -24,6 +24,15 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def is_transient(exc: BaseException) -> bool:
+    """True for an outage retrying fixes: one of :data:`TRANSIENT_ERRORS`, or any database
+    error that cost the connection (e.g. the server ended an idle-in-transaction session,
+    which psycopg reports as an ``InternalError``)."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
 def retry_options(settings: Settings) -> dict[str, Any]:
     """Celery task options: exponential backoff with full jitter on transient errors;
     bad input is an expected outcome (``throws``), logged without a traceback."""

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
 from celery import Celery, Task, states
 from celery.signals import task_received
-from celery.utils.time import get_exponential_backoff_interval
 from celery_batches import Batches, SimpleRequest, consume_queue
 from celery_batches.trace import apply_batches_task
 
@@ -32,6 +32,7 @@ from pynomaly_workers.contract import (
     FAILED,
     SUCCEEDED,
 )
+from pynomaly_workers.domain.retries import retry_delay
 from pynomaly_workers.domain.summaries import kwargs_summary, result_summary
 from pynomaly_workers.metrics import get_metrics, model_label
 from pynomaly_workers.observability import current_job_id, queue_wait
@@ -45,7 +46,7 @@ from pynomaly_workers.services.detection import (
     run_chunk,
 )
 from pynomaly_workers.settings import Settings
-from pynomaly_workers.tasks.base import TRANSIENT_ERRORS, retry_options
+from pynomaly_workers.tasks.base import is_transient, retry_options
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +243,11 @@ def run_batch(
     try:
         with metrics.batch_seconds.time():
             outcomes = detect_batch(get_adapters(), messages)
-    except TRANSIENT_ERRORS as exc:
-        _retry_later(celery_app, requests, exc, settings=settings)
-        return [_report(r, "retried", f"{type(exc).__name__}: {exc}") for r in requests]
-    except Exception as exc:  # a bug must not lose the batch silently
+    except Exception as exc:
+        if is_transient(exc):
+            _retry_later(celery_app, requests, exc, settings=settings)
+            return [_report(r, "retried", f"{type(exc).__name__}: {exc}") for r in requests]
+        # a bug must not lose the batch silently
         log.exception("detection batch failed")
         for request in requests:
             _fail_internal(celery_app, request, exc)
@@ -335,24 +337,28 @@ def _retry_later(
     *,
     settings: Settings,
 ) -> None:
-    """Re-publish each job with exponential backoff and full jitter (Celery's retry
-    semantics, per request), or give up after ``PYNOMALY_RETRY_MAX`` attempts."""
+    """Re-publish each job with exponential backoff and equal jitter (see
+    :mod:`~pynomaly_workers.domain.retries`), or fail it after ``PYNOMALY_RETRY_MAX``
+    retries. A job whose failure cannot be recorded either (the store is what is down)
+    is retried again at the longest delay: acknowledging it would leave it unfinished."""
     for request in requests:
         retries = int((request.request_dict or {}).get("retries") or 0)
-        if retries >= settings.retry_max:
-            _fail_internal(celery_app, request, exc)
+        if retries >= settings.retry_max and _record_failure(request, exc):
+            _mark_failed(celery_app, request, exc)
             continue
-        countdown = get_exponential_backoff_interval(
-            factor=1, retries=retries, maximum=settings.retry_backoff_max, full_jitter=True
+        delay = retry_delay(
+            min(retries, settings.retry_max),
+            maximum=settings.retry_backoff_max,
+            draw=random.random(),  # jitter, not a secret
         )
-        log.warning("job %s: %s; retry %d in %ss", request.id, exc, retries + 1, countdown)
+        log.warning("job %s: %s; retry %d in %.1fs", request.id, exc, retries + 1, delay)
         get_metrics().retries.inc()
         publish(
             celery_app,
             DETECT_TASK,
             kwargs=dict(request.kwargs or {}),
             task_id=str(request.id),
-            countdown=countdown,
+            countdown=delay,
             retries=retries + 1,
             queue=DETECTION_QUEUE,
         )
@@ -360,8 +366,20 @@ def _retry_later(
 
 def _fail_internal(celery_app: Celery, request: SimpleRequest, exc: BaseException) -> None:
     """Record a job that died of something other than bad input, so it never stays
-    ``running``; best effort, as the store may be what is down."""
+    ``running`` (best effort: the store may be what is down), and mark its task failed."""
+    _record_failure(request, exc)
+    _mark_failed(celery_app, request, exc)
+
+
+def _mark_failed(celery_app: Celery, request: SimpleRequest, exc: BaseException) -> None:
+    """Count the job failed and store the failure as its task's result."""
     error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+    get_metrics().jobs.labels(queue=DETECTION_QUEUE, outcome=FAILED).inc()
+    celery_app.backend.mark_as_failure(str(request.id), error, request=request, call_errbacks=False)
+
+
+def _record_failure(request: SimpleRequest, exc: BaseException) -> bool:
+    """Fail the job's record; False if the store could not be written."""
     job_id = str((request.kwargs or {}).get("job_id") or request.id)
     try:
         adapters = get_adapters()
@@ -373,5 +391,5 @@ def _fail_internal(celery_app: Celery, request: SimpleRequest, exc: BaseExceptio
         )
     except Exception:
         log.exception("could not record failure of job %s", job_id)
-    get_metrics().jobs.labels(queue=DETECTION_QUEUE, outcome=FAILED).inc()
-    celery_app.backend.mark_as_failure(str(request.id), error, request=request, call_errbacks=False)
+        return False
+    return True

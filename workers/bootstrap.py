@@ -30,7 +30,10 @@ _adapters: Adapters | None = None
 
 def bootstrap(settings: Settings) -> Adapters:
     """Wire the adapters for ``settings``: store, model loader, trainer, sources, cache."""
-    engine = build_engine(settings.resolved_database_url)
+    engine = build_engine(
+        settings.resolved_database_url,
+        idle_in_transaction_timeout=settings.database_idle_in_transaction_timeout_seconds,
+    )
     store = SqlStore(engine)
     cache = build_cache(settings)
 

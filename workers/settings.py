@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     cache_url: str = Field(
         default="", description="Redis URL of the prediction cache; empty = off."
     )
+    database_idle_in_transaction_timeout_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="PostgreSQL ends a worker's session left this long inside a transaction "
+        "(a worker host cut off mid-write), releasing its row locks so the job can complete "
+        "on another worker; keep it below the visibility timeout. 0 = the server's setting.",
+    )
 
     # Detection limits: anything past these is bad input, failed without retry.
     max_records_per_job: int = Field(default=100_000, gt=0)
@@ -89,8 +96,27 @@ class Settings(BaseSettings):
     # Worker behaviour.
     task_soft_time_limit: int = Field(default=600, gt=0)
     task_time_limit: int = Field(default=660, gt=0)
-    retry_max: int = Field(default=8, ge=0)
-    retry_backoff_max: int = Field(default=300, gt=0)
+    visibility_timeout_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="Redis brokers: seconds a delivered, unacknowledged message waits before "
+        "it is handed to another worker (a worker that died or lost its network). 0 = twice "
+        "PYNOMALY_TASK_TIME_LIMIT plus 60 s; if set, it must exceed PYNOMALY_TASK_TIME_LIMIT, "
+        "or a long job would run on two workers at once.",
+    )
+    retry_max: int = Field(
+        default=8,
+        ge=0,
+        description="Retries of a job on a transient fault (database or Redis down) before "
+        "it is failed; every job outlasts an outage of sum(min(BACKOFF_MAX, 2**r) / 2 for r "
+        "< RETRY_MAX) seconds (127.5 s with the defaults; domain.retries.outage_tolerance).",
+    )
+    retry_backoff_max: int = Field(
+        default=300,
+        gt=0,
+        description="Longest wait before a retry, in seconds: once the fault is gone every "
+        "waiting job runs again within this.",
+    )
     model_cache_size: int = Field(default=8, gt=0)
     model_ref_ttl_seconds: float = Field(
         default=1.0,
@@ -237,6 +263,12 @@ class Settings(BaseSettings):
                 "PYNOMALY_TASK_TIME_LIMIT must be greater than PYNOMALY_TASK_SOFT_TIME_LIMIT "
                 "so a task can clean up between the soft and the hard limit"
             )
+        if 0 < self.visibility_timeout_seconds <= self.task_time_limit:
+            raise ValueError(
+                "PYNOMALY_VISIBILITY_TIMEOUT_SECONDS must be greater than "
+                "PYNOMALY_TASK_TIME_LIMIT, or Redis would hand a job still running to a "
+                "second worker"
+            )
         if self.beat_lock_timeout < 2 * self.beat_max_loop_interval:
             raise ValueError(
                 "PYNOMALY_BEAT_LOCK_TIMEOUT must be at least twice PYNOMALY_BEAT_MAX_LOOP_INTERVAL "
@@ -300,7 +332,7 @@ class Settings(BaseSettings):
     def visibility_timeout(self) -> int:
         """Seconds before Redis redelivers an unacknowledged message: longer than the hard
         time limit, or a long task would run twice."""
-        return self.task_time_limit * 2 + 60
+        return self.visibility_timeout_seconds or self.task_time_limit * 2 + 60
 
 
 @lru_cache(maxsize=1)

@@ -181,3 +181,31 @@ def test_flower_gets_rabbitmqs_management_api_for_its_broker_page(
     assert f"--broker_api={api}" in flower_arguments(with_api, port=5555, address="0.0.0.0")
     without = flower_arguments(amqp_settings, port=5555, address="0.0.0.0")
     assert not any(a.startswith("--broker_api") for a in without)
+
+
+def test_the_visibility_timeout_defaults_to_twice_the_time_limit_plus_a_minute(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(
+        broker_url="redis://h:6379/0", task_soft_time_limit=90, task_time_limit=100
+    )
+    assert celery_config(settings)["broker_transport_options"]["visibility_timeout"] == 260
+
+
+def test_a_visibility_timeout_set_explicitly_reaches_the_transport(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(
+        broker_url="redis://h:6379/0",
+        task_soft_time_limit=10,
+        task_time_limit=12,
+        visibility_timeout_seconds=20,
+    )
+    assert celery_config(settings)["broker_transport_options"]["visibility_timeout"] == 20
+
+
+def test_a_visibility_timeout_within_the_time_limit_is_refused(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with pytest.raises(ValueError, match="PYNOMALY_VISIBILITY_TIMEOUT_SECONDS must be greater"):
+        make_settings(task_soft_time_limit=20, task_time_limit=30, visibility_timeout_seconds=30)

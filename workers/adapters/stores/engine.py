@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,15 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def build_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """An engine tuned for the dialect. Call it after fork: engines do not survive one."""
+def build_engine(url: str, *, pool_size: int = 5, idle_in_transaction_timeout: float = 0) -> Engine:
+    """An engine tuned for the dialect. Call it after fork: engines do not survive one.
+
+    ``idle_in_transaction_timeout`` (seconds; 0 = the server's setting): PostgreSQL ends
+    a session of this engine that sits that long inside a transaction, waiting for its
+    client. A worker host cut off from the network mid-write looks exactly like that to
+    the server, and its open transaction would otherwise keep the job rows locked (so
+    the job, redelivered to another worker, blocks) until TCP keepalive gives up: hours.
+    """
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -27,7 +35,7 @@ def build_engine(url: str, *, pool_size: int = 5) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -35,6 +43,19 @@ def build_engine(url: str, *, pool_size: int = 5) -> Engine:
         pool_recycle=1800,
         connect_args={"application_name": "pynomaly-workers", "connect_timeout": 10},
     )
+    if idle_in_transaction_timeout > 0:
+        milliseconds = max(1, round(idle_in_transaction_timeout * 1000))
+        event.listen(engine, "connect", partial(_idle_in_transaction_timeout, ms=milliseconds))
+    return engine
+
+
+def _idle_in_transaction_timeout(dbapi_connection: Any, _record: Any, *, ms: int) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(
+        "SELECT set_config('idle_in_transaction_session_timeout', %s, false)", (f"{ms}ms",)
+    )
+    cursor.close()
+    dbapi_connection.commit()  # a SET inside a transaction rolled back would not stick
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -45,6 +45,11 @@ class ModelRef:
         return self.version is not None
 
 
+MAX_VERSION = 2**31 - 1
+"""Versions are 32-bit integers in the database; a larger one is bad input, not an error
+the database raises (which the task layer would retry as transient)."""
+
+
 def parse_model_ref(text: object) -> ModelRef:
     """Parse ``'name'``, ``'name@3'`` or ``'name@champion'``; raise
     :class:`InvalidInput` on anything else."""
@@ -57,8 +62,11 @@ def parse_model_ref(text: object) -> ModelRef:
     if not sep:
         return ModelRef(name)
     if suffix.isascii() and suffix.isdigit():
-        if int(suffix) < 1:
-            raise InvalidInput(f"model version in {text!r} must be a positive integer")
+        # Length first: int() refuses text past 4,300 digits with a ValueError.
+        if len(suffix) > len(str(MAX_VERSION)) or not 1 <= int(suffix) <= MAX_VERSION:
+            raise InvalidInput(
+                f"model version in {text!r} must be a whole number from 1 to {MAX_VERSION}"
+            )
         return ModelRef(name, int(suffix))
     if not _ALIAS.fullmatch(suffix):
         raise InvalidInput(

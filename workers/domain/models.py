@@ -63,10 +63,10 @@ def parse_model_ref(text: object) -> ModelRef:
         return ModelRef(name)
     if suffix.isascii() and suffix.isdigit():
         # Length first: int() refuses text past 4,300 digits with a ValueError.
-        if len(suffix) > len(str(MAX_VERSION)) or not 1 <= int(suffix) <= MAX_VERSION:
-            raise InvalidInput(
-                f"model version in {text!r} must be a whole number from 1 to {MAX_VERSION}"
-            )
+        if len(suffix.lstrip("0")) > len(str(MAX_VERSION)) or int(suffix) > MAX_VERSION:
+            raise InvalidInput(f"model version in {text!r} is past the largest, {MAX_VERSION}")
+        if int(suffix) < 1:
+            raise InvalidInput(f"model version in {text!r} must be a positive integer")
         return ModelRef(name, int(suffix))
     if not _ALIAS.fullmatch(suffix):
         raise InvalidInput(

@@ -35,13 +35,24 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
         yield server
 
 
+DB_PASSWORD = "db-pass-4f1c"  # the test PostgreSQL trusts local clients: any password works
+
+
+def with_password(pg_url: str) -> str:
+    """``pg_url`` with a password, as production URLs have one."""
+    if DB_PASSWORD in pg_url:
+        return pg_url
+    assert "://postgres@" in pg_url, pg_url
+    return pg_url.replace("://postgres@", f"://postgres:{DB_PASSWORD}@", 1)
+
+
 def tls_env(
     server: TlsRedis, pg_url: str, home: Path, *, ca_path: Path | None = None
 ) -> dict[str, str]:
     return {
         "PYNOMALY_BROKER_URL": server.url(0, ca_path=ca_path),
         "PYNOMALY_RESULT_BACKEND": server.url(1, ca_path=ca_path),
-        "PYNOMALY_DATABASE_URL": pg_url,
+        "PYNOMALY_DATABASE_URL": with_password(pg_url),
         "PYNOMALY_HOME": str(home),
         "PYNOMALY_ENVIRONMENT": "test",
         "PYNOMALY_METRICS_PORT": "0",
@@ -67,9 +78,14 @@ def test_a_worker_on_a_tls_redis_with_a_password_completes_a_job(
 ) -> None:
     # Given a worker whose broker and result backend are the TLS-only, password-protected Redis
     settings = tls_adapters.settings
-    env = tls_env(tls_server, settings.database_url, settings.home)
+    env = {
+        **os.environ,
+        **tls_env(tls_server, settings.database_url, settings.home),
+        "PYNOMALY_LOG_FORMAT": "json",
+    }
     log = tmp_path / "worker.log"
-    worker = WorkerProcess(log_path=log, concurrency=1, env={**os.environ, **env})
+    worker = WorkerProcess(log_path=log, concurrency=1, env=env)
+    outputs: list[str] = []
     app = client_app(settings)
     try:
         model = train(tls_adapters, model="tls").label  # while the worker starts
@@ -81,6 +97,13 @@ def test_a_worker_on_a_tls_redis_with_a_password_completes_a_job(
             model=model, records=rows_with_outliers(n=50, outliers=(7,)), job_id="tls-1", app=app
         )
         summary: dict[str, Any] = app.AsyncResult(submission.task_id).get(timeout=30)
+        # and an operator runs the commands that print URLs or connection errors
+        for command in (["migrate"], ["health", "--json"]):
+            done = subprocess.run(
+                [*CLI, *command], env=env, capture_output=True, text=True, timeout=60, check=False
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            outputs.append(done.stdout + done.stderr)
     finally:
         close_app(app)
         worker.stop()
@@ -91,8 +114,11 @@ def test_a_worker_on_a_tls_redis_with_a_password_completes_a_job(
     job = tls_adapters.store.get_job("tls-1")
     assert job is not None
     assert job.status == "succeeded"
-    # and the worker's log names the broker without its password
-    assert PASSWORD not in log.read_text()
+    # and neither the worker's log (banner, JSON lines) nor any command shows a password
+    assert "127.0.0.1" in outputs[0]  # migrate names the database
+    for text in [log.read_text(), *outputs]:
+        assert PASSWORD not in text
+        assert DB_PASSWORD not in text
 
 
 def test_a_wrong_certificate_authority_fails_with_a_clear_message(
@@ -154,3 +180,26 @@ def test_a_bare_rediss_url_verifies_the_certificate_in_the_probe_too(
     # Then it verifies the certificate as the worker would (kombu alone would not), and fails
     broker = json.loads(probe.stdout)["checks"]["broker"]
     assert "certificate verify failed" in broker["detail"], broker
+
+
+def test_connection_errors_do_not_print_passwords(
+    tls_server: TlsRedis, pg_url: str, tmp_path: Path
+) -> None:
+    # Given URLs with passwords, the database one pointing at a port nobody listens on
+    dead = with_password(pg_url).replace("127.0.0.1:5432", f"127.0.0.1:{free_port()}")
+    env = {**os.environ, **tls_env(tls_server, pg_url, tmp_path / "home")}
+    env["PYNOMALY_DATABASE_URL"] = dead
+
+    # When the commands that reach the database fail
+    outputs = [
+        subprocess.run(
+            [*CLI, *command], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        for command in (["health", "--readiness"], ["migrate"])
+    ]
+
+    # Then each fails, and none shows either password
+    for done in outputs:
+        assert done.returncode != 0
+        assert PASSWORD not in done.stdout + done.stderr
+        assert DB_PASSWORD not in done.stdout + done.stderr, done.stdout + done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import pickle
 import re
 import urllib.request
 import uuid
@@ -176,3 +177,28 @@ def test_generated_bad_messages_leave_the_worker_consuming(
     client = redis.Redis.from_url(redis_db(BROKER_DB))
     assert wait_for(lambda: client.hlen("unacked") == 0, timeout=5), client.hkeys("unacked")
     client.close()
+
+
+def test_a_pickled_message_is_refused_and_never_runs(
+    trained_model: str, e2e_adapters: Adapters, worker: WorkerProcess
+) -> None:
+    # Given a detect message serialized with pickle (a harmless dict here; a crafted one
+    # would run code on unpickling), pushed raw like any other
+    envelope = json.loads(
+        raw_detect_message({"job_id": "pickled", "model": trained_model, "records": [[0.0] * 4]})
+    )
+    body = [[], {"job_id": "pickled", "model": trained_model, "records": [[0.0] * 4]}, {}]
+    envelope["body"] = base64.b64encode(pickle.dumps(body)).decode()
+    envelope["content-type"] = "application/x-python-serialize"
+    envelope["content-encoding"] = "binary"
+    client = redis.Redis.from_url(redis_db(BROKER_DB))
+    client.lpush(DETECTION_QUEUE, json.dumps(envelope))
+    client.close()
+
+    # When a canary sent after it round-trips (so the worker has dealt with it)
+    report = check_health(e2e_adapters, queues=[DETECTION_QUEUE], timeout=30)
+
+    # Then the pickled job was never run: only JSON is accepted
+    assert report["ok"], report
+    assert e2e_adapters.store.get_job("pickled") is None
+    assert worker.alive()

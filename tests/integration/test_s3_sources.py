@@ -32,8 +32,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def reader(s3_endpoint: str) -> ArrowSourceReader:
-    return ArrowSourceReader(allowed_roots=(), s3=s3.options(s3_endpoint))
+def reader(s3_endpoint: str, tmp_path: Path) -> ArrowSourceReader:
+    """Objects on the test endpoint, and the local twins the tests write under tmp_path."""
+    return ArrowSourceReader(allowed_roots=(tmp_path,), s3=s3.options(s3_endpoint))
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from tests.strategies import (
 )
 
 LIMITS = RecordLimits(max_records=50, max_features=8)
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Words one of which an error about the kwargs must contain: the argument it is about.
 ARGUMENT_WORDS = (
     "job_id",

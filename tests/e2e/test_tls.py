@@ -5,6 +5,7 @@ TLS, authenticated."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
 
 from pynomaly_workers.bootstrap import bootstrap
 from pynomaly_workers.client import client_app, close_app, submit_detection
@@ -73,8 +75,19 @@ def tls_adapters(
     adapters.close()
 
 
+@pytest.fixture
+def tls_app(tls_adapters: Adapters) -> Iterator[Celery]:
+    """A publishing client on the TLS broker."""
+    app = client_app(tls_adapters.settings)
+    yield app
+    # An AsyncResult unsubscribes through the backend when it is collected: collect it
+    # now, while the TLS server runs (after the test's frame is gone), not in a later test.
+    gc.collect()
+    close_app(app)
+
+
 def test_a_worker_on_a_tls_redis_with_a_password_completes_a_job(
-    tls_server: TlsRedis, tls_adapters: Adapters, tmp_path: Path
+    tls_server: TlsRedis, tls_adapters: Adapters, tls_app: Celery, tmp_path: Path
 ) -> None:
     # Given a worker whose broker and result backend are the TLS-only, password-protected Redis
     settings = tls_adapters.settings
@@ -86,7 +99,6 @@ def test_a_worker_on_a_tls_redis_with_a_password_completes_a_job(
     log = tmp_path / "worker.log"
     worker = WorkerProcess(log_path=log, concurrency=1, env=env)
     outputs: list[str] = []
-    app = client_app(settings)
     try:
         model = train(tls_adapters, model="tls").label  # while the worker starts
         report = check_health(tls_adapters, queues=["detection"], timeout=60)
@@ -94,9 +106,12 @@ def test_a_worker_on_a_tls_redis_with_a_password_completes_a_job(
 
         # When a detection job is published over TLS
         submission = submit_detection(
-            model=model, records=rows_with_outliers(n=50, outliers=(7,)), job_id="tls-1", app=app
+            model=model,
+            records=rows_with_outliers(n=50, outliers=(7,)),
+            job_id="tls-1",
+            app=tls_app,
         )
-        summary: dict[str, Any] = app.AsyncResult(submission.task_id).get(timeout=30)
+        summary: dict[str, Any] = tls_app.AsyncResult(submission.task_id).get(timeout=30)
         # and an operator runs the commands that print URLs or connection errors
         # (the deep health check's canary already ran in-process above)
         for command in (["migrate"], ["health", "--readiness", "--json"]):
@@ -106,7 +121,6 @@ def test_a_worker_on_a_tls_redis_with_a_password_completes_a_job(
             assert done.returncode == 0, done.stdout + done.stderr
             outputs.append(done.stdout + done.stderr)
     finally:
-        close_app(app)
         worker.stop()
 
     # Then it completes, and its summary came back through the TLS result backend

@@ -99,7 +99,11 @@ def beat_config(settings: Settings) -> dict[str, Any]:
     }
     url = settings.resolved_beat_redis_url
     if url:
+        from pynomaly_workers.celery_app import tls_options
+
         config |= {
+            # redbeat would otherwise take the broker's TLS options for its own Redis.
+            "redbeat_redis_use_ssl": tls_options(url),
             "beat_scheduler": REDBEAT_SCHEDULER,
             "redbeat_redis_url": url,
             "redbeat_key_prefix": REDBEAT_PREFIX,

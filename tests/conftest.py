@@ -127,6 +127,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "home": tmp_path / "home",
             "environment": "test",
             "model_ref_ttl_seconds": 0,  # see a retrained version at once
+            # Tests write their source files under tmp_path: that is the allowed root.
+            "source_roots": (tmp_path,),
         }
         values.update(overrides)
         return Settings(**values)

@@ -52,7 +52,9 @@ def bootstrap(settings: Settings) -> Adapters:
             ref_ttl_seconds=settings.model_ref_ttl_seconds,
         ),
         trainer=SklearnTrainer(),
-        sources=ArrowSourceReader(allowed_roots=settings.source_roots, s3=s3_options(settings)),
+        sources=ArrowSourceReader(
+            allowed_roots=settings.resolved_source_roots, s3=s3_options(settings)
+        ),
         cache=cache,
         clock=SystemClock(),
         maintenance=SqlMaintenance(engine),

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pynomaly_workers.contract import DETECTION_QUEUE, FAILED, FINAL_STATUSES, TRAINING_QUEUE
-from pynomaly_workers.settings import Settings
+from pynomaly_workers.settings import SOURCE_FOLDER, Settings
 
 if TYPE_CHECKING:
     from pynomaly_workers.domain.ports import JobRecord
@@ -135,8 +135,9 @@ def wait_for(check: Callable[[], bool], *, timeout: float, interval: float = 0.2
 def demo_paths(settings: Settings) -> dict[str, Path]:
     """Where the demo keeps its files."""
     folder = (settings.home / "demo").resolve()
+    # Training data goes where workers may read sources by default (PYNOMALY_HOME/data).
     return {
-        "training": folder / "sensors-training.csv",
+        "training": (settings.home / SOURCE_FOLDER / "demo" / "sensors-training.csv").resolve(),
         "log": folder / "worker.log",
     }
 

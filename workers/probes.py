@@ -118,12 +118,13 @@ def _timed(check: Any) -> dict[str, Any]:
 def _ping_broker(settings: Settings, *, timeout: float) -> str:
     from kombu import Connection
 
-    from pynomaly_workers.celery_app import broker_options, transport_name
+    from pynomaly_workers.celery_app import broker_options, tls_options, transport_name
 
     with Connection(
         settings.broker_url,
         transport=transport_name(settings.broker_url),
         transport_options=broker_options(settings),
+        ssl=tls_options(settings.broker_url) or False,  # verify the certificate as workers do
         connect_timeout=timeout,
     ) as connection:
         connection.ensure_connection(max_retries=1, timeout=round(timeout))

@@ -7,6 +7,7 @@ no cache server. Setting the URLs moves the same code onto Redis + PostgreSQL.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,11 @@ EMBEDDED_BROKER = "filesystem://"
 REDIS_SCHEMES = ("redis://", "rediss://")
 AMQP_SCHEMES = ("amqp://", "amqps://")
 """RabbitMQ (kombu's py-amqp transport); ``amqps://`` is AMQP over TLS."""
+SOURCE_FOLDER = "data"
+"""The folder under PYNOMALY_HOME that local ``source`` files may be read from when
+PYNOMALY_SOURCE_ROOTS is unset."""
+ANY_SOURCE_PATH = '["/"]'
+"""PYNOMALY_SOURCE_ROOTS that lets ``source`` name any file the worker can read."""
 
 
 class Settings(BaseSettings):
@@ -66,9 +72,10 @@ class Settings(BaseSettings):
     s3_region: str = Field(default="", description="Region of s3:// sources; empty = AWS_REGION.")
     s3_access_key_id: str = Field(default="", description="Empty = the standard AWS chain.")
     s3_secret_access_key: SecretStr = Field(default=SecretStr(""))
-    source_roots: tuple[Path, ...] = Field(
-        default=(),
-        description="Folders 'source' files must lie in (JSON list); empty allows any path.",
+    source_roots: tuple[Path, ...] | None = Field(
+        default=None,
+        description="Folders local 'source' files must lie in, as a JSON list; unset = "
+        f"PYNOMALY_HOME/{SOURCE_FOLDER}. '[\"/\"]' allows any path the worker can read.",
     )
 
     # Prediction cache.
@@ -241,6 +248,32 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("source_roots", mode="before")
+    @classmethod
+    def _parse_source_roots(cls, value: object) -> object:
+        # The environment gives JSON text (parsed by pydantic-settings); accept the same
+        # text when settings are built from a mapping of variables.
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError(
+                f"PYNOMALY_SOURCE_ROOTS must be a JSON list of folders, like '[\"/data\"]'; "
+                f"got {value!r}"
+            ) from None
+
+    @field_validator("source_roots")
+    @classmethod
+    def _check_source_roots(cls, value: tuple[Path, ...] | None) -> tuple[Path, ...] | None:
+        if value is not None and not value:
+            raise ValueError(
+                "PYNOMALY_SOURCE_ROOTS is an empty list, which would let no source file be "
+                "read: list the folders (a JSON list of paths), leave it unset for "
+                f"PYNOMALY_HOME/{SOURCE_FOLDER}, or set it to {ANY_SOURCE_PATH} to allow any path"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_result_backend(self) -> Settings:
         if self.result_backend.startswith("rpc://"):
@@ -310,6 +343,13 @@ class Settings(BaseSettings):
         if self.is_redis:
             return self.broker_url
         return f"db+sqlite:///{(self.home / 'results.sqlite3').resolve()}"
+
+    @property
+    def resolved_source_roots(self) -> tuple[Path, ...]:
+        """The folders local ``source`` files must lie in, absolute, symlinks resolved:
+        PYNOMALY_SOURCE_ROOTS, else PYNOMALY_HOME/data."""
+        roots = self.source_roots or (self.home / SOURCE_FOLDER,)
+        return tuple(root.resolve() for root in roots)
 
     @property
     def broker_folder(self) -> Path:

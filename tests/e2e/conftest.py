@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -51,6 +52,8 @@ def e2e_env(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         "PYNOMALY_RETRY_BACKOFF_MAX": "2",
         "PYNOMALY_CHUNK_ROWS": "1000",  # sources above this fan out across the pool
         "PYNOMALY_METRICS_PORT": str(free_port()),
+        # Tests write source files in their own temporary folders, all below this one.
+        "PYNOMALY_SOURCE_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())]),
     }
 
 

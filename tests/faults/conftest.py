@@ -245,6 +245,7 @@ def fault_stack(
         "PYNOMALY_ENVIRONMENT": "test",
         "PYNOMALY_RETRY_BACKOFF_MAX": "2",
         "PYNOMALY_METRICS_PORT": "0",
+        "PYNOMALY_SOURCE_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())]),
     }
     values = {k.removeprefix("PYNOMALY_").lower(): v for k, v in env.items()}
     settings = Settings(**values)  # type: ignore[arg-type]

@@ -154,7 +154,8 @@ BAD_INPUTS = [
     ({"records": [[1.0] * 4] * 11}, PayloadTooLarge, "exceed the limit of 10"),
     ({"records": [[1.0] * 4], "extra": 1}, InvalidMessage, "unknown argument"),
     ({"records": [[1.0] * 4], "dataset": "d", "source": "/x"}, InvalidMessage, "exactly one"),
-    ({"source": "/nonexistent.csv"}, InvalidInput, "does not exist"),
+    ({"source": "/nonexistent.csv"}, InvalidInput, "outside the allowed folders"),
+    ({"source": "/etc/../etc/passwd.csv"}, InvalidInput, "outside the allowed folders"),
     ({"dataset": "nope"}, InvalidInput, "no dataset named"),
 ]
 

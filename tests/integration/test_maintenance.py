@@ -531,7 +531,9 @@ def test_the_sweeper_requeues_or_fails_jobs_left_running(pg: Adapters) -> None:
                 text("UPDATE detection_jobs SET attempts = :a WHERE job_id = :j"),
                 {"a": attempts, "j": job_id},
             )
-    job_in(pg, "fresh", status="running", created=NOW)
+    # (the clock, not NOW: NOW is fixed at import, and a slow suite reaches this test more
+    # than a time limit later, when a job started at NOW is stale too)
+    job_in(pg, "fresh", status="running", created=datetime.now(UTC))
 
     # When the sweeper runs
     run = run_maintenance(pg, "sweep_stale_jobs")

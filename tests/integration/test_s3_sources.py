@@ -32,8 +32,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def reader(s3_endpoint: str) -> ArrowSourceReader:
-    return ArrowSourceReader(s3=s3.options(s3_endpoint))
+def reader(s3_endpoint: str, tmp_path: Path) -> ArrowSourceReader:
+    """Objects on the test endpoint, and the local twins the tests write under tmp_path."""
+    return ArrowSourceReader(allowed_roots=(tmp_path,), s3=s3.options(s3_endpoint))
 
 
 @pytest.fixture
@@ -169,7 +170,9 @@ def test_an_unreachable_endpoint_is_transient() -> None:
     # Given storage that does not answer (nothing listens on the port)
     with s3.moto_server() as endpoint:
         pass
-    reader = ArrowSourceReader(s3=S3Options(endpoint_url=endpoint, **s3.KEYS, region="x"))
+    reader = ArrowSourceReader(
+        allowed_roots=(), s3=S3Options(endpoint_url=endpoint, **s3.KEYS, region="x")
+    )
 
     # Then the error is one the tasks retry, not a failed job
     with pytest.raises(SourceUnavailable, match="did not answer"):
@@ -177,7 +180,7 @@ def test_an_unreachable_endpoint_is_transient() -> None:
 
 
 def test_a_malformed_endpoint_is_a_setting_to_fix() -> None:
-    reader = ArrowSourceReader(s3=S3Options(endpoint_url="not a url", **s3.KEYS))
+    reader = ArrowSourceReader(allowed_roots=(), s3=S3Options(endpoint_url="not a url", **s3.KEYS))
 
     with pytest.raises(InvalidSource, match="PYNOMALY_S3_ENDPOINT_URL 'not a url'"):
         reader.plan("s3://bucket/rows.csv", chunk_rows=10)

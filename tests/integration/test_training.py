@@ -98,7 +98,11 @@ def test_trains_from_a_source_file_and_a_registered_dataset(
         ({"records": training_rows(5)}, InvalidRecords, "at least 10 rows"),
         ({"records": None, "dataset": "missing"}, UnknownDataset, "no dataset named"),
         ({"params": {"no_such_param": 1}}, InvalidInput, "not valid for iforest"),
-        ({"records": None, "source": "/nonexistent/x.csv"}, InvalidInput, "does not exist"),
+        (
+            {"records": None, "source": "/nonexistent/x.csv"},
+            InvalidInput,
+            "outside the allowed folders",
+        ),
     ],
 )
 def test_bad_training_requests_say_what_is_wrong(

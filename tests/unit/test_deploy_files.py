@@ -10,6 +10,7 @@ postgresql.conf's parameter names against this machine's ``postgres --describe-c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -1056,3 +1057,21 @@ def test_dockerignore_lets_in_only_what_the_build_needs() -> None:
     needed |= {"pyproject.toml", "constraints.txt", project["project"]["readme"]}
     assert needed <= allowed
     assert not allowed & {".env", ".venv", ".git", ".pynomaly", "tests"}
+
+
+# -- source confinement ------------------------------------------------------------------
+def test_every_deployment_confines_sources_to_the_mounted_data_folder() -> None:
+    # Compose: every app service names its roots, and they are the read-only /data mount
+    for name, service in app_services().items():
+        roots = json.loads(service["environment"]["PYNOMALY_SOURCE_ROOTS"])
+        assert roots == ["/data"], name
+        if name.startswith("worker"):
+            assert any(str(v).endswith(":/data:ro") for v in service.get("volumes", [])), name
+    # Kubernetes: every container that runs the image sees the same explicit roots
+    checked = set()
+    for name, container in containers():
+        env = container_env(container)
+        if "PYNOMALY_BROKER_URL" in env:
+            assert json.loads(env["PYNOMALY_SOURCE_ROOTS"]) == ["/data"], name
+            checked.add(name)
+    assert set(worker_pools()) <= checked

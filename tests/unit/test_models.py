@@ -63,6 +63,12 @@ def test_invalid_names_are_rejected_with_the_rules(text: str, name: str) -> None
         parse_model_ref(text)
 
 
+@pytest.mark.parametrize("text", ["fraud@2147483648", "fraud@" + "9" * 5000], ids=len)
+def test_versions_past_32_bits_are_bad_input(text: str) -> None:
+    with pytest.raises(InvalidInput, match="is past the largest, 2147483647"):
+        parse_model_ref(text)
+
+
 @pytest.mark.parametrize("text", ["fraud@0", "fraud@00"], ids=repr)
 def test_versions_must_be_positive_integers(text: str) -> None:
     expected = f"model version in {text!r} must be a positive integer"

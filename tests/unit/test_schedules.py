@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Callable
 
 import pytest
@@ -94,3 +95,11 @@ def test_the_embedded_default_runs_one_local_beat(make_settings: Callable[..., S
 def test_a_lock_shorter_than_two_loops_is_refused(make_settings: Callable[..., Settings]) -> None:
     with pytest.raises(ValidationError, match="at least twice PYNOMALY_BEAT_MAX_LOOP_INTERVAL"):
         make_settings(beat_lock_timeout=3, beat_max_loop_interval=2)
+
+
+def test_beat_verifies_the_certificate_of_a_tls_lock_redis(
+    make_settings: Callable[..., Settings],
+) -> None:
+    config = beat_config(make_settings(beat_redis_url="rediss://:pw@127.0.0.1:6382/3"))
+
+    assert config["redbeat_redis_use_ssl"] == {"ssl_cert_reqs": ssl.CERT_REQUIRED}

@@ -135,8 +135,9 @@ def local(blob: Blob) -> LocalBlob:
 
 
 @pytest.fixture
-def reader() -> ArrowSourceReader:
-    return ArrowSourceReader()
+def reader(tmp_path: Path) -> ArrowSourceReader:
+    """A reader confined to this test's folder, where its files are written."""
+    return ArrowSourceReader(allowed_roots=(tmp_path,))
 
 
 def read_planned(reader: ArrowSourceReader, path: Path, plan: SourcePlan) -> list[SourceChunk]:

@@ -7,6 +7,13 @@ celery/celery#4308). Anything can LPUSH onto a queue list, so one bad producer c
 every worker down in turn. This channel logs and drops such a message instead: it was
 already removed from the list, cannot be decoded by any worker, and retrying it would
 only repeat the crash.
+
+An envelope that passes these checks can still hold a body Celery's consumer chokes on
+(celery-batches reads ``message.payload`` and raises ``TypeError`` on a body of JSON
+``null``, in the event loop). :meth:`Transport._deliver` therefore also drops a message
+whose hand-over to the consumer raises a data error (``TypeError``, ``ValueError``,
+``KeyError``, ...); connection errors still propagate, so Celery reconnects and the message
+stays in the ``unacked`` hash for redelivery.
 """
 
 from __future__ import annotations
@@ -31,9 +38,15 @@ from kombu.utils.json import dumps, loads
 log = logging.getLogger(__name__)
 
 TRANSPORT = "pynomaly_workers.adapters.broker:Transport"
+FILESYSTEM_TRANSPORT = "pynomaly_workers.adapters.broker:FilesystemTransport"
 # At most this many messages are drained after one BRPOP (the prefetch budget bounds it too).
 _DRAIN_MAX = 64
-FILESYSTEM_TRANSPORT = "pynomaly_workers.adapters.broker:FilesystemTransport"
+
+
+DATA_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError)
+"""What decoding a malformed item, or handing a malformed message to Celery, raises;
+never a connection error (those are ``OSError`` or kombu/redis errors, and must reach
+Celery so it reconnects)."""
 
 
 class QoS(kombu_redis.QoS):
@@ -48,6 +61,19 @@ class QoS(kombu_redis.QoS):
             return
         self._deferred.append((message, delivery_tag))
         kombu_virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        self._write_deferred()
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        self._write_deferred()  # a requeue restores the message from the unacked hash
+        super().reject(delivery_tag, requeue=requeue)
+
+    def _write_deferred(self) -> None:
+        if self._deferred:
+            pending, self._deferred = self._deferred, []
+            self._write_unacked(pending)
 
     @contextmanager
     def deferring(self) -> Iterator[None]:
@@ -132,7 +158,7 @@ class Channel(kombu_redis.Channel):
         with channel.qos.deferring():
             try:
                 delivered = bool(super()._brpop_read(**options))  # type: ignore[misc]
-            except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError
+            except DATA_ERRORS as exc:  # see decode_envelope
                 log.error("dropped a malformed broker message (not a JSON envelope): %s", exc)
                 _count_dropped()
                 delivered = True
@@ -154,7 +180,7 @@ class Channel(kombu_redis.Channel):
         for item in items or ():
             try:
                 message = loads(bytes_to_str(item))
-            except ValueError as exc:
+            except DATA_ERRORS as exc:
                 log.error("dropped a malformed message from %s: %s", queue, exc)
                 _count_dropped()
                 continue
@@ -164,7 +190,7 @@ class Channel(kombu_redis.Channel):
         while True:
             try:
                 return super()._get(queue)  # kombu's Redis _get takes no timeout
-            except ValueError as exc:
+            except DATA_ERRORS as exc:
                 log.error("dropped a malformed message from %s: %s", queue, exc)
                 _count_dropped()
 
@@ -180,7 +206,25 @@ class Transport(kombu_redis.Transport):
             log.error("dropped a malformed message from %s: %s", queue, problem)
             _count_dropped()
             return
-        super()._deliver(message, queue)
+        try:
+            super()._deliver(message, queue)
+        except DATA_ERRORS as exc:
+            log.error(
+                "dropped a message from %s that the worker cannot read (%s: %s)",
+                queue,
+                type(exc).__name__,
+                exc,
+            )
+            _count_dropped()
+            self._forget(message["properties"]["delivery_tag"])
+
+    def _forget(self, delivery_tag: str) -> None:
+        """Acknowledge a dropped delivery, so the visibility timeout does not bring the
+        same poison back."""
+        for channel in self.channels or ():
+            qos: Any = channel.qos
+            if delivery_tag in qos._delivered:
+                qos.reject(delivery_tag, requeue=False)
 
 
 def acknowledge_all(requests: Collection[Any]) -> None:
@@ -209,6 +253,27 @@ def _count_dropped() -> None:
     get_metrics().malformed_dropped.inc()
 
 
+class MalformedMessage(ValueError):
+    """An item on a queue list that is not a kombu message envelope; the text says why."""
+
+
+def decode_envelope(raw: bytes | str) -> dict[str, Any]:
+    """What the worker's channel does with an item popped off a queue list: JSON text in,
+    a kombu envelope out, or :class:`MalformedMessage` saying what is wrong."""
+    try:
+        # kombu's loads, as the channel uses: it also turns {"__type__": "datetime",
+        # "__value__": ...} objects into values, and raises TypeError or AttributeError
+        # when such a value is of the wrong type, besides ValueError for bad JSON/UTF-8.
+        message = loads(raw)
+    except DATA_ERRORS as exc:
+        raise MalformedMessage(f"not a JSON envelope: {type(exc).__name__}: {exc}") from None
+    problem = envelope_problem(message)
+    if problem is not None:
+        raise MalformedMessage(problem)
+    assert isinstance(message, dict)
+    return message
+
+
 def envelope_problem(message: Any) -> str | None:
     """Why ``message`` is not a kombu message envelope, or None if it is one."""
     if not isinstance(message, dict):
@@ -216,11 +281,23 @@ def envelope_problem(message: Any) -> str | None:
     properties = message.get("properties")
     if not isinstance(properties, dict):
         properties = {}
+    headers = message.get("headers", {})
     checks = (
         (isinstance(properties.get("delivery_info"), dict), "no 'properties.delivery_info'"),
-        ("delivery_tag" in properties, "no 'properties.delivery_tag'"),
-        (isinstance(message.get("headers", {}), dict), "'headers' is not an object"),
+        (isinstance(properties.get("delivery_tag"), str), "no string 'properties.delivery_tag'"),
+        (isinstance(headers, dict), "'headers' is not an object"),
         (isinstance(message.get("body"), str), "'body' is not a string"),
+        (_optional_str(message, "content-type"), "'content-type' is not a string"),
+        (_optional_str(message, "content-encoding"), "'content-encoding' is not a string"),
+        (_optional_str(properties, "body_encoding"), "'properties.body_encoding' is not a string"),
+        (
+            _optional_str(headers if isinstance(headers, dict) else {}, "task"),
+            "'headers.task' is not a string",
+        ),
+        (
+            _optional_str(headers if isinstance(headers, dict) else {}, "id"),
+            "'headers.id' is not a string",
+        ),
     )
     for ok, problem in checks:
         if not ok:
@@ -228,6 +305,10 @@ def envelope_problem(message: Any) -> str | None:
     if properties.get("body_encoding") == "base64" and not _is_base64(message["body"]):
         return "'body' is not valid base64"
     return None
+
+
+def _optional_str(mapping: dict[str, Any], key: str) -> bool:
+    return isinstance(mapping.get(key, ""), str)
 
 
 def _is_base64(text: str) -> bool:
@@ -255,7 +336,7 @@ class FilesystemChannel(kombu_filesystem.Channel):
         while True:
             try:
                 return super()._get(queue)
-            except ValueError as exc:
+            except DATA_ERRORS as exc:
                 log.error("dropped a malformed message from %s: %s", queue, exc)
 
 

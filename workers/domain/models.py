@@ -45,6 +45,11 @@ class ModelRef:
         return self.version is not None
 
 
+MAX_VERSION = 2**31 - 1
+"""Versions are 32-bit integers in the database; a larger one is bad input, not an error
+the database raises (which the task layer would retry as transient)."""
+
+
 def parse_model_ref(text: object) -> ModelRef:
     """Parse ``'name'``, ``'name@3'`` or ``'name@champion'``; raise
     :class:`InvalidInput` on anything else."""
@@ -57,6 +62,9 @@ def parse_model_ref(text: object) -> ModelRef:
     if not sep:
         return ModelRef(name)
     if suffix.isascii() and suffix.isdigit():
+        # Length first: int() refuses text past 4,300 digits with a ValueError.
+        if len(suffix.lstrip("0")) > len(str(MAX_VERSION)) or int(suffix) > MAX_VERSION:
+            raise InvalidInput(f"model version in {text!r} is past the largest, {MAX_VERSION}")
         if int(suffix) < 1:
             raise InvalidInput(f"model version in {text!r} must be a positive integer")
         return ModelRef(name, int(suffix))

@@ -40,12 +40,11 @@ _QUOTE = 34
 
 
 class ArrowSourceReader:
-    """Reads CSV/Parquet sources: local files (optionally only below allowed root
-    folders) and ``s3://bucket/key`` objects."""
+    """Reads CSV/Parquet sources: local files below the allowed root folders (``/``
+    allows any) and ``s3://bucket/key`` objects (governed by the bucket's credentials,
+    not by the roots)."""
 
-    def __init__(
-        self, *, allowed_roots: tuple[Path, ...] = (), s3: S3Options | None = None
-    ) -> None:
+    def __init__(self, *, allowed_roots: tuple[Path, ...], s3: S3Options | None = None) -> None:
         self.allowed_roots = tuple(root.resolve() for root in allowed_roots)
         self.s3_options = s3 or S3Options()
         self._s3_client: Any = None

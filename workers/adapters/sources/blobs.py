@@ -101,10 +101,15 @@ def open_local(uri: str, *, allowed_roots: tuple[Path, ...], pin: str | None) ->
     parsed = urlparse(uri)
     if parsed.scheme not in ("", "file"):
         raise InvalidSource(f"source {uri!r}: use a local path, a file:// URI or s3://bucket/key")
+    # resolve(): symlinks and '..' are followed before the check, not after it.
     path = Path(unquote(parsed.path) if parsed.scheme == "file" else uri).resolve()
-    if allowed_roots and not any(path.is_relative_to(root) for root in allowed_roots):
-        roots = ", ".join(str(root) for root in allowed_roots)
-        raise InvalidSource(f"source {uri!r} is outside the allowed folders ({roots})")
+    if not any(path.is_relative_to(root) for root in allowed_roots):
+        roots = ", ".join(str(root) for root in allowed_roots) or "none"
+        raise InvalidSource(
+            f"source {uri!r} is outside the allowed folders ({roots}): move the file into "
+            "one of them, or have the operator add its folder to PYNOMALY_SOURCE_ROOTS "
+            "(a JSON list of folders)"
+        )
     if not path.is_file():
         raise InvalidSource(f"source {uri!r} does not exist or is not a file on this worker")
     if format_of(path.name) not in ("csv", "parquet"):

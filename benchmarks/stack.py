@@ -8,6 +8,7 @@ and dropped at the end, whatever happened.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -25,6 +26,7 @@ from benchmarks.config import (
     BROKER_DB,
     CACHE_DB,
     REDIS_DBS,
+    RESULTS,
     RESULTS_DB,
     Endpoints,
     Sizes,
@@ -110,6 +112,8 @@ def _env(endpoints: Endpoints, url: str, home: Path, sizes: Sizes) -> dict[str, 
         "PYNOMALY_HOME": str(home),
         "PYNOMALY_ENVIRONMENT": "test",
         "PYNOMALY_WORKER_CONCURRENCY": str(sizes.worker_concurrency),
+        # Workers read local sources only below these folders: the generated inputs.
+        "PYNOMALY_SOURCE_ROOTS": json.dumps([str(RESULTS / "data")]),
     }
 
 

@@ -24,6 +24,11 @@ def queue_name() -> str:
 
 
 @pytest.fixture
+def queue(queue_name: str) -> Queue:
+    return Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
+
+
+@pytest.fixture
 def connection(redis_url: str) -> Iterator[Connection]:
     with Connection(redis_url, transport=TRANSPORT) as conn:
         yield conn
@@ -36,15 +41,24 @@ def publish(connection: Connection, queue: Queue, count: int) -> None:
             producer.publish({"n": i}, routing_key=queue.routing_key, declare=[queue])
 
 
+def start_consumer(
+    connection: Connection, queue: Queue, *, prefetch: int
+) -> tuple[list[Message], Any]:
+    """A consumer allowed ``prefetch`` unacknowledged messages; what it received and its
+    channel (left open)."""
+    received: list[Message] = []
+    channel: Any = connection.channel()
+    consumer = Consumer(channel, [queue], callbacks=[lambda _body, m: received.append(m)])
+    consumer.qos(prefetch_count=prefetch)
+    consumer.consume()
+    return received, channel
+
+
 def consume(
     connection: Connection, queue: Queue, *, prefetch: int, until: int
 ) -> tuple[list[Message], Any]:
     """Drain events until ``until`` messages arrived; the channel stays open."""
-    received: list[Message] = []
-    channel = connection.channel()
-    consumer = Consumer(channel, [queue], callbacks=[lambda _body, m: received.append(m)])
-    consumer.qos(prefetch_count=prefetch)
-    consumer.consume()
+    received, channel = start_consumer(connection, queue, prefetch=prefetch)
     for _ in range(until * 2):
         if len(received) >= until:
             break
@@ -61,18 +75,13 @@ def unacked(redis_url: str) -> int:
 
 
 def test_one_wakeup_delivers_up_to_the_prefetch_budget_each_recorded_unacked(
-    connection: Connection, redis_url: str, queue_name: str
+    connection: Connection, redis_url: str, queue: Queue, queue_name: str
 ) -> None:
     # Given 10 messages waiting and a consumer allowed 4 unacknowledged
-    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
     publish(connection, queue, 10)
 
     # When it reads once
-    received: list[Message] = []
-    channel: Any = connection.channel()
-    consumer = Consumer(channel, [queue], callbacks=[lambda _b, m: received.append(m)])
-    consumer.qos(prefetch_count=4)
-    consumer.consume()
+    received, channel = start_consumer(connection, queue, prefetch=4)
     connection.drain_events(timeout=2)
 
     # Then the one read delivered 4 messages, in order, each recorded as unacknowledged
@@ -85,9 +94,8 @@ def test_one_wakeup_delivers_up_to_the_prefetch_budget_each_recorded_unacked(
 
 
 def test_acknowledging_a_batch_clears_every_unacked_record(
-    connection: Connection, redis_url: str, queue_name: str
+    connection: Connection, redis_url: str, queue: Queue, queue_name: str
 ) -> None:
-    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
     publish(connection, queue, 6)
     received, channel = consume(connection, queue, prefetch=6, until=6)
     assert unacked(redis_url) == 6
@@ -100,10 +108,9 @@ def test_acknowledging_a_batch_clears_every_unacked_record(
 
 
 def test_messages_held_when_a_channel_closes_are_restored_to_the_queue(
-    connection: Connection, redis_url: str, queue_name: str
+    connection: Connection, redis_url: str, queue: Queue, queue_name: str
 ) -> None:
     # Given drained deliveries never acknowledged
-    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
     publish(connection, queue, 5)
     received, channel = consume(connection, queue, prefetch=5, until=5)
     assert len(received) == 5
@@ -119,9 +126,8 @@ def test_messages_held_when_a_channel_closes_are_restored_to_the_queue(
 
 
 def test_a_malformed_message_among_drained_ones_is_dropped_and_the_rest_delivered(
-    connection: Connection, redis_url: str, queue_name: str
+    connection: Connection, redis_url: str, queue: Queue, queue_name: str
 ) -> None:
-    queue = Queue(queue_name, Exchange(queue_name), routing_key=queue_name)
     publish(connection, queue, 2)
     client = redis.Redis.from_url(redis_url)
     client.lpush(queue_name, b"\xff not json")

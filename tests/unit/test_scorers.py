@@ -102,6 +102,20 @@ def test_a_backend_that_wins_no_size_is_pruned() -> None:
     assert [pruned.best(n) for n in (1, 64, 2048)] == [calibration.best(n) for n in (1, 64, 2048)]
 
 
+def forest_version(reference: Scorer, train: np.ndarray[Any, Any]) -> ModelVersion:
+    """A six-feature IsolationForest version whose statistics come from ``reference``."""
+    return ModelVersion(
+        id=1,
+        name="m",
+        version=1,
+        algorithm="iforest",
+        artifact_sha256="x" * 64,
+        onnx_sha256=None,
+        n_features=6,
+        stats=fit_score_stats(reference.score(train), contamination=0.02),
+    )
+
+
 def test_a_loaded_model_uses_the_calibrated_choice(
     data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
 ) -> None:
@@ -112,16 +126,7 @@ def test_a_loaded_model_uses_the_calibrated_choice(
         "numpy": ForestScorer(estimator),
     }
     calibration = calibrate(scorers, n_features=6)
-    version = ModelVersion(
-        id=1,
-        name="m",
-        version=1,
-        algorithm="iforest",
-        artifact_sha256="x" * 64,
-        onnx_sha256=None,
-        n_features=6,
-        stats=fit_score_stats(scorers["sklearn"].score(train), contamination=0.02),
-    )
+    version = forest_version(scorers["sklearn"], train)
     loaded = LoadedModel(version=version, scorers=scorers, calibration=calibration)
 
     for n in (1, 64, 2048):
@@ -142,16 +147,7 @@ def test_the_numpy_walk_never_gets_a_batch_past_its_limit_whatever_calibration_s
     calibration = Calibration(
         sizes=(1, 64, 2048), seconds={"sklearn": (1.0, 1.0, 1.0), "numpy": (0.1, 0.1, 0.1)}
     ).pruned()
-    version = ModelVersion(
-        id=1,
-        name="m",
-        version=1,
-        algorithm="iforest",
-        artifact_sha256="x" * 64,
-        onnx_sha256=None,
-        n_features=6,
-        stats=fit_score_stats(scorers["sklearn"].score(train), contamination=0.02),
-    )
+    version = forest_version(scorers["sklearn"], train)
     loaded = LoadedModel(version=version, scorers=scorers, calibration=calibration)
 
     # Then it scores small batches, and a 100,000-row chunk goes to scikit-learn

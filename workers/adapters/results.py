@@ -39,8 +39,10 @@ class StoredResult:
 
 def store_results(backend: Any, results: Sequence[StoredResult]) -> None:
     """Store every result as Celery's ``mark_as_done`` / ``mark_as_failure`` would."""
-    batched = [r for r in results if _batchable(backend, r)]
-    single = [r for r in results if not _batchable(backend, r)]
+    batched: list[StoredResult] = []
+    single: list[StoredResult] = []
+    for item in results:
+        (batched if _batchable(backend, item) else single).append(item)
     if batched:
         try:
             _store_batched(backend, batched)

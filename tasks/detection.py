@@ -1,8 +1,11 @@
 """``pynomaly.detect`` (micro-batched) and ``pynomaly.detect.chunk`` (fan-out pieces).
 
 ``pynomaly.detect`` is a celery-batches task: the worker's consumer buffers deliveries
-and hands them to a pool process in groups of up to ``PYNOMALY_BATCH_MAX_JOBS``, at least
-every ``PYNOMALY_BATCH_MAX_WAIT_MS``. Each delivery keeps its own task id, result,
+and hands them to a pool process in groups of up to ``PYNOMALY_BATCH_MAX_JOBS``. A group
+goes as soon as a pool process is free to take it (everything read in one turn of the
+event loop goes together); while every process is busy the buffer grows, and it is
+handed over at least every ``PYNOMALY_BATCH_MAX_WAIT_MS``. So a lone job waits for no
+timer, and batches grow with the load. Each delivery keeps its own task id, result,
 acknowledgement (after the batch, or a requeue if the pool process dies) and retries.
 """
 
@@ -70,11 +73,38 @@ class DetectionBatches(Batches):  # type: ignore[misc]
         the broker connection was lost; what celery-batches kept from the old connection
         is released first."""
         release_stale(self)
-        handler = super().Strategy(task, app, consumer)
+        buffer = super().Strategy(task, app, consumer)
         task_received.connect(
             _announce_received, sender=consumer, weak=False, dispatch_uid="pynomaly-received"
         )
+        self._consumer = consumer
+        self._dispatch_pending = False
+
+        def handler(*args: Any, **kwargs: Any) -> None:
+            buffer(*args, **kwargs)
+            self.dispatch_soon()
+
         return handler
+
+    def dispatch_soon(self) -> None:
+        """Flush the buffer on the event loop's next turn if a pool process is idle.
+
+        "Next turn", not now: a consumer wakeup delivers every message it read before the
+        loop turns, so they go to the process as one batch. Only one flush is scheduled
+        per turn. With no idle process the buffer waits, growing, for the timer or for a
+        batch to return."""
+        consumer = self._consumer
+        if self._dispatch_pending or consumer is None or not getattr(consumer, "hub", None):
+            return
+        if idle_processes(self._pool, in_flight=len(self.in_pool)) <= 0:
+            return
+        self._dispatch_pending = True
+        consumer.hub.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._dispatch_pending = False
+        if self._buffer.qsize():
+            self._do_flush()
 
     def flush(self, requests: Collection[Any]) -> Any:
         batch = ([SimpleRequest.from_request(r) for r in requests],)
@@ -91,6 +121,7 @@ class DetectionBatches(Batches):  # type: ignore[misc]
             runtime = time.monotonic() - accepted[0] if accepted else 0.0
             announce_outcomes(requests, reports, runtime=runtime)
             acknowledge_all(requests)
+            self.dispatch_soon()  # what gathered while the processes were busy
 
         def on_error(_exc_info: Any) -> None:
             self.in_pool.pop(key, None)
@@ -112,6 +143,19 @@ class DetectionBatches(Batches):  # type: ignore[misc]
 
 
 _batch_keys = itertools.count()
+
+
+def idle_processes(pool: Any, *, in_flight: int) -> int:
+    """How many pool processes could take a batch now. Prefork's pool knows (processes
+    not running a job, less the jobs written to none yet, of any task); for another pool,
+    its size less the detection batches in flight."""
+    inner = getattr(pool, "_pool", None)
+    queues = getattr(inner, "_all_inqueues", None)
+    busy = getattr(inner, "_busy_workers", None)
+    outbound = getattr(inner, "outbound_buffer", None)
+    if queues is None or busy is None or outbound is None:
+        return int(getattr(pool, "num_processes", 1) or 1) - in_flight
+    return len(queues) - len(busy) - len(outbound)
 
 
 def release_stale(batches: DetectionBatches) -> int:

@@ -192,15 +192,31 @@ def test_a_batch_of_results_reads_back_as_celery_writes_them(backend_app: Celery
     assert 0 < client.ttl(f"celery-task-meta-{ids[3]}") <= 300
 
 
-def test_a_stored_success_is_never_replaced_by_a_later_batch(backend_app: Celery) -> None:
-    task_id = str(uuid.uuid4())
-    store_results(backend_app.backend, [StoredResult(task_id, {"first": True}, states.SUCCESS)])
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_a_stored_success_is_never_replaced_by_a_later_batch(
+    backend_app: Celery, serializer: str
+) -> None:
+    # JSON results are checked and written by one server-side script; another
+    # serializer, which the script cannot read, by an MGET and a pipeline
+    backend_app.conf.result_serializer = serializer
+    backend_app.conf.accept_content = [serializer]
+    backend_app.conf.result_accept_content = [serializer]
+    backend: Any = backend_app.backend
+    assert backend.serializer == serializer
+    done, pending = str(uuid.uuid4()), str(uuid.uuid4())
+    store_results(backend, [StoredResult(done, {"first": True}, states.SUCCESS)])
+    backend.mark_as_failure(pending, RuntimeError("first attempt"))
 
     store_results(
-        backend_app.backend, [StoredResult(task_id, RuntimeError("late"), states.FAILURE)]
+        backend,
+        [
+            StoredResult(done, RuntimeError("late"), states.FAILURE),
+            StoredResult(pending, {"second": True}, states.SUCCESS),
+        ],
     )
 
-    assert AsyncResult(task_id, app=backend_app).get(timeout=2) == {"first": True}
+    assert AsyncResult(done, app=backend_app).get(timeout=2) == {"first": True}
+    assert AsyncResult(pending, app=backend_app).get(timeout=2) == {"second": True}
 
 
 def test_a_result_is_published_to_callers_waiting_on_it(backend_app: Celery) -> None:

@@ -90,14 +90,24 @@ class QoS(kombu_redis.QoS):
 
     def _write_unacked(self, pending: Sequence[tuple[Any, str]]) -> None:
         qos: Any = self
-        now = time.time()
         with qos.channel.conn_or_acquire() as client, client.pipeline() as pipe:
-            for message, tag in pending:
-                delivery = message.delivery_info
-                entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-                pipe.zadd(qos.unacked_index_key, {tag: now})
-                pipe.hset(qos.unacked_key, tag, entry)
+            self._record_unacked(pipe, pending)
             pipe.execute()
+
+    def record_deferred(self, pipe: Any) -> None:
+        """Queue the deferred ``unacked`` writes on ``pipe`` (the caller executes it)."""
+        if self._deferred:
+            pending, self._deferred = self._deferred, []
+            self._record_unacked(pipe, pending)
+
+    def _record_unacked(self, pipe: Any, pending: Sequence[tuple[Any, str]]) -> None:
+        qos: Any = self
+        now = time.time()
+        for message, tag in pending:
+            delivery = message.delivery_info
+            entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+            pipe.zadd(qos.unacked_index_key, {tag: now})
+            pipe.hset(qos.unacked_key, tag, entry)
 
     def ack_many(self, delivery_tags: Sequence[str]) -> None:
         """Acknowledge ``delivery_tags`` as :meth:`ack` would each, in one pipeline."""
@@ -151,9 +161,11 @@ class Channel(kombu_redis.Channel):
 
     def _brpop_read(self, **options: Any) -> bool:
         """Kombu's read of one BRPOP reply, then up to the prefetch budget more messages
-        of the same queue without blocking (one script call), all recorded as
-        unacknowledged in one pipeline. Kombu alone costs a BRPOP and an ``unacked``
-        write per message, each a round trip inside the consumer's event loop."""
+        of the same queue without blocking (one script call, in the round trip that
+        records the first as unacknowledged), the drained ones recorded as
+        unacknowledged in one pipeline more. Kombu alone costs a BRPOP and an
+        ``unacked`` write per message, each a round trip inside the consumer's event
+        loop; a lone message now costs one round trip after its BRPOP."""
         channel: Any = self
         with channel.qos.deferring():
             try:
@@ -175,8 +187,12 @@ class Channel(kombu_redis.Channel):
         if queue not in channel._active_queues:
             return
         keys = [channel._q_for_pri(queue, pri) for pri in channel.priority_steps]
-        with self.conn_or_acquire() as client:
-            items = client.eval(_DRAIN, len(keys), *keys, min(budget, _DRAIN_MAX))
+        # The unacked record of what BRPOP delivered travels in the same round trip,
+        # ahead of the drain; what the drain brings is recorded on the way out.
+        with self.conn_or_acquire() as client, client.pipeline() as pipe:
+            channel.qos.record_deferred(pipe)
+            pipe.eval(_DRAIN, len(keys), *keys, min(budget, _DRAIN_MAX))
+            items = pipe.execute()[-1]
         for item in items or ():
             try:
                 message = loads(bytes_to_str(item))

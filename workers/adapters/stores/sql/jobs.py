@@ -122,6 +122,14 @@ class SqlJobStore(SqlBase):
         # In job_id order: two workers settling overlapping batches in different orders
         # would otherwise deadlock on the row locks the upsert takes.
         rows.sort(key=lambda row: str(row["job_id"]))
+        only_rows = not failures and not any(len(r.anomalies) for r in results)
+        if only_rows and self.dialect == "postgresql":
+            # Nothing to write but the job rows: one statement, atomic on its own, sent
+            # in autocommit mode. BEGIN and COMMIT would each cost a round trip more.
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                settled = self._upsert_final(conn, rows)
+                unchanged = [str(row["job_id"]) for row in rows if row["job_id"] not in settled]
+                return self._jobs(conn, unchanged) if unchanged else {}
         with self.engine.begin() as conn:
             settled = self._upsert_final(conn, rows)
             fresh = [r for r in results if r.summary.job_id in settled]

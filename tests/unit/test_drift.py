@@ -12,7 +12,7 @@ from pynomaly_workers.domain.drift import (
     population_stability_index,
 )
 from pynomaly_workers.domain.models import ModelVersion
-from pynomaly_workers.domain.profile import profile_training_data
+from pynomaly_workers.domain.profile import bin_counts, profile_training_data
 from pynomaly_workers.domain.scoring import fit_score_stats
 from pynomaly_workers.services.drift import drift_report
 
@@ -97,3 +97,30 @@ def test_too_few_records_are_not_judged() -> None:
     report = report_for(np.zeros((100, WIDTH)), version)
 
     assert (report["status"], report["drifted"]) == ("insufficient_data", False)
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_folding_a_matrix_counts_each_feature_as_binning_its_column_would(with_nan: bool) -> None:
+    # Given a profile whose features have different numbers of edges (a constant
+    # feature collapses to one), and rows that sit exactly on edges
+    rng = np.random.default_rng(7)
+    training = rng.normal(size=(500, 5))
+    training[:, 2] = 1.5
+    training[:, 4] = np.round(training[:, 4])
+    profile = profile_training_data(training, rng.normal(size=500))
+    assert len({len(h.edges) for h in profile.features}) > 1
+    rows = rng.normal(size=(2_000, 5))
+    rows[:50] = np.array([[h.edges[0] for h in profile.features]])
+    rows[:, 4] = np.round(rows[:, 4])
+    if with_nan:
+        rows[7, 1] = np.nan
+
+    # When the rows are folded into the profile's bins
+    counts = profile.count(rows, rng.normal(size=2_000), n_flagged=3)
+
+    # Then each feature's counts are those of binning its column alone
+    for j, hist in enumerate(profile.features):
+        alone = bin_counts(rows[:, j], hist.edges)
+        np.testing.assert_array_equal(counts.features[j, : len(alone)], alone)
+        assert counts.features[j, len(alone) :].sum() == 0
+    assert counts.n_records == 2_000

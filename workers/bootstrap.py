@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from threading import Lock
 
+from pynomaly_workers.adapters.isolation import ForkedIsolation
 from pynomaly_workers.adapters.scorers.loader import ModelLoader
 from pynomaly_workers.adapters.scorers.trainer import SklearnTrainer
 from pynomaly_workers.adapters.sources import ArrowSourceReader
@@ -64,6 +65,10 @@ def bootstrap(settings: Settings) -> Adapters:
         close=close,
         forget_after_fork=lambda: engine.dispose(close=False),
         telemetry=PrometheusTelemetry(),
+        # The child drops the inherited connections and closes its own when done.
+        isolation=ForkedIsolation(
+            after_fork=lambda: engine.dispose(close=False), before_exit=engine.dispose
+        ),
     )
 
 

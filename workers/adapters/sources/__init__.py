@@ -8,6 +8,7 @@ feature and must be numeric. A CSV whose first line is all numbers has no header
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +49,7 @@ class ArrowSourceReader:
         self.allowed_roots = tuple(root.resolve() for root in allowed_roots)
         self.s3_options = s3 or S3Options()
         self._s3_client: Any = None
+        self._s3_pid = 0
         self._lock = Lock()
 
     def open(self, uri: str, *, pin: str | None = None) -> Blob:
@@ -57,9 +59,11 @@ class ArrowSourceReader:
         return open_local(uri, allowed_roots=self.allowed_roots, pin=pin)
 
     def _client(self) -> Any:
+        # One client per process: a forked child (isolated training) must not share
+        # its parent's HTTP connections.
         with self._lock:
-            if self._s3_client is None:
-                self._s3_client = s3_client(self.s3_options)
+            if self._s3_client is None or self._s3_pid != os.getpid():
+                self._s3_client, self._s3_pid = s3_client(self.s3_options), os.getpid()
             return self._s3_client
 
     def describe(self, path: str) -> Dataset:

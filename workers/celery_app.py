@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 from kombu import Exchange, Queue
 
 from pynomaly_workers.contract import DETECTION_QUEUE, QUEUES, ROUTES
@@ -187,6 +187,7 @@ def create_app(settings: Settings) -> Celery:
     application.conf.update(beat_config(settings))
     for module in (detection, training, maintenance, health):
         module.register(application, settings)
+    worker_init.connect(_preload, weak=False, dispatch_uid="pynomaly-preload")
     worker_process_init.connect(_reset_after_fork, weak=False, dispatch_uid="pynomaly-fork")
     worker_process_shutdown.connect(
         _forget_process_metrics, weak=False, dispatch_uid="pynomaly-metrics"
@@ -201,6 +202,12 @@ def create_app(settings: Settings) -> Celery:
 def get_app() -> Celery:
     """This process's app, built from :func:`~pynomaly_workers.settings.get_settings`."""
     return create_app(get_settings())
+
+
+def _preload(**_: Any) -> None:
+    from pynomaly_workers.preload import preload_for_fork
+
+    preload_for_fork()
 
 
 def _reset_after_fork(**_: Any) -> None:

@@ -1,4 +1,5 @@
-"""A real worker's memory layout: training's exporter is never left in a pool process."""
+"""A real worker's memory layout: heavy libraries loaded once in the main process (shared
+by the pool), and training's exporter never left in a pool process."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import pytest
 from celery import Celery
 
 from pynomaly_workers.client import submit_detection, submit_training
-from pynomaly_workers.demo import WorkerProcess
+from pynomaly_workers.demo import WorkerProcess, wait_for
 from pynomaly_workers.services.context import Adapters
 from tests.factories import rows_with_outliers, training_rows
 
 pytestmark = pytest.mark.e2e
 
 ONNX_RUNTIME = "onnxruntime_pybind11_state"  # ONNX Runtime's extension module
+ARROW = "libarrow.so"
 EXPORTER = "onnx_cpp2py_export"  # the onnx package's extension, which skl2onnx imports
 
 
@@ -28,6 +30,17 @@ def pool_processes(parent: int) -> list[int]:
 def mapped(pid: int, library: str) -> bool:
     """Whether process ``pid`` has ``library`` mapped into its memory."""
     return library in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_heavy_libraries_are_loaded_before_the_pool_forks(worker: WorkerProcess) -> None:
+    # Given a worker that has started its pool
+    parent = worker.process.pid
+    assert wait_for(lambda: len(pool_processes(parent)) == 2, timeout=30)
+
+    # Then ONNX Runtime and Arrow are mapped in the main process, which never scores:
+    # the pool processes share those pages instead of loading their own
+    assert mapped(parent, ONNX_RUNTIME)
+    assert mapped(parent, ARROW)
 
 
 def test_training_leaves_no_exporter_in_a_pool_process(

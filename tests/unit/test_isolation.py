@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pynomaly_workers.adapters.heap import release_free_memory
 from pynomaly_workers.adapters.isolation import ChildDied, ForkedIsolation
 from pynomaly_workers.domain.errors import InvalidInput
 from pynomaly_workers.services.context import InlineIsolation
@@ -98,3 +99,31 @@ def test_the_hooks_run_in_the_child_only(tmp_path: Path) -> None:
 
 def test_inline_isolation_runs_here() -> None:
     assert InlineIsolation().run(os.getpid) == os.getpid()
+
+
+def test_releasing_free_memory_gives_pages_back() -> None:
+    # Given 64 MB freed in small pieces between survivors, so the heap cannot shrink
+    # from its top by itself: free() keeps it all
+    pieces, survivors = [], []
+    for i in range(16_384):
+        pieces.append(bytearray(4096))
+        if i % 64 == 0:
+            survivors.append(bytearray(64))
+    survivors.append(bytearray(64))
+    before = _anonymous_kb()
+    del pieces
+    kept = _anonymous_kb()
+
+    # When freed memory is released
+    release_free_memory()
+
+    # Then most of it left the process
+    assert before - _anonymous_kb() > 32 * 1024, (before, kept, _anonymous_kb())
+    assert len(survivors) == 257
+
+
+def _anonymous_kb() -> int:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1])
+    raise AssertionError("no Anonymous line")

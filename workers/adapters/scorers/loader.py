@@ -19,6 +19,7 @@ from threading import Lock
 
 import numpy as np
 
+from pynomaly_workers.adapters.heap import release_free_memory
 from pynomaly_workers.adapters.scorers import sklearn
 from pynomaly_workers.adapters.scorers.explain import Explainer, explainer_for
 from pynomaly_workers.adapters.scorers.forest import ForestScorer
@@ -183,6 +184,9 @@ class ModelLoader:
                 self._cache.move_to_end(version.id)
                 return cached
         loaded = self._build(version)
+        # Calibration's batches and a pruned ONNX session left tens of MB free in the
+        # heap; give them back now rather than keep them for the process's life.
+        release_free_memory()
         with self._lock:
             self._cache[version.id] = loaded
             while len(self._cache) > self.capacity:

@@ -120,10 +120,10 @@ class ArrowSourceReader:
             raise  # transient: the task retries
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
             raise InvalidSource(f"cannot read chunk {spec.index} of {path}: {exc}") from None
-        batch = table.combine_chunks().to_batches()
-        if not batch:
+        if table.num_rows == 0:
             raise InvalidSource(f"chunk {spec.index} of {path} is empty; was the file changed?")
-        return _chunk(batch[0], offset=spec.offset, path=path)
+        # Straight from Arrow's blocks into the matrix: no combined copy of the table.
+        return _chunk(table, offset=spec.offset, path=path)
 
 
 def _batches(blob: Blob, *, chunk_rows: int) -> Iterator[Any]:
@@ -238,14 +238,13 @@ def _csv_header(blob: Blob) -> tuple[list[str], int]:
 
 
 def _read_csv_range(blob: Blob, spec: ChunkSpec, columns: list[str]) -> Any:
-    import io
-
+    import pyarrow as pa
     import pyarrow.csv as pacsv
 
     data = blob.read_range(spec.start, spec.stop)
     options = pacsv.ReadOptions(column_names=columns, block_size=_CSV_BLOCK_BYTES)
     return pacsv.read_csv(
-        io.BytesIO(data),
+        pa.BufferReader(data),  # parses the bytes in place (BytesIO was copied into Arrow)
         read_options=options,
         parse_options=_parse(quoted=data.find(b'"') >= 0),
         convert_options=_convert(),
@@ -315,15 +314,17 @@ def _rebatch(batches: Iterator[Any], chunk_rows: int) -> Iterator[Any]:
 
 
 def _chunk(batch: Any, *, offset: int, path: str) -> SourceChunk:
+    """A record batch or a table (of several blocks) as a source chunk."""
     import pyarrow as pa
 
-    assert isinstance(batch, pa.RecordBatch)
+    assert isinstance(batch, pa.RecordBatch | pa.Table)
     names = batch.schema.names
     features = [i for i, name in enumerate(names) if name not in META_COLUMNS]
     if not features:
         raise InvalidSource(f"source {path!r} has no feature columns")
-    columns = []
-    for i in features:
+    # Filled column by column: one matrix, no per-column copies stacked afterwards.
+    matrix = np.empty((batch.num_rows, len(features)), dtype=np.float64)
+    for j, i in enumerate(features):
         column = batch.column(i)
         if pa.types.is_null(column.type):
             # Only missing values ("", NaN) in this chunk, so Arrow inferred no type: they
@@ -334,12 +335,11 @@ def _chunk(batch: Any, *, offset: int, path: str) -> SourceChunk:
             raise InvalidSource(
                 f"source {path!r}: column {names[i]!r} is {column.type}, not numeric"
             )
-        columns.append(column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False))
-    matrix = np.column_stack(columns) if len(columns) > 1 else columns[0].reshape(-1, 1)
+        matrix[:, j] = column.to_numpy(zero_copy_only=False)
     check_finite(matrix, first_index=offset)
     return SourceChunk(
         offset=offset,
-        matrix=np.ascontiguousarray(matrix),
+        matrix=matrix,
         record_ids=_strings(batch, "record_id"),
         timestamps=_times(batch, offset),
         features=[names[i] for i in features],
@@ -349,7 +349,7 @@ def _chunk(batch: Any, *, offset: int, path: str) -> SourceChunk:
 def _strings(batch: Any, name: str) -> list[str] | None:
     import pyarrow as pa
 
-    assert isinstance(batch, pa.RecordBatch)
+    assert isinstance(batch, pa.RecordBatch | pa.Table)
     if name not in batch.schema.names:
         return None
     return [str(v) for v in batch.column(name).to_pylist()]
@@ -358,7 +358,7 @@ def _strings(batch: Any, name: str) -> list[str] | None:
 def _times(batch: Any, offset: int) -> list[datetime] | None:
     import pyarrow as pa
 
-    assert isinstance(batch, pa.RecordBatch)
+    assert isinstance(batch, pa.RecordBatch | pa.Table)
     if "timestamp" not in batch.schema.names:
         return None
     column = batch.column("timestamp")

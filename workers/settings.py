@@ -65,10 +65,11 @@ class Settings(BaseSettings):
     )
     chunk_rows: int = Field(default=100_000, gt=0, description="Rows read per source chunk.")
     chunk_max_mb: float = Field(
-        default=6.0,
+        default=12.8,
         gt=0,
-        description="Largest float64 feature matrix of one source chunk, in MiB: a chunk "
-        "has at most this / (8 x features) rows (49,152 at 16 features), and CHUNK_ROWS.",
+        description="Largest float64 feature matrix of one source chunk, in MB (10^6 "
+        "bytes): a chunk has at most this / (8 x features) rows (100,000 at 16 features), "
+        "and at most CHUNK_ROWS.",
     )
     s3_endpoint_url: str = Field(
         default="",

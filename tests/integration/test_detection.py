@@ -283,9 +283,9 @@ def test_a_fanned_out_source_writes_exactly_the_anomalies_of_one_piece(
 def test_a_source_fans_out_in_chunks_whose_matrix_fits_the_byte_budget(
     store_url: str, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    # Given a 4-feature model and workers whose chunk matrix may hold 8 KiB (256 rows),
+    # Given a 4-feature model and workers whose chunk matrix may hold 8,192 bytes (256 rows),
     # while CHUNK_ROWS alone would read the 1,000-row source whole
-    settings = make_settings(database_url=store_url, chunk_rows=100_000, chunk_max_mb=1 / 128)
+    settings = make_settings(database_url=store_url, chunk_rows=100_000, chunk_max_mb=0.008192)
     adapters = bootstrap(settings)
     train(adapters)
     path = str(write_csv(tmp_path / "s.csv", rows_with_outliers(n=1000, seed=3), ids=True))

@@ -734,9 +734,10 @@ def test_split_rows_covers_every_row_once(
 @pytest.mark.parametrize(
     ("n_features", "max_rows", "max_bytes", "expected"),
     [
-        (16, 100_000, 6 << 20, 49_152),  # the default budget at the benchmark's width
-        (4, 100_000, 6 << 20, 100_000),  # narrow: the row cap decides
-        (1024, 100_000, 6 << 20, 768),  # wide: the bytes decide
+        (16, 100_000, 12_800_000, 100_000),  # the default budget at the benchmark's width
+        (16, 100_000, 6_400_000, 50_000),
+        (4, 100_000, 12_800_000, 100_000),  # narrow: the row cap decides
+        (1024, 100_000, 12_800_000, 1_562),  # wide: the bytes decide
         (16, 100_000, 8 * 16 * 10, 10),
         (10_000, 100, 16, 1),  # never zero rows
         (0, 50, 8, 1),

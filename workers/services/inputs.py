@@ -22,7 +22,7 @@ def chunk_rows_for(settings: Settings, *, n_features: int) -> int:
     return rows_per_chunk(
         n_features=n_features,
         max_rows=settings.chunk_rows,
-        max_bytes=int(settings.chunk_max_mb * (1 << 20)),
+        max_bytes=int(settings.chunk_max_mb * 1_000_000),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from threading import Lock
 
+from pynomaly_workers.adapters.isolation import ForkedIsolation
 from pynomaly_workers.adapters.scorers.loader import ModelLoader
 from pynomaly_workers.adapters.scorers.trainer import SklearnTrainer
 from pynomaly_workers.adapters.sources import ArrowSourceReader
@@ -42,6 +43,11 @@ def bootstrap(settings: Settings) -> Adapters:
         if cache is not None:
             cache.close()
 
+    # A forked child drops the inherited connections and closes its own when done.
+    isolation = ForkedIsolation(
+        after_fork=lambda: engine.dispose(close=False), before_exit=engine.dispose
+    )
+
     return Adapters(
         settings=settings,
         store=store,
@@ -50,6 +56,7 @@ def bootstrap(settings: Settings) -> Adapters:
             capacity=settings.model_cache_size,
             onnx_threads=onnx_threads(settings),
             ref_ttl_seconds=settings.model_ref_ttl_seconds,
+            isolation=isolation,
         ),
         trainer=SklearnTrainer(),
         sources=ArrowSourceReader(
@@ -64,6 +71,7 @@ def bootstrap(settings: Settings) -> Adapters:
         close=close,
         forget_after_fork=lambda: engine.dispose(close=False),
         telemetry=PrometheusTelemetry(),
+        isolation=isolation,
     )
 
 

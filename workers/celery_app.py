@@ -13,10 +13,21 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    task_postrun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from kombu import Exchange, Queue
 
-from pynomaly_workers.contract import DETECTION_QUEUE, QUEUES, ROUTES
+from pynomaly_workers.contract import (
+    DETECT_CHUNK_TASK,
+    DETECTION_QUEUE,
+    QUEUES,
+    ROUTES,
+    TRAIN_TASK,
+)
 from pynomaly_workers.settings import REDIS_SCHEMES, Settings, get_settings
 
 SENT_AT_HEADER = "sent_at"
@@ -187,6 +198,8 @@ def create_app(settings: Settings) -> Celery:
     application.conf.update(beat_config(settings))
     for module in (detection, training, maintenance, health):
         module.register(application, settings)
+    worker_init.connect(_preload, weak=False, dispatch_uid="pynomaly-preload")
+    task_postrun.connect(_release_after_large_task, weak=False, dispatch_uid="pynomaly-heap")
     worker_process_init.connect(_reset_after_fork, weak=False, dispatch_uid="pynomaly-fork")
     worker_process_shutdown.connect(
         _forget_process_metrics, weak=False, dispatch_uid="pynomaly-metrics"
@@ -201,6 +214,23 @@ def create_app(settings: Settings) -> Celery:
 def get_app() -> Celery:
     """This process's app, built from :func:`~pynomaly_workers.settings.get_settings`."""
     return create_app(get_settings())
+
+
+def _preload(**_: Any) -> None:
+    from pynomaly_workers.preload import preload_for_fork
+
+    preload_for_fork()
+
+
+LARGE_TASKS = frozenset({DETECT_CHUNK_TASK, TRAIN_TASK})
+"""Tasks after which a pool process gives its freed memory back (see adapters/heap.py)."""
+
+
+def _release_after_large_task(task: Any = None, **_: Any) -> None:
+    if task is not None and task.name in LARGE_TASKS:
+        from pynomaly_workers.adapters.heap import release_free_memory
+
+        release_free_memory()
 
 
 def _reset_after_fork(**_: Any) -> None:

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
         description="Features named in each anomaly's explanation; 0 = no explanations.",
     )
     chunk_rows: int = Field(default=100_000, gt=0, description="Rows read per source chunk.")
+    chunk_max_mb: float = Field(
+        default=12.8,
+        gt=0,
+        description="Largest float64 feature matrix of one source chunk, in MB (10^6 "
+        "bytes): a chunk has at most this / (8 x features) rows (100,000 at 16 features), "
+        "and at most CHUNK_ROWS.",
+    )
     s3_endpoint_url: str = Field(
         default="",
         description="S3-compatible endpoint for s3:// sources (MinIO, Ceph, ...); empty "

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from pynomaly_workers.bootstrap import bootstrap
 from pynomaly_workers.domain.errors import (
@@ -277,6 +278,29 @@ def test_a_fanned_out_source_writes_exactly_the_anomalies_of_one_piece(
     assert job is not None
     assert job.attempts == 1
     whole.close()
+
+
+def test_a_source_fans_out_in_chunks_whose_matrix_fits_the_byte_budget(
+    store_url: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    # Given a 4-feature model and workers whose chunk matrix may hold 8,192 bytes (256 rows),
+    # while CHUNK_ROWS alone would read the 1,000-row source whole
+    settings = make_settings(database_url=store_url, chunk_rows=100_000, chunk_max_mb=0.008192)
+    adapters = bootstrap(settings)
+    train(adapters)
+    path = str(write_csv(tmp_path / "s.csv", rows_with_outliers(n=1000, seed=3), ids=True))
+
+    # When the source is scored
+    summary = detect(adapters, job_id="budget", source=path)
+
+    # Then it ran as ceil(1000 / 256) = 4 chunks, every row scored once
+    assert summary["n_records"] == 1000
+    with adapters.store.engine.connect() as conn:  # type: ignore[attr-defined]
+        sizes = conn.execute(
+            text("SELECT n_records FROM detection_chunks WHERE job_id = 'budget'")
+        ).scalars()
+        assert sorted(sizes) == [232, 256, 256, 256]
+    adapters.close()
 
 
 def test_each_anomaly_carries_its_explanation(adapters: Adapters, tmp_path: Path) -> None:

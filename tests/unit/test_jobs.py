@@ -32,6 +32,7 @@ from pynomaly_workers.domain.jobs import (
     parse_detection_request,
     parse_timestamp,
     parse_training_request,
+    rows_per_chunk,
     split_rows,
     top_anomalies,
 )
@@ -728,6 +729,24 @@ def test_split_rows_covers_every_row_once(
     n_rows: int, max_rows: int, expected: list[tuple[int, int]]
 ) -> None:
     assert split_rows(n_rows, max_rows=max_rows) == expected
+
+
+@pytest.mark.parametrize(
+    ("n_features", "max_rows", "max_bytes", "expected"),
+    [
+        (16, 100_000, 12_800_000, 100_000),  # the default budget at the benchmark's width
+        (16, 100_000, 6_400_000, 50_000),
+        (4, 100_000, 12_800_000, 100_000),  # narrow: the row cap decides
+        (1024, 100_000, 12_800_000, 1_562),  # wide: the bytes decide
+        (16, 100_000, 8 * 16 * 10, 10),
+        (10_000, 100, 16, 1),  # never zero rows
+        (0, 50, 8, 1),
+    ],
+)
+def test_rows_per_chunk_keeps_the_matrix_within_the_budget(
+    n_features: int, max_rows: int, max_bytes: int, expected: int
+) -> None:
+    assert rows_per_chunk(n_features=n_features, max_rows=max_rows, max_bytes=max_bytes) == expected
 
 
 @pytest.mark.parametrize(("n_rows", "max_rows"), [(1, 1), (999, 7), (1_000, 10), (12_345, 1_000)])

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pytest
 from sklearn.ensemble import IsolationForest
 
+from pynomaly_workers.adapters.scorers import loader as loader_module
 from pynomaly_workers.adapters.scorers import sklearn
 from pynomaly_workers.adapters.scorers.forest import ForestScorer
-from pynomaly_workers.adapters.scorers.loader import Calibration, LoadedModel, calibrate
+from pynomaly_workers.adapters.scorers.loader import (
+    Calibration,
+    LoadedModel,
+    ModelLoader,
+    calibrate,
+    measure_backends,
+)
 from pynomaly_workers.adapters.scorers.onnx import MAX_ROWS_PER_CALL, OnnxScorer, export
 from pynomaly_workers.domain.models import ModelVersion
-from pynomaly_workers.domain.ports import Scorer
+from pynomaly_workers.domain.ports import ModelStore, Scorer
 from pynomaly_workers.domain.scoring import fit_score_stats
 
 
@@ -183,3 +192,83 @@ def test_calibration_rows_are_drawn_around_the_training_data() -> None:
     assert len(largest) == 2048
     np.testing.assert_allclose(np.median(largest, axis=0), 1_000, atol=10)
     np.testing.assert_allclose(np.std(largest, axis=0), 50, rtol=0.15)
+
+
+T = TypeVar("T")
+
+
+class _Artifacts:
+    """The one store method a loader uses: artifact bytes by sha256."""
+
+    def __init__(self, artifacts: dict[str, bytes]) -> None:
+        self.artifacts = artifacts
+
+    def load_artifact(self, sha256: str) -> bytes:
+        return self.artifacts[sha256]
+
+
+class _Measured:
+    """An isolation that reports a fixed measurement instead of timing (deterministic)."""
+
+    def __init__(self, winners: tuple[str, ...]) -> None:
+        self.winners = winners
+
+    def run(self, work: Callable[[], T]) -> T:
+        del work
+        seconds: dict[str, tuple[float, ...]] = {b: (1.0, 1.0, 1.0) for b in self.winners}
+        return cast(T, Calibration(sizes=(1, 64, 2048), seconds=seconds))
+
+
+@pytest.mark.parametrize(
+    ("winners", "sessions"), [(("sklearn", "numpy"), 0), (("onnx", "sklearn"), 1)]
+)
+def test_an_onnx_session_is_built_only_when_calibration_picks_onnx(
+    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    winners: tuple[str, ...],
+    sessions: int,
+) -> None:
+    # Given an IsolationForest version with a parity-checked ONNX export
+    train, _ = data
+    estimator = IsolationForest(random_state=0, n_estimators=10).fit(train)
+    onnx = export(estimator, n_features=6)
+    assert onnx is not None
+    version = dataclasses.replace(
+        forest_version(sklearn.SklearnScorer(estimator), train), onnx_sha256="o" * 64
+    )
+    store = _Artifacts({"x" * 64: sklearn.dump(estimator), "o" * 64: onnx})
+    built: list[OnnxScorer] = []
+
+    class Counted(OnnxScorer):
+        def __init__(self, content: bytes, *, threads: int = 1) -> None:
+            super().__init__(content, threads=threads)
+            built.append(self)
+
+    monkeypatch.setattr(loader_module, "OnnxScorer", Counted)
+
+    # When a loader whose measurement (done elsewhere) names the winners loads it
+    loader = ModelLoader(cast(ModelStore, store), capacity=1, isolation=_Measured(winners))
+    loaded = loader.load(version)
+
+    # Then this process built a session only if ONNX won some batch size
+    assert len(built) == sessions
+    assert ("onnx" in loaded.scorers) == bool(sessions)
+    assert {"sklearn"} <= set(loaded.scorers) <= {*winners, "sklearn"}
+
+
+def test_measuring_the_backends_keeps_the_winners_only(
+    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+) -> None:
+    # Given an IsolationForest version with an ONNX export
+    train, _ = data
+    estimator = IsolationForest(random_state=0, n_estimators=10).fit(train)
+    version = forest_version(sklearn.SklearnScorer(estimator), train)
+
+    # When its backends are measured (as the isolated child does)
+    calibration = measure_backends(
+        estimator, onnx=export(estimator, n_features=6), version=version, threads=1
+    )
+
+    # Then every backend left wins some batch size
+    assert calibration.winners() == set(calibration.seconds)
+    assert set(calibration.seconds) <= {"sklearn", "numpy", "onnx"}

@@ -355,6 +355,16 @@ def summarize(
     )
 
 
+def rows_per_chunk(*, n_features: int, max_rows: int, max_bytes: int) -> int:
+    """Rows per chunk of a source: at most ``max_rows``, and few enough that the chunk's
+    float64 feature matrix fits in ``max_bytes``. A worker process holds several times
+    that matrix while it reads, scores and writes the chunk, so a wide source gets
+    fewer rows per chunk instead of a larger process."""
+    if max_rows <= 0 or max_bytes <= 0:
+        raise ValueError(f"max_rows and max_bytes must be positive, got {max_rows}, {max_bytes}")
+    return max(1, min(max_rows, max_bytes // (8 * max(n_features, 1))))
+
+
 def split_rows(n_rows: int, *, max_rows: int) -> list[tuple[int, int]]:
     """``[start, stop)`` ranges covering ``n_rows`` in pieces of at most ``max_rows``."""
     if max_rows <= 0:

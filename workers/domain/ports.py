@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -441,6 +441,17 @@ class Trainer(Protocol):
 
     def export(self, fitted: FittedModel, *, n_features: int) -> ExportedModel | None:
         """The portable export, or None where no converter exists."""
+
+
+T = TypeVar("T")
+
+
+class Isolation(Protocol):
+    """Runs a piece of memory-hungry work (training) so that what it allocates and
+    imports is given back when it ends, not kept by the long-lived worker process."""
+
+    def run(self, work: Callable[[], T]) -> T:
+        """``work()``'s result, or its exception raised here."""
 
 
 class Maintenance(Protocol):

@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import (
     DatabaseProbe,
+    Isolation,
     Maintenance,
     ModelLoader,
     PredictionCache,
@@ -62,6 +63,17 @@ def _nothing() -> None:
     return None
 
 
+T = TypeVar("T")
+
+
+class InlineIsolation:
+    """Runs the work right here (tests, and processes that do not mind keeping what it
+    allocated)."""
+
+    def run(self, work: Callable[[], T]) -> T:
+        return work()
+
+
 class NullTelemetry:
     """Reports nothing (tests, and processes that serve no metrics)."""
 
@@ -100,3 +112,5 @@ class Adapters:
     """Drop inherited connections in a forked child without closing the parent's."""
     telemetry: Telemetry = field(default_factory=NullTelemetry)
     """Where inference time and cache lookups are reported."""
+    isolation: Isolation = field(default_factory=InlineIsolation)
+    """Where training runs, so its memory is given back when it ends."""

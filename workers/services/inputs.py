@@ -9,9 +9,21 @@ from pynomaly_workers.domain.jobs import (
     DatasetInput,
     InlineRecords,
     SourceInput,
+    rows_per_chunk,
     split_rows,
 )
 from pynomaly_workers.domain.ports import DatasetStore, SourceChunk, SourceReader
+from pynomaly_workers.settings import Settings
+
+
+def chunk_rows_for(settings: Settings, *, n_features: int) -> int:
+    """Rows per chunk when scoring a model of ``n_features``: ``CHUNK_ROWS``, fewer for a
+    wide model so a chunk's matrix stays within ``CHUNK_MAX_MB``."""
+    return rows_per_chunk(
+        n_features=n_features,
+        max_rows=settings.chunk_rows,
+        max_bytes=int(settings.chunk_max_mb * 1_000_000),
+    )
 
 
 def iter_chunks(

@@ -52,6 +52,17 @@ def train_model(
                 done.version,
             )
             return done
+    # Fitting, exporting and the parity check run isolated (a forked child in a worker):
+    # their heap and the exporter's imports go away with it; registering stays here.
+    draft = adapters.isolation.run(lambda: build_draft(adapters, request, task_id=task_id))
+    return adapters.store.register_model(draft, now=adapters.clock.now())
+
+
+def build_draft(
+    adapters: Adapters, request: TrainingRequest, *, task_id: str | None = None
+) -> ModelDraft:
+    """Read the training data, fit, calibrate, export and parity-check: the version to
+    register, not yet registered."""
     matrix, names = load_training_data(adapters, request)
     fit_rows, holdout = split_holdout(matrix)
     fitted = adapters.trainer.fit(
@@ -61,7 +72,7 @@ def train_model(
     profile = profile_training_data(fit_rows, fitted.training_scores, names=names)
     tolerance = adapters.settings.onnx_parity_tolerance
     candidate = onnx_candidate(adapters.trainer, fitted, holdout, tolerance=tolerance)
-    draft = ModelDraft(
+    return ModelDraft(
         name=request.model,
         algorithm=request.algorithm,
         artifact=fitted.artifact,
@@ -75,7 +86,6 @@ def train_model(
         profile=profile,
         training_task_id=task_id,
     )
-    return adapters.store.register_model(draft, now=adapters.clock.now())
 
 
 def load_training_data(

@@ -8,6 +8,7 @@ feature and must be numeric. A CSV whose first line is all numbers has no header
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -50,6 +51,7 @@ class ArrowSourceReader:
         self.allowed_roots = tuple(root.resolve() for root in allowed_roots)
         self.s3_options = s3 or S3Options()
         self._s3_client: Any = None
+        self._s3_pid = 0
         self._lock = Lock()
 
     def open(self, uri: str, *, pin: str | None = None) -> Blob:
@@ -59,9 +61,11 @@ class ArrowSourceReader:
         return open_local(uri, allowed_roots=self.allowed_roots, pin=pin)
 
     def _client(self) -> Any:
+        # One client per process: a forked child (isolated training) must not share
+        # its parent's HTTP connections.
         with self._lock:
-            if self._s3_client is None:
-                self._s3_client = s3_client(self.s3_options)
+            if self._s3_client is None or self._s3_pid != os.getpid():
+                self._s3_client, self._s3_pid = s3_client(self.s3_options), os.getpid()
             return self._s3_client
 
     def describe(self, path: str) -> Dataset:
@@ -118,10 +122,10 @@ class ArrowSourceReader:
             raise  # transient: the task retries
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
             raise InvalidSource(f"cannot read chunk {spec.index} of {path}: {exc}") from None
-        batch = table.combine_chunks().to_batches()
-        if not batch:
+        if table.num_rows == 0:
             raise InvalidSource(f"chunk {spec.index} of {path} is empty; was the file changed?")
-        return _chunk(batch[0], offset=spec.offset, path=path)
+        # Straight from Arrow's blocks into the matrix: no combined copy of the table.
+        return _chunk(table, offset=spec.offset, path=path)
 
 
 def _batches(blob: Blob, *, chunk_rows: int) -> Iterator[Any]:
@@ -260,14 +264,13 @@ def _csv_header(blob: Blob) -> tuple[list[str], int]:
 
 
 def _read_csv_range(blob: Blob, spec: ChunkSpec, columns: list[str]) -> Any:
-    import io
-
+    import pyarrow as pa
     import pyarrow.csv as pacsv
 
     data = blob.read_range(spec.start, spec.stop)
     options = pacsv.ReadOptions(column_names=columns, block_size=_CSV_BLOCK_BYTES)
     return pacsv.read_csv(
-        io.BytesIO(data),
+        pa.BufferReader(data),  # parses the bytes in place (BytesIO was copied into Arrow)
         read_options=options,
         parse_options=_parse(quoted=data.find(b'"') >= 0),
         convert_options=_convert(),
@@ -332,15 +335,17 @@ def _rebatch(batches: Iterator[Any], chunk_rows: int) -> Iterator[Any]:
 
 
 def _chunk(batch: Any, *, offset: int, path: str) -> SourceChunk:
+    """A record batch or a table (of several blocks) as a source chunk."""
     import pyarrow as pa
 
-    assert isinstance(batch, pa.RecordBatch)
+    assert isinstance(batch, pa.RecordBatch | pa.Table)
     names = batch.schema.names
     features = [i for i, name in enumerate(names) if name not in META_COLUMNS]
     if not features:
         raise InvalidSource(f"source {path!r} has no feature columns")
-    columns = []
-    for i in features:
+    # Filled column by column: one matrix, no per-column copies stacked afterwards.
+    matrix = np.empty((batch.num_rows, len(features)), dtype=np.float64)
+    for j, i in enumerate(features):
         column = batch.column(i)
         if pa.types.is_null(column.type):
             # Only missing values ("", NaN) in this chunk, so Arrow inferred no type: they
@@ -351,12 +356,11 @@ def _chunk(batch: Any, *, offset: int, path: str) -> SourceChunk:
             raise InvalidSource(
                 f"source {path!r}: column {names[i]!r} is {column.type}, not numeric"
             )
-        columns.append(column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False))
-    matrix = np.column_stack(columns) if len(columns) > 1 else columns[0].reshape(-1, 1)
+        matrix[:, j] = column.to_numpy(zero_copy_only=False)
     check_finite(matrix, first_index=offset)
     return SourceChunk(
         offset=offset,
-        matrix=np.ascontiguousarray(matrix),
+        matrix=matrix,
         record_ids=_strings(batch, "record_id"),
         timestamps=_times(batch, offset),
         features=[names[i] for i in features],
@@ -366,7 +370,7 @@ def _chunk(batch: Any, *, offset: int, path: str) -> SourceChunk:
 def _strings(batch: Any, name: str) -> list[str] | None:
     import pyarrow as pa
 
-    assert isinstance(batch, pa.RecordBatch)
+    assert isinstance(batch, pa.RecordBatch | pa.Table)
     if name not in batch.schema.names:
         return None
     return [str(v) for v in batch.column(name).to_pylist()]
@@ -375,7 +379,7 @@ def _strings(batch: Any, name: str) -> list[str] | None:
 def _times(batch: Any, offset: int) -> list[datetime] | None:
     import pyarrow as pa
 
-    assert isinstance(batch, pa.RecordBatch)
+    assert isinstance(batch, pa.RecordBatch | pa.Table)
     if "timestamp" not in batch.schema.names:
         return None
     column = batch.column("timestamp")

@@ -22,7 +22,7 @@ from pynomaly_workers.services.detection.outcomes import (
 )
 from pynomaly_workers.services.detection.scoring import Explaining, chunk_result, score_rows
 from pynomaly_workers.services.detection.shadow import challenger_for, shadow_chunk
-from pynomaly_workers.services.inputs import input_label
+from pynomaly_workers.services.inputs import chunk_rows_for, input_label
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,8 @@ def plan_fan_out(
     path = _source_path(adapters, request)
     if path is None:
         return None
-    plan = adapters.sources.plan(path, chunk_rows=adapters.settings.chunk_rows)
+    rows = chunk_rows_for(adapters.settings, n_features=version.n_features)
+    plan = adapters.sources.plan(path, chunk_rows=rows)
     if plan.n_features != version.n_features:
         raise InvalidInput(
             f"source {path} has {plan.n_features} feature columns but model {version.label} "

@@ -9,14 +9,14 @@ from pynomaly_workers.domain.records import check_width
 from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.detection.scoring import Explaining, chunk_result, score_rows
 from pynomaly_workers.services.detection.shadow import challenger_for, shadow_chunk
-from pynomaly_workers.services.inputs import input_label, iter_chunks
+from pynomaly_workers.services.inputs import chunk_rows_for, input_label, iter_chunks
 
 
 def run_in_process(
     adapters: Adapters, request: DetectionRequest, version: ModelVersion
 ) -> JobSummary:
     """Score a claimed job here, writing each chunk's anomalies as it goes, and complete
-    it. Memory stays bounded by ``chunk_rows``."""
+    it. Memory stays bounded by the chunk (see :func:`chunk_rows_for`)."""
     started = adapters.clock.monotonic()
     loaded = adapters.models.load(version)
     top_k = adapters.settings.top_anomalies
@@ -28,7 +28,7 @@ def run_in_process(
             request.input,
             datasets=adapters.store,
             sources=adapters.sources,
-            chunk_rows=adapters.settings.chunk_rows,
+            chunk_rows=chunk_rows_for(adapters.settings, n_features=version.n_features),
         )
     ):
         check_width(chunk.matrix, n_features=version.n_features, model=version.label)

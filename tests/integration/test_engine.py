@@ -4,6 +4,7 @@ server."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy import exc, text
@@ -94,7 +95,7 @@ def test_a_connection_in_steady_use_is_not_pinged_and_a_dead_one_fails_as_transi
     pings: list[object] = []
     ping = engine.dialect.do_ping
 
-    def counting(dbapi_connection: object) -> bool:
+    def counting(dbapi_connection: Any) -> bool:
         pings.append(dbapi_connection)
         return bool(ping(dbapi_connection))
 

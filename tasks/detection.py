@@ -64,6 +64,9 @@ class DetectionBatches(Batches):  # type: ignore[misc]
     short result), so Flower and event monitors see each detection job, not one
     anonymous batch."""
 
+    #: Hand a batch to an idle pool process at once (``PYNOMALY_BATCH_EAGER``).
+    eager = True
+
     def __init__(self) -> None:
         super().__init__()
         # Batches handed to the pool and not finished yet: pool result -> its requests.
@@ -95,7 +98,7 @@ class DetectionBatches(Batches):  # type: ignore[misc]
         per turn. With no idle process the buffer waits, growing, for the timer or for a
         batch to return."""
         consumer = self._consumer
-        if self._dispatch_pending or consumer is None or not getattr(consumer, "hub", None):
+        if not self.eager or self._dispatch_pending or not getattr(consumer, "hub", None):
             return
         if idle_processes(self._pool, in_flight=len(self.in_pool)) <= 0:
             return
@@ -256,6 +259,7 @@ def register(app: Celery, settings: Settings) -> None:
         acks_late=True,
         flush_every=settings.batch_max_jobs,
         flush_interval=settings.batch_max_wait_ms / 1000.0,
+        eager=settings.batch_eager,
     )
     def detect(
         self: Task,  # type: ignore[type-arg]

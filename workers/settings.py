@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(
         default=2.0, gt=0, description="Flush at least this often while jobs wait."
     )
+    batch_eager: bool = Field(
+        default=True,
+        description="Hand a batch to a pool process as soon as one is idle; false waits "
+        "for BATCH_MAX_WAIT_MS or BATCH_MAX_JOBS even then (celery-batches' own "
+        "behaviour: larger batches at a moderate load, every job later by up to the wait).",
+    )
     prefetch_multiplier: int = Field(
         default=64, gt=0, description="Messages each worker process may hold unacknowledged."
     )

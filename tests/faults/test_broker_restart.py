@@ -61,6 +61,8 @@ def test_consumption_resumes_after_a_broker_restart_and_nothing_is_lost(
         # window, so the restart still hits while the jobs sit in the buffer
         window = "3000" if broker.kind == "redis" else "10000"
         fault_stack.env["PYNOMALY_BATCH_MAX_WAIT_MS"] = window
+        # and the batch waits for that window even while a pool process is idle
+        fault_stack.env["PYNOMALY_BATCH_EAGER"] = "false"
     model = train(fault_stack.adapters, model="restart").label
     fault_stack.start_worker()
     before = [f"restart-{half}-a-{i}" for i in range(half)]

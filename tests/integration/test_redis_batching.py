@@ -16,6 +16,7 @@ from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
 from pynomaly_workers.adapters.broker import TRANSPORT, acknowledge_all
 from pynomaly_workers.adapters.results import StoredResult, store_results
+from pynomaly_workers.client import close_app
 
 
 @pytest.fixture
@@ -163,7 +164,7 @@ def backend_app(redis_url: str) -> Iterator[Celery]:
     app = Celery("results-test", broker="memory://", backend=redis_url)
     app.conf.result_expires = 300
     yield app
-    app.close()
+    close_app(app)  # its Redis connections too, not left to the garbage collector
 
 
 def test_a_batch_of_results_reads_back_as_celery_writes_them(backend_app: Celery) -> None:

@@ -63,6 +63,10 @@ def close_app(app: Celery) -> None:
     client = getattr(backend, "client", None)
     if client is not None and hasattr(client, "close"):
         client.close()
+        # Celery hands the client its own pool, which close() leaves connected.
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect()
     app.close()
 
 

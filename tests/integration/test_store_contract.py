@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from sqlalchemy import update
 
+from pynomaly_workers.adapters.stores import bulk
 from pynomaly_workers.adapters.stores.engine import build_engine
 from pynomaly_workers.adapters.stores.sql import SqlStore, sha256
 from pynomaly_workers.adapters.stores.tables import ModelArtifactRow
@@ -861,6 +862,16 @@ def test_start_fan_out_of_a_job_not_running_does_nothing(store: Store, state: st
     assert normalized(stored_job(store)) == before
 
 
+@pytest.fixture(params=["inserted", "copied"])
+def chunk_writes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Chunk anomalies written as a multi-row INSERT, then (on PostgreSQL) by COPY
+    straight into the table, as a chunk with more than COPY_MIN_ROWS anomalies is."""
+    if request.param == "copied":
+        monkeypatch.setattr(bulk, "COPY_MIN_ROWS", 0)
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("chunk_writes")
 def test_a_redelivered_chunk_counts_once(store: Store) -> None:
     # Given a job fanned out in three chunks
     version = fan_out(store, chunks_total=3)
@@ -895,6 +906,7 @@ def test_a_redelivered_chunk_counts_once(store: Store) -> None:
         pytest.param([2, 0, 2, 1, 0, 1], 3, id="redelivered-after-completion"),
     ],
 )
+@pytest.mark.usefixtures("chunk_writes")
 def test_the_last_chunk_completes_the_job_once_with_the_aggregate(
     store: Store, order: list[int], completing_call: int
 ) -> None:
@@ -930,6 +942,7 @@ def test_the_last_chunk_completes_the_job_once_with_the_aggregate(
     assert anomaly_indices(store, "job-1") == [1, 4, 11, 14, 21, 24]
 
 
+@pytest.mark.usefixtures("chunk_writes")
 def test_a_chunk_after_completion_writes_nothing(store: Store) -> None:
     # Given a fanned-out job whose two chunks completed it
     version = fan_out(store, chunks_total=2)
@@ -948,6 +961,7 @@ def test_a_chunk_after_completion_writes_nothing(store: Store) -> None:
     assert anomaly_indices(store, "job-1") == [1, 4, 11, 14]
 
 
+@pytest.mark.usefixtures("chunk_writes")
 def test_a_chunk_of_a_failed_job_writes_nothing(store: Store) -> None:
     # Given a fanned-out job with one chunk done, then failed by another chunk's bad data
     version = fan_out(store, chunks_total=3)
@@ -967,6 +981,7 @@ def test_a_chunk_of_a_failed_job_writes_nothing(store: Store) -> None:
     assert anomaly_indices(store, "job-1") == []
 
 
+@pytest.mark.usefixtures("chunk_writes")
 def test_concurrent_chunks_complete_the_job_exactly_once(store: Store) -> None:
     # Given a job fanned out in eight chunks, each delivered to two workers at once
     n = 8
@@ -997,6 +1012,43 @@ def test_concurrent_chunks_complete_the_job_exactly_once(store: Store) -> None:
     assert job.summary is not None
     assert [t["record_index"] for t in job.summary["top_anomalies"]] == [74, 71, 64]
     assert len(store.list_anomalies(job_id="job-1", limit=1000)) == 2 * n
+
+
+@pytest.mark.usefixtures("chunk_writes")
+def test_a_chunk_writes_only_the_anomalies_not_stored_yet(store: Store) -> None:
+    # Given a fanned-out job one of whose chunk's anomalies is somehow stored already
+    version = fan_out(store, chunks_total=2)
+    store.add_anomalies(batch(version.id, [4]))
+
+    # When the chunk completes
+    done = store.complete_chunk("job-1", chunk(version.id, 0), version=version, top_k=4, now=T0)
+
+    # Then it counts, and the record is stored once beside the chunk's other anomaly
+    assert (done.completed, done.job.status) == (False, "running")
+    assert anomaly_indices(store, "job-1") == [1, 4]
+
+
+@pytest.mark.usefixtures("chunk_writes")
+def test_a_chunk_stores_its_anomalies_explanations(store: Store) -> None:
+    # Given a chunk whose anomalies are explained (the second one not)
+    version = fan_out(store, chunks_total=1)
+    explained = {
+        "method": "isolation_bits",
+        "exact": True,
+        "top": [{"feature": "b", "contribution": 0.5}],
+    }
+    given = chunk(version.id, 0)
+    given = dataclasses.replace(
+        given, anomalies=dataclasses.replace(given.anomalies, explanation=[explained, None])
+    )
+
+    # When it completes the job
+    done = store.complete_chunk("job-1", given, version=version, top_k=4, now=T0)
+
+    # Then each anomaly reads back with its explanation
+    assert done.completed
+    stored = sorted(store.list_anomalies(job_id="job-1"), key=lambda a: a.record_index)
+    assert [a.explanation for a in stored] == [explained, None]
 
 
 # -- bulk writes ------------------------------------------------------------------------

@@ -5,6 +5,11 @@ PostgreSQL takes large batches with binary COPY into a temporary staging table, 
 writes each (job_id, record_index) once. Small batches (a micro-batch of single-record
 jobs has a handful of anomalies) skip the staging table's extra round trips: one
 multi-row ``INSERT ... ON CONFLICT DO NOTHING``.
+
+A fan-out chunk is already written once by its own unique chunk row, so its anomalies
+are copied straight into the table (:func:`insert_chunk_anomalies`): each row is written
+and indexed once instead of twice. Should a row exist all the same, the COPY is undone
+to a savepoint and the staged path writes the rest.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from psycopg.types.json import Jsonb
+from psycopg.errors import UniqueViolation
+from psycopg.types.json import Json
 from sqlalchemy import Connection, text
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -31,18 +37,20 @@ _COLUMNS = (
     "severity",
     "explanation",
 )
-_TYPES = ("text", "int8", "int8", "text", "timestamptz", "float8", "float8", "jsonb")
+# explanation is json, as the column is: the server checks the text and stores it,
+# where jsonb would be parsed into its binary form only to be printed back for the column.
+_TYPES = ("text", "int8", "int8", "text", "timestamptz", "float8", "float8", "json")
 _CREATE_STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
     job_id text, record_index bigint, model_id bigint, record_id text,
-    "timestamp" timestamptz, score float8, severity float8, explanation jsonb
+    "timestamp" timestamptz, score float8, severity float8, explanation json
 ) ON COMMIT DELETE ROWS
 """
 _MOVE_STAGE = f"""
 INSERT INTO anomalies (job_id, record_index, model_id, record_id, "timestamp", score,
                        severity, status, explanation)
 SELECT job_id, record_index, model_id, record_id, "timestamp", score, severity, 'active',
-       explanation::json
+       explanation
 FROM {_STAGE}
 ON CONFLICT (job_id, record_index) DO NOTHING
 """
@@ -55,6 +63,19 @@ def insert_anomalies(conn: Connection, batches: Sequence[AnomalyBatch]) -> int:
     if conn.dialect.name == "postgresql" and sum(len(b) for b in batches) > COPY_MIN_ROWS:
         return _copy_postgres(conn, batches)
     return _executemany(conn, batches)
+
+
+def insert_chunk_anomalies(conn: Connection, batch: AnomalyBatch) -> int:
+    """Write a fan-out chunk's anomalies inside the caller's transaction, in which the
+    chunk's own row was just inserted (so no other delivery of it has written them)."""
+    if conn.dialect.name != "postgresql" or len(batch) <= COPY_MIN_ROWS:
+        return insert_anomalies(conn, [batch])
+    try:
+        with conn.begin_nested():
+            _copy(conn, "anomalies", [batch], status=True)
+    except UniqueViolation:  # raised by the driver: the COPY runs on its own cursor
+        return _copy_postgres(conn, [batch])  # some rows exist: write the others
+    return len(batch)
 
 
 def _rows(batches: Iterable[AnomalyBatch]) -> Iterator[tuple[Any, ...]]:
@@ -74,17 +95,26 @@ def _rows(batches: Iterable[AnomalyBatch]) -> Iterator[tuple[Any, ...]]:
 
 def _copy_postgres(conn: Connection, batches: Sequence[AnomalyBatch]) -> int:
     conn.execute(text(_CREATE_STAGE))
-    raw: Any = conn.connection.driver_connection
-    with raw.cursor() as cursor:
-        columns = ", ".join(f'"{c}"' for c in _COLUMNS)
-        with cursor.copy(f"COPY {_STAGE} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(list(_TYPES))
-            for row in _rows(batches):
-                explanation = row[-1]
-                copy.write_row((*row[:-1], Jsonb(explanation) if explanation else None))
+    _copy(conn, _STAGE, batches, status=False)
     inserted = conn.execute(text(_MOVE_STAGE)).rowcount
     conn.execute(text(f"TRUNCATE {_STAGE}"))
     return int(inserted)
+
+
+def _copy(conn: Connection, table: str, batches: Sequence[AnomalyBatch], *, status: bool) -> None:
+    """Binary COPY of the batches' rows into ``table`` (with ``status`` 'active' when the
+    table is ``anomalies`` itself, whose column has no default the rows could rely on)."""
+    raw: Any = conn.connection.driver_connection
+    columns = [*_COLUMNS, "status"] if status else list(_COLUMNS)
+    types = [*_TYPES, "text"] if status else list(_TYPES)
+    tail = ("active",) if status else ()
+    names = ", ".join(f'"{c}"' for c in columns)
+    statement = f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.set_types(types)
+        for row in _rows(batches):
+            explanation = row[-1]
+            copy.write_row((*row[:-1], Json(explanation) if explanation else None, *tail))
 
 
 def _executemany(conn: Connection, batches: Sequence[AnomalyBatch]) -> int:

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
-from pynomaly_workers.adapters.stores.bulk import insert_anomalies
+from pynomaly_workers.adapters.stores.bulk import insert_chunk_anomalies
 from pynomaly_workers.adapters.stores.sql.jobs import SqlJobStore
 from pynomaly_workers.adapters.stores.sql.rows import job_record
 from pynomaly_workers.adapters.stores.tables import DetectionChunkRow, DetectionJobRow
@@ -44,15 +44,28 @@ class SqlFanOutStore(SqlJobStore):
     def complete_chunk(
         self, job_id: str, chunk: ChunkResult, *, version: ModelVersion, top_k: int, now: datetime
     ) -> ChunkOutcome:
+        # The chunk's own row comes first: its unique key is what makes a redelivered
+        # chunk count (and write) once, so a chunk that counts may COPY its anomalies
+        # straight into the table. The job row is locked last, only to see whether this
+        # chunk completes the job: a worker writing a chunk does not hold up the other
+        # worker's chunk of the same job, as it did while it held the job row through
+        # its COPY.
         with Session(self.engine) as session, session.begin():
+            conn = session.connection()
+            counted = self._record_chunk(conn, job_id, chunk, now=now)
+            if counted:
+                insert_chunk_anomalies(conn, chunk.anomalies)
             job = session.scalars(
                 select(DetectionJobRow).where(DetectionJobRow.job_id == job_id).with_for_update()
             ).one()
             if job.status != RUNNING:
-                return ChunkOutcome(job=job_record(job), completed=False)
-            conn = session.connection()
-            insert_anomalies(conn, [chunk.anomalies])
-            counted = self._record_chunk(conn, job_id, chunk, now=now)
+                # Failed or cancelled meanwhile: this chunk leaves no trace (a failed
+                # job has no anomalies).
+                record = job_record(job)
+                session.rollback()
+                return ChunkOutcome(job=record, completed=False)
+            # Counted only now, with the job row held: a chunk committed before the lock
+            # was granted is visible to this statement, so the last chunk sees them all.
             totals = list(
                 session.scalars(select(DetectionChunkRow).where(DetectionChunkRow.job_id == job_id))
             )

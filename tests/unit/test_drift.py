@@ -100,7 +100,10 @@ def test_too_few_records_are_not_judged() -> None:
 
 
 @pytest.mark.parametrize("with_nan", [False, True])
-def test_folding_a_matrix_counts_each_feature_as_binning_its_column_would(with_nan: bool) -> None:
+@pytest.mark.parametrize("n_rows", [2_000, 20_000], ids=["one-block", "blocks-and-a-part"])
+def test_folding_a_matrix_counts_each_feature_as_binning_its_column_would(
+    with_nan: bool, n_rows: int
+) -> None:
     # Given a profile whose features have different numbers of edges (a constant
     # feature collapses to one), and rows that sit exactly on edges
     rng = np.random.default_rng(7)
@@ -109,18 +112,18 @@ def test_folding_a_matrix_counts_each_feature_as_binning_its_column_would(with_n
     training[:, 4] = np.round(training[:, 4])
     profile = profile_training_data(training, rng.normal(size=500))
     assert len({len(h.edges) for h in profile.features}) > 1
-    rows = rng.normal(size=(2_000, 5))
-    rows[:50] = np.array([[h.edges[0] for h in profile.features]])
+    rows = rng.normal(size=(n_rows, 5))
+    rows[:50] = rows[-50:] = np.array([[h.edges[0] for h in profile.features]])
     rows[:, 4] = np.round(rows[:, 4])
     if with_nan:
         rows[7, 1] = np.nan
 
     # When the rows are folded into the profile's bins
-    counts = profile.count(rows, rng.normal(size=2_000), n_flagged=3)
+    counts = profile.count(rows, rng.normal(size=n_rows), n_flagged=3)
 
     # Then each feature's counts are those of binning its column alone
     for j, hist in enumerate(profile.features):
         alone = bin_counts(rows[:, j], hist.edges)
         np.testing.assert_array_equal(counts.features[j, : len(alone)], alone)
         assert counts.features[j, len(alone) :].sum() == 0
-    assert counts.n_records == 2_000
+    assert counts.n_records == n_rows

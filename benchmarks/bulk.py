@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,19 @@ BLOCK_BYTES = 8 << 20  # the source adapter's CSV block size
 
 
 def run_bulk(
-    stack: Stack, app: Celery, *, model: str, source: Path | str, rows: int, worker_pid: int
+    stack: Stack,
+    app: Celery,
+    *,
+    model: str,
+    source: Path | str,
+    rows: int,
+    worker_pid: int,
+    sample: bool = True,
 ) -> dict[str, Any]:
-    """Enqueue one ``source`` job and time it until its record says succeeded."""
+    """Enqueue one ``source`` job and time it until its record says succeeded; with
+    ``sample``, the worker's memory is sampled meanwhile."""
     job_id = f"bulk-{uuid.uuid4().hex[:8]}"
-    with sampling_rss(worker_pid) as peak:
+    with sampling_rss(worker_pid) if sample else nullcontext(None) as peak:
         sent = send_detection(app, job_id=job_id, model=model, source=str(source))
         job = wait_job(stack.adapters, job_id, timeout=stack.sizes.patience(rows / 2_000))
     if job.status != SUCCEEDED or job.finished_at is None:
@@ -55,8 +64,33 @@ def run_bulk(
             "queue_wait_s": _queue_wait(job.started_at, sent.sent_at),
             "cache_hits": job.cache_hits,
         },
-        "memory": peak.report(),
+        "memory": peak.report() if peak is not None else None,
     }
+
+
+def alternate(
+    stack: Stack,
+    app: Celery,
+    *,
+    model: str,
+    source: Path,
+    rows: int,
+    backend: str,
+    worker_pid: int,
+    repeats: int,
+) -> dict[str, list[float]]:
+    """The bulk job and the one-process limit again, alternated ``repeats`` times, so a
+    ratio can compare the best of each: on a shared machine, load only ever adds time,
+    and a single pair can differ by 20% from the next."""
+    jobs: list[float] = []
+    limits: list[float] = []
+    for _ in range(repeats):
+        run = run_bulk(
+            stack, app, model=model, source=source, rows=rows, worker_pid=worker_pid, sample=False
+        )
+        jobs.append(run["job"]["seconds"])
+        limits.append(run_limit(stack, model=model, source=source, backend=backend)["seconds"])
+    return {"job_s": jobs, "limit_s": limits}
 
 
 def _queue_wait(started_at: datetime | None, sent_at: float) -> float | None:

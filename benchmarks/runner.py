@@ -23,10 +23,12 @@ from benchmarks.jobs import publisher, result_client
 from benchmarks.meta import describe_run, load_average
 from benchmarks.progress import say
 from benchmarks.stack import Stack, open_stack, running_worker
-from benchmarks.stats import ratio
+from benchmarks.stats import rate, ratio
 from benchmarks.targets import check_targets
 
 ALGORITHMS = {IFOREST_MODEL: "iforest", LOF_MODEL: "lof"}
+BULK_REPEATS = 2
+"""Further (bulk job, limit) pairs after the first, for the best-of ratio."""
 TRAINING_KEYS = (
     "model_version",
     "algorithm",
@@ -168,6 +170,17 @@ def cache_on_sections(
         run.results["limit"] = bulk.run_limit(
             stack, model=IFOREST_MODEL, source=inputs.bulk_csv, backend=backend
         )
+    with run.section("bulk_repeats"):
+        run.results["bulk_repeats"] = bulk.alternate(
+            stack,
+            app,
+            model=IFOREST_MODEL,
+            source=inputs.bulk_csv,
+            rows=run.sizes.bulk_rows,
+            backend=backend,
+            worker_pid=worker_pid,
+            repeats=BULK_REPEATS,
+        )
     with run.section("explain"):
         run.results["explain"] = bulk.explain_overhead(
             stack, model=IFOREST_MODEL, source=inputs.bulk_csv, backend=backend
@@ -269,10 +282,23 @@ def bulk_section(results: dict[str, Any]) -> dict[str, Any] | None:
     limit = results.get("limit") or {}
     naive = results.get("naive") or {}
     explain_off = results.get("bulk_explain_off") or {}
+    repeats = results.get("bulk_repeats") or {"job_s": [], "limit_s": []}
+    first_ratio = ratio(job["records_per_s"], limit.get("records_per_s"))
+    best_job = min([job["seconds"], *repeats["job_s"]])
+    best_limit = min([limit.get("seconds") or float("inf"), *repeats["limit_s"]])
     return {
         **job,
         "limit_records_per_s": limit.get("records_per_s"),
-        "ratio_to_limit": ratio(job["records_per_s"], limit.get("records_per_s")),
+        # The best of the alternated runs of each (see bulk.alternate); the first pair's
+        # ratio beside it.
+        "ratio_to_limit": ratio(best_limit, best_job) if best_limit < float("inf") else None,
+        "ratio_to_limit_first": first_ratio,
+        "best_records_per_s": rate(job["records"], best_job),
+        "best_limit_records_per_s": rate(job["records"], best_limit),
+        "repeats": {
+            "job_s": [job["seconds"], *repeats["job_s"]],
+            "limit_s": [limit.get("seconds"), *repeats["limit_s"]],
+        },
         "speedup_vs_naive": ratio(job["records_per_s"], naive.get("records_per_s"), digits=1),
         "explain_off_records_per_s": explain_off.get("records_per_s"),
         "explain_overhead": (results.get("explain") or {}).get("overhead"),

@@ -24,7 +24,6 @@ from celery_batches import Batches, SimpleRequest, consume_queue
 from celery_batches.trace import apply_batches_task
 
 from pynomaly_workers.adapters.broker import acknowledge_all
-from pynomaly_workers.adapters.heap import release_free_memory
 from pynomaly_workers.adapters.results import StoredResult, store_results
 from pynomaly_workers.bootstrap import get_adapters
 from pynomaly_workers.celery_app import SENT_AT_HEADER
@@ -318,14 +317,7 @@ def run_batch(
         reports.append(_outcome_report(request, outcome))
     # One script call for the batch's results, not two round trips per job.
     store_results(celery_app.backend, stored)
-    if any(_reads_a_file(r) for r in requests):
-        release_free_memory()  # a file read or planned here; small jobs never pay this
-    return reports
-
-
-def _reads_a_file(request: SimpleRequest) -> bool:
-    kwargs = request.kwargs or {}
-    return "source" in kwargs or "dataset" in kwargs
+    return reports  # a batch that read a file releases memory after it (celery_app.was_large)
 
 
 def _observe_waits(requests: Sequence[SimpleRequest]) -> None:

@@ -23,6 +23,7 @@ from kombu import Exchange, Queue
 
 from pynomaly_workers.contract import (
     DETECT_CHUNK_TASK,
+    DETECT_TASK,
     DETECTION_QUEUE,
     QUEUES,
     ROUTES,
@@ -223,11 +224,29 @@ def _preload(**_: Any) -> None:
 
 
 LARGE_TASKS = frozenset({DETECT_CHUNK_TASK, TRAIN_TASK})
-"""Tasks after which a pool process gives its freed memory back (see adapters/heap.py)."""
+"""Tasks after which a pool process gives its freed memory back (see adapters/heap.py);
+also a detection batch with a job that read or planned a file (:func:`was_large`)."""
+FILE_INPUTS = ("source", "dataset")
 
 
-def _release_after_large_task(task: Any = None, **_: Any) -> None:
-    if task is not None and task.name in LARGE_TASKS:
+def was_large(task_name: str, args: Any) -> bool:
+    """Whether a finished task's work was large enough to give its freed memory back:
+    a chunk, a training, or a detection batch (``args`` = its requests) in which a job
+    read or planned a file. A batch of small jobs never pays for the release."""
+    if task_name in LARGE_TASKS:
+        return True
+    if task_name != DETECT_TASK or not args:
+        return False
+    requests = args[0] if isinstance(args[0], list | tuple) else ()
+    return any(
+        key in (getattr(request, "kwargs", None) or {})
+        for request in requests
+        for key in FILE_INPUTS
+    )
+
+
+def _release_after_large_task(task: Any = None, args: Any = None, **_: Any) -> None:
+    if task is not None and was_large(task.name, args):
         from pynomaly_workers.adapters.heap import release_free_memory
 
         release_free_memory()

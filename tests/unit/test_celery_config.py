@@ -1,21 +1,23 @@
 """The Celery configuration derived from the settings: transports, TLS, queues and
-publisher confirms per broker URL."""
+publisher confirms per broker URL; which finished work gives its memory back."""
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from celery.utils.quorum_queues import detect_quorum_queues
+from celery_batches import SimpleRequest
 from kombu import Connection
 from pydantic import ValidationError
 
 from pynomaly_workers.adapters.broker import TRANSPORT, Channel
 from pynomaly_workers.adapters.queues import AmqpQueueDepth, RedisQueueDepth, queue_depth
-from pynomaly_workers.celery_app import celery_config
+from pynomaly_workers.celery_app import celery_config, was_large
 from pynomaly_workers.client import client_app, close_app
-from pynomaly_workers.contract import QUEUES
+from pynomaly_workers.contract import DETECT_CHUNK_TASK, DETECT_TASK, QUEUES, TRAIN_TASK
 from pynomaly_workers.flower import flower_arguments
 from pynomaly_workers.settings import Settings
 
@@ -209,3 +211,32 @@ def test_a_visibility_timeout_within_the_time_limit_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="PYNOMALY_VISIBILITY_TIMEOUT_SECONDS must be greater"):
         make_settings(task_soft_time_limit=20, task_time_limit=30, visibility_timeout_seconds=30)
+
+
+def request(**kwargs: Any) -> SimpleRequest:
+    """A batched ``pynomaly.detect`` request with these kwargs."""
+    return SimpleRequest("id", DETECT_TASK, (), kwargs, {}, "host", False, None, None, {})
+
+
+@pytest.mark.parametrize(
+    ("task_name", "args", "large"),
+    [
+        pytest.param(DETECT_CHUNK_TASK, (), True, id="a-chunk"),
+        pytest.param(TRAIN_TASK, (), True, id="a-training"),
+        pytest.param(
+            DETECT_TASK,
+            ([request(records=[[1.0]]), request(source="/data/x.csv")],),
+            True,
+            id="a-batch-with-a-source-job",
+        ),
+        pytest.param(DETECT_TASK, ([request(dataset="readings")],), True, id="a-dataset-job"),
+        pytest.param(
+            DETECT_TASK, ([request(records=[[1.0]])] * 3,), False, id="a-batch-of-small-jobs"
+        ),
+        pytest.param(DETECT_TASK, None, False, id="a-batch-without-args"),
+        pytest.param("pynomaly.health.ping", (), False, id="another-task"),
+    ],
+)
+def test_memory_is_given_back_after_large_work_only(task_name: str, args: Any, large: bool) -> None:
+    # Given a task that finished with these arguments, then it counts as large or not
+    assert was_large(task_name, args) is large

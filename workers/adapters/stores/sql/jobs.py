@@ -127,18 +127,27 @@ class SqlJobStore(SqlBase):
             # Nothing to write but the job rows: one statement, atomic on its own, sent
             # in autocommit mode. BEGIN and COMMIT would each cost a round trip more.
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                settled = self._upsert_final(conn, rows)
-                unchanged = [str(row["job_id"]) for row in rows if row["job_id"] not in settled]
-                return self._jobs(conn, unchanged) if unchanged else {}
+                return self._settle(conn, rows, results, failures)
         with self.engine.begin() as conn:
-            settled = self._upsert_final(conn, rows)
-            fresh = [r for r in results if r.summary.job_id in settled]
-            insert_anomalies(conn, [r.anomalies for r in fresh])
-            failed = [f.job_id for f in failures if f.job_id in settled]
-            if failed:
-                conn.execute(delete(AnomalyRow).where(AnomalyRow.job_id.in_(failed)))
-            unchanged = [str(row["job_id"]) for row in rows if row["job_id"] not in settled]
-            return self._jobs(conn, unchanged) if unchanged else {}
+            return self._settle(conn, rows, results, failures)
+
+    def _settle(
+        self,
+        conn: Connection,
+        rows: list[dict[str, Any]],
+        results: Sequence[JobResult],
+        failures: Sequence[JobFailure],
+    ) -> dict[str, JobRecord]:
+        """Write the final rows, then the anomalies of the jobs this call settled (and
+        drop those of its failed ones); return the jobs that had finished before."""
+        settled = self._upsert_final(conn, rows)
+        fresh = [r for r in results if r.summary.job_id in settled]
+        insert_anomalies(conn, [r.anomalies for r in fresh])
+        failed = [f.job_id for f in failures if f.job_id in settled]
+        if failed:
+            conn.execute(delete(AnomalyRow).where(AnomalyRow.job_id.in_(failed)))
+        unchanged = [str(row["job_id"]) for row in rows if row["job_id"] not in settled]
+        return self._jobs(conn, unchanged) if unchanged else {}
 
     def _upsert_final(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
         """Insert each job in its final state, or move an open (queued/running) one to

@@ -56,10 +56,14 @@ def publish(app: Celery, name: str, *, kwargs: dict[str, Any], **options: Any) -
 def close_app(app: Celery) -> None:
     """Release a client app's broker and result-backend connections."""
     backend: Any = app.backend
-    consumer = getattr(backend, "result_consumer", None)
+    consumer: Any = getattr(backend, "result_consumer", None)
     pubsub = getattr(consumer, "_pubsub", None)
     if pubsub is not None:
         pubsub.close()
+        # Forgotten, not only closed: an AsyncResult collected later unsubscribes in its
+        # __del__, and a closed PubSub takes a fresh connection from the pool for that,
+        # which nothing would close.
+        consumer._pubsub = None
     client = getattr(backend, "client", None)
     if client is not None and hasattr(client, "close"):
         client.close()

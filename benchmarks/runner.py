@@ -283,22 +283,19 @@ def bulk_section(results: dict[str, Any]) -> dict[str, Any] | None:
     naive = results.get("naive") or {}
     explain_off = results.get("bulk_explain_off") or {}
     repeats = results.get("bulk_repeats") or {"job_s": [], "limit_s": []}
-    first_ratio = ratio(job["records_per_s"], limit.get("records_per_s"))
-    best_job = min([job["seconds"], *repeats["job_s"]])
-    best_limit = min([limit.get("seconds") or float("inf"), *repeats["limit_s"]])
+    jobs = [job["seconds"], *repeats["job_s"]]
+    limits = [s for s in (limit.get("seconds"), *repeats["limit_s"]) if s]
+    best_limit = min(limits) if limits else None
     return {
         **job,
         "limit_records_per_s": limit.get("records_per_s"),
         # The best of the alternated runs of each (see bulk.alternate); the first pair's
         # ratio beside it.
-        "ratio_to_limit": ratio(best_limit, best_job) if best_limit < float("inf") else None,
-        "ratio_to_limit_first": first_ratio,
-        "best_records_per_s": rate(job["records"], best_job),
-        "best_limit_records_per_s": rate(job["records"], best_limit),
-        "repeats": {
-            "job_s": [job["seconds"], *repeats["job_s"]],
-            "limit_s": [limit.get("seconds"), *repeats["limit_s"]],
-        },
+        "ratio_to_limit": ratio(best_limit, min(jobs)),
+        "ratio_to_limit_first": ratio(job["records_per_s"], limit.get("records_per_s")),
+        "best_records_per_s": rate(job["records"], min(jobs)),
+        "best_limit_records_per_s": rate(job["records"], best_limit) if best_limit else None,
+        "repeats": {"job_s": jobs, "limit_s": limits},
         "speedup_vs_naive": ratio(job["records_per_s"], naive.get("records_per_s"), digits=1),
         "explain_off_records_per_s": explain_off.get("records_per_s"),
         "explain_overhead": (results.get("explain") or {}).get("overhead"),

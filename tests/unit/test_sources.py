@@ -241,7 +241,7 @@ def test_the_plan_does_not_depend_on_the_scan_block_size(
     monkeypatch.setattr(sources, "_LOCAL_SCAN_BYTES", block)
     local_plan = reader.plan(str(path), chunk_rows=4)
     monkeypatch.setattr(sources, "_SCAN_BYTES", block)
-    monkeypatch.delattr(blobs.LocalBlob, "read_into")
+    monkeypatch.delattr(blobs.LocalBlob, "fills")
     ranged_plan = reader.plan(str(path), chunk_rows=4)
 
     # Then the plans are the same, to the byte

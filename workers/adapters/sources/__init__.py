@@ -209,8 +209,8 @@ def _scan_blocks(blob: Blob, start: int) -> Iterator[tuple[_Bytes, bool]]:
     block): fresh 32 MB blocks and their temporaries cost more in page faults than the
     scan itself (a 126 MB file took 160-300 ms, now about 50). Object storage is read in
     large ranged requests, each a round trip."""
-    read_into = getattr(blob, "read_into", None)
-    if read_into is None:
+    fills = getattr(blob, "fills", None)
+    if fills is None:
         position = start
         while block := blob.read_range(position, min(position + _SCAN_BYTES, blob.size)):
             yield np.frombuffer(block, dtype=np.uint8), block.find(b'"') >= 0
@@ -218,10 +218,8 @@ def _scan_blocks(blob: Blob, start: int) -> Iterator[tuple[_Bytes, bool]]:
         return
     buffer = bytearray(_LOCAL_SCAN_BYTES)
     view = np.frombuffer(buffer, dtype=np.uint8)
-    position = start
-    while n := read_into(position, buffer):
+    for n in fills(start, buffer):
         yield view[:n], buffer.find(b'"', 0, n) >= 0
-        position += n
 
 
 def _record_ends(

@@ -13,6 +13,7 @@ object's ETag or version id nor conditional GETs, and pinning needs both.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -84,12 +85,14 @@ class LocalBlob:
             handle.seek(start)
             return handle.read(stop - start)
 
-    def read_into(self, start: int, buffer: bytearray) -> int:
-        """Fill ``buffer`` from byte ``start``; how many bytes were read (0 at the end)."""
+    def fills(self, start: int, buffer: bytearray) -> Iterator[int]:
+        """Fill ``buffer`` again and again from byte ``start`` to the end, through one
+        open file (checked unchanged once); yields how many bytes each fill read."""
         self._check_unchanged()
         with self.path.open("rb") as handle:
             handle.seek(start)
-            return handle.readinto(buffer)
+            while n := handle.readinto(buffer):
+                yield n
 
     def source(self) -> str:
         self._check_unchanged()

@@ -15,28 +15,34 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
+from queue import Queue
 from typing import Any
 
 from celery import Celery, Task, states
 from celery.signals import task_received
+from celery.utils.time import maybe_iso8601
 from celery_batches import Batches, SimpleRequest, consume_queue
 from celery_batches.trace import apply_batches_task
 
 from pynomaly_workers.adapters.broker import acknowledge_all
 from pynomaly_workers.adapters.results import StoredResult, store_results
 from pynomaly_workers.bootstrap import get_adapters
-from pynomaly_workers.celery_app import SENT_AT_HEADER
+from pynomaly_workers.celery_app import SENT_AT_HEADER, layout_for
 from pynomaly_workers.client import publish
 from pynomaly_workers.contract import (
+    BULK_QUEUE,
     DETECT_CHUNK_TASK,
     DETECT_TASK,
     DETECTION_QUEUE,
     FAILED,
     SUCCEEDED,
 )
+from pynomaly_workers.domain.lanes import bulk_level, is_small_job, message_priority
 from pynomaly_workers.domain.retries import retry_delay
 from pynomaly_workers.domain.summaries import kwargs_summary, result_summary
+from pynomaly_workers.lanes import from_bulk_lane
 from pynomaly_workers.metrics import get_metrics, model_label
 from pynomaly_workers.observability import current_job_id, queue_wait
 from pynomaly_workers.services.detection import (
@@ -65,11 +71,16 @@ class DetectionBatches(Batches):  # type: ignore[misc]
 
     #: Hand a batch to an idle pool process at once (``PYNOMALY_BATCH_EAGER``).
     eager = True
+    #: Larger jobs, and jobs that read a file, run in the bulk lane
+    #: (``PYNOMALY_SMALL_JOB_MAX_RECORDS``).
+    small_job_max_records = 1_000
 
     def __init__(self) -> None:
         super().__init__()
         # Batches handed to the pool and not finished yet: pool result -> its requests.
         self.in_pool: dict[int, tuple[Any, Collection[Any]]] = {}
+        # Every delivery passes here on its way into the buffer (see LaneSorter).
+        self._buffer = LaneSorter(self.route)
 
     def Strategy(self, task: Task, app: Celery, consumer: Any) -> Any:  # type: ignore[type-arg]  # noqa: N802
         """Celery builds the strategy again each time the consumer (re)starts, e.g. after
@@ -109,6 +120,38 @@ class DetectionBatches(Batches):  # type: ignore[misc]
         if self._buffer.qsize():
             self._do_flush()
 
+    def route(self, request: Any) -> bool:
+        """Take a delivery out of the small lane's buffer if it is bulk work: run it now
+        if the bulk lane delivered it (the lane's prefetch already bounds how many run),
+        else forward it to the bulk queue. False leaves it in the buffer."""
+        if from_bulk_lane(request.message):
+            self.run_bulk(request)
+            return True
+        if is_small_job(request.kwargs or {}, max_records=self.small_job_max_records):
+            return False
+        return self.forward(request)
+
+    def forward(self, request: Any) -> bool:
+        """Republish a bulk job, unchanged, on the bulk queue, then acknowledge it here.
+        A crash between the two delivers it twice, which its job_id makes harmless. If
+        the publish fails the job stays in the small lane (slower for the others, but
+        never lost)."""
+        try:
+            forward_message(self.app, request.message)
+        except Exception as exc:  # the broker refused or is away: run it here
+            log.warning("could not forward job %s to %s (%s)", request.id, BULK_QUEUE, exc)
+            return False
+        request.acknowledge()
+        return True
+
+    def run_bulk(self, request: Any) -> None:
+        """Hand a bulk-lane job to the pool as a batch of its own, when it is due."""
+        delay = seconds_until(request.eta)
+        if delay > 0:  # a retry with a countdown: wait in the consumer, as Celery does
+            self._consumer.timer.call_after(delay, self.flush, ([request],))
+            return
+        self.flush([request])
+
     def flush(self, requests: Collection[Any]) -> Any:
         batch = ([SimpleRequest.from_request(r) for r in requests],)
         key = next(_batch_keys)
@@ -146,6 +189,50 @@ class DetectionBatches(Batches):  # type: ignore[misc]
 
 
 _batch_keys = itertools.count()
+
+
+class LaneSorter(Queue[Any]):
+    """celery-batches' buffer, with a look at every delivery first: ``take`` returns
+    True for one it handled elsewhere (bulk work), which then never enters the buffer."""
+
+    def __init__(self, take: Callable[[Any], bool]) -> None:
+        super().__init__()
+        self._take = take
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if not self._take(item):
+            super().put(item, block, timeout)
+
+
+def forward_message(app: Celery, message: Any) -> None:
+    """Publish a delivered task message again, body and headers unchanged, on the bulk
+    queue, ahead of every chunk but a job's first ones (it plans or scores a file)."""
+    properties = message.properties or {}
+    with app.producer_or_acquire() as producer:
+        producer.publish(
+            message.body,
+            exchange=BULK_QUEUE,
+            routing_key=BULK_QUEUE,
+            headers=dict(message.headers or {}),
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            correlation_id=properties.get("correlation_id"),
+            reply_to=properties.get("reply_to"),
+            priority=message_priority(0, amqp=app.conf.broker_url.startswith("amqp")),
+            delivery_mode=2,
+            serializer=None,
+            retry=False,
+        )
+
+
+def seconds_until(eta: Any) -> float:
+    """Seconds until a request's ETA (0 for none or past)."""
+    if not eta:
+        return 0.0
+    moment = maybe_iso8601(eta) if isinstance(eta, str) else eta
+    if not isinstance(moment, datetime):
+        return 0.0
+    return max(moment.timestamp() - time.time(), 0.0)
 
 
 def idle_processes(pool: Any, *, in_flight: int) -> int:
@@ -259,6 +346,7 @@ def register(app: Celery, settings: Settings) -> None:
         flush_every=settings.batch_max_jobs,
         flush_interval=settings.batch_max_wait_ms / 1000.0,
         eager=settings.batch_eager,
+        small_job_max_records=settings.small_job_max_records,
     )
     def detect(
         self: Task,  # type: ignore[type-arg]
@@ -321,12 +409,21 @@ def run_batch(
 
 
 def _observe_waits(requests: Sequence[SimpleRequest]) -> None:
+    """Each job's wait, send -> start, under the lane that ran it: ``detection`` for the
+    small lane, ``detection.bulk`` for a job the bulk lane ran."""
     now = time.time()
-    histogram = get_metrics().queue_wait.labels(queue=DETECTION_QUEUE)
+    histogram = get_metrics().queue_wait
     for request in requests:
         wait = queue_wait((request.request_dict or {}).get(SENT_AT_HEADER), now=now)
         if wait is not None:
-            histogram.observe(wait)
+            histogram.labels(queue=lane_of(request)).observe(wait)
+
+
+def lane_of(request: SimpleRequest) -> str:
+    """The queue a batched request was delivered from, as a metric label: only ever one
+    of the two detection queues, whatever a producer wrote into the message."""
+    routing_key = (getattr(request, "delivery_info", None) or {}).get("routing_key")
+    return BULK_QUEUE if routing_key == BULK_QUEUE else DETECTION_QUEUE
 
 
 def _report(request: SimpleRequest, state: str, result: str) -> dict[str, str]:
@@ -361,8 +458,19 @@ def _stored_result(task_id: str, outcome: Succeeded | Failed, request: Any) -> S
 
 
 def _publish_chunks(celery_app: Celery, outcome: FannedOut) -> None:
+    """Publish a job's chunks on the bulk queue, later chunks at lower priority (least
+    attained service first, ``domain.lanes.bulk_level``)."""
+    settings = get_adapters().settings
+    width = layout_for([DETECTION_QUEUE], concurrency=settings.worker_concurrency).bulk_slots
     for chunk in outcome.chunks:
-        publish(celery_app, DETECT_CHUNK_TASK, kwargs=chunk, queue=DETECTION_QUEUE)
+        level = bulk_level(int(chunk["chunk"][0]), width=width)
+        publish(
+            celery_app,
+            DETECT_CHUNK_TASK,
+            kwargs=chunk,
+            queue=BULK_QUEUE,
+            priority=message_priority(level, amqp=settings.is_amqp),
+        )
 
 
 def _count(outcome: Outcome) -> None:

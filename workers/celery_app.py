@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import ssl
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -22,6 +23,7 @@ from celery.signals import (
 from kombu import Exchange, Queue
 
 from pynomaly_workers.contract import (
+    ALL_QUEUES,
     DETECT_CHUNK_TASK,
     DETECT_TASK,
     DETECTION_QUEUE,
@@ -29,6 +31,7 @@ from pynomaly_workers.contract import (
     ROUTES,
     TRAIN_TASK,
 )
+from pynomaly_workers.domain.lanes import PoolLayout, pool_layout
 from pynomaly_workers.settings import REDIS_SCHEMES, Settings, get_settings
 
 SENT_AT_HEADER = "sent_at"
@@ -87,7 +90,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_direct": True,
         "enable_utc": True,
         "timezone": "UTC",
-        "worker_concurrency": settings.worker_concurrency or None,
+        # One process per core, plus one for the small lane (workers/lanes.py).
+        "worker_concurrency": default_concurrency(settings, QUEUES),
         "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None,
         "worker_hijack_root_logger": False,
         **amqp_config(settings),
@@ -102,13 +106,32 @@ def exchange_type(settings: Settings) -> str:
     return "topic" if settings.is_amqp else "direct"
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def layout_for(queues: Sequence[str], *, concurrency: int) -> PoolLayout:
+    """The pool of a worker consuming ``queues`` (``concurrency`` 0 = choose)."""
+    return pool_layout(cores=cores(), concurrency=concurrency, small_lane=DETECTION_QUEUE in queues)
+
+
+def default_concurrency(settings: Settings, queues: Sequence[str]) -> int:
+    """Pool processes of a worker consuming ``queues``: ``PYNOMALY_WORKER_CONCURRENCY``,
+    or one per core plus one kept for small detection jobs (``domain.lanes``)."""
+    return layout_for(queues, concurrency=settings.worker_concurrency).processes
+
+
 def declared_queues(settings: Settings) -> tuple[Queue, ...]:
-    """The contract's queues, one exchange each; on RabbitMQ durable quorum queues."""
+    """The contract's queues (public and internal), one exchange each; on RabbitMQ
+    durable quorum queues."""
     arguments = QUORUM if settings.is_amqp else None
     kind = exchange_type(settings)
     return tuple(
         Queue(n, Exchange(n, type=kind), routing_key=n, durable=True, queue_arguments=arguments)
-        for n in QUEUES
+        for n in ALL_QUEUES
     )
 
 
@@ -205,9 +228,10 @@ def create_app(settings: Settings) -> Celery:
     worker_process_shutdown.connect(
         _forget_process_metrics, weak=False, dispatch_uid="pynomaly-metrics"
     )
-    from pynomaly_workers import observability
+    from pynomaly_workers import lanes, observability
 
     observability.install(application, settings)
+    lanes.install(application)
     return application
 
 

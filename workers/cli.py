@@ -147,8 +147,11 @@ def worker(
     """Run a worker consuming the detection, training and maintenance queues, with
     Prometheus metrics at /metrics on PYNOMALY_METRICS_PORT (0 turns them off).
 
-    A pool of only training/maintenance queues takes one message per process at a time
-    (prefetch 1): a long job never waits, reserved, behind another one."""
+    With detection, the pool has one process per core plus one, and long work (file
+    jobs, chunks, training, maintenance) uses at most all but one process: a one-record
+    job never waits behind it. A pool of only training/maintenance queues takes one
+    message per process at a time (prefetch 1): a long job never waits, reserved,
+    behind another one."""
     settings = _settings()
     if settings.metrics_port:
         _prepare_metrics_folder(settings.home / "metrics", os.getpid())
@@ -159,9 +162,11 @@ def worker(
     if unknown:
         fail(f"unknown queue(s) {', '.join(sorted(unknown))}; choose from {', '.join(QUEUES)}")
     argv = [f"--loglevel={loglevel}", f"--queues={','.join(chosen)}", "--task-events"]
-    argv += _prefetch_options(chosen, settings)
-    if concurrency or settings.worker_concurrency:
-        argv.append(f"--concurrency={concurrency or settings.worker_concurrency}")
+    argv += _prefetch_options(chosen)
+    from pynomaly_workers.celery_app import layout_for
+
+    processes = layout_for(chosen, concurrency=concurrency or settings.worker_concurrency)
+    argv.append(f"--concurrency={processes.processes}")
     if pool:
         argv.append(f"--pool={pool}")
     if hostname:
@@ -201,21 +206,13 @@ def _json_output() -> list[str]:
     return ["--quiet"]
 
 
-def _prefetch_options(queues: Sequence[str], settings: Settings) -> list[str]:
-    """Prefetch 1 and fair scheduling for a pool of long tasks only; the detection
-    prefetch (PYNOMALY_PREFETCH_MULTIPLIER, for micro-batching) otherwise."""
+def _prefetch_options(queues: Sequence[str]) -> list[str]:
+    """Prefetch 1 and fair scheduling for a pool of long tasks only. A worker that also
+    consumes detection keeps the detection prefetch (PYNOMALY_PREFETCH_MULTIPLIER, for
+    micro-batching) and takes training and maintenance through its bulk lane, one
+    message per bulk slot (workers/lanes.py)."""
     if set(queues) <= LONG_TASK_QUEUES:
         return ["--prefetch-multiplier=1", "-O", "fair"]
-    if set(queues) & LONG_TASK_QUEUES:
-        warning = (
-            f"training/maintenance share this worker's detection prefetch "
-            f"({settings.prefetch_multiplier}); in production run them in their own pool "
-            "('worker --queues training,maintenance')"
-        )
-        if settings.log_format == "json":
-            click.echo(json.dumps({"level": "WARNING", "message": warning}), err=True)
-        else:
-            click.secho(f"warning: {warning}", fg="yellow", err=True)
     return []
 
 

@@ -35,10 +35,18 @@ DETECTION_QUEUE: Final = "detection"
 TRAINING_QUEUE: Final = "training"
 MAINTENANCE_QUEUE: Final = "maintenance"
 QUEUES: Final = (DETECTION_QUEUE, TRAINING_QUEUE, MAINTENANCE_QUEUE)
+"""The public queues: producers publish to these."""
+BULK_QUEUE: Final = "detection.bulk"
+"""Internal: fan-out chunks, and the detection jobs a worker forwarded because they read
+a file or carry more than ``PYNOMALY_SMALL_JOB_MAX_RECORDS`` records. Producers never
+publish here; a worker that consumes ``detection`` consumes it too, with a bounded share
+of its pool, so a one-record job never queues behind bulk work."""
+INTERNAL_QUEUES: Final = (BULK_QUEUE,)
+ALL_QUEUES: Final = (*QUEUES, *INTERNAL_QUEUES)
 
 ROUTES: Final[dict[str, dict[str, str]]] = {
     DETECT_TASK: {"queue": DETECTION_QUEUE, "routing_key": DETECTION_QUEUE},
-    DETECT_CHUNK_TASK: {"queue": DETECTION_QUEUE, "routing_key": DETECTION_QUEUE},
+    DETECT_CHUNK_TASK: {"queue": BULK_QUEUE, "routing_key": BULK_QUEUE},
     TRAIN_TASK: {"queue": TRAINING_QUEUE, "routing_key": TRAINING_QUEUE},
     f"{MAINTENANCE_PREFIX}*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
 }

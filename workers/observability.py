@@ -31,12 +31,12 @@ from celery.signals import (
 
 from pynomaly_workers.celery_app import SENT_AT_HEADER, stamp_sent_at
 from pynomaly_workers.contract import (
+    ALL_QUEUES,
     DETECT_CHUNK_TASK,
     DETECT_TASK,
     FAILED,
     MAINTENANCE_PREFIX,
     PING_TASK,
-    QUEUES,
     SUCCEEDED,
     TRAIN_TASK,
     queue_of,
@@ -228,7 +228,7 @@ def _queue_sampler_step(settings: Settings) -> type[bootsteps.StartStopStep]:
             depth = queue_depth(settings)
             while not self.stopped.is_set():
                 try:
-                    lengths = depth.lengths(QUEUES)
+                    lengths = depth.lengths(ALL_QUEUES)
                     with _FORK_GUARD:
                         for queue, length in lengths.items():
                             gauge.labels(queue=queue).set(length)

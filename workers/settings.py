@@ -55,6 +55,14 @@ class Settings(BaseSettings):
 
     # Detection limits: anything past these is bad input, failed without retry.
     max_records_per_job: int = Field(default=100_000, gt=0)
+    small_job_max_records: int = Field(
+        default=1_000,
+        ge=1,
+        description="A detection job with at most this many inline records runs in the "
+        "small lane (micro-batched, never queued behind bulk work); larger jobs and jobs "
+        "that read a file run in the bulk lane with fan-out chunks, training and "
+        "maintenance.",
+    )
     max_features: int = Field(default=1_024, gt=0)
     top_anomalies: int = Field(default=10, ge=0, le=1_000)
     explain_top_features: int = Field(
@@ -144,7 +152,13 @@ class Settings(BaseSettings):
         description="How long a worker keeps resolving a bare model name to the same "
         "active version before asking the database again.",
     )
-    worker_concurrency: int = Field(default=0, ge=0, description="0 = one process per core.")
+    worker_concurrency: int = Field(
+        default=0,
+        ge=0,
+        description="Pool processes. 0 = one per core, plus one kept for small detection "
+        "jobs when the worker consumes the detection queue (bulk work may use all "
+        "processes but that one).",
+    )
     worker_max_memory_mb: int = Field(
         default=768,
         ge=0,

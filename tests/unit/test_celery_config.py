@@ -17,7 +17,7 @@ from pynomaly_workers.adapters.broker import TRANSPORT, Channel
 from pynomaly_workers.adapters.queues import AmqpQueueDepth, RedisQueueDepth, queue_depth
 from pynomaly_workers.celery_app import celery_config, was_large
 from pynomaly_workers.client import client_app, close_app
-from pynomaly_workers.contract import DETECT_CHUNK_TASK, DETECT_TASK, QUEUES, TRAIN_TASK
+from pynomaly_workers.contract import ALL_QUEUES, DETECT_CHUNK_TASK, DETECT_TASK, TRAIN_TASK
 from pynomaly_workers.flower import flower_arguments
 from pynomaly_workers.settings import Settings
 
@@ -86,7 +86,7 @@ def test_amqp_declares_each_contract_queue_as_a_durable_quorum_queue(
 ) -> None:
     queues = {q.name: q for q in celery_config(amqp_settings)["task_queues"]}
 
-    assert set(queues) == set(QUEUES)
+    assert set(queues) == set(ALL_QUEUES)
     for name, queue in queues.items():
         assert queue.durable
         assert not queue.auto_delete

@@ -30,7 +30,7 @@ NAMES = {
     contract.DETECT_CHUNK_TASK,
     contract.TRAIN_TASK,
     contract.PING_TASK,
-    *contract.QUEUES,
+    *contract.ALL_QUEUES,
     *contract.JOB_STATUSES,
 }
 
@@ -83,7 +83,7 @@ def test_the_name_check_would_catch_a_spelled_out_name(tmp_path: Path) -> None:
 
 def test_every_task_routes_to_its_queue() -> None:
     assert contract.queue_of(contract.DETECT_TASK) == contract.DETECTION_QUEUE
-    assert contract.queue_of(contract.DETECT_CHUNK_TASK) == contract.DETECTION_QUEUE
+    assert contract.queue_of(contract.DETECT_CHUNK_TASK) == contract.BULK_QUEUE
     assert contract.queue_of(contract.TRAIN_TASK) == contract.TRAINING_QUEUE
     assert contract.queue_of(contract.maintenance_task("retention")) == "maintenance"
 

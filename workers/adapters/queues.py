@@ -23,8 +23,19 @@ class QueueDepth(Protocol):
         ...
 
 
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+"""kombu's Redis transport keeps a queue's messages of priority step ``p > 0`` in the list
+``<queue>\\x06\\x16<p>`` (its default ``priority_steps``); bulk chunks use them."""
+
+
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists that hold ``queue``'s messages, highest priority first."""
+    return [queue if p == 0 else f"{queue}{PRIORITY_SEPARATOR}{p}" for p in PRIORITY_STEPS]
+
+
 class RedisQueueDepth:
-    """``LLEN`` of each queue's list on the broker Redis."""
+    """``LLEN`` of each queue's lists (one per priority step) on the broker Redis."""
 
     def __init__(self, url: str) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
@@ -33,8 +44,10 @@ class RedisQueueDepth:
         """Waiting messages per queue (one round trip)."""
         pipe = self._client.pipeline(transaction=False)
         for queue in queues:
-            pipe.llen(queue)
-        return {queue: int(n) for queue, n in zip(queues, pipe.execute(), strict=True)}
+            for key in priority_lists(queue):
+                pipe.llen(key)
+        counts = iter(pipe.execute())
+        return {queue: sum(int(next(counts)) for _ in PRIORITY_STEPS) for queue in queues}
 
     def close(self) -> None:
         """Release the connection."""

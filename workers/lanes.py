@@ -1,0 +1,133 @@
+"""The bulk lane of a worker: long work on its own broker channel, at most
+``pool size - 1`` pieces at a time, so a one-record job never queues behind it.
+
+Celery's consumer reads every queue through one channel with one prefetch budget, and
+its prefork pool serves whatever it was handed first: a one-record job published after a
+file's chunks waited for all of them (6.9 s at p50 behind three 1M-row jobs). A worker
+that consumes ``detection`` therefore consumes the bulk queue (``detection.bulk``: fan-out
+chunks and forwarded file jobs), ``training`` and ``maintenance`` through this consumer
+step instead: its own channel, whose prefetch is the number of bulk slots. A message
+is acknowledged when its task ends (late acks), so no more bulk tasks than slots are
+ever held or running, and the pool always has a process for the small lane
+(``pool_layout``). Nothing is polled: the broker hands the lane a message as soon as a
+slot frees (Redis ``BRPOP``, AMQP ``basic.consume``).
+
+Public Celery/kombu surface only: a consumer bootstep (``bootsteps.ConsumerStep``), the
+consumer's task handler (``Consumer.create_task_handler``, what Celery's own task
+consumer calls), the queue selection (``app.amqp.queues``) and an inspect command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.worker.control import inspect_command
+from kombu import Consumer
+
+from pynomaly_workers.celery_app import cores
+from pynomaly_workers.contract import (
+    BULK_QUEUE,
+    DETECTION_QUEUE,
+    MAINTENANCE_QUEUE,
+    TRAINING_QUEUE,
+)
+from pynomaly_workers.domain.lanes import pool_layout
+
+log = logging.getLogger(__name__)
+
+LONG_QUEUES = (BULK_QUEUE, TRAINING_QUEUE, MAINTENANCE_QUEUE)
+"""Queues whose tasks hold a pool process for long; the bulk lane takes them when the
+worker also runs the small lane."""
+_MARK = "pynomaly_bulk_lane"
+
+
+def bulk_lane_queues(selected: Sequence[str]) -> list[str]:
+    """The queues the bulk lane of a worker consuming ``selected`` takes: with
+    ``detection``, the bulk queue and whichever long queues were selected; without it
+    there is no small lane to protect, and no bulk lane."""
+    if DETECTION_QUEUE not in selected:
+        return []
+    return [q for q in LONG_QUEUES if q == BULK_QUEUE or q in selected]
+
+
+def from_bulk_lane(message: Any) -> bool:
+    """True for a delivery the bulk lane received (by its channel, not by anything a
+    producer can write into the message)."""
+    return bool(getattr(getattr(message, "channel", None), _MARK, False))
+
+
+class BulkLane(bootsteps.ConsumerStep):
+    """Consumes the bulk lane's queues on a channel of its own (see the module)."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    name = "pynomaly-bulk-lane"
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        queues = c.app.amqp.queues
+        self.queues = bulk_lane_queues(list(queues.consume_from))
+        for name in self.queues:
+            if name in queues.consume_from:
+                queues.deselect(name)  # the task consumer must not take them too
+        concurrency = int(getattr(c.controller, "concurrency", 0) or 0) if c.controller else 0
+        self.slots = pool_layout(
+            cores=cores(), concurrency=concurrency, small_lane=bool(self.queues)
+        ).bulk_slots
+        if self.queues:
+            log.info(
+                "bulk lane: %s, at most %d at a time (pool of %d)",
+                ", ".join(self.queues),
+                self.slots,
+                concurrency,
+            )
+
+    def start(self, c: Any) -> None:
+        if not self.queues:
+            return
+        channel = c.connection.channel()
+        setattr(channel, _MARK, True)
+        # Per consumer (quorum queues refuse a global QoS); on Redis the channel's own.
+        channel.basic_qos(0, self.slots, False)
+        self.consumers = self.get_consumers(channel, c=c)
+        for consumer in self.consumers:
+            consumer.consume()
+
+    def get_consumers(self, channel: Any, c: Any = None) -> list[Consumer]:
+        """One consumer of the lane's queues, handing messages to Celery's task
+        handler (the strategies, the pool, acknowledgements) like the task consumer."""
+        if c is None or not self.queues:
+            return []
+        queues = [c.app.amqp.queues[name] for name in self.queues]
+        return [
+            Consumer(
+                channel,
+                queues=queues,
+                accept=c.app.conf.accept_content,
+                on_message=c.create_task_handler(),
+                on_decode_error=c.on_decode_error,
+            )
+        ]
+
+    def consuming(self) -> list[Any]:
+        """The queues the lane consumes now (for ``inspect active_queues``)."""
+        return [q for consumer in self.consumers or () for q in consumer.queues]
+
+
+def install(app: Celery) -> None:
+    """Add the bulk lane to ``app``'s workers."""
+    app.steps["consumer"].add(BulkLane)
+
+
+@inspect_command()
+def active_queues(state: Any) -> list[dict[str, Any]]:
+    """The queues a worker consumes: its task consumer's and its bulk lane's (Flower's
+    Broker page lists the queues workers report here)."""
+    consumer = state.consumer
+    queues = list(consumer.task_consumer.queues) if consumer.task_consumer else []
+    for step in getattr(consumer.blueprint, "steps", {}).values():
+        if isinstance(step, BulkLane):
+            queues += step.consuming()
+    return [dict(queue.as_dict(recurse=True)) for queue in queues]

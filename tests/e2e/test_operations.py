@@ -30,7 +30,7 @@ import yaml
 from celery import Celery
 
 from pynomaly_workers.client import submit_detection, submit_training
-from pynomaly_workers.contract import PING_TASK, QUEUES, maintenance_task
+from pynomaly_workers.contract import ALL_QUEUES, PING_TASK, maintenance_task
 from pynomaly_workers.demo import WorkerProcess, wait_for
 from pynomaly_workers.services.context import Adapters
 from tests.browser import Browser
@@ -208,7 +208,7 @@ def test_flower_lists_every_detection_job_with_its_state(scene: Scene, browser: 
 def test_flower_broker_page_lists_the_queues_with_lengths(scene: Scene, browser: Browser) -> None:
     browser.basic_auth(FLOWER_USER, FLOWER_PASSWORD)
     browser.get(f"{scene.flower_url}/broker")
-    browser.wait_text(*QUEUES)
+    browser.wait_text(*ALL_QUEUES)  # the bulk lane's queue too (lanes.active_queues)
     browser.screenshot(ARTIFACTS / "flower-broker.png")
     assert "not supported" not in browser.text()
     rows = browser.script(
@@ -216,7 +216,7 @@ def test_flower_broker_page_lists_the_queues_with_lengths(scene: Scene, browser:
         ".map(r => Array.from(r.cells).map(c => c.innerText.trim()))"
     )
     lengths = {row[0]: row[1] for row in rows}
-    for queue in QUEUES:
+    for queue in ALL_QUEUES:
         assert re.fullmatch(r"\d+", lengths[queue]), rows
 
 
@@ -261,7 +261,7 @@ def test_prometheus_scrapes_jobs_queue_wait_and_per_model_series(scene: Scene) -
     wait_sum = query(prom, 'pynomaly_queue_wait_seconds_sum{queue="detection"}')
     assert 0 < next(iter(wait_sum.values())) < 60 * N_DETECT
     lengths = query(prom, "pynomaly_queue_length")
-    assert {json.loads(k)["queue"] for k in lengths} == set(QUEUES)
+    assert {json.loads(k)["queue"] for k in lengths} == set(ALL_QUEUES)
 
 
 # -- names in rules and dashboard ---------------------------------------------------------

@@ -374,7 +374,13 @@ def test_compose_has_every_role_and_one_beat() -> None:
     }
     assert found["beat"]["deploy"]["replicas"] == 1
     assert found["beat"]["command"] == ["beat"]
-    assert found["worker-detection"]["command"] == ["worker", "--queues", "detection"]
+    assert found["worker-detection"]["command"] == [
+        "worker",
+        "--queues",
+        "detection",
+        "--concurrency",
+        "3",
+    ]
     assert found["worker-training-maintenance"]["command"] == [
         "worker",
         "--queues",
@@ -742,15 +748,18 @@ def test_k8s_workers_outlive_their_longest_task() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "queues"),
+    ("name", "args"),
     [
-        ("pynomaly-worker-detection", "detection"),
-        ("pynomaly-worker-training-maintenance", "training,maintenance"),
+        # a process per CPU of the limit for bulk work, and one for the small lane
+        ("pynomaly-worker-detection", ["--queues", "detection", "--concurrency", "3"]),
+        ("pynomaly-worker-training-maintenance", ["--queues", "training,maintenance"]),
     ],
 )
-def test_k8s_worker_probes_use_the_liveness_and_readiness_modes(name: str, queues: str) -> None:
+def test_k8s_worker_probes_use_the_liveness_and_readiness_modes(name: str, args: list[str]) -> None:
     container = pod_specs()[name]["containers"][0]
-    assert container["args"] == ["worker", "--queues", queues]
+    assert container["args"] == ["worker", *args]
+    if "--concurrency" in args:
+        assert int(args[-1]) == int(container["resources"]["limits"]["cpu"]) + 1
     assert container["startupProbe"]["exec"]["command"] == LIVENESS
     assert container["livenessProbe"]["exec"]["command"] == LIVENESS
     assert container["readinessProbe"]["exec"]["command"] == READINESS

@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--json] [--output FILE]``."""
+"""``python -m benchmarks [--quick] [--json] [--output FILE] [--only SECTION]``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from benchmarks.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Endpoints, sizes_for
+from benchmarks.config import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_REDIS_URL,
+    SECTIONS,
+    Endpoints,
+    sizes_for,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -19,6 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="also write the JSON to this file")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="PostgreSQL database")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="Redis server (DBs 8-11)")
+    parser.add_argument("--only", choices=SECTIONS, help="run this section alone")
     return parser.parse_args(argv)
 
 
@@ -36,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.runner import run_benchmarks
 
     endpoints = Endpoints(database_url=args.database_url, redis_url=args.redis_url)
-    result = run_benchmarks(sizes_for(quick=args.quick), endpoints)
+    result = run_benchmarks(sizes_for(quick=args.quick), endpoints, only=args.only)
     emit(result, as_json=args.json, output=args.output, out=sys.stdout)
     return 1 if result["errors"] else 0
 

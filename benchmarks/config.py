@@ -15,8 +15,12 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 BROKER_DB, RESULTS_DB, CACHE_DB, NAIVE_DB = 8, 9, 10, 11
 REDIS_DBS = (BROKER_DB, RESULTS_DB, CACHE_DB, NAIVE_DB)
 
+SECTIONS = ("mixed",)
+"""What ``--only`` can run alone (the data and services it needs come with it)."""
+
 IFOREST_MODEL = "bench-iforest"
 LOF_MODEL = "bench-lof"
+MIXED_MODEL = "bench-mixed-iforest"  # 8 features, for the mixed section
 CONTAMINATION = 0.01
 
 
@@ -33,6 +37,23 @@ class Endpoints:
 
 
 @dataclass(frozen=True, slots=True)
+class MixedSizes:
+    """The mixed section: one-record jobs beside large ``source`` jobs on one worker."""
+
+    bulk_rows: int
+    late_big_rows: int
+    late_small_rows: int
+    small_seconds: float
+    wait_s: float
+    """The longest any wait of the section lasts: the large jobs take tens of seconds."""
+    bulk_jobs: int = 3
+    small_rate: int = 50
+    small_delay_s: float = 1.0
+    late_delay_s: float = 1.0
+    n_features: int = 8
+
+
+@dataclass(frozen=True, slots=True)
 class Sizes:
     """How much work each measurement does."""
 
@@ -44,13 +65,15 @@ class Sizes:
     naive_records: int
     cache_rows: int
     wait_s: float
+    mixed: MixedSizes
     n_features: int = 16
     train_rows: int = 20_000
     single_row_calls: int = 200
     small_rate: int = 200
     overhead_runs: int = 3
     anomaly_fraction: float = 0.01
-    worker_concurrency: int = 2
+    worker_concurrency: int = 0
+    """0: the worker's own default pool size (the CLI is given no ``--concurrency``)."""
     batch_repeats: int = 3
     parity_rows: int = 10_000
 
@@ -73,6 +96,13 @@ def sizes_for(*, quick: bool) -> Sizes:
             cache_rows=20_000,
             wait_s=10.0,
             batch_repeats=2,
+            mixed=MixedSizes(
+                bulk_rows=200_000,
+                late_big_rows=1_000_000,
+                late_small_rows=50_000,
+                small_seconds=4.0,
+                wait_s=60.0,
+            ),
         )
     return Sizes(
         quick=False,
@@ -83,4 +113,11 @@ def sizes_for(*, quick: bool) -> Sizes:
         naive_records=5_000,
         cache_rows=50_000,
         wait_s=300.0,
+        mixed=MixedSizes(
+            bulk_rows=1_000_000,
+            late_big_rows=3_000_000,
+            late_small_rows=100_000,
+            small_seconds=8.0,
+            wait_s=300.0,
+        ),
     )

@@ -52,3 +52,49 @@ def prepare_inputs(sizes: Sizes) -> Inputs:
         naive=part[2],
         naive_warmup=part[3],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class MixedInputs:
+    """The mixed section's files (8 features; one file per bulk job, so no job is served
+    scores another stored in the prediction cache) and disjoint one-record sets for the
+    small traffic alone and beside the bulk jobs."""
+
+    training_csv: Path
+    warm_csv: Path
+    bulk_csvs: list[Path]
+    late_big_csv: Path
+    late_small_csv: Path
+    warmup: list[list[float]]
+    small_alone: list[list[float]]
+    small_mixed: list[list[float]]
+
+
+MIXED_WARM_ROWS = 200_000  # two chunks: the untimed job that warms the fan-out path
+
+
+def prepare_mixed_inputs(sizes: Sizes) -> MixedInputs:
+    """Generate (or reuse) the mixed section's CSV files and cut its record sets."""
+    folder, mixed, fraction = RESULTS / "data", sizes.mixed, sizes.anomaly_fraction
+    width = mixed.n_features
+    paced = int(mixed.small_rate * mixed.small_seconds)
+    cuts = list(itertools.accumulate((WARMUP_JOBS, paced, paced)))
+    records = as_records(
+        readings(cuts[-1], n_features=width, seed=37, anomaly_fraction=fraction).matrix
+    )
+
+    def csv(rows: int, seed: int) -> Path:
+        return cached_readings_csv(
+            folder, rows, n_features=width, seed=seed, anomaly_fraction=fraction
+        )
+
+    return MixedInputs(
+        training_csv=cached_training_csv(folder, sizes.train_rows, n_features=width, seed=11),
+        warm_csv=csv(MIXED_WARM_ROWS, 23),
+        bulk_csvs=[csv(mixed.bulk_rows, 13 + i) for i in range(mixed.bulk_jobs)],
+        late_big_csv=csv(mixed.late_big_rows, 17),
+        late_small_csv=csv(mixed.late_small_rows, 19),
+        warmup=records[: cuts[0]],
+        small_alone=records[cuts[0] : cuts[1]],
+        small_mixed=records[cuts[1] : cuts[2]],
+    )

@@ -11,10 +11,11 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from kombu import Queue
 from sqlalchemy import Engine, text
 
 from pynomaly_workers.client import client_app, submit_detection
-from pynomaly_workers.contract import FAILED, FINAL_STATUSES, SUCCEEDED
+from pynomaly_workers.contract import FAILED, FINAL_STATUSES, QUEUES, ROUTES, SUCCEEDED
 from pynomaly_workers.domain.ports import JobRecord
 from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.settings import Settings
@@ -124,6 +125,16 @@ def finished_jobs(engine: Engine, prefix: str) -> dict[str, Finished]:
             query, {"pattern": f"{prefix}%", "done": SUCCEEDED, "given_up": FAILED}
         ).all()
     return {row[0]: Finished(row[1], row[2], row[3], row[4]) for row in rows}
+
+
+def purge_queues(app: Celery) -> int:
+    """Drop every message still queued on the contract's queues: the public ones and
+    those its routes name (an internal queue of fan-out chunks among them), each with
+    its Redis priority lists. Returns how many messages were dropped."""
+    names = sorted({*QUEUES, *(route["queue"] for route in ROUTES.values())})
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        return sum(int(Queue(name, channel=channel).purge() or 0) for name in names)
 
 
 class JobTimeout(RuntimeError):

@@ -30,7 +30,8 @@ def naive_config(stack: Stack) -> naive.NaiveConfig:
 
 @contextmanager
 def naive_worker(stack: Stack, config: naive.NaiveConfig) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m celery -A benchmarks.naive worker -c 2``, always stopped afterwards."""
+    """``python -m celery -A benchmarks.naive worker -c N``, always stopped afterwards
+    (``-c 0``: Celery's default, one process per core)."""
     env = {
         **os.environ,
         "BENCH_NAIVE_BROKER_URL": config.broker_url,

@@ -42,6 +42,11 @@ ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("cache speedup", ("cache", "speedup"), "x"),
     ("cache overhead, fast model", ("cache", "fast_model_overhead"), "fraction"),
     ("worker peak RSS", ("memory", "worker_peak_rss_mb"), "MB"),
+    ("mixed: small p50", ("mixed", "small_latency_ms", "p50"), "ms"),
+    ("mixed: small p99", ("mixed", "small_latency_ms", "p99"), "ms"),
+    ("mixed: small alone p99", ("mixed", "small_alone_latency_ms", "p99"), "ms"),
+    ("mixed: bulk slowdown", ("mixed", "bulk_slowdown"), "x"),
+    ("mixed: late small / alone", ("mixed", "late_small_bulk_ratio"), "x"),
 )
 
 

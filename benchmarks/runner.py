@@ -16,9 +16,9 @@ from typing import Any
 
 from celery import Celery
 
-from benchmarks import bulk, bulk_s3, cache, inference, models, naive_runner, small_jobs
+from benchmarks import bulk, bulk_s3, cache, inference, mixed, models, naive_runner, small_jobs
 from benchmarks.config import IFOREST_MODEL, LOF_MODEL, RESULTS, Endpoints, Sizes
-from benchmarks.inputs import Inputs, prepare_inputs
+from benchmarks.inputs import Inputs, prepare_inputs, prepare_mixed_inputs
 from benchmarks.jobs import publisher, result_client
 from benchmarks.meta import describe_run, load_average
 from benchmarks.progress import say
@@ -62,20 +62,26 @@ class Run:
             say(f"{name} done in {time.perf_counter() - started:.1f}s")
 
 
-def run_benchmarks(sizes: Sizes, endpoints: Endpoints) -> dict[str, Any]:
-    """Every measurement; the JSON-ready result."""
+def run_benchmarks(
+    sizes: Sizes, endpoints: Endpoints, *, only: str | None = None
+) -> dict[str, Any]:
+    """Every measurement (or only the section ``only``); the JSON-ready result."""
     run = Run(sizes)
     load_at_start = load_average()
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     with run.section("data"):
-        inputs = prepare_inputs(sizes)
+        inputs = None if only else prepare_inputs(sizes)
+        mixed_inputs = prepare_mixed_inputs(sizes)
     if "data" not in run.errors:
         folder = RESULTS / "runs" / started_at.strftime("%Y%m%dT%H%M%SZ")
         with open_stack(endpoints, sizes, folder=folder) as stack:
             say(f"schema {stack.schema}; logs in {folder / 'logs'}")
             run.results["settings"] = worker_settings(stack)
-            run_on_stack(run, stack, inputs)
+            if inputs is not None:
+                run_on_stack(run, stack, inputs)
+            with run.section("mixed"):
+                run.results["mixed"] = mixed.run_mixed(stack, mixed_inputs)
     meta = describe_run(
         sizes,
         started_at=started_at,
@@ -264,10 +270,15 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
         "cache": cache_section(results),
         "memory": results.get("bulk", {}).get("memory"),
         "training": results.get("training"),
+        "mixed": results.get("mixed"),
     }
     out["targets"] = check_targets(out, quick=run.sizes.quick)
     out["errors"] = run.errors
-    out["meta"] = {**meta, "worker_settings": results.get("settings")}
+    out["meta"] = {
+        **meta,
+        "worker_settings": results.get("settings"),
+        "worker_pool_size": (results.get("mixed") or {}).get("worker_pool_size"),
+    }
     return out
 
 

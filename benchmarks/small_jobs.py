@@ -23,7 +23,14 @@ import redis
 from celery import Celery
 
 from benchmarks.config import IFOREST_MODEL, RESULTS_DB
-from benchmarks.jobs import Sent, finished_count, finished_jobs, send_detection, wait_prefix
+from benchmarks.jobs import (
+    Sent,
+    finished_count,
+    finished_jobs,
+    purge_queues,
+    send_detection,
+    wait_prefix,
+)
 from benchmarks.progress import say
 from benchmarks.stack import Stack
 from benchmarks.stats import percentiles, rate, ratio
@@ -74,12 +81,14 @@ def send_burst(send: Sender, *, count: int) -> list[Sent]:
     return [send(i) for i in range(count)]
 
 
-def detect_sender(app: Celery, *, prefix: str, records: Sequence[list[float]]) -> Sender:
+def detect_sender(
+    app: Celery, *, prefix: str, records: Sequence[list[float]], model: str = IFOREST_MODEL
+) -> Sender:
     """One-record ``pynomaly.detect`` jobs, each with its own job id."""
 
     def send(i: int) -> Sent:
         record = records[i % len(records)]
-        return send_detection(app, job_id=f"{prefix}{i:06d}", model=IFOREST_MODEL, records=[record])
+        return send_detection(app, job_id=f"{prefix}{i:06d}", model=model, records=[record])
 
     return send
 
@@ -226,7 +235,7 @@ def timed_batch(
     sent = send(kind.make_sender(prefix, rows))
     outcome = kind.collect(prefix, sent, timeout)
     if len(outcome.done_at) + len(outcome.failed) < len(sent):
-        purged = app.control.purge()
+        purged = purge_queues(app)
         say(f"{prefix}: {len(sent) - len(outcome.done_at)} unfinished; purged {purged} queued")
         settle(lambda: kind.finished(prefix, sent), timeout=timeout)
     return sent, outcome

@@ -11,6 +11,7 @@ import os
 from threading import Lock
 
 from pynomaly_workers.adapters.isolation import ForkedIsolation
+from pynomaly_workers.adapters.scorers.host_cache import HostModelCache
 from pynomaly_workers.adapters.scorers.loader import ModelLoader
 from pynomaly_workers.adapters.scorers.trainer import SklearnTrainer
 from pynomaly_workers.adapters.sources import ArrowSourceReader
@@ -43,6 +44,7 @@ def bootstrap(settings: Settings) -> Adapters:
         if cache is not None:
             cache.close()
 
+    telemetry = PrometheusTelemetry()
     # A forked child drops the inherited connections and closes its own when done.
     isolation = ForkedIsolation(
         after_fork=lambda: engine.dispose(close=False), before_exit=engine.dispose
@@ -54,6 +56,9 @@ def bootstrap(settings: Settings) -> Adapters:
         models=ModelLoader(
             store,
             capacity=settings.model_cache_size,
+            capacity_bytes=round(settings.model_cache_mb * 1_000_000),
+            host=HostModelCache(settings.home / "model-cache"),
+            telemetry=telemetry,
             onnx_threads=onnx_threads(settings),
             ref_ttl_seconds=settings.model_ref_ttl_seconds,
             isolation=isolation,
@@ -70,7 +75,7 @@ def bootstrap(settings: Settings) -> Adapters:
         drift=build_drift_profiler(settings, store),
         close=close,
         forget_after_fork=lambda: engine.dispose(close=False),
-        telemetry=PrometheusTelemetry(),
+        telemetry=telemetry,
         isolation=isolation,
     )
 

@@ -55,6 +55,12 @@ class Metrics:
     maintenance_last_success: Gauge
     beat_last_tick: Gauge
     queue_length: Gauge
+    model_cache_hits: Counter
+    model_cache_misses: Counter
+    model_cache_evictions: Counter
+    model_load_seconds: Histogram
+    model_cache_models: Gauge
+    model_cache_bytes: Gauge
     malformed_dropped: Counter
     worker_up: Gauge
 
@@ -82,6 +88,12 @@ METRIC_NAMES: dict[str, str] = {
     "pynomaly_maintenance_last_success_timestamp_seconds": "task",
     "pynomaly_beat_last_tick_timestamp_seconds": "",
     "pynomaly_queue_length": "queue",
+    "pynomaly_model_cache_hits_total": "",
+    "pynomaly_model_cache_misses_total": "",
+    "pynomaly_model_cache_evictions_total": "",
+    "pynomaly_model_load_seconds": "",
+    "pynomaly_model_cache_models": "",
+    "pynomaly_model_cache_bytes": "",
     "pynomaly_malformed_messages_dropped_total": "",
     "pynomaly_worker_up": "",
 }
@@ -201,6 +213,32 @@ def _create_metrics() -> Metrics:
         malformed_dropped=Counter(
             "pynomaly_malformed_messages_dropped",
             "Broker messages dropped because they were not a decodable task envelope.",
+        ),
+        model_cache_hits=Counter(
+            "pynomaly_model_cache_hits", "Model version loads served by a process's cache."
+        ),
+        model_cache_misses=Counter(
+            "pynomaly_model_cache_misses", "Model versions loaded into a process (not cached)."
+        ),
+        model_cache_evictions=Counter(
+            "pynomaly_model_cache_evictions",
+            "Model versions dropped from a process's cache to stay within PYNOMALY_MODEL_CACHE_MB.",
+        ),
+        model_load_seconds=Histogram(
+            "pynomaly_model_load_seconds",
+            "Time to load a model version into a process (a cache miss).",
+            buckets=LATENCY_BUCKETS,
+        ),
+        model_cache_models=Gauge(
+            "pynomaly_model_cache_models",
+            "Model versions kept loaded, summed over the worker's live processes.",
+            multiprocess_mode="livesum",
+        ),
+        model_cache_bytes=Gauge(
+            "pynomaly_model_cache_bytes",
+            "Bytes the loaded model versions hold, summed over the worker's live processes "
+            "(memory-mapped forest arrays count in every process that maps them).",
+            multiprocess_mode="livesum",
         ),
         worker_up=Gauge(
             "pynomaly_worker_up",

@@ -145,7 +145,19 @@ class Settings(BaseSettings):
         description="Longest wait before a retry, in seconds: once the fault is gone every "
         "waiting job runs again within this.",
     )
-    model_cache_size: int = Field(default=8, gt=0)
+    model_cache_size: int = Field(
+        default=1_000,
+        gt=0,
+        description="Model versions a worker process keeps loaded at most (besides "
+        "MODEL_CACHE_MB).",
+    )
+    model_cache_mb: float = Field(
+        default=64.0,
+        gt=0,
+        description="MB of loaded model versions a worker process keeps, least recently "
+        "used dropped first (memory-mapped forest arrays are shared by the processes of "
+        "a host and count in each).",
+    )
     model_ref_ttl_seconds: float = Field(
         default=1.0,
         ge=0,

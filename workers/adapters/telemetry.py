@@ -23,3 +23,18 @@ class PrometheusTelemetry:
         metrics, label = get_metrics(), model_label(name)
         metrics.model_drifted.labels(model=label).set(1.0 if drifted else 0.0)
         metrics.model_drifted_features.labels(model=label).set(drifted_features)
+
+    def model_cache(self, *, hit: bool, load_seconds: float, evicted: int) -> None:
+        metrics = get_metrics()
+        if hit:
+            metrics.model_cache_hits.inc()
+            return
+        metrics.model_cache_misses.inc()
+        metrics.model_load_seconds.observe(load_seconds)
+        if evicted:
+            metrics.model_cache_evictions.inc(evicted)
+
+    def model_cache_size(self, *, models: int, nbytes: int) -> None:
+        metrics = get_metrics()
+        metrics.model_cache_models.set(models)
+        metrics.model_cache_bytes.set(nbytes)

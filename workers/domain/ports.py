@@ -578,3 +578,10 @@ class Telemetry(Protocol):
     def drift_checked(self, *, name: str, drifted_features: int, drifted: bool) -> None:
         """A drift check of model ``name`` found ``drifted_features`` drifted features
         (``drifted``: anything drifted, the score or the flagged rate included)."""
+
+    def model_cache(self, *, hit: bool, load_seconds: float, evicted: int) -> None:
+        """A model version was found in this process's cache, or loaded in
+        ``load_seconds`` (``evicted`` versions made room for it)."""
+
+    def model_cache_size(self, *, models: int, nbytes: int) -> None:
+        """This process now keeps ``models`` versions holding ``nbytes``."""

@@ -89,6 +89,12 @@ class NullTelemetry:
     def model_used(self, *, name: str, contamination: float) -> None:
         del name, contamination
 
+    def model_cache(self, *, hit: bool, load_seconds: float, evicted: int) -> None:
+        del hit, load_seconds, evicted
+
+    def model_cache_size(self, *, models: int, nbytes: int) -> None:
+        del models, nbytes
+
 
 @dataclass(slots=True)
 class Adapters:

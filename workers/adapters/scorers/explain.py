@@ -30,9 +30,10 @@ Explainer = Callable[[Matrix], Attribution]
 def explainer_for(
     estimator: Any, *, profile: TrainingProfile | None, forest: ForestScorer | None = None
 ) -> Explainer | None:
-    """The attribution method for ``estimator``, or None if it has none."""
+    """The attribution method for ``estimator``, or None if it has none. An
+    IsolationForest is explained by its ``forest`` arrays (the estimator may be None)."""
     kind = type(estimator).__name__
-    if kind == "IsolationForest":
+    if forest is not None or kind == "IsolationForest":
         paths = forest or ForestScorer(estimator)
         return lambda rows: Attribution(
             paths.isolation_bits(rows), "isolation_path", True, "isolation bits of the path"

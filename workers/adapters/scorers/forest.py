@@ -23,6 +23,8 @@ from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores
 
 _LEAF = -1
+# Up to this many rows, explaining finds leaves with the padded walk.
+_WALK_ROWS = 64
 # Above this many (tree, node, feature) cells (64 MB of float64), explaining walks the
 # trees instead of reading per-node credits from a table.
 _CREDIT_TABLE_LIMIT = 8_000_000
@@ -38,13 +40,20 @@ class ForestScorer:
     20,000 rows of a 100-tree forest) and hungry for memory (hundreds of MB at 100,000
     rows). The loader never hands it a larger batch, whatever calibration measured."""
 
+    ARRAYS = ("left", "right", "feature", "threshold", "leaf_depth", "log_samples")
+    """What a forest is, as arrays: saved once per host and memory-mapped by every pool
+    process (``host_cache.py``), so a load costs no unpickling and no copy."""
+
     def __init__(self, estimator: Any) -> None:
         trees = [tree.tree_ for tree in estimator.estimators_]
         width = max(tree.node_count for tree in trees)
         shape = (len(trees), width)
-        self.left = np.full(shape, _LEAF, dtype=np.int64)
-        self.right = np.full(shape, _LEAF, dtype=np.int64)
-        self.feature = np.zeros(shape, dtype=np.int64)
+        # Node ids, feature ids: int16 holds them (a tree of 2^15 nodes would need 2^14
+        # samples per tree; IsolationForest's default is 256), at a quarter of int64.
+        index = np.int16 if width < 2**15 and estimator.n_features_in_ < 2**15 else np.int64
+        self.left = np.full(shape, _LEAF, dtype=index)
+        self.right = np.full(shape, _LEAF, dtype=index)
+        self.feature = np.zeros(shape, dtype=index)
         self.threshold = np.zeros(shape, dtype=np.float64)
         self.leaf_depth = np.zeros(shape, dtype=np.float64)
         self.log_samples = np.zeros(shape, dtype=np.float64)  # log2 of each node's size
@@ -71,10 +80,43 @@ class ForestScorer:
         self.n_features = int(estimator.n_features_in_)
         self._tree_index = np.arange(len(trees))
         self._credit_table: npt.NDArray[np.float64] | None = None
-        self._trees = [
+        self._trees: list[tuple[Any, npt.NDArray[np.int64] | None]] | None = [
             (tree, np.asarray(features) if subsample else None)
             for tree, features in zip(trees, estimator.estimators_features_, strict=True)
         ]
+
+    def to_arrays(self) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
+        """The arrays and scalars :meth:`from_arrays` rebuilds this scorer from."""
+        arrays = {name: getattr(self, name) for name in self.ARRAYS}
+        meta = {
+            "depth": self.depth,
+            "denominator": self.denominator,
+            "offset": self.offset,
+            "n_features": self.n_features,
+        }
+        return arrays, meta
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, npt.NDArray[Any]], meta: dict[str, Any]) -> ForestScorer:
+        """A scorer over saved arrays (memory-mapped, read-only): it scores and explains
+        as the original did, without the scikit-learn trees."""
+        scorer = cls.__new__(cls)
+        for name in cls.ARRAYS:
+            setattr(scorer, name, arrays[name])
+        scorer.depth = int(meta["depth"])
+        scorer.denominator = float(meta["denominator"])
+        scorer.offset = float(meta["offset"])
+        scorer.n_features = int(meta["n_features"])
+        scorer._tree_index = np.arange(arrays["left"].shape[0])
+        scorer._credit_table = None
+        scorer._trees = None
+        return scorer
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays (mapped or owned), and of the credit table once built."""
+        table = self._credit_table.nbytes if self._credit_table is not None else 0
+        return sum(int(getattr(self, name).nbytes) for name in self.ARRAYS) + table
 
     @classmethod
     def supports(cls, estimator: Any) -> bool:
@@ -104,6 +146,17 @@ class ForestScorer:
             return self._isolation_bits_walking(
                 np.asarray(matrix, dtype=np.float32).astype(np.float64)
             )
+        if self._trees is None or len(matrix) <= _WALK_ROWS:
+            # the padded walk finds a handful of rows' leaves fastest (and is all a
+            # forest loaded from its saved arrays has)
+            rows = np.asarray(matrix, dtype=np.float32).astype(np.float64)
+            # in blocks, so the (rows, trees, features) gather stays small
+            return np.concatenate(
+                [
+                    table[self._tree_index, self._leaves(block)].mean(axis=1)
+                    for block in np.split(rows, range(_WALK_ROWS, len(rows), _WALK_ROWS))
+                ]
+            ).reshape(len(rows), self.n_features)
         # scikit-learn's compiled per-tree descent finds the leaves of a few thousand
         # rows about 6x faster than the padded NumPy walk (which wins on a handful).
         exact = np.ascontiguousarray(matrix, dtype=np.float32)

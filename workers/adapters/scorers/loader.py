@@ -16,12 +16,15 @@ for the benchmark's IsolationForest, where the NumPy walk and scikit-learn win).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from threading import Lock
+from typing import Any
 
 import numpy as np
 
@@ -29,13 +32,14 @@ from pynomaly_workers.adapters.heap import release_free_memory
 from pynomaly_workers.adapters.scorers import sklearn
 from pynomaly_workers.adapters.scorers.explain import Explainer, explainer_for
 from pynomaly_workers.adapters.scorers.forest import ForestScorer
+from pynomaly_workers.adapters.scorers.host_cache import HostModelCache
 from pynomaly_workers.adapters.scorers.onnx import OnnxScorer
 from pynomaly_workers.domain.explain import Attribution
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
-from pynomaly_workers.domain.ports import Isolation, ModelStore, Scorer
+from pynomaly_workers.domain.ports import Isolation, ModelStore, Scorer, Telemetry
 from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.records import Matrix
-from pynomaly_workers.domain.scoring import parity_error
+from pynomaly_workers.domain.scoring import Scores, parity_error
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,22 @@ class Calibration:
         largest = self.sizes[-1]
         return min(times[-1] for times in self.seconds.values()) / largest * 1e6
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON for the host cache."""
+        return {"sizes": list(self.sizes), "seconds": {k: list(v) for k, v in self.seconds.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration | None:
+        """A calibration from :meth:`to_dict`'s JSON, or None if it is not one."""
+        try:
+            sizes = tuple(int(n) for n in data["sizes"])
+            seconds = {str(k): tuple(float(t) for t in v) for k, v in data["seconds"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        if not seconds or any(len(v) != len(sizes) for v in seconds.values()):
+            return None
+        return cls(sizes=sizes, seconds=seconds)
+
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
@@ -88,6 +108,12 @@ class LoadedModel:
     def sklearn(self) -> Scorer:
         """The reference scorer."""
         return self.scorers["sklearn"]
+
+    @property
+    def nbytes(self) -> int:
+        """What this version holds in the process: its arrays (mapped or owned), its
+        unpickled artifact (counted by its pickled size), its ONNX model."""
+        return sum(int(getattr(scorer, "nbytes", 0)) for scorer in self.scorers.values())
 
     @property
     def onnx(self) -> Scorer | None:
@@ -143,28 +169,67 @@ def _best_time(scorer: Scorer, rows: Matrix) -> float:
     return best
 
 
+class LazySklearnScorer:
+    """scikit-learn's scorer for a version whose other backends came from the host
+    cache: the artifact is read and unpickled on the first call that needs it (a batch
+    too large for the NumPy walk), not at load."""
+
+    backend = "sklearn"
+
+    def __init__(self, load: Callable[[], tuple[object, int]]) -> None:
+        self._load = load
+        self._scorer: sklearn.SklearnScorer | None = None
+        self.nbytes = 0
+
+    @property
+    def estimator(self) -> object:
+        """The estimator, unpickled now if it was not yet."""
+        return self._ready().estimator
+
+    def score(self, matrix: Matrix) -> Scores:
+        return self._ready().score(matrix)
+
+    def _ready(self) -> sklearn.SklearnScorer:
+        if self._scorer is None:
+            estimator, size = self._load()
+            self._scorer, self.nbytes = sklearn.SklearnScorer(estimator), size
+        return self._scorer
+
+
 class ModelLoader:
-    """Loads artifacts from the store once per process and keeps the last few in memory."""
+    """Loads model versions once per process and keeps the most recently used ones, up
+    to ``capacity_bytes`` (and ``capacity`` versions). An IsolationForest's arrays come
+    from the host cache when another process of this host saved them (memory-mapped:
+    one copy per host); calibrations are measured once per host and model shape."""
 
     def __init__(
         self,
         store: ModelStore,
         *,
         capacity: int,
+        capacity_bytes: int = 0,
         onnx_threads: int = 1,
         calibrate: bool = True,
         ref_ttl_seconds: float = 0.0,
         isolation: Isolation | None = None,
+        host: HostModelCache | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
-        """``isolation`` is where backends are measured (here, when None)."""
+        """``isolation`` is where backends are measured (here, when None); ``host`` the
+        per-host cache (none: every load reads and unpickles the artifact);
+        ``capacity_bytes`` 0 bounds the cache by ``capacity`` alone."""
         self.store = store
         self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
         self.onnx_threads = onnx_threads
         self.calibrate = calibrate
         self.ref_ttl_seconds = ref_ttl_seconds
         self.isolation = isolation
+        self.host = host
+        self.telemetry = telemetry
         self._cache: OrderedDict[int, LoadedModel] = OrderedDict()
         self._refs: dict[ModelRef, tuple[float, ModelVersion]] = {}
+        self._calibrations: dict[str, Calibration] = {}
         self._lock = Lock()
 
     def resolve(self, ref: ModelRef) -> ModelVersion:
@@ -180,7 +245,7 @@ class ModelLoader:
             return cached[1]
         version = self.store.get_model(ref)
         with self._lock:
-            if len(self._refs) > 1_000:
+            if len(self._refs) > 10_000:
                 self._refs.clear()
             self._refs[ref] = (now, version)
         return version
@@ -191,58 +256,152 @@ class ModelLoader:
             cached = self._cache.get(version.id)
             if cached is not None:
                 self._cache.move_to_end(version.id)
-                return cached
-        loaded = self._build(version)
-        # Unpickling (and calibrating, when not isolated) left MBs free in the heap; give
-        # them back now rather than keep them for the process's life.
-        release_free_memory()
+        if cached is not None:
+            self._report(hit=True)
+            return cached
+        started = time.perf_counter()
+        loaded, unpickled = self._build(version)
+        if unpickled:
+            # Unpickling (and calibrating, when not isolated) left MBs free in the heap;
+            # give them back now rather than keep them for the process's life.
+            release_free_memory()
         with self._lock:
             self._cache[version.id] = loaded
-            while len(self._cache) > self.capacity:
-                self._cache.popitem(last=False)
+            evicted = self._evict()
+            size = sum(m.nbytes for m in self._cache.values())
+            count = len(self._cache)
+        self._report(hit=False, seconds=time.perf_counter() - started, evicted=evicted)
+        if self.telemetry is not None:
+            self.telemetry.model_cache_size(models=count, nbytes=size)
         return loaded
 
-    def _build(self, version: ModelVersion) -> LoadedModel:
-        estimator = sklearn.load(self.store.load_artifact(version.artifact_sha256))
-        onnx = (
-            self.store.load_artifact(version.onnx_sha256)
-            if version.onnx_sha256 is not None
-            else None
-        )
-        forest = ForestScorer(estimator) if ForestScorer.supports(estimator) else None
-        calibration = None
-        wanted = {"sklearn", "numpy", "onnx"}
-        if self.calibrate:
-            calibration = self._isolated(
-                lambda: measure_backends(
-                    estimator, onnx=onnx, version=version, threads=self.onnx_threads
-                )
+    def _evict(self) -> int:
+        """Drop least recently used versions past the bounds (never the newest)."""
+        evicted = 0
+        while len(self._cache) > 1 and (
+            len(self._cache) > self.capacity
+            or (
+                self.capacity_bytes
+                and sum(m.nbytes for m in self._cache.values()) > self.capacity_bytes
             )
-            # A backend that wins no batch size is never used, so it is not built (for
-            # ONNX: no session, whose setup and arena would hold memory for nothing).
-            # scikit-learn stays, as the reference (its estimator also explains).
-            wanted = {*calibration.seconds, "sklearn"}
+        ):
+            self._cache.popitem(last=False)
+            evicted += 1
+        return evicted
+
+    def _report(self, *, hit: bool, seconds: float = 0.0, evicted: int = 0) -> None:
+        if self.telemetry is not None:
+            self.telemetry.model_cache(hit=hit, load_seconds=seconds, evicted=evicted)
+
+    def _build(self, version: ModelVersion) -> tuple[LoadedModel, bool]:
+        """The loaded version, and whether its artifact was unpickled here."""
+        forest = self._host_forest(version)
+        estimator, size = (None, 0) if forest is not None else self._estimator(version)
+        if estimator is not None and ForestScorer.supports(estimator):
+            forest = ForestScorer(estimator)
+            if self.host is not None:
+                self.host.save_forest(version.artifact_sha256, forest)
+        calibration = self._calibration(version, has_forest=forest is not None)
+        wanted = {"sklearn", "numpy", "onnx"} if calibration is None else {*calibration.seconds}
+        onnx = self._onnx(version) if "onnx" in wanted else None
+        scorers: dict[str, Scorer] = {"sklearn": self._sklearn(version, estimator, size)}
+        if onnx is not None:
+            scorers["onnx"] = onnx
+        if forest is not None and "numpy" in wanted:
+            scorers["numpy"] = forest
+        if calibration is None:
+            scorers = _faithful(scorers, version)
+        else:
             log.info(
                 "model %s: backend by batch size %s; %.2f us/row",
                 version.label,
                 {size: calibration.best(size) for size in calibration.sizes},
                 calibration.row_cost_us(),
             )
-        scorers = _scorers(
-            estimator,
-            onnx=onnx if "onnx" in wanted else None,
-            forest=forest if "numpy" in wanted else None,
-            threads=self.onnx_threads,
-        )
-        if calibration is None:
-            scorers = _faithful(scorers, version)
         explainer = explainer_for(estimator, profile=version.profile, forest=forest)
-        return LoadedModel(
+        loaded = LoadedModel(
             version=version, scorers=scorers, calibration=calibration, explainer=explainer
         )
+        return loaded, estimator is not None
+
+    def _host_forest(self, version: ModelVersion) -> ForestScorer | None:
+        if self.host is None or version.algorithm != "iforest":
+            return None
+        return self.host.forest(version.artifact_sha256)
+
+    def _estimator(self, version: ModelVersion) -> tuple[object, int]:
+        artifact = self.store.load_artifact(version.artifact_sha256)
+        return sklearn.load(artifact), len(artifact)
+
+    def _sklearn(self, version: ModelVersion, estimator: object | None, size: int) -> Scorer:
+        if estimator is None:
+            return LazySklearnScorer(lambda: self._estimator(version))
+        scorer = sklearn.SklearnScorer(estimator)
+        scorer.nbytes = size
+        return scorer
+
+    def _onnx(self, version: ModelVersion) -> OnnxScorer | None:
+        if version.onnx_sha256 is None:
+            return None
+        content = self.store.load_artifact(version.onnx_sha256)
+        scorer = OnnxScorer(content, threads=self.onnx_threads)
+        scorer.nbytes = len(content)
+        return scorer
+
+    def _calibration(self, version: ModelVersion, *, has_forest: bool) -> Calibration | None:
+        """Measured once per host and model shape (see :func:`calibration_key`)."""
+        if not self.calibrate:
+            return None
+        key = calibration_key(version, has_forest=has_forest)
+        with self._lock:
+            known = self._calibrations.get(key)
+        if known is not None:
+            return known
+        saved = self.host.calibration(key) if self.host is not None else None
+        calibration = Calibration.from_dict(saved) if saved else None
+        if calibration is None:
+            calibration = self._isolated(
+                lambda: measure_backends(
+                    self._estimator(version)[0],
+                    onnx=self.store.load_artifact(version.onnx_sha256)
+                    if version.onnx_sha256 is not None
+                    else None,
+                    version=version,
+                    threads=self.onnx_threads,
+                )
+            )
+            if self.host is not None:
+                self.host.save_calibration(key, calibration.to_dict())
+        with self._lock:
+            self._calibrations[key] = calibration
+        return calibration
 
     def _isolated(self, work: Callable[[], Calibration]) -> Calibration:
         return work() if self.isolation is None else self.isolation.run(work)
+
+
+_SHAPELESS = frozenset({"random_state", "n_jobs", "verbose", "warm_start", "contamination"})
+
+
+def calibration_key(version: ModelVersion, *, has_forest: bool) -> str:
+    """What a version's backend costs depend on: its algorithm, features, training rows
+    (by power of two), parameters (not its seed) and which backends it has. Versions
+    with one key share one calibration per host."""
+    shape = {
+        "algorithm": version.algorithm,
+        "features": version.n_features,
+        "rows": int(version.n_training_rows).bit_length(),
+        "params": {k: v for k, v in sorted(version.params.items()) if k not in _SHAPELESS},
+        "backends": sorted(
+            [
+                "sklearn",
+                *(["numpy"] if has_forest else []),
+                *(["onnx"] if version.onnx_sha256 else []),
+            ]
+        ),
+    }
+    digest = hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{version.algorithm}-{digest[:32]}"
 
 
 def _scorers(

@@ -36,6 +36,8 @@ class OnnxScorer:
     """Scores with ONNX Runtime; the ``scores`` output is scikit-learn's decision_function."""
 
     backend = "onnx"
+    nbytes = 0
+    """Held in memory, as the loader counts it (the ONNX model's size)."""
 
     def __init__(self, content: bytes, *, threads: int = 1) -> None:
         import onnxruntime as ort

@@ -81,6 +81,8 @@ class SklearnScorer:
     """Scores with the estimator's own ``decision_function`` (negated)."""
 
     backend = "sklearn"
+    nbytes = 0
+    """Held in memory, as the loader counts it (the pickled artifact's size)."""
 
     def __init__(self, estimator: Any) -> None:
         self.estimator = estimator

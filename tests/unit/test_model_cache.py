@@ -1,0 +1,209 @@
+"""Loading a model version is cheap: forest arrays shared per host, calibration once per
+host and model shape, scikit-learn unpickled only when a batch needs it, and the
+process's cache bounded in bytes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import numpy as np
+import pytest
+from sklearn.ensemble import IsolationForest
+
+from pynomaly_workers.adapters.scorers import sklearn
+from pynomaly_workers.adapters.scorers.forest import ForestScorer
+from pynomaly_workers.adapters.scorers.host_cache import HostModelCache
+from pynomaly_workers.adapters.scorers.loader import (
+    Calibration,
+    ModelLoader,
+    calibration_key,
+)
+from pynomaly_workers.domain.models import ModelVersion
+from pynomaly_workers.domain.ports import ModelStore
+from pynomaly_workers.domain.scoring import fit_score_stats
+
+T = TypeVar("T")
+FEATURES = 6
+
+
+@pytest.fixture(scope="module")
+def train() -> np.ndarray[Any, Any]:
+    return np.random.default_rng(0).normal(size=(600, FEATURES))
+
+
+def fitted(train: np.ndarray[Any, Any], seed: int) -> IsolationForest:
+    return IsolationForest(random_state=seed, n_estimators=20).fit(train)
+
+
+class Store:
+    """Artifacts by sha256, counting reads."""
+
+    def __init__(self) -> None:
+        self.artifacts: dict[str, bytes] = {}
+        self.reads: list[str] = []
+
+    def add(self, estimator: IsolationForest, version_id: int) -> ModelVersion:
+        sha = f"{version_id:064x}"
+        self.artifacts[sha] = sklearn.dump(estimator)
+        scores = sklearn.SklearnScorer(estimator).score(np.zeros((4, FEATURES)))
+        return ModelVersion(
+            id=version_id,
+            name=f"m{version_id}",
+            version=1,
+            algorithm="iforest",
+            artifact_sha256=sha,
+            onnx_sha256=None,
+            n_features=FEATURES,
+            stats=fit_score_stats(np.concatenate([scores, scores + 1]), contamination=0.1),
+            params={"n_estimators": 20, "random_state": version_id},
+            n_training_rows=600,
+        )
+
+    def load_artifact(self, sha256: str) -> bytes:
+        self.reads.append(sha256)
+        return self.artifacts[sha256]
+
+
+class Measuring:
+    """An isolation that counts the calibrations it is asked for."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run(self, work: Callable[[], T]) -> T:
+        del work
+        self.runs += 1
+        seconds = {"sklearn": (1.0, 1.0, 0.1), "numpy": (0.1, 0.1, 1.0)}
+        return cast(T, Calibration(sizes=(1, 64, 2048), seconds=seconds))
+
+
+def loader(store: Store, folder: Path, isolation: Measuring, **kwargs: Any) -> ModelLoader:
+    return ModelLoader(
+        cast(ModelStore, store),
+        capacity=kwargs.pop("capacity", 100),
+        isolation=isolation,
+        host=HostModelCache(folder),
+        **kwargs,
+    )
+
+
+def test_a_forest_from_its_saved_arrays_scores_and_explains_as_the_estimator(
+    train: np.ndarray[Any, Any], tmp_path: Path
+) -> None:
+    # Given a forest saved to the host cache
+    estimator = fitted(train, seed=1)
+    original = ForestScorer(estimator)
+    host = HostModelCache(tmp_path)
+    host.save_forest("a" * 64, original)
+
+    # When another process maps it
+    mapped = host.forest("a" * 64)
+
+    # Then it is memory-mapped, not copied, and computes exactly what the original does
+    assert mapped is not None
+    assert isinstance(mapped.threshold, np.memmap)
+    rows = np.random.default_rng(2).normal(size=(300, FEATURES)) * 3
+    np.testing.assert_array_equal(mapped.score(rows), original.score(rows))
+    np.testing.assert_allclose(
+        mapped.isolation_bits(rows), original.isolation_bits(rows), rtol=0, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        mapped.score(rows), -estimator.decision_function(rows), rtol=0, atol=1e-12
+    )
+
+
+def test_an_unsaved_or_broken_forest_is_not_found(tmp_path: Path) -> None:
+    host = HostModelCache(tmp_path)
+    assert host.forest("b" * 64) is None
+    (tmp_path / "forest" / ("c" * 64)).mkdir(parents=True)
+    (tmp_path / "forest" / ("c" * 64) / "meta.json").write_text("{}")
+    assert host.forest("c" * 64) is None
+
+
+def test_a_version_loaded_once_on_a_host_loads_elsewhere_without_its_artifact(
+    train: np.ndarray[Any, Any], tmp_path: Path
+) -> None:
+    # Given a version one process of this host loaded
+    store, isolation = Store(), Measuring()
+    version = store.add(fitted(train, seed=3), version_id=1)
+    first = loader(store, tmp_path, isolation).load(version)
+    reads_before = len(store.reads)
+
+    # When a second process (a fresh loader) loads it and scores a handful of rows
+    second = loader(store, tmp_path, isolation).load(version)
+    rows = train[:5]
+    scores = second.scorer_for(len(rows)).score(rows)
+
+    # Then it read no artifact and measured nothing again, and scores the same
+    assert len(store.reads) == reads_before
+    assert isolation.runs == 1
+    np.testing.assert_array_equal(scores, first.scorer_for(5).score(rows))
+    assert second.explain(rows) is not None
+
+    # and scikit-learn is unpickled only when a batch calls for it
+    large = np.repeat(train, 8, axis=0)
+    assert second.scorer_for(len(large)).backend == "sklearn"
+    np.testing.assert_allclose(
+        second.scorer_for(len(large)).score(large), first.sklearn.score(large), atol=1e-12
+    )
+    assert len(store.reads) == reads_before + 1
+
+
+def test_versions_of_one_shape_share_one_calibration_per_host(
+    train: np.ndarray[Any, Any], tmp_path: Path
+) -> None:
+    # Given ten versions of one algorithm, width and parameters (but their own seeds)
+    store, isolation = Store(), Measuring()
+    versions = [store.add(fitted(train, seed=i), version_id=i) for i in range(1, 11)]
+    wider = dataclasses.replace(versions[0], id=99, n_features=FEATURES + 1)
+
+    # When one process loads them all
+    models = loader(store, tmp_path, isolation)
+    for version in versions:
+        models.load(version)
+
+    # Then the backends were measured once, and the key tells other shapes apart
+    assert isolation.runs == 1
+    keys = {calibration_key(v, has_forest=True) for v in versions}
+    assert len(keys) == 1
+    assert calibration_key(wider, has_forest=True) not in keys
+    assert calibration_key(versions[0], has_forest=False) not in keys
+
+
+def test_the_cache_keeps_the_most_recent_versions_within_its_bytes(
+    train: np.ndarray[Any, Any], tmp_path: Path
+) -> None:
+    # Given a cache room for about three forests
+    store, isolation = Store(), Measuring()
+    versions = [store.add(fitted(train, seed=i), version_id=i) for i in range(1, 7)]
+    size = loader(store, tmp_path, isolation).load(versions[0]).nbytes
+    events: list[tuple[bool, int]] = []
+    sizes: list[tuple[int, int]] = []
+
+    class Telemetry:
+        def model_cache(self, *, hit: bool, load_seconds: float, evicted: int) -> None:
+            assert load_seconds >= 0
+            events.append((hit, evicted))
+
+        def model_cache_size(self, *, models: int, nbytes: int) -> None:
+            sizes.append((models, nbytes))
+
+    models = loader(
+        store, tmp_path, isolation, capacity_bytes=int(size * 3.5), telemetry=Telemetry()
+    )
+
+    # When six versions are loaded, the first again last
+    for version in [*versions, versions[0]]:
+        models.load(version)
+
+    # Then it never held more than its bytes, evicted the oldest, and said so
+    assert all(nbytes <= size * 3.5 for _, nbytes in sizes)
+    assert [hit for hit, _ in events] == [False] * 7
+    assert sum(evicted for _, evicted in events) == 7 - sizes[-1][0] >= 3
+    models.load(versions[5])
+    assert events[-1] == (True, 0)  # the most recent stayed
+    models.load(versions[1])
+    assert events[-1][0] is False  # an old one went

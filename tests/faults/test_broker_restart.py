@@ -8,16 +8,22 @@ of anomalies.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Any
 
 import pytest
+import redis
+from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
+from pynomaly_workers.adapters.broker import TRANSPORT, acknowledge_all
 from pynomaly_workers.client import submit_detection
 from pynomaly_workers.demo import wait_for
 from tests.factories import rows_with_outliers, train
 from tests.faults.conftest import (
     FaultBroker,
     FaultStack,
+    RedisServer,
     count_jobs,
     report_outcome,
     wait_settled,
@@ -121,3 +127,50 @@ def test_consumption_resumes_after_a_broker_restart_and_nothing_is_lost(
     # Held deliveries are handed back without errors (on RabbitMQ the broker requeued
     # them as their channel closed; a reject over that channel would only fail)
     assert "Couldn't reject" not in fault_stack.log_text()
+
+
+def test_a_task_settled_after_its_channel_closed_on_a_dead_broker_does_not_kill_the_consumer(
+    broker_redis: RedisServer,
+) -> None:
+    # Given three deliveries, and the broker gone before their channel closes (a
+    # consumer restart: kombu's restore of the unacked messages fails, its pool dropped)
+    queue = Queue("settle-after-close", Exchange("settle-after-close"), routing_key="s")
+    connection = Connection(broker_redis.url, transport=TRANSPORT)
+    with connection.channel() as publishing:
+        producer = Producer(publishing)
+        for n in range(3):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key="s", declare=[queue])
+    channel: Any = connection.channel()
+    received: list[Message] = []
+    consumer = Consumer(channel, [queue], callbacks=[lambda _b, m: received.append(m)])
+    consumer.qos(prefetch_count=3)
+    consumer.consume()
+    while len(received) < 3:
+        connection.drain_events(timeout=2)
+    broker_redis.shutdown()
+    with contextlib.suppress(Exception):
+        channel.close()
+    connection.release()
+    channel._pool = None  # as kombu leaves it once it disconnected the closed channel
+    broker_redis.start()
+
+    # When the tasks end and their messages are acknowledged or rejected over it
+    received[0].ack()
+    received[1].reject(requeue=False)
+    acknowledge_all([_Request(received[2])])
+
+    # Then nothing raised (kombu's AttributeError used to stop the worker: "Unrecoverable
+    # error"), and the messages wait in the unacked hash for their redelivery
+    client = redis.Redis.from_url(broker_redis.url)
+    try:
+        assert client.hlen("unacked") == 3
+    finally:
+        client.close()
+
+
+class _Request:
+    """What acknowledge_all reads of a Celery request."""
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.acknowledged = False

@@ -342,13 +342,6 @@ def test_a_warm_shutdown_mid_chunk_then_a_new_worker_loses_and_duplicates_nothin
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=True,
-    reason="chunk deliveries the worker held for its pool (prefetched, not started) when "
-    "the broker went down are dropped at the consumer restart and stay in Redis's unacked "
-    "hash until the visibility timeout; release_stale hands back only pynomaly.detect "
-    "deliveries. Remove this mark with the fix.",
-)
 def test_a_broker_restart_mid_chunk_loses_and_duplicates_nothing(
     fault_stack: FaultStack, broker_redis: RedisServer, bulk: Bulk
 ) -> None:

@@ -43,6 +43,10 @@ FILESYSTEM_TRANSPORT = "pynomaly_workers.adapters.broker:FilesystemTransport"
 _DRAIN_MAX = 64
 
 
+_SETTLE_ERRORS: tuple[type[BaseException], ...] = (
+    AttributeError,
+    *kombu_redis.Transport.connection_errors,
+)
 DATA_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError)
 """What decoding a malformed item, or handing a malformed message to Celery, raises;
 never a connection error (those are ``OSError`` or kombu/redis errors, and must reach
@@ -63,12 +67,35 @@ class QoS(kombu_redis.QoS):
         kombu_virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        self._write_deferred()
-        super().ack(delivery_tag)
+        with self._settling():
+            self._write_deferred()
+            super().ack(delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        self._write_deferred()  # a requeue restores the message from the unacked hash
-        super().reject(delivery_tag, requeue=requeue)
+        with self._settling():
+            self._write_deferred()  # a requeue restores the message from the unacked hash
+            super().reject(delivery_tag, requeue=requeue)
+
+    @contextmanager
+    def _settling(self) -> Iterator[None]:
+        """Settle a delivery; over a closed channel, at most try. A task that ends after
+        its channel closed (a consumer restart after the broker went away) settles over
+        that channel: kombu then rebuilds the closed channel's pool from a connection
+        that is gone, and the ``AttributeError`` stopped the whole worker ("Unrecoverable
+        error"). The message is left as it is instead: back on its queue if the close
+        could restore it, else in the ``unacked`` hash until the visibility timeout; its
+        job_id makes the second run harmless."""
+        try:
+            yield
+        except _SETTLE_ERRORS as exc:
+            channel: Any = getattr(self, "channel", None)
+            if not getattr(channel, "closed", False):
+                raise
+            log.warning(
+                "a task ended after its broker channel closed (%s); its message "
+                "will be delivered again",
+                type(exc).__name__,
+            )
 
     def _write_deferred(self) -> None:
         if self._deferred:
@@ -112,7 +139,11 @@ class QoS(kombu_redis.QoS):
     def ack_many(self, delivery_tags: Sequence[str]) -> None:
         """Acknowledge ``delivery_tags`` as :meth:`ack` would each, in one pipeline."""
         qos: Any = self
-        with qos.channel.conn_or_acquire() as client, client.pipeline() as pipe:
+        with (
+            self._settling(),
+            qos.channel.conn_or_acquire() as client,
+            client.pipeline() as pipe,
+        ):
             for tag in delivery_tags:
                 qos._remove_from_indices(tag, pipe)
             pipe.execute()

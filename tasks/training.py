@@ -1,4 +1,4 @@
-"""``pynomaly.train``: fit and register a new model version."""
+"""``pynomaly.train`` and ``pynomaly.train_many``: fit and register model versions."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from typing import Any
 from celery import Celery, Task
 
 from pynomaly_workers.bootstrap import get_adapters
-from pynomaly_workers.contract import TRAIN_TASK
-from pynomaly_workers.domain.jobs import parse_training_request
+from pynomaly_workers.contract import TRAIN_MANY_TASK, TRAIN_TASK
+from pynomaly_workers.domain.jobs import parse_training_batch, parse_training_request
 from pynomaly_workers.services.detection import record_limits
-from pynomaly_workers.services.training import train_model, version_summary
+from pynomaly_workers.services.training import train_many, train_model, version_summary
 from pynomaly_workers.settings import Settings
 from pynomaly_workers.tasks.base import retry_options
 
 
 def register(app: Celery, settings: Settings) -> None:
-    """Define ``pynomaly.train`` on ``app``."""
+    """Define ``pynomaly.train`` and ``pynomaly.train_many`` on ``app``."""
 
     @app.task(name=TRAIN_TASK, **retry_options(settings))
     def train(self: Task, **kwargs: Any) -> dict[str, Any]:  # type: ignore[type-arg]
@@ -24,3 +24,12 @@ def register(app: Celery, settings: Settings) -> None:
         adapters = get_adapters()
         request = parse_training_request(kwargs, limits=record_limits(adapters))
         return version_summary(train_model(adapters, request, task_id=self.request.id))
+
+    @app.task(name=TRAIN_MANY_TASK, **retry_options(settings))
+    def train_many_models(self: Task, **kwargs: Any) -> dict[str, Any]:  # type: ignore[type-arg]
+        """Public contract: ``contract.TRAIN_MANY_KWARGS_SCHEMA``."""
+        adapters = get_adapters()
+        task_id = str(self.request.id)
+        limit = adapters.settings.train_many_max_models
+        items = parse_training_batch(kwargs, task_id=task_id, max_models=limit)
+        return train_many(adapters, items, task_id=task_id, limits=record_limits(adapters))

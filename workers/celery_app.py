@@ -29,6 +29,7 @@ from pynomaly_workers.contract import (
     DETECTION_QUEUE,
     QUEUES,
     ROUTES,
+    TRAIN_MANY_TASK,
     TRAIN_TASK,
 )
 from pynomaly_workers.domain.lanes import PoolLayout, pool_layout
@@ -247,7 +248,7 @@ def _preload(**_: Any) -> None:
     preload_for_fork()
 
 
-LARGE_TASKS = frozenset({DETECT_CHUNK_TASK, TRAIN_TASK})
+LARGE_TASKS = frozenset({DETECT_CHUNK_TASK, TRAIN_TASK, TRAIN_MANY_TASK})
 """Tasks after which a pool process gives its freed memory back (see adapters/heap.py);
 also a detection batch with a job that read or planned a file (:func:`was_large`)."""
 FILE_INPUTS = ("source", "dataset")

@@ -413,6 +413,104 @@ def _print_training(summary: dict[str, Any]) -> None:
     )
 
 
+@main.command("train-many")
+@click.option(
+    "--file",
+    "models_file",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="JSON file: a list with one pynomaly.train arguments object per model "
+    '(model, algorithm, records | dataset | source, ...), or {"models": [...]}.',
+)
+@click.option(
+    "--task-id",
+    default=None,
+    help="Idempotency key (default: generated). Resending with the same id registers no "
+    "model twice and trains only the models not yet registered.",
+)
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--timeout", type=float, default=900, show_default=True)
+@json_option
+def train_many(
+    models_file: Path, task_id: str | None, wait: bool, timeout: float, as_json: bool
+) -> None:
+    """Train many models in one message (pynomaly.train_many), each registered as its
+    own version. A model that cannot be trained fails alone; exit 1 if any failed."""
+    from pynomaly_workers.client import client_app, submit_training_many
+
+    app = client_app(_settings())
+    submission = submit_training_many(
+        models=_load_models_file(models_file), task_id=task_id, app=app
+    )
+    if not wait:
+        emit(
+            {"task_id": submission.task_id},
+            as_json=as_json,
+            human=lambda: click.echo(f"queued training task {submission.task_id}"),
+        )
+        return
+    result = app.AsyncResult(submission.task_id)
+    summary = _wait_result(result, timeout=timeout, what="training")
+    emit(summary, as_json=as_json, human=lambda: _print_training_many(summary))
+    if summary["n_failed"]:
+        fail(
+            f"{summary['n_failed']} of {summary['n_models']} models failed (see why above); "
+            f"fix them in {models_file} without reordering it and resend it with --task-id "
+            f"{submission.task_id}: the registered ones are not trained again"
+        )
+
+
+def _load_models_file(path: Path) -> list[Any]:
+    """The items of a train-many file, local ``source`` paths made absolute like
+    ``train --source`` makes them."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        fail(f"cannot read models from {path}: {exc}")
+    items = data.get("models") if isinstance(data, dict) else data
+    if not isinstance(items, list) or not items:
+        fail(
+            f"{path} must hold a non-empty JSON list of training arguments (one object per "
+            'model, e.g. {"model": "m", "dataset": "d"}) or {"models": [...]}'
+        )
+    return [_absolute_source(item) for item in items]
+
+
+def _absolute_source(item: Any) -> Any:
+    source = item.get("source") if isinstance(item, dict) else None
+    if not isinstance(source, str) or is_object_uri(source) or source.startswith("file://"):
+        return item
+    return {**item, "source": str(Path(source).resolve())}
+
+
+def _print_training_many(summary: dict[str, Any]) -> None:
+    rows = [
+        [
+            index,
+            item["model"],
+            item.get("model_version"),
+            item["status"],
+            _training_outcome(item),
+        ]
+        for index, item in enumerate(summary["models"])
+    ]
+    click.echo(table(rows, ["#", "model", "version", "status", "detail"]))
+    click.echo(
+        f"\nregistered {summary['n_succeeded']} of {summary['n_models']} models"
+        + (f"; {summary['n_failed']} failed" if summary["n_failed"] else "")
+    )
+
+
+def _training_outcome(item: dict[str, Any]) -> str:
+    if item["status"] == FAILED:
+        return f"{item['error_type']}: {item['error']}"
+    onnx = "ONNX" if item["onnx"] else "no ONNX"
+    return (
+        f"{item['algorithm']}, {item['n_training_rows']} rows x {item['n_features']} "
+        f"features, {onnx}"
+    )
+
+
 @main.command()
 @click.option("--model", required=True, help="Model name or name@version.")
 @input_options
@@ -541,54 +639,89 @@ def _print_job(job: JobRecord) -> None:
 
 
 @main.group(invoke_without_command=True)
-@click.option("--name", default=None)
+@click.option("--name", default=None, help="Only this model name (exact).")
+@click.option("--match", default=None, help="Only names containing this text (any case).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option(
+    "--offset",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Skip this many versions: the next page is at --offset plus --limit.",
+)
 @json_option
 @click.pass_context
-def models(ctx: click.Context, name: str | None, as_json: bool) -> None:
-    """List registered model versions (and their aliases); see the subcommands to move
-    an alias or roll it back."""
+def models(
+    ctx: click.Context,
+    name: str | None,
+    match: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """List registered model versions by name, newest first, a page at a time (and
+    their detection record); see the subcommands to move an alias or roll it back."""
     if ctx.invoked_subcommand is not None:
         return
     adapters = _adapters()
-    found = adapters.store.list_models(name=name)
-    performance = {p.model_id: p for p in adapters.reads.model_performance(name=name)}
-    emit(
-        [_model_dict(m, performance.get(m.id)) for m in found],
-        as_json=as_json,
-        human=lambda: click.echo(
-            table(
-                [
-                    [
-                        m.name,
-                        m.version,
-                        m.algorithm,
-                        "*" if m.active else "",
-                        m.n_features,
-                        m.threshold,
-                        "yes" if m.onnx_sha256 else "no",
-                        m.artifact_sha256[:12],
-                        *_performance_cells(performance.get(m.id)),
-                        m.created_at,
-                    ]
-                    for m in found
-                ],
-                [
-                    "name",
-                    "version",
-                    "algorithm",
-                    "active",
-                    "features",
-                    "threshold",
-                    "onnx",
-                    "sha256",
-                    "jobs",
-                    "anomalies",
-                    "last job",
-                    "created",
-                ],
-            )
-        ),
+    found = adapters.store.list_models(name=name, match=match, limit=limit, offset=offset)
+    performance = {
+        p.model_id: p for p in adapters.reads.model_performance_of([m.id for m in found])
+    }
+    listed = [_model_dict(m, performance.get(m.id)) for m in found]
+    if as_json:
+        emit(listed, as_json=True, human=lambda: None)
+        return
+    total = adapters.store.count_models(name=name, match=match)
+    click.echo(_models_table(found, performance))
+    options = _filter_options(name, match)
+    click.echo(
+        f"\n{_page_note(len(found), total=total, limit=limit, offset=offset, options=options)}"
     )
+
+
+def _models_table(found: Sequence[ModelVersion], performance: dict[int, ModelOverview]) -> str:
+    rows = [
+        [
+            m.name,
+            m.version,
+            m.algorithm,
+            "*" if m.active else "",
+            m.n_features,
+            m.threshold,
+            "yes" if m.onnx_sha256 else "no",
+            m.artifact_sha256[:12],
+            *_performance_cells(performance.get(m.id)),
+            m.created_at,
+        ]
+        for m in found
+    ]
+    headers = ["name", "version", "algorithm", "active", "features", "threshold", "onnx"]
+    return table(rows, [*headers, "sha256", "jobs", "anomalies", "last job", "created"])
+
+
+def _page_note(shown: int, *, total: int, limit: int, offset: int, options: str) -> str:
+    """Which versions of how many are shown, and the command for the next page."""
+    if shown:
+        note = f"versions {offset + 1}-{offset + shown} of {total}"
+        if offset + shown < total:
+            next_page = f"--limit {limit} --offset {offset + shown}"
+            note += f"; next page: pynomaly-workers models{options} {next_page}"
+        return note
+    if total == 0 and options:
+        return f"no model versions match{options}; 'pynomaly-workers models' lists them all"
+    if total == 0:
+        return "no model versions yet; register one with 'pynomaly-workers train' or 'train-many'"
+    last = (total - 1) // limit * limit
+    return f"no versions at offset {offset}: there are {total}; the last page is --offset {last}"
+
+
+def _filter_options(name: str | None, match: str | None) -> str:
+    """The filters as command-line options, quoted for a shell."""
+    import shlex
+
+    given = {"--name": name, "--match": match}
+    return "".join(f" {key} {shlex.quote(value)}" for key, value in given.items() if value)
 
 
 @models.command("alias")

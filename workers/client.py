@@ -9,14 +9,14 @@ Services in other languages publish the same message themselves (see README,
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 from celery.signals import before_task_publish
 
-from pynomaly_workers.contract import DETECT_TASK, TRAIN_TASK, queue_of
+from pynomaly_workers.contract import DETECT_TASK, TRAIN_MANY_TASK, TRAIN_TASK, queue_of
 from pynomaly_workers.domain.summaries import kwargs_summary
 from pynomaly_workers.settings import Settings, get_settings
 
@@ -174,3 +174,25 @@ def submit_training(
     )
     result = publish(app or client_app(), TRAIN_TASK, kwargs=kwargs)
     return Submission(job_id=str(result.id), task_id=str(result.id))
+
+
+def training_many_kwargs(models: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The keyword arguments of ``pynomaly.train_many``
+    (``contract.TRAIN_MANY_KWARGS_SCHEMA``): one :func:`training_kwargs` object per model."""
+    return {"models": [dict(item) for item in models]}
+
+
+def submit_training_many(
+    *,
+    models: Sequence[Mapping[str, Any]],
+    task_id: str | None = None,
+    app: Celery | None = None,
+) -> Submission:
+    """Publish ``pynomaly.train_many``: many models in one message, each item the
+    keyword arguments of ``pynomaly.train`` (as :func:`training_kwargs` builds them), each
+    registered as its own version. The job id is the task id; re-sending with the same
+    ``task_id`` registers no model twice."""
+    task_id = task_id or str(uuid.uuid4())
+    kwargs = training_many_kwargs(models)
+    publish(app or client_app(), TRAIN_MANY_TASK, kwargs=kwargs, task_id=task_id)
+    return Submission(job_id=task_id, task_id=task_id)

@@ -20,6 +20,8 @@ DETECT_CHUNK_TASK: Final = "pynomaly.detect.chunk"
 """One chunk of a fanned-out detection job (internal: published by the workers)."""
 TRAIN_TASK: Final = "pynomaly.train"
 """Fit and register a new model version."""
+TRAIN_MANY_TASK: Final = "pynomaly.train_many"
+"""Fit and register many models from one message, each as its own version."""
 PING_TASK: Final = "pynomaly.health.ping"
 """The canary whose round trip proves a worker consumes."""
 MAINTENANCE_PREFIX: Final = "pynomaly.maintenance."
@@ -48,6 +50,7 @@ ROUTES: Final[dict[str, dict[str, str]]] = {
     DETECT_TASK: {"queue": DETECTION_QUEUE, "routing_key": DETECTION_QUEUE},
     DETECT_CHUNK_TASK: {"queue": BULK_QUEUE, "routing_key": BULK_QUEUE},
     TRAIN_TASK: {"queue": TRAINING_QUEUE, "routing_key": TRAINING_QUEUE},
+    TRAIN_MANY_TASK: {"queue": TRAINING_QUEUE, "routing_key": TRAINING_QUEUE},
     f"{MAINTENANCE_PREFIX}*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
 }
 
@@ -174,9 +177,36 @@ TRAIN_KWARGS_SCHEMA: Final[dict[str, Any]] = {
     },
 }
 
+TRAIN_MANY_KWARGS_SCHEMA: Final[dict[str, Any]] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "pynomaly.train_many.kwargs.json",
+    "title": f"{TRAIN_MANY_TASK} keyword arguments",
+    "description": "Fit and register many models, each as its own immutable version, "
+    f"in order. Each item is what {TRAIN_TASK} takes. At most PYNOMALY_TRAIN_MANY_MAX_MODELS "
+    "items (1000 by default). A message that breaks this schema outside the items is "
+    "refused whole; an item the workers cannot train fails alone and is reported in the "
+    "result. Idempotent by the Celery task id: resend with the same task id.",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["models"],
+    "properties": {
+        "models": {
+            "type": "array",
+            "minItems": 1,
+            "description": f"One {TRAIN_TASK} keyword-argument object per model.",
+            "items": {
+                key: value
+                for key, value in TRAIN_KWARGS_SCHEMA.items()
+                if key not in ("$schema", "$id", "title")
+            },
+        },
+    },
+}
+
 KWARGS_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     DETECT_TASK: DETECT_KWARGS_SCHEMA,
     TRAIN_TASK: TRAIN_KWARGS_SCHEMA,
+    TRAIN_MANY_TASK: TRAIN_MANY_KWARGS_SCHEMA,
 }
 
 

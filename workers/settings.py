@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     # Training.
     onnx_parity_tolerance: float = Field(default=1e-4, gt=0)
     max_training_rows: int = Field(default=1_000_000, gt=0)
+    train_many_max_models: int = Field(
+        default=1_000,
+        gt=0,
+        description="Most models one pynomaly.train_many message may carry; a longer list "
+        "is refused whole (split it). The message must still finish within "
+        "TASK_SOFT_TIME_LIMIT: size batches by how long one model takes to train.",
+    )
 
     # Worker behaviour.
     task_soft_time_limit: int = Field(default=600, gt=0)

@@ -46,6 +46,11 @@ PLANS: dict[str, tuple[dict[str, Any], str, set[str]]] = {
         "uq_mv_model_performance_model",
         {"detection_jobs"},
     ),
+    "model_performance_of": (
+        {"model_ids": [1, 3]},
+        "uq_mv_model_performance_model",
+        {"detection_jobs"},
+    ),
     "dataset_summary": ({}, "mv_dataset_summary", {"detection_jobs"}),
     "counts_per_model": (
         {"since": NOW - timedelta(hours=24)},

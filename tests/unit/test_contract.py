@@ -13,9 +13,16 @@ import jsonschema
 import pytest
 
 from pynomaly_workers import contract
-from pynomaly_workers.client import detection_kwargs, training_kwargs
+from pynomaly_workers.client import detection_kwargs, training_kwargs, training_many_kwargs
 from pynomaly_workers.domain.errors import InvalidInput
-from pynomaly_workers.domain.jobs import parse_detection_request, parse_training_request
+from pynomaly_workers.domain.jobs import (
+    TRAINING_TASK_ID_MAX_LENGTH,
+    parse_detection_request,
+    parse_training_batch,
+    parse_training_item,
+    parse_training_request,
+    training_item_id,
+)
 from pynomaly_workers.domain.records import RecordLimits
 from pynomaly_workers.schemas import schema_files
 
@@ -23,12 +30,15 @@ ROOT = Path(__file__).resolve().parents[2]
 LIMITS = RecordLimits(max_records=1_000, max_features=64)
 DETECT = contract.DETECT_KWARGS_SCHEMA
 TRAIN = contract.TRAIN_KWARGS_SCHEMA
+TRAIN_MANY = contract.TRAIN_MANY_KWARGS_SCHEMA
+TASK_ID = "5f0c7a4e-2b1d-4c1e-9a57-0d6c1b1e8f3a"
 
 # Every public name that must be written once, in workers/contract.py.
 NAMES = {
     contract.DETECT_TASK,
     contract.DETECT_CHUNK_TASK,
     contract.TRAIN_TASK,
+    contract.TRAIN_MANY_TASK,
     contract.PING_TASK,
     *contract.ALL_QUEUES,
     *contract.JOB_STATUSES,
@@ -85,6 +95,7 @@ def test_every_task_routes_to_its_queue() -> None:
     assert contract.queue_of(contract.DETECT_TASK) == contract.DETECTION_QUEUE
     assert contract.queue_of(contract.DETECT_CHUNK_TASK) == contract.BULK_QUEUE
     assert contract.queue_of(contract.TRAIN_TASK) == contract.TRAINING_QUEUE
+    assert contract.queue_of(contract.TRAIN_MANY_TASK) == contract.TRAINING_QUEUE
     assert contract.queue_of(contract.maintenance_task("retention")) == "maintenance"
 
 
@@ -99,7 +110,15 @@ def test_schema_files_are_generated_from_the_contract() -> None:
         assert path.read_text() == text, f"{path.name} is stale: run 'make schemas'"
 
 
-@pytest.mark.parametrize("schema", [DETECT, TRAIN], ids=["detect", "train"])
+def test_every_public_task_has_a_schema_file() -> None:
+    names = {path.name for path in schema_files()}
+    assert "pynomaly.train_many.kwargs.json" in names
+    assert all(path.exists() for path in schema_files())
+
+
+@pytest.mark.parametrize(
+    "schema", [DETECT, TRAIN, TRAIN_MANY], ids=["detect", "train", "train_many"]
+)
 def test_schemas_are_valid_json_schema(schema: dict[str, Any]) -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
 
@@ -149,6 +168,15 @@ def test_what_the_python_client_sends_matches_the_schemas() -> None:
     jsonschema.validate(detection_kwargs(model="m", source="/data/x.csv", job_id="j-2"), DETECT)
     jsonschema.validate(training_kwargs(model="m", records=[[1.0]] * 10), TRAIN)
     jsonschema.validate(training_kwargs(model="m", dataset="ds", algorithm="ocsvm"), TRAIN)
+    jsonschema.validate(
+        training_many_kwargs(
+            [
+                training_kwargs(model="a", records=[[1.0]] * 10),
+                training_kwargs(model="b", dataset="d"),
+            ]
+        ),
+        TRAIN_MANY,
+    )
 
 
 BAD_DETECT = [
@@ -195,3 +223,77 @@ def test_schema_properties_are_the_keys_the_workers_accept() -> None:
         json.loads(json.dumps(DETECT))["properties"]
     )
     assert "job_id" not in contract.kwargs_keys(contract.TRAIN_TASK)
+
+
+# -- pynomaly.train_many --------------------------------------------------------------
+README_TRAIN_MANY = [
+    {"models": README_TRAIN},
+    {"models": [{"model": "pump-7", "dataset": "pump-7"}]},
+]
+
+
+@pytest.mark.parametrize("kwargs", README_TRAIN_MANY)
+def test_train_many_schema_accepts_the_readme_examples_and_the_workers_agree(
+    kwargs: dict[str, Any],
+) -> None:
+    jsonschema.validate(kwargs, TRAIN_MANY)
+    items = parse_training_batch(kwargs, task_id=TASK_ID, max_models=10)
+    requests = [parse_training_item(item, index=i, limits=LIMITS) for i, item in enumerate(items)]
+    assert [r.model for r in requests] == [item["model"] for item in kwargs["models"]]
+
+
+BAD_TRAIN_MANY = [
+    pytest.param({}, id="no-models"),
+    pytest.param({"models": []}, id="empty"),
+    pytest.param({"models": {"model": "m", "dataset": "d"}}, id="not-a-list"),
+    pytest.param({"models": [{"model": "m", "dataset": "d"}], "colour": "red"}, id="unknown-key"),
+]
+
+
+@pytest.mark.parametrize("kwargs", BAD_TRAIN_MANY)
+def test_train_many_schema_rejects_the_messages_the_workers_refuse_whole(
+    kwargs: dict[str, Any],
+) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(kwargs, TRAIN_MANY)
+    with pytest.raises(InvalidInput):
+        parse_training_batch(kwargs, task_id=TASK_ID, max_models=10)
+
+
+@pytest.mark.parametrize("item", [*(p.values[0] for p in BAD_TRAIN), "not an object"])
+def test_a_bad_item_is_refused_by_the_schema_and_fails_alone_in_the_workers(item: Any) -> None:
+    # Given a message whose second item the workers cannot train
+    kwargs = {"models": [README_TRAIN[0], item, README_TRAIN[1]]}
+
+    # Then the schema refuses the message, but the workers keep it and fail that item only
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(kwargs, TRAIN_MANY)
+    items = parse_training_batch(kwargs, task_id=TASK_ID, max_models=10)
+    assert len(items) == 3
+    parse_training_item(items[0], index=0, limits=LIMITS)
+    with pytest.raises(InvalidInput, match=r"models\[1\]" if isinstance(item, str) else None):
+        parse_training_item(items[1], index=1, limits=LIMITS)
+
+
+def test_more_models_than_the_setting_allows_are_refused_with_what_to_do() -> None:
+    kwargs = {"models": [README_TRAIN[0]] * 4}
+    assert len(parse_training_batch(kwargs, task_id=TASK_ID, max_models=4)) == 4
+    with pytest.raises(
+        InvalidInput, match=r"at most 3 per message.*PYNOMALY_TRAIN_MANY_MAX_MODELS"
+    ):
+        parse_training_batch(kwargs, task_id=TASK_ID, max_models=3)
+
+
+def test_item_task_ids_are_deterministic_distinct_and_fit_the_column() -> None:
+    ids = [training_item_id(TASK_ID, i) for i in range(1_000)]
+    assert ids[:2] == [f"{TASK_ID}:0", f"{TASK_ID}:1"]
+    assert len(set(ids)) == 1_000
+    assert max(map(len, ids)) <= TRAINING_TASK_ID_MAX_LENGTH
+
+
+def test_a_task_id_too_long_to_key_every_item_is_refused() -> None:
+    kwargs = {"models": [README_TRAIN[0]] * 12}
+    fits = "t" * (TRAINING_TASK_ID_MAX_LENGTH - 3)  # ":11"
+    assert len(parse_training_batch(kwargs, task_id=fits, max_models=100)) == 12
+    with pytest.raises(InvalidInput, match=r"too long.*at most 252 characters"):
+        parse_training_batch(kwargs, task_id=fits + "t", max_models=100)

@@ -15,6 +15,7 @@ from pynomaly_workers.contract import (
     DETECT_TASK,
     JOB_ID_PATTERN,
     SUCCEEDED,
+    TRAIN_MANY_TASK,
     TRAIN_TASK,
     JobStatus,
     kwargs_keys,
@@ -32,6 +33,9 @@ from pynomaly_workers.domain.records import Matrix, RecordLimits, to_matrix
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 _DETECT_KEYS = kwargs_keys(DETECT_TASK)
 _TRAIN_KEYS = kwargs_keys(TRAIN_TASK)
+_TRAIN_MANY_KEYS = kwargs_keys(TRAIN_MANY_TASK)
+TRAINING_TASK_ID_MAX_LENGTH = 255
+"""The longest training task id a version can record (``models.training_task_id``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,48 @@ def parse_training_request(kwargs: Mapping[str, Any], *, limits: RecordLimits) -
         contamination=float(contamination),
         params=dict(params),
     )
+
+
+def parse_training_batch(
+    kwargs: Mapping[str, Any], *, task_id: str, max_models: int
+) -> list[object]:
+    """Validate the envelope of ``pynomaly.train_many`` and return its items, each left
+    for :func:`parse_training_item`: one bad item fails alone, not the message."""
+    _reject_unknown_keys(kwargs, _TRAIN_MANY_KEYS, task=TRAIN_MANY_TASK)
+    items = kwargs.get("models")
+    if not isinstance(items, list) or not items:
+        raise InvalidMessage(
+            f"{TRAIN_MANY_TASK} needs 'models': a non-empty list of {TRAIN_TASK} arguments"
+        )
+    if len(items) > max_models:
+        raise InvalidMessage(
+            f"{TRAIN_MANY_TASK} got {len(items)} models; send at most {max_models} per "
+            "message (split the list, or raise PYNOMALY_TRAIN_MANY_MAX_MODELS)"
+        )
+    longest = len(training_item_id(task_id, len(items) - 1))
+    if longest > TRAINING_TASK_ID_MAX_LENGTH:
+        raise InvalidMessage(
+            f"task id {task_id[:40]!r}... is too long to key {len(items)} models: use at "
+            f"most {TRAINING_TASK_ID_MAX_LENGTH - (longest - len(task_id))} characters "
+            "(a UUID, Celery's default, fits)"
+        )
+    return list(items)
+
+
+def parse_training_item(item: object, *, index: int, limits: RecordLimits) -> TrainingRequest:
+    """Validate item ``index`` of a ``pynomaly.train_many`` message."""
+    if not isinstance(item, Mapping):
+        raise InvalidMessage(
+            f"models[{index}] must be an object of {TRAIN_TASK} arguments, got "
+            f"{type(item).__name__}"
+        )
+    return parse_training_request(item, limits=limits)
+
+
+def training_item_id(task_id: str, index: int) -> str:
+    """The training task id of item ``index`` of a ``pynomaly.train_many`` message: its
+    version records it, so a redelivered message registers each item once."""
+    return f"{task_id}:{index}"
 
 
 def check_job_id(job_id: object) -> str:

@@ -161,8 +161,20 @@ class ModelStore(Protocol):
     def get_model(self, ref: ModelRef) -> ModelVersion:
         """The referenced version; raises ``UnknownModel``."""
 
-    def list_models(self, *, name: str | None = None) -> list[ModelVersion]:
-        """All versions, newest first."""
+    def list_models(
+        self,
+        *,
+        name: str | None = None,
+        match: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[ModelVersion]:
+        """Versions by name, newest first per name: those named ``name`` and/or whose name
+        contains ``match`` (any case); the ``limit`` after the first ``offset`` (all when
+        ``limit`` is None)."""
+
+    def count_models(self, *, name: str | None = None, match: str | None = None) -> int:
+        """How many versions :meth:`list_models` would list without a limit."""
 
     def load_artifact(self, sha256: str) -> bytes:
         """Artifact bytes by content hash; raises ``ArtifactCorrupt`` if they do not match."""
@@ -548,6 +560,9 @@ class Reads(Protocol):
 
     def model_performance(self, *, name: str | None = None) -> list[ModelOverview]:
         """Every model version with its detection record."""
+
+    def model_performance_of(self, model_ids: Sequence[int]) -> list[ModelOverview]:
+        """These model versions with their detection records (a page of a listing)."""
 
     def dataset_summary(self) -> list[dict[str, Any]]:
         """Each dataset with the jobs that scored it."""

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pynomaly_workers.domain.errors import InvalidRecords, PayloadTooLarge
-from pynomaly_workers.domain.jobs import TrainingRequest
+from pynomaly_workers.contract import FAILED, SUCCEEDED
+from pynomaly_workers.domain.errors import InvalidInput, InvalidRecords, PayloadTooLarge
+from pynomaly_workers.domain.jobs import TrainingRequest, parse_training_item, training_item_id
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import FittedModel, ModelDraft, Trainer
 from pynomaly_workers.domain.profile import profile_training_data
-from pynomaly_workers.domain.records import Matrix
+from pynomaly_workers.domain.records import Matrix, RecordLimits
 from pynomaly_workers.domain.scoring import fit_score_stats, parity_error
 from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.inputs import iter_chunks
@@ -156,3 +158,40 @@ def version_summary(version: ModelVersion) -> dict[str, Any]:
         "threshold": version.threshold,
         "contamination": version.stats.contamination,
     }
+
+
+def train_many(
+    adapters: Adapters, items: Sequence[object], *, task_id: str, limits: RecordLimits
+) -> dict[str, Any]:
+    """Train and register each item of a ``pynomaly.train_many`` message as its own
+    version, in order. The JSON it returns lists, per item, its version summary or why it
+    failed (``models``), and counts both.
+
+    Bad input fails its item only. Item ``i`` trains under the task id ``task_id:i``, so a
+    redelivered message returns the versions already registered instead of adding them
+    again. Anything else (a database outage) propagates: the message is retried whole.
+    """
+    results = [
+        _train_item(adapters, item, index=index, task_id=task_id, limits=limits)
+        for index, item in enumerate(items)
+    ]
+    failed = sum(1 for result in results if result["status"] == FAILED)
+    return {
+        "n_models": len(results),
+        "n_succeeded": len(results) - failed,
+        "n_failed": failed,
+        "models": results,
+    }
+
+
+def _train_item(
+    adapters: Adapters, item: object, *, index: int, task_id: str, limits: RecordLimits
+) -> dict[str, Any]:
+    try:
+        request = parse_training_item(item, index=index, limits=limits)
+        version = train_model(adapters, request, task_id=training_item_id(task_id, index))
+    except InvalidInput as exc:
+        name = item.get("model") if isinstance(item, dict) else None
+        log.warning("train_many %s: models[%d] (%r) failed: %s", task_id, index, name, exc)
+        return {"model": name, "status": FAILED, "error": str(exc), "error_type": exc.code}
+    return {**version_summary(version), "status": SUCCEEDED}

@@ -9,6 +9,7 @@ tables) the same names answer from the tables directly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +24,17 @@ _ANOMALY = (
     "id, job_id, record_index, model_id, record_id, timestamp, score, severity, status, explanation"
 )
 _MOST_SEVERE = "ORDER BY severity DESC, timestamp DESC, id DESC"
+
+_PERFORMANCE = (
+    "SELECT m.id AS model_id, m.name, m.version, m.algorithm, m.active, "
+    "m.n_features, m.threshold, m.onnx_sha256 IS NOT NULL AS onnx, m.artifact_sha256, "
+    "m.created_at, coalesce(p.jobs, 0) AS jobs, coalesce(p.jobs_failed, 0) AS jobs_failed, "
+    # The view's sums are numeric (sum of bigint): as bigint they read back as int.
+    "coalesce(p.records_scored, 0)::bigint AS records_scored, "
+    "coalesce(p.anomalies_found, 0)::bigint AS anomalies_found, "
+    "coalesce(p.anomaly_rate, 0)::float8 AS anomaly_rate, p.p95_duration_ms, p.last_job_at "
+    "FROM models m LEFT JOIN mv_model_performance p ON p.model_id = m.id"
+)
 
 # name -> SQL on PostgreSQL. Comments say which index (or view) each one is for.
 POSTGRES: dict[str, str] = {
@@ -51,15 +63,12 @@ POSTGRES: dict[str, str] = {
     "top_severity_job": f"SELECT {_ANOMALY} FROM anomalies WHERE job_id = :job_id "
     f"AND severity >= :min_severity {_MOST_SEVERE} LIMIT :limit",
     # models (live: a version trained a second ago is listed) + mv_model_performance.
-    "model_performance": "SELECT m.id AS model_id, m.name, m.version, m.algorithm, m.active, "
-    "m.n_features, m.threshold, m.onnx_sha256 IS NOT NULL AS onnx, m.artifact_sha256, "
-    "m.created_at, coalesce(p.jobs, 0) AS jobs, coalesce(p.jobs_failed, 0) AS jobs_failed, "
-    # The view's sums are numeric (sum of bigint): as bigint they read back as int.
-    "coalesce(p.records_scored, 0)::bigint AS records_scored, "
-    "coalesce(p.anomalies_found, 0)::bigint AS anomalies_found, "
-    "coalesce(p.anomaly_rate, 0)::float8 AS anomaly_rate, p.p95_duration_ms, p.last_job_at "
-    "FROM models m LEFT JOIN mv_model_performance p ON p.model_id = m.id "
+    "model_performance": f"{_PERFORMANCE} "
     "WHERE (CAST(:name AS text) IS NULL OR m.name = :name) ORDER BY m.name, m.version DESC",
+    # A page of the `models` listing: its versions by primary key, each joined to
+    # uq_mv_model_performance_model; cost follows the page, not the registry.
+    "model_performance_of": f"{_PERFORMANCE} WHERE m.id = ANY(CAST(:model_ids AS bigint[])) "
+    "ORDER BY m.name, m.version DESC",
     # mv_dataset_summary.
     "dataset_summary": "SELECT dataset_id, name, format, n_rows, n_features, status, "
     "created_at, jobs, records_scored::bigint AS records_scored, "
@@ -72,6 +81,18 @@ POSTGRES: dict[str, str] = {
     "GROUP BY model_id ORDER BY model_id",
 }
 
+_SQLITE_PERFORMANCE = (
+    "SELECT m.id AS model_id, m.name, m.version, m.algorithm, m.active, "
+    "m.n_features, m.threshold, m.onnx_sha256 IS NOT NULL AS onnx, m.artifact_sha256, "
+    "m.created_at, count(j.id) AS jobs, "
+    "count(CASE WHEN j.status = 'failed' THEN 1 END) AS jobs_failed, "
+    "coalesce(sum(j.n_records), 0) AS records_scored, "
+    "coalesce(sum(j.n_anomalies), 0) AS anomalies_found, "
+    "coalesce(1.0 * sum(j.n_anomalies) / nullif(sum(j.n_records), 0), 0) AS anomaly_rate, "
+    "NULL AS p95_duration_ms, max(j.finished_at) AS last_job_at "
+    "FROM models m LEFT JOIN detection_jobs j ON j.model_id = m.id"
+)
+
 # The same on SQLite, answered from the tables.
 SQLITE: dict[str, str] = {
     **POSTGRES,
@@ -81,16 +102,11 @@ SQLITE: dict[str, str] = {
     f"AND model_id IN (SELECT id FROM models WHERE name = :model) {_MOST_SEVERE} LIMIT :limit",
     "top_severity_job": f"SELECT {_ANOMALY} FROM anomalies WHERE job_id = :job_id "
     f"AND severity >= :min_severity {_MOST_SEVERE} LIMIT :limit",
-    "model_performance": "SELECT m.id AS model_id, m.name, m.version, m.algorithm, m.active, "
-    "m.n_features, m.threshold, m.onnx_sha256 IS NOT NULL AS onnx, m.artifact_sha256, "
-    "m.created_at, count(j.id) AS jobs, "
-    "count(CASE WHEN j.status = 'failed' THEN 1 END) AS jobs_failed, "
-    "coalesce(sum(j.n_records), 0) AS records_scored, "
-    "coalesce(sum(j.n_anomalies), 0) AS anomalies_found, "
-    "coalesce(1.0 * sum(j.n_anomalies) / nullif(sum(j.n_records), 0), 0) AS anomaly_rate, "
-    "NULL AS p95_duration_ms, max(j.finished_at) AS last_job_at "
-    "FROM models m LEFT JOIN detection_jobs j ON j.model_id = m.id "
-    "WHERE (:name IS NULL OR m.name = :name) GROUP BY m.id ORDER BY m.name, m.version DESC",
+    "model_performance": f"{_SQLITE_PERFORMANCE} WHERE (:name IS NULL OR m.name = :name) "
+    "GROUP BY m.id ORDER BY m.name, m.version DESC",
+    # An expanding parameter (see statement()): SQLite has no arrays.
+    "model_performance_of": f"{_SQLITE_PERFORMANCE} WHERE m.id IN :model_ids "
+    "GROUP BY m.id ORDER BY m.name, m.version DESC",
     "dataset_summary": "SELECT d.id AS dataset_id, d.name, d.format, d.n_rows, d.n_features, "
     "d.status, d.created_at, count(j.id) AS jobs, coalesce(sum(j.n_records), 0) "
     "AS records_scored, coalesce(sum(j.n_anomalies), 0) AS anomalies_found, "
@@ -103,6 +119,7 @@ SQLITE: dict[str, str] = {
 }
 
 _TIME_PARAMS = ("since", "recent_since")
+_LIST_PARAMS = ("model_ids",)
 _TIME_COLUMNS = ("timestamp", "created_at", "last_job_at")
 _BOOL_COLUMNS = ("active", "onnx")
 RECENT_DAYS = 7  # mv_recent_anomalies' window
@@ -113,9 +130,11 @@ def statement(name: str, *, dialect: str) -> TextualSelect:
     back from a raw query)."""
     sql = (POSTGRES if dialect == "postgresql" else SQLITE)[name]
     clause: TextClause = text(sql)
-    times = [bindparam(t, type_=UtcDateTime()) for t in _TIME_PARAMS if f":{t}" in sql]
-    if times:
-        clause = clause.bindparams(*times)
+    typed = [bindparam(t, type_=UtcDateTime()) for t in _TIME_PARAMS if f":{t}" in sql]
+    if dialect != "postgresql":
+        typed += [bindparam(p, expanding=True) for p in _LIST_PARAMS if f":{p}" in sql]
+    if typed:
+        clause = clause.bindparams(*typed)
     types: dict[str, Any] = {c: UtcDateTime() for c in _TIME_COLUMNS if c in sql}
     types |= {c: Boolean() for c in _BOOL_COLUMNS if c in sql}
     if "explanation" in sql:
@@ -170,6 +189,13 @@ class SqlReads:
     def model_performance(self, *, name: str | None = None) -> list[ModelOverview]:
         """Every model version (newest first per name) with its detection record."""
         return [ModelOverview(**row) for row in self._rows("model_performance", name=name)]
+
+    def model_performance_of(self, model_ids: Sequence[int]) -> list[ModelOverview]:
+        """These model versions (newest first per name) with their detection records."""
+        if not model_ids:
+            return []
+        rows = self._rows("model_performance_of", model_ids=list(model_ids))
+        return [ModelOverview(**row) for row in rows]
 
     def dataset_summary(self) -> list[dict[str, Any]]:
         """Each dataset with the jobs that scored it (as of the last refresh)."""

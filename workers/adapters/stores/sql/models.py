@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -21,6 +22,7 @@ from pynomaly_workers.domain.models import AliasMove, ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import ModelDraft
 
 _REGISTER_ATTEMPTS = 5
+S = TypeVar("S", bound=Select[Any])
 
 
 class SqlModelStore(SqlBase):
@@ -122,12 +124,26 @@ class SqlModelStore(SqlBase):
                 raise UnknownModel(unknown_model_message(session, ref))
             return model_version(row)
 
-    def list_models(self, *, name: str | None = None) -> list[ModelVersion]:
-        query = select(ModelRow).order_by(ModelRow.name, ModelRow.version.desc())
-        if name is not None:
-            query = query.where(ModelRow.name == name)
+    def list_models(
+        self,
+        *,
+        name: str | None = None,
+        match: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[ModelVersion]:
+        # (name, version DESC): uq_models_name_version read in name order, each name's
+        # few versions sorted on the way (an incremental sort), so a page stops early.
+        query = _filtered(select(ModelRow), name=name, match=match)
+        query = query.order_by(ModelRow.name, ModelRow.version.desc())
+        query = query.limit(limit).offset(offset or None)
         with Session(self.engine) as session:
             return [model_version(row) for row in session.scalars(query)]
+
+    def count_models(self, *, name: str | None = None, match: str | None = None) -> int:
+        query = _filtered(select(func.count()).select_from(ModelRow), name=name, match=match)
+        with Session(self.engine) as session:
+            return int(session.scalar(query) or 0)
 
     # -- aliases --------------------------------------------------------------------
     def set_alias(self, name: str, alias: str, version: int, *, now: datetime) -> AliasMove:
@@ -226,6 +242,16 @@ class SqlModelStore(SqlBase):
         if sha256(content) != sha256_hex:
             raise ArtifactCorrupt(f"artifact {sha256_hex} does not match its sha256; refusing it")
         return bytes(content)
+
+
+def _filtered(query: S, *, name: str | None, match: str | None) -> S:
+    """``query`` on the versions named ``name`` and/or whose name contains ``match``
+    (any case; ``%`` and ``_`` are plain characters)."""
+    if name is not None:
+        query = query.where(ModelRow.name == name)
+    if match:
+        query = query.where(ModelRow.name.icontains(match, autoescape=True))
+    return query
 
 
 def unknown_model_message(session: Session, ref: ModelRef) -> str:

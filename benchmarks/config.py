@@ -15,12 +15,14 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 BROKER_DB, RESULTS_DB, CACHE_DB, NAIVE_DB = 8, 9, 10, 11
 REDIS_DBS = (BROKER_DB, RESULTS_DB, CACHE_DB, NAIVE_DB)
 
-SECTIONS = ("mixed",)
+SECTIONS = ("mixed", "many_models")
 """What ``--only`` can run alone (the data and services it needs come with it)."""
 
 IFOREST_MODEL = "bench-iforest"
 LOF_MODEL = "bench-lof"
 MIXED_MODEL = "bench-mixed-iforest"  # 8 features, for the mixed section
+MANY_MODELS_PREFIX = "bench-many-"  # the many_models section's models, one per pynomaly.train
+MANY_BATCHED_PREFIX = "bench-batched-"  # the same models trained through pynomaly.train_many
 CONTAMINATION = 0.01
 
 
@@ -54,6 +56,31 @@ class MixedSizes:
 
 
 @dataclass(frozen=True, slots=True)
+class ManyModelsSizes:
+    """The many_models section: many small models trained and served by one worker."""
+
+    models: int
+    train_cap_s: float
+    """The longest the section waits for a training path's models to be registered."""
+    seconds: float
+    """How long each paced one-record traffic lasts."""
+    wait_s: float
+    """The longest a wait for one-record results lasts."""
+    rows_per_model: int = 1_000
+    n_features: int = 8
+    batch_models: int = 50
+    """Models per ``pynomaly.train_many`` message."""
+    rate: int = 150
+    zipf_exponent: float = 1.1
+    cold_loads: int = 40
+    cold_gap_s: float = 0.25
+    """The pause between one cold-load job's result and the next job."""
+    full_models: int = 1_000
+    """The full run's model count, for the projected time of the quick run's rate."""
+    seed: int = 53
+
+
+@dataclass(frozen=True, slots=True)
 class Sizes:
     """How much work each measurement does."""
 
@@ -66,6 +93,7 @@ class Sizes:
     cache_rows: int
     wait_s: float
     mixed: MixedSizes
+    many_models: ManyModelsSizes
     n_features: int = 16
     train_rows: int = 20_000
     single_row_calls: int = 200
@@ -103,6 +131,7 @@ def sizes_for(*, quick: bool) -> Sizes:
                 small_seconds=4.0,
                 wait_s=60.0,
             ),
+            many_models=ManyModelsSizes(models=100, train_cap_s=120.0, seconds=6.0, wait_s=30.0),
         )
     return Sizes(
         quick=False,
@@ -120,4 +149,6 @@ def sizes_for(*, quick: bool) -> Sizes:
             small_seconds=8.0,
             wait_s=300.0,
         ),
+        # The cap is the issue's own bound: 1,000 models in 10 minutes.
+        many_models=ManyModelsSizes(models=1_000, train_cap_s=600.0, seconds=12.0, wait_s=60.0),
     )

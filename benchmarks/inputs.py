@@ -7,11 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.config import RESULTS, Sizes
-from benchmarks.data import as_records, cached_readings_csv, cached_training_csv, readings
+from benchmarks.data import (
+    as_records,
+    cached_readings_csv,
+    cached_training_csv,
+    normal_rows,
+    readings,
+)
 from benchmarks.small_jobs import SmallJobRows
 
 WARMUP_JOBS = 16  # one-record jobs per model, so every worker process has it loaded
 NAIVE_WARMUP = 32  # records the baseline scores before it is timed
+MANY_TRAINING_SEED = 100_000  # + the model's number; far from every other draw's seed
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +105,44 @@ def prepare_mixed_inputs(sizes: Sizes) -> MixedInputs:
         small_alone=records[cuts[0] : cuts[1]],
         small_mixed=records[cuts[1] : cuts[2]],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ManyModelsInputs:
+    """The many_models section's one-record sets (8 features), disjoint so no job is
+    served a score an earlier one left in the prediction cache. Each model's training
+    rows are generated when its message is sent (:func:`training_rows`)."""
+
+    warmup: list[list[float]]
+    one_model: list[list[float]]
+    zipf: list[list[float]]
+    cold: list[list[float]]
+
+
+def prepare_many_models_inputs(sizes: Sizes) -> ManyModelsInputs:
+    """Cut the section's record sets from one seeded draw."""
+    many = sizes.many_models
+    paced = int(many.rate * many.seconds)
+    cuts = list(itertools.accumulate((WARMUP_JOBS, paced, paced, many.cold_loads)))
+    records = as_records(
+        readings(
+            cuts[-1],
+            n_features=many.n_features,
+            seed=many.seed,
+            anomaly_fraction=sizes.anomaly_fraction,
+        ).matrix
+    )
+    return ManyModelsInputs(
+        warmup=records[: cuts[0]],
+        one_model=records[cuts[0] : cuts[1]],
+        zipf=records[cuts[1] : cuts[2]],
+        cold=records[cuts[2] : cuts[3]],
+    )
+
+
+def training_rows(model: int, *, sizes: Sizes) -> list[list[float]]:
+    """The normal rows model number ``model`` of the many_models section is trained on
+    (its own seed: every model learns other data)."""
+    many = sizes.many_models
+    seed = MANY_TRAINING_SEED + model
+    return as_records(normal_rows(many.rows_per_model, n_features=many.n_features, seed=seed))

@@ -162,3 +162,14 @@ def sampling_rss(root: int) -> Iterator[RssPeak]:
         peak._stop.set()
         thread.join()
         peak.sample(root, pss=True)
+
+
+def tree_memory(root: int) -> dict[str, float | int]:
+    """The tree under ``root`` now: summed PSS and RSS in MB, and how many processes."""
+    now = RssPeak()
+    now.sample(root, pss=True)
+    return {
+        "pss_mb": round(now.total_pss_kb / 1024, 1),
+        "rss_mb": round(now.total_kb / 1024, 1),
+        "processes": now.processes,
+    }

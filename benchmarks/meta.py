@@ -38,14 +38,22 @@ def package_versions() -> dict[str, str]:
 
 
 def git_revision() -> dict[str, Any]:
-    """The commit measured, and whether the runtime folders had uncommitted changes."""
+    """The commit measured (of the checkout the workers' package is imported from, which
+    a run from another worktree does not share), whether its runtime folders had
+    uncommitted changes, and the commit of the benchmarks themselves."""
 
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+    def git(*args: str, cwd: Path) -> str:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
         return done.stdout.strip()
 
-    changed = git("status", "--porcelain", "--", "workers", "tasks", "migrations").splitlines()
-    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted_runtime_files": len(changed)}
+    code = Path(measured_code())
+    runtime = (":/workers", ":/tasks", ":/migrations")  # from the top of that checkout
+    changed = git("status", "--porcelain", "--", *runtime, cwd=code).splitlines()
+    return {
+        "commit": git("rev-parse", "HEAD", cwd=code) or None,
+        "uncommitted_runtime_files": len(changed),
+        "benchmarks_commit": git("rev-parse", "HEAD", cwd=ROOT) or None,
+    }
 
 
 def load_average() -> list[float]:

@@ -35,12 +35,9 @@ from benchmarks.jobs import (
 )
 from benchmarks.progress import say
 from benchmarks.small_jobs import (
-    by_task,
     detect_sender,
     detection_outcome,
-    latency_figures,
-    ping_outcome,
-    ping_results,
+    result_latency,
     send_paced,
     settle,
 )
@@ -144,14 +141,8 @@ def send_bulk(app: Celery, sources: Sequence[Path]) -> list[Sent]:
 
 
 def small_results(stack: Stack, app: Celery, sent: Sequence[Sent]) -> dict[str, Any]:
-    """Latency to each task's stored result; what has no result within ``wait_s`` is
-    counted at the time it had waited, and the queues are purged."""
-    keyed, wait_s = by_task(sent), stack.sizes.mixed.wait_s
-    outcome = ping_outcome(stack, keyed, wait_s)
-    if len(outcome.done_at) + len(outcome.failed) < len(keyed):
-        drain(app, f"{len(keyed) - len(outcome.done_at)} small jobs without a result")
-        settle(lambda: ping_results(stack, keyed), timeout=wait_s)
-    return latency_figures(keyed, outcome)
+    """Latency to each task's stored result, waiting at most the section's ``wait_s``."""
+    return result_latency(stack, app, sent, wait_s=stack.sizes.mixed.wait_s, label="mixed")
 
 
 def bulk_outcome(stack: Stack, app: Celery, sent: Sequence[Sent]) -> dict[str, Any]:

@@ -47,6 +47,14 @@ ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("mixed: small alone p99", ("mixed", "small_alone_latency_ms", "p99"), "ms"),
     ("mixed: bulk slowdown", ("mixed", "bulk_slowdown"), "x"),
     ("mixed: late small / alone", ("mixed", "late_small_bulk_ratio"), "x"),
+    ("models: trained, one a msg", ("many_models", "train_models_per_min"), "models/min"),
+    ("models: trained, batched", ("many_models", "train_many_models_per_min"), "models/min"),
+    ("models: served", ("many_models", "models_served"), "models"),
+    ("models: Zipf p50", ("many_models", "latency_ms", "p50"), "ms"),
+    ("models: Zipf p99", ("many_models", "latency_ms", "p99"), "ms"),
+    ("models: one model p99", ("many_models", "one_model_latency_ms", "p99"), "ms"),
+    ("models: cold load p95", ("many_models", "cold_load_ms", "p95"), "ms"),
+    ("models: worker PSS", ("many_models", "worker_pss_mb"), "MB"),
 )
 
 

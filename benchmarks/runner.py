@@ -16,9 +16,26 @@ from typing import Any
 
 from celery import Celery
 
-from benchmarks import bulk, bulk_s3, cache, inference, mixed, models, naive_runner, small_jobs
+from benchmarks import (
+    bulk,
+    bulk_s3,
+    cache,
+    inference,
+    many_models,
+    mixed,
+    models,
+    naive_runner,
+    small_jobs,
+)
 from benchmarks.config import IFOREST_MODEL, LOF_MODEL, RESULTS, Endpoints, Sizes
-from benchmarks.inputs import Inputs, prepare_inputs, prepare_mixed_inputs
+from benchmarks.inputs import (
+    Inputs,
+    ManyModelsInputs,
+    MixedInputs,
+    prepare_inputs,
+    prepare_many_models_inputs,
+    prepare_mixed_inputs,
+)
 from benchmarks.jobs import publisher, result_client
 from benchmarks.meta import describe_run, load_average
 from benchmarks.progress import say
@@ -72,7 +89,8 @@ def run_benchmarks(
     started = time.perf_counter()
     with run.section("data"):
         inputs = None if only else prepare_inputs(sizes)
-        mixed_inputs = prepare_mixed_inputs(sizes)
+        mixed_inputs = prepare_mixed_inputs(sizes) if only in (None, "mixed") else None
+        many_inputs = prepare_many_models_inputs(sizes) if only in (None, "many_models") else None
     if "data" not in run.errors:
         folder = RESULTS / "runs" / started_at.strftime("%Y%m%dT%H%M%SZ")
         with open_stack(endpoints, sizes, folder=folder) as stack:
@@ -80,8 +98,7 @@ def run_benchmarks(
             run.results["settings"] = worker_settings(stack)
             if inputs is not None:
                 run_on_stack(run, stack, inputs)
-            with run.section("mixed"):
-                run.results["mixed"] = mixed.run_mixed(stack, mixed_inputs)
+            run_own_worker_sections(run, stack, mixed_inputs, many_inputs)
     meta = describe_run(
         sizes,
         started_at=started_at,
@@ -89,6 +106,21 @@ def run_benchmarks(
         load_at_start=load_at_start,
     )
     return assemble(run, meta=meta)
+
+
+def run_own_worker_sections(
+    run: Run,
+    stack: Stack,
+    mixed_inputs: MixedInputs | None,
+    many_inputs: ManyModelsInputs | None,
+) -> None:
+    """The sections that start a worker of their own (those given inputs)."""
+    if mixed_inputs is not None:
+        with run.section("mixed"):
+            run.results["mixed"] = mixed.run_mixed(stack, mixed_inputs)
+    if many_inputs is not None:
+        with run.section("many_models"):
+            run.results["many_models"] = many_models.run_many_models(stack, many_inputs)
 
 
 def worker_settings(stack: Stack) -> dict[str, Any]:
@@ -271,6 +303,7 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
         "memory": results.get("bulk", {}).get("memory"),
         "training": results.get("training"),
         "mixed": results.get("mixed"),
+        "many_models": results.get("many_models"),
     }
     out["targets"] = check_targets(out, quick=run.sizes.quick)
     out["errors"] = run.errors

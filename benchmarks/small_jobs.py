@@ -82,13 +82,19 @@ def send_burst(send: Sender, *, count: int) -> list[Sent]:
 
 
 def detect_sender(
-    app: Celery, *, prefix: str, records: Sequence[list[float]], model: str = IFOREST_MODEL
+    app: Celery,
+    *,
+    prefix: str,
+    records: Sequence[list[float]],
+    model: str | Callable[[int], str] = IFOREST_MODEL,
 ) -> Sender:
-    """One-record ``pynomaly.detect`` jobs, each with its own job id."""
+    """One-record ``pynomaly.detect`` jobs, each with its own job id, to ``model`` (or
+    to the model ``model(i)`` names for the ``i``-th job)."""
 
     def send(i: int) -> Sent:
         record = records[i % len(records)]
-        return send_detection(app, job_id=f"{prefix}{i:06d}", model=model, records=[record])
+        name = model(i) if callable(model) else model
+        return send_detection(app, job_id=f"{prefix}{i:06d}", model=name, records=[record])
 
     return send
 
@@ -154,6 +160,21 @@ def _metas(client: redis.Redis, keys: Sequence[str]) -> dict[str, dict[str, Any]
 def _date_done(meta: dict[str, Any]) -> float:
     moment = datetime.fromisoformat(str(meta["date_done"]))
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def result_latency(
+    stack: Stack, app: Celery, sent: Sequence[Sent], *, wait_s: float, label: str
+) -> dict[str, Any]:
+    """Latency to each task's stored result (``date_done``); what has no result within
+    ``wait_s`` is counted at the time it had waited, and the queues are purged so the
+    leftovers do not load the next measurement."""
+    keyed = by_task(sent)
+    outcome = ping_outcome(stack, keyed, wait_s)
+    if len(outcome.done_at) + len(outcome.failed) < len(keyed):
+        missing = len(keyed) - len(outcome.done_at)
+        say(f"{label}: {missing} jobs without a result; purged {purge_queues(app)} queued")
+        settle(lambda: ping_results(stack, keyed), timeout=wait_s)
+    return latency_figures(keyed, outcome)
 
 
 def latency_figures(sent: Sequence[Sent], outcome: Outcome) -> dict[str, Any]:

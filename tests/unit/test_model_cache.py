@@ -76,7 +76,10 @@ class Measuring:
     def run(self, work: Callable[[], T]) -> T:
         del work
         self.runs += 1
-        seconds = {"sklearn": (1.0, 1.0, 0.1), "numpy": (0.1, 0.1, 1.0)}
+        seconds: dict[str, tuple[float, ...]] = {
+            "sklearn": (1.0, 1.0, 0.1),
+            "numpy": (0.1, 0.1, 1.0),
+        }
         return cast(T, Calibration(sizes=(1, 64, 2048), seconds=seconds))
 
 

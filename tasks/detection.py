@@ -27,6 +27,7 @@ from celery_batches import Batches, SimpleRequest, consume_queue
 from celery_batches.trace import apply_batches_task
 
 from pynomaly_workers.adapters.broker import acknowledge_all
+from pynomaly_workers.adapters.priority import run_niced
 from pynomaly_workers.adapters.results import StoredResult, store_results
 from pynomaly_workers.bootstrap import get_adapters
 from pynomaly_workers.celery_app import SENT_AT_HEADER, layout_for
@@ -361,7 +362,7 @@ def register(app: Celery, settings: Settings) -> None:
     def detect_chunk(self: Task, **kwargs: Any) -> dict[str, Any]:  # type: ignore[type-arg]
         """One chunk of a fanned-out job (internal; published by ``pynomaly.detect``)."""
         with get_metrics().chunk_seconds.time():
-            done = run_chunk(get_adapters(), kwargs)
+            done = run_niced(lambda: run_chunk(get_adapters(), kwargs), nice=settings.bulk_nice)
         if done.final is not None and done.task_id is not None:
             publish_outcome(self.app, done.task_id, done.final, request=None)
         return {"job_id": done.job.job_id, "status": done.job.status}
@@ -376,9 +377,11 @@ def run_batch(
     metrics.batch_size.observe(len(messages))
     _observe_waits(requests)
     started = time.monotonic()
+    # a batch the bulk lane ran (a file or large job) yields the CPU to small jobs
+    nice = settings.bulk_nice if any(lane_of(r) == BULK_QUEUE for r in requests) else 0
     try:
         with metrics.batch_seconds.time():
-            outcomes = detect_batch(get_adapters(), messages)
+            outcomes = run_niced(lambda: detect_batch(get_adapters(), messages), nice=nice)
     except Exception as exc:
         if is_transient(exc):
             _retry_later(celery_app, requests, exc, settings=settings)

@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from pynomaly_workers.adapters.priority import run_niced
 from pynomaly_workers.bootstrap import get_adapters
 from pynomaly_workers.contract import TRAIN_MANY_TASK, TRAIN_TASK
 from pynomaly_workers.domain.jobs import parse_training_batch, parse_training_request
@@ -23,7 +24,11 @@ def register(app: Celery, settings: Settings) -> None:
         """Public contract: ``contract.TRAIN_KWARGS_SCHEMA``."""
         adapters = get_adapters()
         request = parse_training_request(kwargs, limits=record_limits(adapters))
-        return version_summary(train_model(adapters, request, task_id=self.request.id))
+        version = run_niced(
+            lambda: train_model(adapters, request, task_id=self.request.id),
+            nice=settings.bulk_nice,
+        )
+        return version_summary(version)
 
     @app.task(name=TRAIN_MANY_TASK, **retry_options(settings))
     def train_many_models(self: Task, **kwargs: Any) -> dict[str, Any]:  # type: ignore[type-arg]
@@ -32,4 +37,7 @@ def register(app: Celery, settings: Settings) -> None:
         task_id = str(self.request.id)
         limit = adapters.settings.train_many_max_models
         items = parse_training_batch(kwargs, task_id=task_id, max_models=limit)
-        return train_many(adapters, items, task_id=task_id, limits=record_limits(adapters))
+        return run_niced(
+            lambda: train_many(adapters, items, task_id=task_id, limits=record_limits(adapters)),
+            nice=settings.bulk_nice,
+        )

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
 
     # Detection limits: anything past these is bad input, failed without retry.
     max_records_per_job: int = Field(default=100_000, gt=0)
+    bulk_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Nice value added to bulk work (chunks, file and large jobs, training) "
+        "so one-record jobs win a core at once; 0 = same priority. Bulk work still gets "
+        "every idle core.",
+    )
     small_job_max_records: int = Field(
         default=1_000,
         ge=1,

@@ -131,7 +131,8 @@ def test_a_version_loaded_once_on_a_host_loads_elsewhere_without_its_artifact(
 ) -> None:
     # Given a version one process of this host loaded
     store, isolation = Store(), Measuring()
-    version = store.add(fitted(train, seed=3), version_id=1)
+    estimator = fitted(train, seed=3)
+    version = store.add(estimator, version_id=1)
     first = loader(store, tmp_path, isolation).load(version)
     reads_before = len(store.reads)
 
@@ -150,7 +151,9 @@ def test_a_version_loaded_once_on_a_host_loads_elsewhere_without_its_artifact(
     large = np.repeat(train, 8, axis=0)
     assert second.scorer_for(len(large)).backend == "sklearn"
     np.testing.assert_allclose(
-        second.scorer_for(len(large)).score(large), first.sklearn.score(large), atol=1e-12
+        second.scorer_for(len(large)).score(large),
+        -estimator.decision_function(large),
+        atol=1e-12,
     )
     assert len(store.reads) == reads_before + 1
 
@@ -210,3 +213,21 @@ def test_the_cache_keeps_the_most_recent_versions_within_its_bytes(
     assert events[-1] == (True, 0)  # the most recent stayed
     models.load(versions[1])
     assert events[-1][0] is False  # an old one went
+
+
+def test_a_forest_prepared_at_training_loads_without_reading_its_artifact(
+    train: np.ndarray[Any, Any], tmp_path: Path
+) -> None:
+    # Given a forest whose trainer prepared this host for it
+    store, isolation = Store(), Measuring()
+    estimator = fitted(train, seed=5)
+    version = store.add(estimator, version_id=5)
+    loader(store, tmp_path, isolation).prepare(version.artifact_sha256, estimator)
+
+    # When a worker process loads the version and scores a row
+    loaded = loader(store, tmp_path, isolation).load(version)
+    scores = loaded.scorer_for(1).score(train[:1])
+
+    # Then no artifact was read (the measuring, once per host and shape, is faked here)
+    assert store.reads == []
+    np.testing.assert_allclose(scores, -estimator.decision_function(train[:1]), atol=1e-12)

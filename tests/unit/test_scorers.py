@@ -14,6 +14,7 @@ from pynomaly_workers.adapters.scorers import loader as loader_module
 from pynomaly_workers.adapters.scorers import sklearn
 from pynomaly_workers.adapters.scorers.forest import ForestScorer
 from pynomaly_workers.adapters.scorers.loader import (
+    BUILD_AFTER_CALLS,
     Calibration,
     LoadedModel,
     ModelLoader,
@@ -246,14 +247,22 @@ def test_an_onnx_session_is_built_only_when_calibration_picks_onnx(
 
     monkeypatch.setattr(loader_module, "OnnxScorer", Counted)
 
-    # When a loader whose measurement (done elsewhere) names the winners loads it
+    # When a loader whose measurement (done elsewhere) names the winners loads it,
+    # and it scores single rows for a while
     loader = ModelLoader(cast(ModelStore, store), capacity=1, isolation=_Measured(winners))
     loaded = loader.load(version)
+    at_load = len(built)
+    used = {loaded.scorer_for(1).backend for _ in range(BUILD_AFTER_CALLS + 2)}
+    loaded.scorer_for(1).score(train[:1])
 
-    # Then this process built a session only if ONNX won some batch size
+    # Then no session was built at load; one only once the version kept wanting ONNX,
+    # the free NumPy forest serving until then
+    assert at_load == 0
     assert len(built) == sessions
     assert ("onnx" in loaded.scorers) == bool(sessions)
     assert {"sklearn"} <= set(loaded.scorers) <= {*winners, "sklearn"}
+    if sessions:
+        assert used == {"numpy", "onnx"}
 
 
 def test_measuring_the_backends_keeps_the_winners_only(

@@ -422,6 +422,10 @@ class ModelLoader(Protocol):
     def load(self, version: ModelVersion) -> LoadedModel:
         """The loaded model for ``version``."""
 
+    def prepare(self, artifact_sha256: str, estimator: object) -> None:
+        """Keep on this host what loading artifact ``artifact_sha256`` needs, computed
+        now from the estimator just fitted (so the first load reads no artifact)."""
+
 
 @dataclass(frozen=True, slots=True)
 class FittedModel:

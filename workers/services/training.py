@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ def build_draft(
     profile = profile_training_data(fit_rows, fitted.training_scores, names=names)
     tolerance = adapters.settings.onnx_parity_tolerance
     candidate = onnx_candidate(adapters.trainer, fitted, holdout, tolerance=tolerance)
+    adapters.models.prepare(hashlib.sha256(fitted.artifact).hexdigest(), fitted.estimator)
     return ModelDraft(
         name=request.model,
         algorithm=request.algorithm,

@@ -607,3 +607,35 @@ def test_cache_stats_without_a_cache_says_so(either: Adapters) -> None:
 
     assert run.detail["available"] is False
     assert "PYNOMALY_CACHE_URL" in run.detail["reason"]
+
+
+def test_drift_counts_of_many_versions_add_up_across_flushes(either: Adapters) -> None:
+    # Given counts for three versions in two windows, flushed twice (a worker serving
+    # many models flushes them all at once)
+    versions = [train(either, model=f"drift-many-{i}") for i in range(3)]
+    windows = (CUTOFF + timedelta(hours=1), CUTOFF + timedelta(hours=2))
+
+    def counts(n: int) -> DriftCounts:
+        return DriftCounts(
+            n_records=n,
+            n_flagged=1,
+            features=np.full((4, 3), n, np.int64),
+            scores=np.full(3, n, np.int64),
+        )
+
+    for flush in (1, 2):
+        pending = {
+            (v.id, w): counts(10 * flush + i) for i, v in enumerate(versions) for w in windows
+        }
+        either.store.add_drift_counts(pending, now=windows[1])
+
+    # When they are read back
+    stored = either.store.drift_windows(since=CUTOFF)
+
+    # Then each (version, window) holds the sum of both flushes, once
+    for i, version in enumerate(versions):
+        rows = stored[version.id]
+        assert len(rows) == 2
+        assert [r.n_records for r in rows] == [30 + 2 * i] * 2
+        assert all(int(r.scores[0]) == 30 + 2 * i for r in rows)
+        assert all(r.n_flagged == 2 for r in rows)

@@ -122,7 +122,10 @@ class LoadedModel:
     def nbytes(self) -> int:
         """What this version holds in the process: its arrays (mapped or owned), its
         unpickled artifact (counted by its pickled size), its ONNX model."""
-        return sum(int(getattr(scorer, "nbytes", 0)) for scorer in self.scorers.values())
+        held = [*self.scorers.values()]
+        if self.fallback is not None and all(s is not self.fallback for s in held):
+            held.append(self.fallback)
+        return sum(int(getattr(scorer, "nbytes", 0)) for scorer in held)
 
     @property
     def onnx(self) -> Scorer | None:

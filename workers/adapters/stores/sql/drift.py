@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,6 +15,11 @@ from pynomaly_workers.adapters.stores.tables import DriftReportRow, DriftWindowR
 from pynomaly_workers.domain.drift import DriftCounts
 
 _ADD_ATTEMPTS = 5
+
+
+def _naive(moment: datetime) -> datetime:
+    """A window start comparable whether the driver returned it with a zone or not."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
 
 
 class SqlDriftStore(SqlBase):
@@ -35,14 +40,29 @@ class SqlDriftStore(SqlBase):
                     raise
 
     def _add(self, counts: Mapping[tuple[int, datetime], DriftCounts], *, now: datetime) -> None:
+        """One read of every window concerned (locked, in key order, so two workers
+        never wait on each other in a cycle), then the changes in batched statements:
+        a worker serving many models used to spend two round trips per model on every
+        flush, inside a detection batch."""
+        keys = sorted(counts)
+        query = (
+            select(DriftWindowRow)
+            .where(tuple_(DriftWindowRow.model_id, DriftWindowRow.window_start).in_(keys))
+            .order_by(DriftWindowRow.model_id, DriftWindowRow.window_start)
+            .with_for_update()
+        )
         with Session(self.engine) as session, session.begin():
-            for (model_id, window_start), fresh in sorted(counts.items()):
-                row = session.get(DriftWindowRow, (model_id, window_start), with_for_update=True)
+            stored = {
+                (row.model_id, _naive(row.window_start)): row for row in session.scalars(query)
+            }
+            for key in keys:
+                fresh = counts[key]
+                row = stored.get((key[0], _naive(key[1])))
                 if row is None:
                     session.add(
                         DriftWindowRow(
-                            model_id=model_id,
-                            window_start=window_start,
+                            model_id=key[0],
+                            window_start=key[1],
                             counts=fresh.to_dict(),
                             updated_at=now,
                         )

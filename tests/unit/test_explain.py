@@ -139,12 +139,16 @@ def test_isolation_bits_from_the_node_table_equal_a_walk_crediting_each_split(
         training
     )
     scorer = ForestScorer(estimator)
-    rows = np.vstack([planted(1, n=7), training[:40]])
+    rows = np.vstack([planted(1, n=7), training[:100]])
 
-    # When credits come from the per-node table and from walking the trees split by split
+    # When credits come from the per-node table (a handful of rows only walk: no table
+    # is built for them) and from walking the trees split by split
+    few = scorer.isolation_bits(rows[:10])
+    assert scorer._credit_table is None
     tabled = scorer.isolation_bits(rows)
     walked = scorer._isolation_bits_walking(np.asarray(rows, dtype=np.float32).astype(np.float64))
 
     # Then every row's credit per feature is the same
     assert scorer._credit_table is not None
     np.testing.assert_allclose(tabled, walked, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(few, walked[:10], rtol=1e-9, atol=1e-12)

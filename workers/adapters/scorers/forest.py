@@ -141,6 +141,12 @@ class ForestScorer:
         A node's credits depend only on the path to it, so they are summed once per node
         (:meth:`_node_credits`); a row then costs a descent to its leaves and one gather.
         Forests too wide for that table walk and credit as they go."""
+        if self._credit_table is None and len(matrix) <= _WALK_ROWS:
+            # a handful of flagged rows: walking costs less than building the table, and
+            # a worker serving many models keeps no table per model it ever explained
+            return self._isolation_bits_walking(
+                np.asarray(matrix, dtype=np.float32).astype(np.float64)
+            )
         table = self._node_credits()
         if table is None:
             return self._isolation_bits_walking(

@@ -24,8 +24,9 @@ def register(app: Celery, settings: Settings) -> None:
         """Public contract: ``contract.TRAIN_KWARGS_SCHEMA``."""
         adapters = get_adapters()
         request = parse_training_request(kwargs, limits=record_limits(adapters))
+        task_id = self.request.id  # Celery's request is per thread: read it here
         version = run_niced(
-            lambda: train_model(adapters, request, task_id=self.request.id),
+            lambda: train_model(adapters, request, task_id=task_id),
             nice=settings.bulk_nice,
         )
         return version_summary(version)

@@ -53,6 +53,13 @@ current_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 """The detection job a log line is about (a micro-batch runs many jobs in one task)."""
 
+current_task_ref: contextvars.ContextVar[tuple[str, str, Any] | None] = contextvars.ContextVar(
+    "pynomaly_task", default=None
+)
+"""(name, id, kwargs) of the task running, for log lines written on a thread Celery's own
+(thread-local) ``current_task`` does not see: bulk work runs on a thread of its own
+(``adapters/priority.py``), which copies the context."""
+
 _started: dict[str, float] = {}
 
 
@@ -81,6 +88,8 @@ def queue_wait(sent_at: Any, *, now: float) -> float | None:
 
 # -- task metrics ------------------------------------------------------------------------
 def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    if task is not None and task_id is not None:
+        current_task_ref.set((task.name, task_id, getattr(task.request, "kwargs", None)))
     if task is None or task.name in (DETECT_TASK, PING_TASK) or task_id is None:
         return
     now = time.time()
@@ -99,6 +108,7 @@ def _on_postrun(
     kwargs: Any = None,
     **_: Any,
 ) -> None:
+    current_task_ref.set(None)
     if task is None:
         return
     if task.name == PING_TASK:
@@ -276,10 +286,12 @@ def _task_fields() -> dict[str, Any]:
     fields: dict[str, Any] = {}
     task = current_task
     request = getattr(task, "request", None) if task else None
+    running = current_task_ref.get()
     if request is not None and getattr(request, "id", None):
-        fields["task_name"] = task.name
-        fields["task_id"] = request.id
-        kwargs = getattr(request, "kwargs", None) or {}
+        running = (task.name, request.id, getattr(request, "kwargs", None))
+    if running is not None:
+        fields["task_name"], fields["task_id"] = running[0], running[1]
+        kwargs = running[2] or {}
         if isinstance(kwargs, dict) and kwargs.get("job_id"):
             fields["job_id"] = kwargs["job_id"]
     job_id = current_job_id.get()

@@ -41,3 +41,27 @@ def test_an_error_reaches_the_caller() -> None:
 
 def test_nice_zero_runs_on_the_calling_thread() -> None:
     assert run_niced(threading.get_native_id, nice=0) == threading.get_native_id()
+
+
+def test_log_lines_written_by_bulk_work_name_its_task() -> None:
+    import json
+    import logging
+
+    from pynomaly_workers.observability import JsonFormatter, current_task_ref
+
+    # Given a task running (Celery's current_task is per thread; the context is copied)
+    token = current_task_ref.set(("pynomaly.detect.chunk", "task-9", {"job_id": "job-9"}))
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "slow chunk", None, None)
+    try:
+        # When bulk work logs on its own thread
+        line = run_niced(lambda: JsonFormatter().format(record), nice=1)
+    finally:
+        current_task_ref.reset(token)
+
+    # Then the JSON line names the task, its id and its job
+    data = json.loads(line)
+    assert (data["task_name"], data["task_id"], data["job_id"]) == (
+        "pynomaly.detect.chunk",
+        "task-9",
+        "job-9",
+    )

@@ -167,7 +167,7 @@ class Settings(BaseSettings):
         "MODEL_CACHE_MB).",
     )
     model_cache_mb: float = Field(
-        default=32.0,
+        default=64.0,
         gt=0,
         description="MB of loaded model versions a worker process keeps, least recently "
         "used dropped first (memory-mapped forest arrays are shared by the processes of "

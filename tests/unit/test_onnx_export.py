@@ -168,3 +168,20 @@ def test_estimators_skl2onnx_cannot_convert_still_have_no_export() -> None:
 
     # When exported, Then there is no ONNX model (it is scored by scikit-learn)
     assert export(estimator, n_features=4) is None
+
+
+def test_a_converter_failing_on_its_own_bug_leaves_the_version_without_onnx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given skl2onnx failing inside (as an id-keyed lookup of its topology once did)
+    import skl2onnx
+    from sklearn.covariance import EllipticEnvelope
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise KeyError(139657568066432)
+
+    monkeypatch.setattr(skl2onnx, "to_onnx", broken)
+    rows = np.random.default_rng(0).normal(size=(100, 3))
+
+    # When a version is exported, then it simply has no ONNX model
+    assert export(EllipticEnvelope().fit(rows), n_features=3) is None

@@ -44,6 +44,14 @@ def export(estimator: Any, *, n_features: int) -> bytes | None:
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
         log.info("no ONNX export for %s: %s", type(estimator).__name__, str(exc)[:200])
         return None
+    except Exception as exc:  # ONNX is optional: a converter's own bug must not fail training
+        log.warning(
+            "ONNX export of %s failed (%s: %s); the version is served without it",
+            type(estimator).__name__,
+            type(exc).__name__,
+            str(exc)[:200],
+        )
+        return None
     return bytes(model.SerializeToString())
 
 

@@ -210,6 +210,8 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         # every tick (one ZRANGE) and hold the lock at most 30 s.
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": 30,
+        # A consumer silent this long is dead: what it held is requeued (redis_transport).
+        "consumer_dead_after": settings.consumer_dead_after_seconds,
     }
 
 

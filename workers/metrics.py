@@ -62,6 +62,7 @@ class Metrics:
     model_cache_models: Gauge
     model_cache_bytes: Gauge
     malformed_dropped: Counter
+    broker_recovered: Counter
     worker_up: Gauge
 
 
@@ -95,6 +96,7 @@ METRIC_NAMES: dict[str, str] = {
     "pynomaly_model_cache_models": "",
     "pynomaly_model_cache_bytes": "",
     "pynomaly_malformed_messages_dropped_total": "",
+    "pynomaly_broker_recovered_messages_total": "",
     "pynomaly_worker_up": "",
 }
 
@@ -213,6 +215,10 @@ def _create_metrics() -> Metrics:
         malformed_dropped=Counter(
             "pynomaly_malformed_messages_dropped",
             "Broker messages dropped because they were not a decodable task envelope.",
+        ),
+        broker_recovered=Counter(
+            "pynomaly_broker_recovered_messages",
+            "Redis messages requeued because the consumer holding them stopped heartbeating.",
         ),
         model_cache_hits=Counter(
             "pynomaly_model_cache_hits", "Model version loads served by a process's cache."

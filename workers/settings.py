@@ -147,6 +147,15 @@ class Settings(BaseSettings):
         "PYNOMALY_TASK_TIME_LIMIT plus 60 s; if set, it must exceed PYNOMALY_TASK_TIME_LIMIT, "
         "or a long job would run on two workers at once.",
     )
+    consumer_dead_after_seconds: int = Field(
+        default=30,
+        ge=5,
+        le=600,
+        description="Redis brokers: a consumer whose heartbeat (every sixth of this) is older "
+        "than this many seconds is dead, and any live worker requeues the messages it held, "
+        "within half this again. Independent of the visibility timeout, which still bounds a "
+        "live but stuck worker.",
+    )
     retry_max: int = Field(
         default=8,
         ge=0,

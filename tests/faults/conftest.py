@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 import pytest
 import redis
 from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from pynomaly_workers.bootstrap import bootstrap
@@ -223,9 +225,19 @@ class FaultStack:
             pytest.fail(f"worker did not answer: {report}; log:\n{log.read_text()[-3000:]}")
         return process
 
-    def log_text(self) -> str:
-        """Every worker log of this scenario, for failure messages."""
-        return "\n".join(p.read_text()[-6000:] for p in sorted(self.logs.glob("*.log")))
+    def serve_metrics(self) -> int:
+        """Give the workers started from now on a free ``/metrics`` port; return it."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        self.env["PYNOMALY_METRICS_PORT"] = str(port)
+        return port
+
+    def log_text(self, *, tail: int | None = 6000) -> str:
+        """Every worker log of this scenario (the last ``tail`` characters of each, for
+        failure messages; ``tail=None`` for all of it, to count lines in)."""
+        logs = sorted(self.logs.glob("*.log"))
+        return "\n".join(p.read_text()[-tail:] if tail else p.read_text() for p in logs)
 
 
 @pytest.fixture
@@ -258,6 +270,18 @@ def fault_stack(
     gc.collect()
     close_app(app)
     adapters.close()
+
+
+def scrape(port: int, sample: str) -> float | None:
+    """The value of an unlabelled ``sample`` (e.g. ``x_total``) on a worker's ``/metrics``,
+    or None when the worker does not export it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body = response.read().decode()
+    for family in text_string_to_metric_families(body):
+        for found in family.samples:
+            if found.name == sample and not found.labels:
+                return float(found.value)
+    return None
 
 
 @dataclass(frozen=True)

@@ -128,14 +128,14 @@ def mid_bulk(stack: FaultStack, job_id: str) -> bool:
     return state.planned is not None and 0 < state.rows < state.planned
 
 
-def anomalies_by_record(stack: FaultStack, job_id: str) -> list[tuple[int, int]]:
-    """(record index, rows stored for it) for each anomalous record of ``job_id``."""
+def anomalies_by_record(stack: FaultStack, job_id: str) -> list[tuple[int, float, float]]:
+    """(record index, score, severity) of each anomalous record of ``job_id``."""
     query = text(
-        "SELECT record_index, count(*) FROM anomalies WHERE job_id = :j "
-        "GROUP BY record_index ORDER BY record_index"
+        "SELECT record_index, score, severity FROM anomalies WHERE job_id = :j "
+        "ORDER BY record_index"
     )
     with engine_of(stack.adapters).connect() as conn:
-        return [(int(r[0]), int(r[1])) for r in conn.execute(query, {"j": job_id})]
+        return [(int(r[0]), float(r[1]), float(r[2])) for r in conn.execute(query, {"j": job_id})]
 
 
 def attempts_of(stack: FaultStack, job_ids: list[str]) -> dict[str, int]:
@@ -225,11 +225,13 @@ def settle_mixed(
     assert chunks == ChunkRows(
         planned=BULK_ROWS // CHUNK_ROWS, rows=BULK_ROWS // CHUNK_ROWS, records=BULK_ROWS
     )
-    # the same anomalies as the fault-free job, each record stored once
+    # the same anomalies, scores and severities as the fault-free job, and as many as the
+    # job reported (one row per record is the unique key's, not asserted)
     faulted = anomalies_by_record(stack, bulk.job_id)
-    assert faulted == anomalies_by_record(stack, reference_id)
-    assert {n for _, n in faulted} == {1}
-    assert set(BULK_OUTLIERS) <= {index for index, _ in faulted}
+    expected = anomalies_by_record(stack, reference_id)
+    assert [a[0] for a in faulted] == [e[0] for e in expected]
+    assert [a[1:] for a in faulted] == [pytest.approx(e[1:]) for e in expected]
+    assert set(BULK_OUTLIERS) <= {a[0] for a in faulted}
     # each one-record job stored its one anomaly once, written by one settle
     assert all(counts.anomaly_rows.get(j) == 1 for j in small)
     assert set(attempts.values()) == {1}

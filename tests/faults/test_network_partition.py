@@ -204,7 +204,7 @@ def test_a_cut_off_workers_jobs_complete_once_on_another_worker(
         assert wait_for(broker_redis.drained, timeout=60), broker_redis.state()
     again = count_jobs(fault_stack.adapters, job_ids)
     assert again.succeeded() == set(job_ids)
-    assert again.rows == dict.fromkeys(job_ids, 1)
+    assert again.attempts == dict.fromkeys(job_ids, 1)  # the late work settled nothing again
     assert again.duplicated() == set(), {
         j: (again.n_anomalies[j], again.anomaly_rows.get(j)) for j in again.duplicated()
     }

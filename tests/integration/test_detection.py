@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from pynomaly_workers.domain.errors import (
 )
 from pynomaly_workers.domain.models import ModelRef
 from pynomaly_workers.services.context import Adapters
-from pynomaly_workers.services.detection import JobAlreadyFailed, run_detection
+from pynomaly_workers.services.detection import JobAlreadyFailed, in_process, run_detection
+from pynomaly_workers.services.detection.scoring import score_rows
 from pynomaly_workers.settings import Settings
 from tests.factories import reference_scorer, rows_with_outliers, train, write_csv
 
@@ -86,22 +87,68 @@ def test_running_the_same_job_twice_writes_once(adapters: Adapters) -> None:
     assert len(adapters.store.list_jobs()) == 1
 
 
+class Crash(BaseException):
+    """The worker process dying mid-job: nothing in the service may catch it."""
+
+
+def stored_scores(adapters: Adapters, job_id: str) -> list[tuple[int, float, float]]:
+    found = adapters.store.list_anomalies(job_id=job_id, limit=100_000)
+    return sorted((a.record_index, a.score, a.severity) for a in found)
+
+
+@pytest.fixture
+def chunked(store_url: str, make_settings: Callable[..., Settings]) -> Iterator[Adapters]:
+    """Adapters that score an inline job 50 records a chunk, committing each chunk's
+    anomalies as they go (the in-process path of a large payload)."""
+    built = bootstrap(make_settings(database_url=store_url, chunk_rows=50))
+    yield built
+    built.close()
+
+
 def test_a_redelivered_running_job_finishes_with_one_set_of_anomalies(
-    adapters: Adapters,
+    chunked: Adapters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a job that crashed after claiming and writing part of its anomalies
+    # Given a job scored 50 records a chunk, each chunk's anomalies committed as it goes,
+    # and what a fault-free run of it stores (outliers 3, 50, 120: chunks 0, 1 and 2)
+    adapters = chunked
     train(adapters)
-    adapters.store.claim_job("job-1", model="m", now=adapters.clock.now())
+    rows = rows_with_outliers()
+    reference = detect(adapters, job_id="reference", records=rows)
+    expected = stored_scores(adapters, "reference")
+    first_chunk = [a for a in expected if a[0] < 50]
+    assert 0 < len(first_chunk) < len(expected)
 
-    # When it is delivered again
-    summary = detect(adapters, records=rows_with_outliers())
+    # ... whose first attempt dies scoring its second chunk, after writing the first's
+    scored = 0
 
-    # Then it succeeds once, on its second attempt
+    def dies_on_the_second_chunk(*args: Any, **kwargs: Any) -> Any:
+        nonlocal scored
+        scored += 1
+        if scored == 2:
+            raise Crash
+        return score_rows(*args, **kwargs)
+
+    monkeypatch.setattr(in_process, "score_rows", dies_on_the_second_chunk)
+    with pytest.raises(Crash):
+        detect(adapters, records=rows)
+    monkeypatch.undo()
     job = adapters.store.get_job("job-1")
     assert job is not None
-    assert job.status == "succeeded"
-    assert job.attempts == 2
-    assert len(stored(adapters)) == summary["n_anomalies"]
+    assert (job.status, job.attempts) == ("running", 1)
+    assert stored_scores(adapters, "job-1") == first_chunk  # part of its anomalies
+
+    # When it is delivered again
+    summary = detect(adapters, records=rows)
+
+    # Then it succeeds on its second attempt with exactly the fault-free run's anomalies,
+    # scores and severities, and counts each once
+    job = adapters.store.get_job("job-1")
+    assert job is not None
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    again = stored_scores(adapters, "job-1")
+    assert [a[0] for a in again] == [e[0] for e in expected]
+    assert [a[1:] for a in again] == [pytest.approx(e[1:]) for e in expected]
+    assert summary["n_anomalies"] == job.n_anomalies == reference["n_anomalies"] == len(expected)
 
 
 def test_chunked_scoring_writes_exactly_the_anomalies_of_unchunked(

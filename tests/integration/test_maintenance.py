@@ -170,6 +170,7 @@ def test_two_copies_at_once_one_works_one_skips(pg: Adapters) -> None:
         first.join(timeout=60)
 
     # Then one did the work and one recorded "skipped"
+    assert not first.is_alive(), "the first copy still runs 60 s after the lock was released"
     assert second.outcome == "skipped"
     assert outcomes == ["succeeded"]
     assert sorted(runs(pg, "refresh_views")) == ["skipped", "succeeded"]

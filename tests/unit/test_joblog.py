@@ -98,7 +98,10 @@ def test_a_redelivered_job_says_duplicate_and_a_failure_names_its_error() -> Non
     )
     assert failed.fields()["status"] == "failed"
     assert failed.fields()["error_type"] == "invalid_records"
-    assert str(failed).endswith("error_type=invalid_records")
+    assert str(failed) == (
+        "job job-8 failed: task=pynomaly.detect model=m@9 duration_ms=None queue_wait_ms=2.0 "
+        "error_type=invalid_records"
+    )
 
 
 def test_a_producers_name_is_printed_bounded_on_one_line_and_masked() -> None:
@@ -228,6 +231,7 @@ def test_each_job_of_a_batch_leaves_one_line_with_its_own_counts(
     assert written["a"].anomalies is not None
     assert written["a"].anomalies >= 2
     assert written["a"].queue_wait_ms == 2.0
+    assert written["a"].fields()["task_id"] == "task-a"  # the job's task, not the batch's
     assert written["b"].queue_wait_ms is None
     assert (written["c"].status, written["c"].error_type) == ("failed", "invalid_records")
 

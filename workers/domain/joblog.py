@@ -31,10 +31,13 @@ class JobLine:
     duration_ms: float | None = None
     queue_wait_ms: float | None = None
     error_type: str | None = None
+    task_id: str | None = None
+    """The job's own Celery task id (a micro-batch runs many jobs in one task of its own)."""
 
     def fields(self) -> dict[str, Any]:
-        """The JSON fields of the line (keys are part of the operators' contract)."""
-        return {
+        """The JSON fields of the line (keys are part of the operators' contract);
+        ``task_id`` only when known (it then replaces the running task's)."""
+        fields = {
             "event": "job_finished",
             "job_id": self.job_id,
             "task": self.task,
@@ -47,15 +50,19 @@ class JobLine:
             "queue_wait_ms": _ms(self.queue_wait_ms),
             "error_type": self.error_type,
         }
+        if self.task_id is not None:
+            fields["task_id"] = self.task_id
+        return fields
 
     def __str__(self) -> str:
         """The text form: ``job ID STATUS: task=... model=NAME@VERSION records=...``."""
         model = self.model if self.model_version is None else f"{self.model}@{self.model_version}"
-        text = (
-            f"job {self.job_id} {self.status}: task={self.task} model={model} "
-            f"records={self.records} anomalies={self.anomalies} "
-            f"duration_ms={_ms(self.duration_ms)} queue_wait_ms={_ms(self.queue_wait_ms)}"
-        )
+        text = f"job {self.job_id} {self.status}: task={self.task} model={model}"
+        if self.records is not None:
+            text += f" records={self.records}"
+        if self.anomalies is not None:
+            text += f" anomalies={self.anomalies}"
+        text += f" duration_ms={_ms(self.duration_ms)} queue_wait_ms={_ms(self.queue_wait_ms)}"
         return text if self.error_type is None else f"{text} error_type={self.error_type}"
 
 
@@ -83,6 +90,7 @@ def summary_line(
     duration_ms: float | None,
     queue_wait_ms: float | None,
     duplicate: bool = False,
+    task_id: str | None = None,
 ) -> JobLine:
     """The line of a detection job that succeeded (or, ``duplicate``, had succeeded)."""
     return JobLine(
@@ -95,6 +103,7 @@ def summary_line(
         anomalies=summary.n_anomalies,
         duration_ms=duration_ms,
         queue_wait_ms=queue_wait_ms,
+        task_id=task_id,
     )
 
 
@@ -107,6 +116,7 @@ def failure_line(
     duration_ms: float | None,
     queue_wait_ms: float | None,
     duplicate: bool = False,
+    task_id: str | None = None,
 ) -> JobLine:
     """The line of a job that failed (or, ``duplicate``, had failed)."""
     return JobLine(
@@ -117,4 +127,5 @@ def failure_line(
         duration_ms=duration_ms,
         queue_wait_ms=queue_wait_ms,
         error_type=error_type,
+        task_id=task_id,
     )

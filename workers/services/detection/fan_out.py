@@ -172,7 +172,11 @@ def _finished(adapters: Adapters, kwargs: Mapping[str, Any], done: ChunkDone) ->
     if isinstance(done.final, Succeeded):
         summary = done.final.summary
         line = summary_line(
-            summary, task=DETECT_TASK, duration_ms=summary.duration_ms, queue_wait_ms=wait
+            summary,
+            task=DETECT_TASK,
+            duration_ms=summary.duration_ms,
+            queue_wait_ms=wait,
+            task_id=job.task_id,
         )
     else:
         line = failure_line(
@@ -182,6 +186,7 @@ def _finished(adapters: Adapters, kwargs: Mapping[str, Any], done: ChunkDone) ->
             error_type=done.final.error.code,
             duration_ms=elapsed,
             queue_wait_ms=wait,
+            task_id=job.task_id,
         )
     adapters.job_log.finished(line)
     return done

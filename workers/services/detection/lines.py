@@ -56,6 +56,7 @@ def outcome_line(
             duration_ms=duration_ms,
             queue_wait_ms=wait_ms,
             duplicate=outcome.replayed,
+            task_id=message.task_id,
         )
     return failure_line(
         job_id_of(message),
@@ -65,6 +66,7 @@ def outcome_line(
         duration_ms=duration_ms,
         queue_wait_ms=wait_ms,
         duplicate=outcome.replayed,
+        task_id=message.task_id,
     )
 
 
@@ -79,6 +81,7 @@ def log_failure(adapters: Adapters, message: DetectMessage, *, error_type: str) 
             error_type=error_type,
             duration_ms=None,
             queue_wait_ms=None,
+            task_id=message.task_id,
         )
         adapters.job_log.finished(line)
 

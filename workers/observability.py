@@ -279,20 +279,34 @@ class JsonFormatter(logging.Formatter):
     fields (``domain.joblog.JobLine``)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = record.msg if isinstance(record.msg, JobLine) else None
+        if isinstance(record.msg, JobLine):
+            return self.format_job_line(record, record.msg)
         data: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
-            "message": str(line) if line is not None else mask_secrets(record.getMessage()),
+            "message": mask_secrets(record.getMessage()),
             "pid": record.process,
         }
         data.update(_task_fields())
-        if line is not None:
-            data.update(line.fields())
         if record.exc_info:
             data["exception"] = mask_secrets(self.formatException(record.exc_info))
         return json.dumps(data, default=str)
+
+    @staticmethod
+    def format_job_line(record: logging.LogRecord, line: JobLine) -> str:
+        """A finished job's line, written once per job: its own fields stand in for the
+        running task's (which a micro-batch shares among its jobs), a short message, no
+        URL to mask (ids and names are validated, a producer's are masked when built)."""
+        data: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": line.headline(),
+            "pid": record.process,
+        }
+        data.update(line.fields())
+        return json.dumps(data)
 
 
 def _task_fields() -> dict[str, Any]:

@@ -129,7 +129,8 @@ def test_the_json_formatter_puts_the_lines_fields_in_the_object() -> None:
     assert set(data) >= FIELDS
     assert (data["level"], data["logger"]) == ("INFO", JOB_LOGGER)
     assert (data["job_id"], data["records"], data["anomalies"]) == ("job-7", 200, 4)
-    assert data["message"] == str(line)
+    assert data["message"] == "job job-7 succeeded"
+    assert "task_name" not in data  # the job's own task_id stands in for the batch's task
 
 
 def test_the_logging_adapter_writes_the_line_at_info_on_the_jobs_logger(

@@ -19,4 +19,8 @@ class LoggingJobLog:
         self._logger = logger or logging.getLogger(JOB_LOGGER)
 
     def finished(self, line: JobLine) -> None:
-        self._logger.info(line)
+        logger = self._logger
+        # makeRecord + handle is what logger.info does, less finding the caller's frame
+        # (no format here prints it): a line per job is on the hot path.
+        if logger.isEnabledFor(logging.INFO):
+            logger.handle(logger.makeRecord(logger.name, logging.INFO, "", 0, line, (), None))

@@ -37,7 +37,7 @@ class JobLine:
     def fields(self) -> dict[str, Any]:
         """The JSON fields of the line (keys are part of the operators' contract);
         ``task_id`` only when known (it then replaces the running task's)."""
-        fields = {
+        fields: dict[str, Any] = {
             "event": "job_finished",
             "job_id": self.job_id,
             "task": self.task,
@@ -53,6 +53,10 @@ class JobLine:
         if self.task_id is not None:
             fields["task_id"] = self.task_id
         return fields
+
+    def headline(self) -> str:
+        """``job ID STATUS``: the JSON line's message (its fields say the rest)."""
+        return f"job {self.job_id} {self.status}"
 
     def __str__(self) -> str:
         """The text form: ``job ID STATUS: task=... model=NAME@VERSION records=...``."""

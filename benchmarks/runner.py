@@ -21,6 +21,7 @@ from benchmarks import (
     bulk_s3,
     cache,
     inference,
+    job_log,
     many_models,
     mixed,
     models,
@@ -88,7 +89,7 @@ def run_benchmarks(
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     with run.section("data"):
-        inputs = None if only else prepare_inputs(sizes)
+        inputs = prepare_inputs(sizes) if only in (None, "small_jobs") else None
         mixed_inputs = prepare_mixed_inputs(sizes) if only in (None, "mixed") else None
         many_inputs = prepare_many_models_inputs(sizes) if only in (None, "many_models") else None
     if "data" not in run.errors:
@@ -96,8 +97,11 @@ def run_benchmarks(
         with open_stack(endpoints, sizes, folder=folder) as stack:
             say(f"schema {stack.schema}; logs in {folder / 'logs'}")
             run.results["settings"] = worker_settings(stack)
-            if inputs is not None:
+            if inputs is not None and only is None:
                 run_on_stack(run, stack, inputs)
+            if inputs is not None and only == "small_jobs":
+                with run.section("job_log"):
+                    run.results["job_log"] = job_log.run_job_log(stack, inputs)
             run_own_worker_sections(run, stack, mixed_inputs, many_inputs)
     meta = describe_run(
         sizes,
@@ -304,6 +308,7 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
         "training": results.get("training"),
         "mixed": results.get("mixed"),
         "many_models": results.get("many_models"),
+        "job_log": results.get("job_log"),
     }
     out["targets"] = check_targets(out, quick=run.sizes.quick)
     out["errors"] = run.errors

@@ -55,6 +55,7 @@ from pynomaly_workers.services.detection import (
     detect_batch,
     run_chunk,
 )
+from pynomaly_workers.services.detection.lines import log_failure
 from pynomaly_workers.settings import Settings
 from pynomaly_workers.tasks.base import is_transient, retry_options
 
@@ -372,10 +373,13 @@ def run_batch(
     celery_app: Celery, requests: Sequence[SimpleRequest], *, settings: Settings
 ) -> list[dict[str, str]]:
     """Run one micro-batch and store each job's outcome as its task's result."""
-    messages = [DetectMessage(str(r.id), r.kwargs or {}, tuple(r.args or ())) for r in requests]
+    waits = _observe_waits(requests)
+    messages = [
+        DetectMessage(str(r.id), r.kwargs or {}, tuple(r.args or ()), queue_wait_s=wait)
+        for r, wait in zip(requests, waits, strict=True)
+    ]
     metrics = get_metrics()
     metrics.batch_size.observe(len(messages))
-    _observe_waits(requests)
     started = time.monotonic()
     # a batch the bulk lane ran (a file or large job) yields the CPU to small jobs
     nice = settings.bulk_nice if any(lane_of(r) == BULK_QUEUE for r in requests) else 0
@@ -411,15 +415,19 @@ def run_batch(
     return reports  # a batch that read a file releases memory after it (celery_app.was_large)
 
 
-def _observe_waits(requests: Sequence[SimpleRequest]) -> None:
+def _observe_waits(requests: Sequence[SimpleRequest]) -> list[float | None]:
     """Each job's wait, send -> start, under the lane that ran it: ``detection`` for the
-    small lane, ``detection.bulk`` for a job the bulk lane ran."""
+    small lane, ``detection.bulk`` for a job the bulk lane ran. Returned for the jobs'
+    log lines (measured once, here)."""
     now = time.time()
     histogram = get_metrics().queue_wait
+    waits = []
     for request in requests:
         wait = queue_wait((request.request_dict or {}).get(SENT_AT_HEADER), now=now)
         if wait is not None:
             histogram.labels(queue=lane_of(request)).observe(wait)
+        waits.append(wait)
+    return waits
 
 
 def lane_of(request: SimpleRequest) -> str:
@@ -534,6 +542,11 @@ def _mark_failed(celery_app: Celery, request: SimpleRequest, exc: BaseException)
     """Count the job failed and store the failure as its task's result."""
     error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
     get_metrics().jobs.labels(queue=DETECTION_QUEUE, outcome=FAILED).inc()
+    log_failure(
+        get_adapters(),
+        DetectMessage(str(request.id), request.kwargs or {}),
+        error_type="transient_error" if is_transient(exc) else "internal_error",
+    )
     celery_app.backend.mark_as_failure(str(request.id), error, request=request, call_errbacks=False)
 
 

@@ -11,6 +11,7 @@ import os
 from threading import Lock
 
 from pynomaly_workers.adapters.isolation import ForkedIsolation
+from pynomaly_workers.adapters.joblog import LoggingJobLog
 from pynomaly_workers.adapters.scorers.host_cache import HostModelCache
 from pynomaly_workers.adapters.scorers.loader import ModelLoader
 from pynomaly_workers.adapters.scorers.trainer import SklearnTrainer
@@ -22,7 +23,7 @@ from pynomaly_workers.adapters.stores.reads import SqlReads
 from pynomaly_workers.adapters.stores.sql import SqlStore
 from pynomaly_workers.adapters.telemetry import PrometheusTelemetry
 from pynomaly_workers.domain.ports import PredictionCache
-from pynomaly_workers.services.context import Adapters, SystemClock
+from pynomaly_workers.services.context import Adapters, NullJobLog, SystemClock
 from pynomaly_workers.services.drift import DriftProfiler
 from pynomaly_workers.settings import Settings, get_settings
 
@@ -77,6 +78,7 @@ def bootstrap(settings: Settings) -> Adapters:
         forget_after_fork=lambda: engine.dispose(close=False),
         telemetry=telemetry,
         isolation=isolation,
+        job_log=LoggingJobLog() if settings.job_log else NullJobLog(),
     )
 
 

@@ -41,6 +41,7 @@ from pynomaly_workers.contract import (
     TRAIN_TASK,
     queue_of,
 )
+from pynomaly_workers.domain.joblog import JobLine
 from pynomaly_workers.domain.summaries import mask_secrets
 from pynomaly_workers.metrics import get_metrics
 from pynomaly_workers.probes import Heartbeat, heartbeat_path
@@ -59,6 +60,12 @@ current_task_ref: contextvars.ContextVar[tuple[str, str, Any] | None] = contextv
 """(name, id, kwargs) of the task running, for log lines written on a thread Celery's own
 (thread-local) ``current_task`` does not see: bulk work runs on a thread of its own
 (``adapters/priority.py``), which copies the context."""
+
+current_queue_wait: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "pynomaly_queue_wait", default=None
+)
+"""Seconds the running task waited, publish -> start: measured once, in ``task_prerun``,
+for the metric and for the line of the job the task finishes."""
 
 _started: dict[str, float] = {}
 
@@ -95,6 +102,7 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     now = time.time()
     _started[task_id] = time.monotonic()
     wait = queue_wait(getattr(task.request, SENT_AT_HEADER, None), now=now)
+    current_queue_wait.set(wait)
     if wait is not None and task.name != DETECT_CHUNK_TASK:
         get_metrics().queue_wait.labels(queue=queue_of(task.name)).observe(wait)
 
@@ -109,6 +117,7 @@ def _on_postrun(
     **_: Any,
 ) -> None:
     current_task_ref.set(None)
+    current_queue_wait.set(None)
     if task is None:
         return
     if task.name == PING_TASK:
@@ -255,6 +264,8 @@ class MaskSecrets(logging.Filter):
     """Masks the password of every URL in a log record's message and arguments."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, JobLine):  # validated ids and names only: no URL
+            return True
         message = record.getMessage()
         masked = mask_secrets(message)
         if masked != message:
@@ -264,9 +275,12 @@ class MaskSecrets(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, and the task name, task id
-    and job_id when the line was logged by a task."""
+    and job_id when the line was logged by a task; a finished job's line also carries its
+    fields (``domain.joblog.JobLine``)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.msg, JobLine):
+            return self.format_job_line(record, record.msg)
         data: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
@@ -278,6 +292,21 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             data["exception"] = mask_secrets(self.formatException(record.exc_info))
         return json.dumps(data, default=str)
+
+    @staticmethod
+    def format_job_line(record: logging.LogRecord, line: JobLine) -> str:
+        """A finished job's line, written once per job: its own fields stand in for the
+        running task's (which a micro-batch shares among its jobs), a short message, no
+        URL to mask (ids and names are validated, a producer's are masked when built)."""
+        data: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": line.headline(),
+            "pid": record.process,
+        }
+        data.update(line.fields())
+        return json.dumps(data)
 
 
 def _task_fields() -> dict[str, Any]:

@@ -246,6 +246,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text", description="json: one JSON object a line, for log shippers."
     )
+    job_log: bool = Field(
+        default=True,
+        description="Log one INFO line per finished job (detection job, model trained) "
+        "with its job_id, counts, status, duration and queue wait; false turns it off.",
+    )
     queue_sample_seconds: float = Field(
         default=15.0, gt=0, description="How often a worker samples the queue lengths."
     )

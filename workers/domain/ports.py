@@ -14,6 +14,7 @@ import numpy.typing as npt
 from pynomaly_workers.contract import JobStatus
 from pynomaly_workers.domain.drift import DriftCounts
 from pynomaly_workers.domain.explain import Attribution
+from pynomaly_workers.domain.joblog import JobLine
 from pynomaly_workers.domain.jobs import ChunkTally, JobSummary
 from pynomaly_workers.domain.models import AliasMove, ModelRef, ModelVersion
 from pynomaly_workers.domain.profile import TrainingProfile
@@ -604,3 +605,13 @@ class Telemetry(Protocol):
 
     def model_cache_size(self, *, models: int, nbytes: int) -> None:
         """This process now keeps ``models`` versions holding ``nbytes``."""
+
+
+class JobLog(Protocol):
+    """Where a finished job's one line goes (``PYNOMALY_JOB_LOG``)."""
+
+    enabled: bool
+    """False when lines are dropped: callers may skip building them."""
+
+    def finished(self, line: JobLine) -> None:
+        """A job finished (or a redelivery found it finished): write its line."""

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
+from pynomaly_workers.domain.joblog import JobLine
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import (
     DatabaseProbe,
     Isolation,
+    JobLog,
     Maintenance,
     ModelLoader,
     PredictionCache,
@@ -96,6 +98,15 @@ class NullTelemetry:
         del models, nbytes
 
 
+class NullJobLog:
+    """Drops every job line (``PYNOMALY_JOB_LOG=false``, and tests that do not look)."""
+
+    enabled = False
+
+    def finished(self, line: JobLine) -> None:
+        del line
+
+
 @dataclass(slots=True)
 class Adapters:
     """The ports a service uses, each wired to a concrete adapter by
@@ -120,3 +131,5 @@ class Adapters:
     """Where inference time and cache lookups are reported."""
     isolation: Isolation = field(default_factory=InlineIsolation)
     """Where training runs, so its memory is given back when it ends."""
+    job_log: JobLog = field(default_factory=NullJobLog)
+    """Where each finished job's one log line goes."""

@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pynomaly_workers.contract import FAILED, SUCCEEDED
+from pynomaly_workers.contract import FAILED, SUCCEEDED, TRAIN_TASK
 from pynomaly_workers.domain.errors import InvalidInput, InvalidRecords, PayloadTooLarge
-from pynomaly_workers.domain.jobs import TrainingRequest, parse_training_item, training_item_id
+from pynomaly_workers.domain.joblog import (
+    DUPLICATE,
+    JobLine,
+    failure_line,
+    printable,
+    seconds_to_ms,
+)
+from pynomaly_workers.domain.jobs import (
+    TrainingRequest,
+    parse_training_item,
+    parse_training_request,
+    training_item_id,
+)
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import FittedModel, ModelDraft, Trainer
 from pynomaly_workers.domain.profile import profile_training_data
 from pynomaly_workers.domain.records import Matrix, RecordLimits
 from pynomaly_workers.domain.scoring import fit_score_stats, parity_error
 from pynomaly_workers.services.context import Adapters
+from pynomaly_workers.services.detection.batch import record_limits
 from pynomaly_workers.services.inputs import iter_chunks
 
 log = logging.getLogger(__name__)
@@ -26,6 +39,8 @@ log = logging.getLogger(__name__)
 MIN_TRAINING_ROWS = 10
 _HOLDOUT_MIN_ROWS = 50
 _HOLDOUT_MAX = 2_000
+UNNAMED_TRAINING = "-"
+"""The job id of a training line when the training ran with no task id (a tool)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,15 +51,41 @@ class OnnxCandidate:
     max_error: float | None
 
 
-def train_model(
-    adapters: Adapters, request: TrainingRequest, *, task_id: str | None = None
+def train_message(
+    adapters: Adapters,
+    kwargs: Mapping[str, Any],
+    *,
+    task_id: str,
+    queue_wait_s: float | None = None,
 ) -> ModelVersion:
-    """Fit, calibrate and register a new immutable version of ``request.model``.
+    """Validate a ``pynomaly.train`` message and train it (:func:`train_model`); a
+    message that fails validation leaves its failed line too, then raises."""
+    started = adapters.clock.monotonic()
+    try:
+        request = parse_training_request(kwargs, limits=record_limits(adapters))
+    except InvalidInput as exc:
+        _log_failure(
+            adapters, task_id, kwargs.get("model"), exc, started=started, queue_wait_s=queue_wait_s
+        )
+        raise
+    return train_model(adapters, request, task_id=task_id, queue_wait_s=queue_wait_s)
+
+
+def train_model(
+    adapters: Adapters,
+    request: TrainingRequest,
+    *,
+    task_id: str | None = None,
+    queue_wait_s: float | None = None,
+) -> ModelVersion:
+    """Fit, calibrate and register a new immutable version of ``request.model``, and
+    write its line (``adapters.job_log``; the job id is ``task_id``).
 
     With the request's ``task_id``, training is idempotent: a redelivered message (a
     worker lost, a visibility timeout passed) returns the version the first delivery
-    registered, without fitting again.
+    registered, without fitting again (its line says ``duplicate``).
     """
+    started = adapters.clock.monotonic()
     if task_id is not None:
         done = adapters.store.find_trained_by(task_id)
         if done is not None:
@@ -54,11 +95,66 @@ def train_model(
                 done.name,
                 done.version,
             )
+            _log_version(adapters, task_id, done, started, queue_wait_s, duplicate=True)
             return done
     # Fitting, exporting and the parity check run isolated (a forked child in a worker):
     # their heap and the exporter's imports go away with it; registering stays here.
-    draft = adapters.isolation.run(lambda: build_draft(adapters, request, task_id=task_id))
-    return adapters.store.register_model(draft, now=adapters.clock.now())
+    try:
+        draft = adapters.isolation.run(lambda: build_draft(adapters, request, task_id=task_id))
+    except InvalidInput as exc:
+        _log_failure(
+            adapters, task_id, request.model, exc, started=started, queue_wait_s=queue_wait_s
+        )
+        raise
+    version = adapters.store.register_model(draft, now=adapters.clock.now())
+    _log_version(adapters, task_id, version, started, queue_wait_s, duplicate=False)
+    return version
+
+
+def _log_version(
+    adapters: Adapters,
+    task_id: str | None,
+    version: ModelVersion,
+    started: float,
+    queue_wait_s: float | None,
+    *,
+    duplicate: bool,
+) -> None:
+    if not adapters.job_log.enabled:
+        return
+    line = JobLine(
+        job_id=task_id or UNNAMED_TRAINING,
+        task=TRAIN_TASK,
+        status=DUPLICATE if duplicate else SUCCEEDED,
+        model=version.name,
+        model_version=version.version,
+        records=version.n_training_rows,
+        duration_ms=(adapters.clock.monotonic() - started) * 1000.0,
+        queue_wait_ms=seconds_to_ms(queue_wait_s),
+    )
+    adapters.job_log.finished(line)
+
+
+def _log_failure(
+    adapters: Adapters,
+    task_id: str | None,
+    model: object,
+    error: InvalidInput,
+    *,
+    started: float,
+    queue_wait_s: float | None,
+) -> None:
+    if not adapters.job_log.enabled:
+        return
+    line = failure_line(
+        task_id or UNNAMED_TRAINING,
+        task=TRAIN_TASK,
+        model=printable(model),
+        error_type=error.code,
+        duration_ms=(adapters.clock.monotonic() - started) * 1000.0,
+        queue_wait_ms=seconds_to_ms(queue_wait_s),
+    )
+    adapters.job_log.finished(line)
 
 
 def build_draft(
@@ -163,7 +259,12 @@ def version_summary(version: ModelVersion) -> dict[str, Any]:
 
 
 def train_many(
-    adapters: Adapters, items: Sequence[object], *, task_id: str, limits: RecordLimits
+    adapters: Adapters,
+    items: Sequence[object],
+    *,
+    task_id: str,
+    limits: RecordLimits,
+    queue_wait_s: float | None = None,
 ) -> dict[str, Any]:
     """Train and register each item of a ``pynomaly.train_many`` message as its own
     version, in order. The JSON it returns lists, per item, its version summary or why it
@@ -174,7 +275,9 @@ def train_many(
     again. Anything else (a database outage) propagates: the message is retried whole.
     """
     results = [
-        _train_item(adapters, item, index=index, task_id=task_id, limits=limits)
+        _train_item(
+            adapters, item, index=index, task_id=task_id, limits=limits, queue_wait_s=queue_wait_s
+        )
         for index, item in enumerate(items)
     ]
     failed = sum(1 for result in results if result["status"] == FAILED)
@@ -187,13 +290,27 @@ def train_many(
 
 
 def _train_item(
-    adapters: Adapters, item: object, *, index: int, task_id: str, limits: RecordLimits
+    adapters: Adapters,
+    item: object,
+    *,
+    index: int,
+    task_id: str,
+    limits: RecordLimits,
+    queue_wait_s: float | None,
 ) -> dict[str, Any]:
+    """Train one item; its line is its own (job id ``task_id:index``)."""
+    item_id = training_item_id(task_id, index)
+    started = adapters.clock.monotonic()
+    name = item.get("model") if isinstance(item, dict) else None
     try:
         request = parse_training_item(item, index=index, limits=limits)
-        version = train_model(adapters, request, task_id=training_item_id(task_id, index))
     except InvalidInput as exc:
-        name = item.get("model") if isinstance(item, dict) else None
+        _log_failure(adapters, item_id, name, exc, started=started, queue_wait_s=queue_wait_s)
+        log.warning("train_many %s: models[%d] (%r) failed: %s", task_id, index, name, exc)
+        return {"model": name, "status": FAILED, "error": str(exc), "error_type": exc.code}
+    try:
+        version = train_model(adapters, request, task_id=item_id, queue_wait_s=queue_wait_s)
+    except InvalidInput as exc:
         log.warning("train_many %s: models[%d] (%r) failed: %s", task_id, index, name, exc)
         return {"model": name, "status": FAILED, "error": str(exc), "error_type": exc.code}
     return {**version_summary(version), "status": SUCCEEDED}

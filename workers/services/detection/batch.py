@@ -14,6 +14,7 @@ answers with its stored outcome instead of running again.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pynomaly_workers.contract import DETECT_TASK, RUNNING
@@ -29,6 +30,7 @@ from pynomaly_workers.domain.records import RecordLimits
 from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.detection.fan_out import plan_fan_out, run_chunk, start_fan_out
 from pynomaly_workers.services.detection.in_process import run_in_process
+from pynomaly_workers.services.detection.lines import log_batch
 from pynomaly_workers.services.detection.outcomes import (
     DetectMessage,
     Failed,
@@ -49,7 +51,9 @@ def record_limits(adapters: Adapters) -> RecordLimits:
 
 
 def detect_batch(adapters: Adapters, messages: Sequence[DetectMessage]) -> list[Outcome]:
-    """Run a batch of ``pynomaly.detect`` deliveries; one outcome per message, in order."""
+    """Run a batch of ``pynomaly.detect`` deliveries; one outcome per message, in order.
+    Each job that finished leaves its line in ``adapters.job_log``."""
+    started = adapters.clock.monotonic()
     outcomes: dict[int, Outcome] = {}
     small: list[SmallJob] = []
     rejected: list[Rejected] = []
@@ -75,8 +79,15 @@ def detect_batch(adapters: Adapters, messages: Sequence[DetectMessage]) -> list[
         else:
             outcomes[index] = run_large(adapters, message, request)
     outcomes.update(run_small(adapters, small, rejected))
-    outcomes.update({index: outcomes[first] for index, first in duplicates.items()})
-    return [outcomes[i] for i in range(len(messages))]
+    outcomes.update({index: _again(outcomes[first]) for index, first in duplicates.items()})
+    ordered = [outcomes[i] for i in range(len(messages))]
+    log_batch(adapters, messages, ordered, started=started)
+    return ordered
+
+
+def _again(outcome: Outcome) -> Outcome:
+    """A job's second delivery in one batch: the first one's outcome, as a replay."""
+    return outcome if isinstance(outcome, FannedOut) else replace(outcome, replayed=True)
 
 
 def _parse(adapters: Adapters, message: DetectMessage, job_id: str) -> DetectionRequest:
@@ -98,7 +109,7 @@ def run_large(adapters: Adapters, message: DetectMessage, request: DetectionRequ
         request.job_id, model=str(request.model), now=adapters.clock.now()
     )
     if job.status != RUNNING:
-        return stored_outcome(job)
+        return stored_outcome(job, replayed=True)
     try:
         version = adapters.store.get_model(request.model)
         planned = plan_fan_out(adapters, request, version)
@@ -106,6 +117,7 @@ def run_large(adapters: Adapters, message: DetectMessage, request: DetectionRequ
             return start_fan_out(
                 adapters,
                 task_id=message.task_id,
+                queue_wait_s=message.queue_wait_s,
                 request=request,
                 version=version,
                 planned=planned,

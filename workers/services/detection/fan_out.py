@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pynomaly_workers.contract import RUNNING
+from pynomaly_workers.contract import DETECT_TASK, RUNNING
 from pynomaly_workers.domain.errors import InvalidInput
+from pynomaly_workers.domain.joblog import failure_line, seconds_to_ms, summary_line
 from pynomaly_workers.domain.jobs import DatasetInput, DetectionRequest, SourceInput
 from pynomaly_workers.domain.models import ModelVersion, parse_model_ref
 from pynomaly_workers.domain.ports import ChunkSpec, JobRecord, SourcePlan
@@ -64,8 +65,10 @@ def start_fan_out(
     request: DetectionRequest,
     version: ModelVersion,
     planned: FanOutPlan,
+    queue_wait_s: float | None = None,
 ) -> FannedOut:
-    """Record the chunk count and the waiting task, and describe each chunk's task."""
+    """Record the chunk count and the waiting task, and describe each chunk's task
+    (each carries the job's queue wait, for the line of the chunk that finishes it)."""
     plan = planned.plan
     challenger = challenger_for(adapters, request.model)
     adapters.store.start_fan_out(
@@ -85,6 +88,7 @@ def start_fan_out(
             "pin": plan.pin,
             "shadow": challenger.label if challenger is not None else None,
             "chunk": [spec.index, spec.offset, spec.n_rows, spec.start, spec.stop],
+            "queue_wait_ms": seconds_to_ms(queue_wait_s),
         }
         for spec in plan.chunks
     ]
@@ -124,7 +128,7 @@ def run_chunk(adapters: Adapters, kwargs: Mapping[str, Any]) -> ChunkDone:
         failed = adapters.store.fail_job(
             job_id, error=str(exc), error_type=exc.code, now=adapters.clock.now()
         )
-        return ChunkDone(job=failed, final=Failed(exc))
+        return _finished(adapters, kwargs, ChunkDone(job=failed, final=Failed(exc)))
     loaded = adapters.models.load(version)
     scores, hits = score_rows(adapters, loaded, chunk.matrix)
     now = adapters.clock.now()
@@ -151,4 +155,38 @@ def run_chunk(adapters: Adapters, kwargs: Mapping[str, Any]) -> ChunkDone:
             challenger=adapters.models.resolve(parse_model_ref(kwargs["shadow"])),
         )
     done = adapters.store.complete_chunk(job_id, result, version=version, top_k=top_k, now=now)
-    return ChunkDone(job=done.job, final=stored_outcome(done.job) if done.completed else None)
+    final = stored_outcome(done.job) if done.completed else None
+    return _finished(adapters, kwargs, ChunkDone(job=done.job, final=final))
+
+
+def _finished(adapters: Adapters, kwargs: Mapping[str, Any], done: ChunkDone) -> ChunkDone:
+    """Write the job's line if this chunk finished it: the job's duration from its record
+    (its start on the worker that planned it -> now), its wait from the chunk's kwargs."""
+    if done.final is None or not adapters.job_log.enabled:
+        return done
+    job = done.job
+    started = job.started_at
+    elapsed = (adapters.clock.now() - started).total_seconds() * 1000.0 if started else None
+    wait_ms = kwargs.get("queue_wait_ms")
+    wait = float(wait_ms) if isinstance(wait_ms, int | float) else None
+    if isinstance(done.final, Succeeded):
+        summary = done.final.summary
+        line = summary_line(
+            summary,
+            task=DETECT_TASK,
+            duration_ms=summary.duration_ms,
+            queue_wait_ms=wait,
+            task_id=job.task_id,
+        )
+    else:
+        line = failure_line(
+            job.job_id,
+            task=DETECT_TASK,
+            model=job.model,
+            error_type=done.final.error.code,
+            duration_ms=elapsed,
+            queue_wait_ms=wait,
+            task_id=job.task_id,
+        )
+    adapters.job_log.finished(line)
+    return done

@@ -25,20 +25,24 @@ class DetectMessage:
     task_id: str
     kwargs: Mapping[str, Any]
     args: tuple[Any, ...] = ()
+    queue_wait_s: float | None = None
+    """How long the message waited, publish -> start (the ``sent_at`` header), if known."""
 
 
 @dataclass(frozen=True, slots=True)
 class Succeeded:
-    """The job's summary (fresh or stored)."""
+    """The job's summary (fresh, or stored: ``replayed``)."""
 
     summary: JobSummary
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """The job failed on bad input; never retried."""
+    """The job failed on bad input; never retried (``replayed``: it had failed before)."""
 
     error: InvalidInput
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +58,15 @@ class FannedOut:
 Outcome = Succeeded | Failed | FannedOut
 
 
-def stored_outcome(job: JobRecord) -> Succeeded | Failed:
-    """The outcome of a job that already finished, from its record."""
+def stored_outcome(job: JobRecord, *, replayed: bool = False) -> Succeeded | Failed:
+    """The outcome of a job that already finished, from its record (``replayed``: this
+    delivery found it finished, rather than finishing it)."""
     if job.status == SUCCEEDED and job.summary is not None:
-        return Succeeded(JobSummary.from_dict(job.summary))
+        return Succeeded(JobSummary.from_dict(job.summary), replayed=replayed)
     return Failed(
         JobAlreadyFailed(
             f"job {job.job_id} already failed ({job.error_type}): {job.error}; "
             "submit a new job_id to try again"
-        )
+        ),
+        replayed=replayed,
     )

@@ -87,7 +87,7 @@ def _replayed(
     for index in list(outcomes):
         job_id = results[index].summary.job_id if index in results else errors[index].job_id
         if job_id in replays:
-            outcomes[index] = stored_outcome(replays[job_id])
+            outcomes[index] = stored_outcome(replays[job_id], replayed=True)
     return outcomes
 
 

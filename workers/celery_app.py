@@ -245,8 +245,10 @@ def get_app() -> Celery:
 
 
 def _preload(**_: Any) -> None:
+    from pynomaly_workers.internals import check_internals
     from pynomaly_workers.preload import preload_for_fork
 
+    check_internals()  # before anything runs on internals that are gone: say which
     preload_for_fork()
 
 

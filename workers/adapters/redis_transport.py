@@ -489,7 +489,6 @@ class Channel(kombu_redis.Channel):
         """Requeue what consumers silent for ``consumer_dead_after`` seconds held; how
         many messages came back."""
         dead_after = float(self.consumer_dead_after)
-        qos: Any = self.qos
         restored = 0
         with self.conn_or_acquire() as client:
             found = self._run(client, _DEAD, [CONSUMERS_KEY], [dead_after]) or []
@@ -501,9 +500,7 @@ class Channel(kombu_redis.Channel):
                 tags = [bytes_to_str(tag) for tag in client.hkeys(held)]
                 back = 0
                 for tag in tags:
-                    if client.hexists(qos.unacked_key, tag):
-                        qos.restore_by_tag(tag, client)  # once: a WATCHed transaction
-                        back += 1
+                    back += self._restore_tag(client, tag)
                 if tags:
                     client.hdel(held, *tags)
                 self._run(client, _FORGET, [CONSUMERS_KEY, held], [consumer, dead_after])
@@ -518,6 +515,24 @@ class Channel(kombu_redis.Channel):
         if restored:
             _count_recovered(restored)
         return restored
+
+    def _restore_tag(self, client: Any, tag: str) -> bool:
+        """Put a delivery back on its queue from the ``unacked`` hash, as kombu's
+        ``restore_by_tag`` does (a transaction that ``WATCH``es the hash, so of two
+        workers restoring the same tag one finds it gone); whether this call did."""
+        channel: Any = self
+        qos: Any = self.qos
+
+        def restore(pipe: Any) -> bool:
+            entry = pipe.hget(qos.unacked_key, tag)
+            pipe.multi()
+            qos._remove_from_indices(tag, pipe)
+            if entry:
+                payload, exchange, routing_key = loads(bytes_to_str(entry))
+                channel._do_restore_message(payload, exchange, routing_key, pipe)
+            return bool(entry)
+
+        return bool(client.transaction(restore, qos.unacked_key, value_from_callable=True))
 
     def close(self) -> None:
         channel: Any = self

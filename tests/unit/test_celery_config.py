@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from pynomaly_workers.adapters.broker import TRANSPORT, Channel
 from pynomaly_workers.adapters.queues import AmqpQueueDepth, RedisQueueDepth, queue_depth
-from pynomaly_workers.celery_app import celery_config, was_large
+from pynomaly_workers.celery_app import celery_config, create_app, was_large
 from pynomaly_workers.client import client_app, close_app
 from pynomaly_workers.contract import ALL_QUEUES, DETECT_CHUNK_TASK, DETECT_TASK, TRAIN_TASK
 from pynomaly_workers.flower import flower_arguments
@@ -110,6 +110,22 @@ def test_celery_sees_the_quorum_queues_so_prefetch_is_per_consumer(
         assert app.conf.task_acks_late is True
         assert app.conf.task_reject_on_worker_lost is True
         assert app.conf.task_default_exchange_type == "topic"
+    finally:
+        close_app(app)
+
+
+@pytest.mark.parametrize(
+    ("url", "amqp"),
+    [(AMQP_URL, True), ("amqps://user:secret@rabbit.example:5671/pynomaly", True),
+     ("redis://127.0.0.1:6390/0", False)],
+)  # fmt: skip
+def test_forwarded_bulk_jobs_take_the_brokers_priority_order_from_the_settings(
+    make_settings: Callable[..., Settings], url: str, amqp: bool
+) -> None:
+    app = create_app(make_settings(broker_url=url, result_backend=RESULTS_URL))
+    try:
+        # forward_message's priority comes from Settings.is_amqp, not the URL's spelling
+        assert app.tasks[DETECT_TASK].amqp is amqp
     finally:
         close_app(app)
 

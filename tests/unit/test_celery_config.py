@@ -13,6 +13,7 @@ from celery_batches import SimpleRequest
 from kombu import Connection
 from pydantic import ValidationError
 
+from pynomaly_workers.adapters.amqp_topology import ROUTING_EXCHANGE, ContractQueue
 from pynomaly_workers.adapters.broker import TRANSPORT, Channel
 from pynomaly_workers.adapters.queues import AmqpQueueDepth, RedisQueueDepth, queue_depth
 from pynomaly_workers.celery_app import celery_config, create_app, was_large
@@ -91,10 +92,12 @@ def test_amqp_declares_each_contract_queue_as_a_durable_quorum_queue(
         assert queue.durable
         assert not queue.auto_delete
         assert queue.queue_arguments == {"x-queue-type": "quorum"}
-        # a topic exchange of its own (native delayed delivery cannot route through a
-        # direct one), bound by the queue's name: a job is never copied to another queue
-        assert queue.exchange.name == name
-        assert queue.exchange.type == "topic"
+        # routed by the workers through their topic exchange (native delayed delivery
+        # cannot route through a direct one), bound by the queue's name: a job is never
+        # copied to another queue; declaring it also declares the direct exchange of its
+        # name, as a producer with Celery's defaults does (tests/integration)
+        assert isinstance(queue, ContractQueue)
+        assert (queue.exchange.name, queue.exchange.type) == (ROUTING_EXCHANGE, "topic")
         assert queue.routing_key == name
 
 

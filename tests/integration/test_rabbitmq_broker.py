@@ -4,6 +4,9 @@ confirms, queue lengths, delayed retries, and the exchanges of an earlier releas
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,7 +19,7 @@ from kombu.transport.native_delayed_delivery import (
     declare_native_delayed_delivery_exchanges_and_queues,
 )
 
-from pynomaly_workers.adapters.amqp_topology import ROUTING_EXCHANGE, migrate_exchanges
+from pynomaly_workers.adapters.amqp_topology import ROUTING_EXCHANGE
 from pynomaly_workers.adapters.queues import AmqpQueueDepth
 from pynomaly_workers.client import client_app, close_app, submit_detection
 from pynomaly_workers.contract import ALL_QUEUES, DETECT_TASK, DETECTION_QUEUE, QUEUES
@@ -243,6 +246,22 @@ def test_in_a_vhost_whose_default_queue_type_is_quorum_a_producer_needs_no_setti
         vhost.stop()
 
 
+def migrate_broker(broker_url: str, result_backend: str) -> str:
+    """``pynomaly-workers migrate --broker`` against ``broker_url``; what it printed."""
+    env = {
+        **os.environ,
+        "PYNOMALY_BROKER_URL": broker_url,
+        "PYNOMALY_RESULT_BACKEND": result_backend,
+        "PYNOMALY_ENVIRONMENT": "test",
+    }
+    command = [sys.executable, "-m", "pynomaly_workers.cli", "migrate", "--broker"]
+    done = subprocess.run(
+        command, check=False, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_an_earlier_releases_topic_exchanges_are_kept_until_migrated(
     caplog: pytest.LogCaptureFixture, make_settings: Callable[..., Settings], redis_url: str
 ) -> None:
@@ -274,20 +293,18 @@ def test_an_earlier_releases_topic_exchanges_are_kept_until_migrated(
             producer.send(DETECT_TASK, kwargs={"model": "m"}, queue=DETECTION_QUEUE)
         producer.close()
 
-        # When the exchanges are migrated
-        with Connection(vhost.broker_url) as connection:
-            replaced = migrate_exchanges(connection, app.amqp.queues.values())
+        # When the operator runs the migration
+        done = migrate_broker(vhost.broker_url, redis_url)
 
-        # Then each is the direct one, the waiting jobs are still there, and the
+        # Then each exchange is the direct one, the waiting jobs are still there, and the
         # producer's job arrives
-        assert sorted(replaced) == sorted(ALL_QUEUES)
+        assert f"replaced with direct exchanges: {', '.join(ALL_QUEUES)}" in done
         assert {vhost.exchanges()[name][0] for name in ALL_QUEUES} == {"direct"}
         producer = PlainProducer(vhost.broker_url, **QUORUM_PRODUCER)
         producer.send(DETECT_TASK, kwargs={"model": "m"}, queue=DETECTION_QUEUE)
         producer.close()
         assert enqueued(vhost.broker_url, DETECTION_QUEUE, 3)
-        with Connection(vhost.broker_url) as connection:
-            assert migrate_exchanges(connection, app.amqp.queues.values()) == []
+        assert "nothing to do" in migrate_broker(vhost.broker_url, redis_url)
     finally:
         close_app(app)
         vhost.stop()

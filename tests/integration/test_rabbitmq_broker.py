@@ -308,3 +308,25 @@ def test_an_earlier_releases_topic_exchanges_are_kept_until_migrated(
     finally:
         close_app(app)
         vhost.stop()
+
+
+@pytest.mark.parametrize("exchange", ["", "named like the queue"])
+def test_an_amqp_client_that_declares_nothing_reaches_every_contract_queue(
+    vhost: RabbitVhost, amqp_app: Celery, exchange: str
+) -> None:
+    # Given the queues a worker declared
+    declare_as_a_worker(amqp_app, vhost.broker_url)
+    with Connection(vhost.broker_url, transport_options={"confirm_publish": True}) as client:
+        channel: Any = client.channel()
+        # When a plain AMQP client publishes to the default exchange, or to the exchange
+        # named like the queue, with the queue's name as routing key, declaring nothing
+        for queue in ALL_QUEUES:
+            message = channel.prepare_message(b"[[], {}, {}]", content_type="application/json")
+            channel.basic_publish(
+                message, exchange=queue if exchange else "", routing_key=queue, mandatory=True
+            )
+        channel.close()
+
+    # Then each message waits in its queue (confirmed, so counted at once)
+    lengths = AmqpQueueDepth(vhost.broker_url).lengths(ALL_QUEUES)
+    assert lengths == dict.fromkeys(ALL_QUEUES, 1)

@@ -74,18 +74,20 @@ def contract_queue(name: str) -> ContractQueue:
     )
 
 
-def declare_producer_exchange(connection: Any, name: str) -> bool:
+def declare_producer_exchange(connection: Any, name: str, *, report: bool = True) -> bool:
     """Declare the direct, durable exchange ``name``, on a channel of its own: if an
     earlier release left a topic exchange of that name, the broker refuses by closing
     the channel, and the exchange is kept as it is (its binding by the queue's name
-    routes the same). True when the exchange is the direct one."""
+    routes the same; ``report`` logs once what to run). True when the exchange is the
+    direct one."""
     channel = connection.channel()
     try:
         channel.exchange_declare(
             exchange=name, type=PRODUCER_EXCHANGE_TYPE, durable=True, auto_delete=False
         )
     except PreconditionFailed as exc:
-        _report_old_exchange(name, exc)
+        if report:
+            _report_old_exchange(name, exc)
         return False
     channel.close()
     return True
@@ -126,7 +128,7 @@ def migrate_exchanges(connection: Connection, queues: Iterable[Queue]) -> list[s
             bind_queue_to_native_delayed_delivery_exchange(connection, queue)
     replaced = []
     for queue in queues:
-        if declare_producer_exchange(connection.connection, queue.name):
+        if declare_producer_exchange(connection.connection, queue.name, report=False):
             continue
         channel.exchange_delete(exchange=queue.name)
         channel.exchange_declare(

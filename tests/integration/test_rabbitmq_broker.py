@@ -22,7 +22,14 @@ from kombu.transport.native_delayed_delivery import (
 from pynomaly_workers.adapters.amqp_topology import ROUTING_EXCHANGE
 from pynomaly_workers.adapters.queues import AmqpQueueDepth
 from pynomaly_workers.client import client_app, close_app, submit_detection
-from pynomaly_workers.contract import ALL_QUEUES, DETECT_TASK, DETECTION_QUEUE, QUEUES
+from pynomaly_workers.contract import (
+    ALL_QUEUES,
+    DETECT_TASK,
+    DETECTION_QUEUE,
+    QUEUES,
+    TRAIN_TASK,
+    TRAINING_QUEUE,
+)
 from pynomaly_workers.demo import wait_for
 from pynomaly_workers.settings import Settings
 from tests.rabbitmq import QUORUM_PRODUCER, PlainProducer, RabbitVhost
@@ -330,3 +337,30 @@ def test_an_amqp_client_that_declares_nothing_reaches_every_contract_queue(
     # Then each message waits in its queue (confirmed, so counted at once)
     lengths = AmqpQueueDepth(vhost.broker_url).lengths(ALL_QUEUES)
     assert lengths == dict.fromkeys(ALL_QUEUES, 1)
+
+
+def test_a_retry_of_a_job_a_producer_sent_through_the_direct_exchange_waits_in_the_broker(
+    vhost: RabbitVhost, amqp_app: Celery
+) -> None:
+    # Given the workers' queues and delayed-delivery route
+    with Connection(vhost.broker_url) as connection:
+        for queue in amqp_app.amqp.queues.values():
+            queue(connection.default_channel).declare()
+        declare_native_delayed_delivery_exchanges_and_queues(connection, "quorum")
+        for queue in amqp_app.amqp.queues.values():
+            bind_queue_to_native_delayed_delivery_exchange(connection, queue)
+    depth = AmqpQueueDepth(vhost.broker_url)
+
+    # When a worker retries a training job that arrived through the direct exchange
+    # 'training' (Task.retry carries the delivery's exchange and routing key over)
+    amqp_app.send_task(
+        TRAIN_TASK,
+        kwargs={"model": "m", "records": ROWS},
+        countdown=2,
+        exchange=TRAINING_QUEUE,
+        routing_key=TRAINING_QUEUE,
+    )
+
+    # Then it waits in the broker, not in a worker, and arrives after the countdown
+    assert depth.lengths([TRAINING_QUEUE]) == {TRAINING_QUEUE: 0}
+    assert wait_for(lambda: depth.lengths([TRAINING_QUEUE])[TRAINING_QUEUE] == 1, timeout=15)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,6 +55,16 @@ class RabbitStack:
     results_url: str
     adapters: Adapters
     worker: WorkerProcess
+    metrics_url: str
+
+    def scrape(self) -> str:
+        """The worker's ``/metrics`` page."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return str(response.read().decode())
+
+    def metric_seen(self, sample: str, timeout: float = 10) -> bool:
+        """True once the worker's ``/metrics`` shows ``sample`` (a name with labels)."""
+        return wait_for(lambda: sample in self.scrape(), timeout=timeout, interval=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +108,8 @@ def rabbit_stack(
     adapters = bootstrap(Settings(**values))  # type: ignore[arg-type]
     log = tmp_path_factory.mktemp("logs") / f"worker-{kind}.log"
     worker = WorkerProcess(log_path=log, concurrency=2, env={**os.environ, **env})
-    stacks[kind] = RabbitStack(vhost, results_url, adapters, worker)
+    metrics_url = f"http://127.0.0.1:{env['PYNOMALY_METRICS_PORT']}/metrics"
+    stacks[kind] = RabbitStack(vhost, results_url, adapters, worker, metrics_url)
     report = check_health(adapters, queues=[DETECTION_QUEUE, TRAINING_QUEUE], timeout=90)
     if not report["ok"]:
         pytest.fail(f"worker did not answer: {report}; log:\n{log.read_text()[-3000:]}")
@@ -189,6 +201,30 @@ def test_a_celery_producer_with_the_documented_setting_trains_and_detects_on_rab
     assert (job.summary or {}).get("model_version") == version.version
     assert job.n_anomalies is not None
     assert job.n_anomalies >= 3
+
+
+def test_a_large_job_from_a_celery_producer_is_forwarded_to_the_bulk_lane_and_runs(
+    plain_vhost: RabbitStack,
+) -> None:
+    # Given a model, and a job above PYNOMALY_SMALL_JOB_MAX_RECORDS (1000): the worker
+    # forwards it to detection.bulk, through the direct exchange of that name
+    producer = PlainProducer(plain_vhost.vhost.broker_url, **QUORUM_PRODUCER)
+    try:
+        train_id = producer.send(TRAIN_TASK, kwargs=training_kwargs("large"), queue=TRAINING_QUEUE)
+        wait_trained(plain_vhost.adapters, train_id)
+        job_id = f"large-{uuid.uuid4().hex[:8]}"
+        records = rows_with_outliers(n=1500, outliers=(3, 700, 1400))
+        detect = {"job_id": job_id, "model": "large", "records": records}
+        # When a producer with Celery's defaults sends it to the detection queue
+        producer.send(DETECT_TASK, kwargs=detect, queue=DETECTION_QUEUE)
+    finally:
+        producer.close()
+
+    # Then the bulk lane runs it: its queue wait is observed on delivery from detection.bulk
+    job = wait_job(plain_vhost.adapters, job_id, timeout=90)
+    assert job.status == "succeeded", job.error
+    assert job.n_records == 1500
+    assert plain_vhost.metric_seen('pynomaly_queue_wait_seconds_count{queue="detection.bulk"}')
 
 
 def test_jobs_a_celery_producer_sent_before_any_worker_ran_are_run_when_one_starts(

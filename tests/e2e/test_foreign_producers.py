@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,8 +24,10 @@ import pytest
 
 from pynomaly_workers.bootstrap import bootstrap
 from pynomaly_workers.contract import (
+    ALL_QUEUES,
     DETECT_TASK,
     DETECTION_QUEUE,
+    PING_TASK,
     TRAIN_TASK,
     TRAINING_QUEUE,
 )
@@ -56,6 +59,7 @@ class RabbitStack:
     adapters: Adapters
     worker: WorkerProcess
     metrics_url: str
+    env: dict[str, str]
 
     def scrape(self) -> str:
         """The worker's ``/metrics`` page."""
@@ -109,7 +113,7 @@ def rabbit_stack(
     log = tmp_path_factory.mktemp("logs") / f"worker-{kind}.log"
     worker = WorkerProcess(log_path=log, concurrency=2, env={**os.environ, **env})
     metrics_url = f"http://127.0.0.1:{env['PYNOMALY_METRICS_PORT']}/metrics"
-    stacks[kind] = RabbitStack(vhost, results_url, adapters, worker, metrics_url)
+    stacks[kind] = RabbitStack(vhost, results_url, adapters, worker, metrics_url, env)
     report = check_health(adapters, queues=[DETECTION_QUEUE, TRAINING_QUEUE], timeout=90)
     if not report["ok"]:
         pytest.fail(f"worker did not answer: {report}; log:\n{log.read_text()[-3000:]}")
@@ -253,6 +257,63 @@ def test_jobs_a_celery_producer_sent_before_any_worker_ran_are_run_when_one_star
 
     # Then the worker keeps running and trains the model
     wait_trained(stack.adapters, sent["train"])
+    assert stack.worker.alive()
+
+
+def test_a_worker_starts_on_an_earlier_releases_topic_exchanges_and_migrate_opens_them(
+    rabbit_stacks: dict[str, RabbitStack], pg_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Given a vhost an earlier release's client set up (each queue behind a topic exchange
+    # of its name), with a training job waiting
+    sent: dict[str, str] = {}
+
+    def earlier_release(vhost: RabbitVhost) -> None:
+        old = PlainProducer(
+            vhost.broker_url, task_create_missing_queue_exchange_type="topic", **QUORUM_PRODUCER
+        )
+        try:
+            for queue in ALL_QUEUES:
+                old.send(PING_TASK, kwargs={}, queue=queue)
+            sent["train"] = old.send(
+                TRAIN_TASK, kwargs=training_kwargs("old"), queue=TRAINING_QUEUE
+            )
+        finally:
+            old.close()
+        assert {vhost.exchanges()[q][0] for q in ALL_QUEUES} == {"topic"}
+
+    # When a worker of this release starts on it
+    stack = rabbit_stack(
+        rabbit_stacks,
+        "earlier-release",
+        pg_url=pg_url,
+        tmp_path_factory=tmp_path_factory,
+        before_worker=earlier_release,
+    )
+
+    # Then it runs (and says what to run), and trains the waiting job
+    wait_trained(stack.adapters, sent["train"])
+    assert stack.worker.alive()
+    assert "pynomaly-workers migrate --broker" in stack.worker.log_path.read_text()
+
+    # When the operator migrates the exchanges while the worker runs
+    command = [sys.executable, "-m", "pynomaly_workers.cli", "migrate", "--broker"]
+    done = subprocess.run(
+        command, env={**os.environ, **stack.env}, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert {stack.vhost.exchanges()[q][0] for q in ALL_QUEUES} == {"direct"}
+
+    # Then a producer with Celery's defaults and the documented setting gets a job done
+    producer = PlainProducer(stack.vhost.broker_url, **QUORUM_PRODUCER)
+    try:
+        job_id = f"migrated-{uuid.uuid4().hex[:8]}"
+        detect = {"job_id": job_id, "model": "old", "records": rows_with_outliers()}
+        producer.send(DETECT_TASK, kwargs=detect, queue=DETECTION_QUEUE)
+    finally:
+        producer.close()
+    job = wait_job(stack.adapters, job_id, timeout=60)
+    assert job.status == "succeeded", job.error
     assert stack.worker.alive()
 
 

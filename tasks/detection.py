@@ -76,6 +76,8 @@ class DetectionBatches(Batches):  # type: ignore[misc]
     #: Larger jobs, and jobs that read a file, run in the bulk lane
     #: (``PYNOMALY_SMALL_JOB_MAX_RECORDS``).
     small_job_max_records = 1_000
+    #: The broker is RabbitMQ (``Settings.is_amqp``): its priorities run the other way.
+    amqp = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -139,7 +141,7 @@ class DetectionBatches(Batches):  # type: ignore[misc]
         the publish fails the job stays in the small lane (slower for the others, but
         never lost)."""
         try:
-            forward_message(self.app, request.message)
+            forward_message(self.app, request.message, amqp=self.amqp)
         except Exception as exc:  # the broker refused or is away: run it here
             log.warning("could not forward job %s to %s (%s)", request.id, BULK_QUEUE, exc)
             return False
@@ -206,9 +208,10 @@ class LaneSorter(Queue[Any]):
             super().put(item, block, timeout)
 
 
-def forward_message(app: Celery, message: Any) -> None:
+def forward_message(app: Celery, message: Any, *, amqp: bool) -> None:
     """Publish a delivered task message again, body and headers unchanged, on the bulk
-    queue, ahead of every chunk but a job's first ones (it plans or scores a file)."""
+    queue, ahead of every chunk but a job's first ones (it plans or scores a file).
+    ``amqp`` is ``Settings.is_amqp`` (``amqps://`` included)."""
     properties = message.properties or {}
     with app.producer_or_acquire() as producer:
         producer.publish(
@@ -220,7 +223,7 @@ def forward_message(app: Celery, message: Any) -> None:
             content_encoding=message.content_encoding,
             correlation_id=properties.get("correlation_id"),
             reply_to=properties.get("reply_to"),
-            priority=message_priority(0, amqp=app.conf.broker_url.startswith("amqp")),
+            priority=message_priority(0, amqp=amqp),
             delivery_mode=2,
             serializer=None,
             retry=False,
@@ -349,6 +352,7 @@ def register(app: Celery, settings: Settings) -> None:
         flush_interval=settings.batch_max_wait_ms / 1000.0,
         eager=settings.batch_eager,
         small_job_max_records=settings.small_job_max_records,
+        amqp=settings.is_amqp,
     )
     def detect(
         self: Task,  # type: ignore[type-arg]

@@ -7,8 +7,10 @@ import os
 import subprocess
 import time
 import uuid
+from typing import Any
 
 import pytest
+from celery import Celery
 
 from pynomaly_workers.adapters.queues import AmqpQueueDepth
 
@@ -24,10 +26,13 @@ class RabbitVhost:
 
     kind = "rabbitmq"
 
-    def __init__(self) -> None:
+    def __init__(self, *, default_queue_type: str | None = None) -> None:
+        """``default_queue_type``: the type RabbitMQ gives a durable queue declared
+        without ``x-queue-type`` (``add_vhost --default-queue-type``)."""
         self.vhost = f"pyn-fault-{uuid.uuid4().hex[:10]}"
+        options = ["--default-queue-type", default_queue_type] if default_queue_type else []
         try:
-            rabbitmqctl("add_vhost", self.vhost)
+            rabbitmqctl("add_vhost", self.vhost, *options)
         except (OSError, subprocess.CalledProcessError) as exc:
             pytest.fail(
                 f"cannot create a RabbitMQ vhost ({exc}); start RabbitMQ with "
@@ -50,6 +55,13 @@ class RabbitVhost:
         )
         rows = (line.split() for line in listing.splitlines() if line.strip())
         return {name: dict(zip(columns, values, strict=True)) for name, *values in rows}
+
+    def exchanges(self) -> dict[str, tuple[str, str]]:
+        """Each named exchange of the vhost: its type and durability."""
+        columns = ("name", "type", "durable", "--no-table-headers", "-q")
+        listing = rabbitmqctl("list_exchanges", "-p", self.vhost, *columns)
+        rows = (line.split() for line in listing.splitlines() if line.strip())
+        return {row[0]: (row[1], row[2]) for row in rows if len(row) == 3}
 
     def state(self) -> dict[str, int]:
         """Messages waiting in the detection queue (now, from a passive queue.declare),
@@ -91,3 +103,31 @@ def rabbitmqctl(*arguments: str) -> str:
         ["rabbitmqctl", *arguments], capture_output=True, text=True, timeout=120, check=True
     )
     return done.stdout
+
+
+QUORUM_PRODUCER = {"task_create_missing_queue_type": "quorum"}
+"""The one setting docs/brokers.md asks of a Celery producer on RabbitMQ (Celery 5.6+),
+written here as a producer would copy it, not imported from the workers."""
+
+
+class PlainProducer:
+    """An upstream service's Celery app: Celery's defaults, the broker URL and only the
+    ``settings`` given; no queue, exchange or route of ours.
+
+    Each send opens a connection of its own, as a new producer process would: kombu's
+    pools are per process and keyed by URL, so a second app on the same URL in this
+    process would reuse the first one's connection, and skip what it already declared."""
+
+    def __init__(self, broker_url: str, **settings: Any) -> None:
+        self.app = Celery("upstream", broker=broker_url, set_as_current=False)
+        self.app.conf.update(settings)
+
+    def send(self, task: str, *, kwargs: dict[str, Any], queue: str) -> str:
+        """``send_task`` by task name and queue name; the task id."""
+        with self.app.connection_for_write() as connection:
+            producer = self.app.amqp.Producer(connection)
+            return str(self.app.send_task(task, kwargs=kwargs, queue=queue, producer=producer).id)
+
+    def close(self) -> None:
+        """Release the app's pools."""
+        self.app.close()

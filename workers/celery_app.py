@@ -22,6 +22,7 @@ from celery.signals import (
 )
 from kombu import Exchange, Queue
 
+from pynomaly_workers.adapters.amqp_topology import ROUTING_EXCHANGE, contract_queue
 from pynomaly_workers.contract import (
     ALL_QUEUES,
     DETECT_CHUNK_TASK,
@@ -47,10 +48,6 @@ def stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
         headers.setdefault(SENT_AT_HEADER, time.time())
 
 
-QUORUM = {"x-queue-type": "quorum"}
-"""RabbitMQ queue arguments: a replicated, durable quorum queue."""
-
-
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours (publishing clients use the same)."""
     return {
@@ -67,8 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_accept_content": ["json"],
         "task_queues": declared_queues(settings),
         "task_default_queue": DETECTION_QUEUE,
-        "task_default_exchange": DETECTION_QUEUE,
-        "task_default_exchange_type": exchange_type(settings),
+        "task_default_exchange": default_exchange(settings).name,
+        "task_default_exchange_type": default_exchange(settings).type,
         "task_default_routing_key": DETECTION_QUEUE,
         "task_routes": ROUTES,
         # A task is acknowledged after it finishes, and requeued if its process dies,
@@ -99,12 +96,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def exchange_type(settings: Settings) -> str:
-    """``direct`` on Redis and the embedded broker; ``topic`` on RabbitMQ, where Celery's
-    native delayed delivery (retries with a countdown on quorum queues) cannot route
-    through a direct exchange. Each exchange has one queue bound by its own name, so
-    neither type fans a job out."""
-    return "topic" if settings.is_amqp else "direct"
+def default_exchange(settings: Settings) -> Exchange:
+    """The exchange the workers and clients publish through: on RabbitMQ the topic
+    exchange every contract queue is bound to by its name (native delayed delivery, for
+    retries with a countdown on quorum queues, cannot route through a direct one); on
+    Redis and the embedded broker the detection queue's direct exchange."""
+    if settings.is_amqp:
+        return Exchange(ROUTING_EXCHANGE, type="topic")
+    return Exchange(DETECTION_QUEUE, type="direct")
 
 
 def cores() -> int:
@@ -126,14 +125,13 @@ def default_concurrency(settings: Settings, queues: Sequence[str]) -> int:
 
 
 def declared_queues(settings: Settings) -> tuple[Queue, ...]:
-    """The contract's queues (public and internal), one exchange each; on RabbitMQ
-    durable quorum queues."""
-    arguments = QUORUM if settings.is_amqp else None
-    kind = exchange_type(settings)
-    return tuple(
-        Queue(n, Exchange(n, type=kind), routing_key=n, durable=True, queue_arguments=arguments)
-        for n in ALL_QUEUES
-    )
+    """The contract's queues (public and internal). On RabbitMQ durable quorum queues,
+    each bound to the direct exchange of its name, as a producer with Celery's defaults
+    declares it, and to the workers' topic exchange (``adapters.amqp_topology``);
+    elsewhere one direct exchange each."""
+    if settings.is_amqp:
+        return tuple(contract_queue(name) for name in ALL_QUEUES)
+    return tuple(Queue(n, Exchange(n, type="direct"), routing_key=n) for n in ALL_QUEUES)
 
 
 def amqp_config(settings: Settings) -> dict[str, Any]:

@@ -92,7 +92,17 @@ class BulkLane(bootsteps.ConsumerStep):
         # Per consumer (quorum queues refuse a global QoS); on Redis the channel's own.
         channel.basic_qos(0, self.slots, False)
         self.consumers = self.get_consumers(channel, c=c)
-        for consumer in self.consumers:
+        if c.hub is not None:
+            # On the event loop's first turn, as Celery's own task consumer: on RabbitMQ
+            # basic.consume hands over a waiting message at once, and before the loop
+            # runs the pool cannot take it yet (a training job waiting when a worker
+            # started stopped that worker).
+            c.hub.call_soon(self._consume)
+        else:
+            self._consume()
+
+    def _consume(self) -> None:
+        for consumer in self.consumers or ():
             consumer.consume()
 
     def get_consumers(self, channel: Any, c: Any = None) -> list[Consumer]:

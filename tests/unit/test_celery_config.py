@@ -4,7 +4,9 @@ publisher confirms per broker URL; which finished work gives its memory back."""
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,13 +15,21 @@ from celery_batches import SimpleRequest
 from kombu import Connection
 from pydantic import ValidationError
 
+from pynomaly_workers.adapters.amqp_topology import ROUTING_EXCHANGE, ContractQueue
 from pynomaly_workers.adapters.broker import TRANSPORT, Channel
 from pynomaly_workers.adapters.queues import AmqpQueueDepth, RedisQueueDepth, queue_depth
 from pynomaly_workers.celery_app import celery_config, was_large
 from pynomaly_workers.client import client_app, close_app
-from pynomaly_workers.contract import ALL_QUEUES, DETECT_CHUNK_TASK, DETECT_TASK, TRAIN_TASK
+from pynomaly_workers.contract import (
+    ALL_QUEUES,
+    BULK_QUEUE,
+    DETECT_CHUNK_TASK,
+    DETECT_TASK,
+    TRAIN_TASK,
+)
 from pynomaly_workers.flower import flower_arguments
 from pynomaly_workers.settings import Settings
+from pynomaly_workers.tasks.detection import forward_message
 
 
 def broker_connection(settings: Settings) -> Connection:
@@ -91,10 +101,12 @@ def test_amqp_declares_each_contract_queue_as_a_durable_quorum_queue(
         assert queue.durable
         assert not queue.auto_delete
         assert queue.queue_arguments == {"x-queue-type": "quorum"}
-        # a topic exchange of its own (native delayed delivery cannot route through a
-        # direct one), bound by the queue's name: a job is never copied to another queue
-        assert queue.exchange.name == name
-        assert queue.exchange.type == "topic"
+        # routed by the workers through their topic exchange (native delayed delivery
+        # cannot route through a direct one), bound by the queue's name: a job is never
+        # copied to another queue; declaring it also declares the direct exchange of its
+        # name, as a producer with Celery's defaults does (tests/integration)
+        assert isinstance(queue, ContractQueue)
+        assert (queue.exchange.name, queue.exchange.type) == (ROUTING_EXCHANGE, "topic")
         assert queue.routing_key == name
 
 
@@ -112,6 +124,37 @@ def test_celery_sees_the_quorum_queues_so_prefetch_is_per_consumer(
         assert app.conf.task_default_exchange_type == "topic"
     finally:
         close_app(app)
+
+
+class RecordingProducer:
+    """Stands in for kombu's producer: keeps what it was asked to publish."""
+
+    def __init__(self) -> None:
+        self.published: list[dict[str, Any]] = []
+
+    def publish(self, body: Any, **options: Any) -> None:
+        self.published.append({"body": body, **options})
+
+
+@pytest.mark.parametrize(("amqp", "priority"), [(True, 9), (False, 0)])
+def test_a_forwarded_bulk_job_takes_the_brokers_priority_order(amqp: bool, priority: int) -> None:
+    producer = RecordingProducer()
+
+    @contextmanager
+    def producer_or_acquire() -> Iterator[RecordingProducer]:
+        yield producer
+
+    app = SimpleNamespace(producer_or_acquire=producer_or_acquire)
+    message = SimpleNamespace(
+        body=b"[]", headers={"task": DETECT_TASK}, properties={}, content_type="application/json",
+        content_encoding="utf-8",
+    )  # fmt: skip
+
+    # (the task passes Settings.is_amqp, amqps:// included)
+    forward_message(app, message, amqp=amqp)  # type: ignore[arg-type]
+
+    [published] = producer.published
+    assert (published["routing_key"], published["priority"]) == (BULK_QUEUE, priority)
 
 
 def test_amqp_publishes_with_confirms_on_kombus_own_transport(amqp_settings: Settings) -> None:

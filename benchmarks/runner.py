@@ -89,7 +89,7 @@ def run_benchmarks(
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     with run.section("data"):
-        inputs = prepare_inputs(sizes) if only in (None, "small_jobs") else None
+        inputs = prepare_inputs(sizes) if only in (None, "job_log") else None
         mixed_inputs = prepare_mixed_inputs(sizes) if only in (None, "mixed") else None
         many_inputs = prepare_many_models_inputs(sizes) if only in (None, "many_models") else None
     if "data" not in run.errors:
@@ -99,7 +99,7 @@ def run_benchmarks(
             run.results["settings"] = worker_settings(stack)
             if inputs is not None and only is None:
                 run_on_stack(run, stack, inputs)
-            if inputs is not None and only == "small_jobs":
+            if inputs is not None and only == "job_log":
                 with run.section("job_log"):
                     run.results["job_log"] = job_log.run_job_log(stack, inputs)
             run_own_worker_sections(run, stack, mixed_inputs, many_inputs)

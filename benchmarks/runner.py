@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery
 
 from benchmarks import (
+    broker_fsync,
     bulk,
     bulk_s3,
     cache,
@@ -103,6 +104,12 @@ def run_benchmarks(
                 with run.section("job_log"):
                     run.results["job_log"] = job_log.run_job_log(stack, inputs)
             run_own_worker_sections(run, stack, mixed_inputs, many_inputs)
+        if only in (None, "broker_fsync"):
+            with run.section("broker_fsync"):
+                messages = 1000 if sizes.quick else 3000
+                run.results["broker_fsync"] = broker_fsync.run_broker_fsync(
+                    messages=messages, rounds=2 if sizes.quick else 3
+                )
     meta = describe_run(
         sizes,
         started_at=started_at,

@@ -71,7 +71,9 @@ FETCH_MAX = 64
 _INVALIDATE = "__redis__:invalidate"
 
 # KEYS: the lists to pop from, in order, then the unacked hash, its index, the consumer's
-# in-flight hash and the consumers' heartbeat set. ARGV: budget, consumer id.
+# in-flight hash and the consumers' heartbeat set. ARGV: budget, consumer id, then per list
+# '1' to record what it gives (acknowledged consumption) or '0' (a no-ack consumer, such
+# as a client's reply queue: kombu records nothing for those either).
 # Returns [list key, item, list key, item, ...]. An item whose delivery tag cannot be read
 # is returned unrecorded: it is not a kombu envelope, and the worker drops it.
 _FETCH = """
@@ -94,7 +96,7 @@ for i = 1, n do
         tag = message.properties.delivery_tag
         info = message.properties.delivery_info
       end
-      if type(tag) == 'string' then
+      if type(tag) == 'string' and ARGV[2 + i] == '1' then
         if type(info) ~= 'table' then info = {} end
         local exchange, key = info.exchange, info.routing_key
         if type(exchange) ~= 'string' then exchange = '' end
@@ -247,7 +249,7 @@ class Channel(kombu_redis.Channel):
     _watched: tuple[Any, Any, tuple[str, ...]] | None = None  # (connection, socket, queues)
     _pings = 0
     _fetch_wanted = True
-    _fetch_sha: str | None = None
+    _no_ack_tags: dict[str, str] = {}  # replaced, never mutated: safe as a class default
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -327,7 +329,12 @@ class Channel(kombu_redis.Channel):
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         """Start consuming ``queue``: watched at once if it already was (a fetch is asked
         for: messages may be waiting), else on a new watching connection."""
-        tag = super().basic_consume(queue, *args, **kwargs)
+        result = super().basic_consume(queue, *args, **kwargs)
+        # kombu's signature: (queue, no_ack, callback, consumer_tag), by position or name
+        named = dict(zip(("no_ack", "callback", "consumer_tag"), args, strict=False))
+        named.update(kwargs)
+        if named.get("no_ack"):
+            self._no_ack_tags = {**self._no_ack_tags, str(named.get("consumer_tag")): queue}
         channel: Any = self
         watched = self._watched
         if watched and not self._queues_changed() and channel._in_poll is watched[0]:
@@ -336,7 +343,7 @@ class Channel(kombu_redis.Channel):
                 self._ask_for_fetch(watched[0])
             except channel.connection_errors:
                 watched[0].disconnect()
-        return tag
+        return result
 
     def _ask_for_fetch(self, connection: Any) -> None:
         """A ``PING`` whose reply wakes the event loop for a fetch (a subscribed
@@ -413,6 +420,9 @@ class Channel(kombu_redis.Channel):
             return 0
         steps = channel.priority_steps
         keys = [channel._q_for_pri(queue, pri) for pri in steps for queue in queues]
+        live = channel._tag_to_queue
+        unrecorded = {queue for tag, queue in self._no_ack_tags.items() if tag in live}
+        record = ["0" if queue in unrecorded else "1" for _pri in steps for queue in queues]
         qos: Any = channel.qos
         keys += [
             qos.unacked_key,
@@ -421,7 +431,7 @@ class Channel(kombu_redis.Channel):
             CONSUMERS_KEY,
         ]
         with self.conn_or_acquire() as client:
-            items = self._run(client, _FETCH, keys, [budget, self.consumer_id])
+            items = self._run(client, _FETCH, keys, [budget, self.consumer_id, *record])
         rotated = False
         for i in range(0, len(items or ()), 2):
             key, item = bytes_to_str(items[i]), items[i + 1]
@@ -722,4 +732,8 @@ def missing_internals() -> list[str]:
         missing.append("Channel._queue_cycle")
     if "_delivered" not in kombu_virtual.QoS.__init__.__code__.co_names:
         missing.append("virtual.QoS._delivered")
+    virtual_init = kombu_virtual.Channel.__init__.__code__.co_names
+    missing += [
+        f"virtual.Channel.{name}" for name in ("_tag_to_queue",) if name not in virtual_init
+    ]
     return missing

@@ -159,6 +159,38 @@ def test_a_waiting_consumer_wakes_on_a_raw_lpush_without_polling(
         channel.close()
 
 
+def test_a_consumer_whose_watching_connection_is_killed_watches_again(
+    redis_url: str, client: Any, queue: Queue, transport: Any
+) -> None:
+    with Connection(redis_url, transport=transport) as conn:
+        received, channel = consumer(conn, queue, prefetch=4)
+        drain_until(conn, received, 1, timeout=1)  # watching
+        watching = channel.client.connection
+
+        # When the server drops the watching connection (a restart, a proxy, CLIENT KILL)
+        db = str(client.connection_pool.connection_kwargs.get("db", 0))
+        killed = [
+            c
+            for c in client.client_list()
+            if c.get("cmd") in ("subscribe", "ping") and str(c.get("db")) == db
+        ]
+        assert killed, client.client_list()
+        for entry in killed:
+            client.client_kill_filter(_id=entry["id"])
+        with contextlib.suppress(Exception):  # the consumer sees the close
+            conn.drain_events(timeout=1)
+
+        # Then a message pushed afterwards still arrives, over a new watching connection
+        client.lpush(queue.name, json.dumps(_envelope(queue.name, {"n": 7})))
+        drain_until(conn, received, 1, timeout=5)
+        assert [m.payload for m in received] == [{"n": 7}]
+        assert channel.client.connection._sock is not None
+        assert channel._watched[1] is not None
+        assert watching._sock is None or watching is channel.client.connection
+        received[0].ack()
+        channel.close()
+
+
 def test_a_dead_consumers_messages_come_back_once(
     redis_url: str, client: Any, queue: Queue
 ) -> None:

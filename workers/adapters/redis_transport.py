@@ -247,7 +247,8 @@ class Channel(kombu_redis.Channel):
     consumer_dead_after = DEFAULT_DEAD_AFTER
     _reused: tuple[Any, Any] | None = None
     _watched: tuple[Any, Any, tuple[str, ...]] | None = None  # (connection, socket, queues)
-    _pings = 0
+    _pings = 0  # PINGs sent on the watching connection and not yet answered
+    _silent_checks = 0  # health checks in a row, with credit, that found no reply since
     _fetch_wanted = True
     _no_ack_tags: dict[str, str] = {}  # replaced, never mutated: safe as a class default
 
@@ -309,7 +310,7 @@ class Channel(kombu_redis.Channel):
         connection.send_command("SUBSCRIBE", _INVALIDATE)
         connection.read_response(push_request=True)
         self._watched = (connection, connection._sock, queues)
-        self._pings = 0
+        self._pings = self._silent_checks = 0
         self._fetch_wanted = True
         return True
 
@@ -378,6 +379,7 @@ class Channel(kombu_redis.Channel):
         instead of blocking for a reply; over RESP2 they are pub/sub messages."""
         while True:
             reply = connection.read_response(push_request=True)
+            self._silent_checks = 0
             if reply == b"PONG" or (isinstance(reply, list) and reply and reply[0] == b"pong"):
                 self._pings = max(0, self._pings - 1)
             if not connection.can_read(timeout=0):
@@ -392,17 +394,24 @@ class Channel(kombu_redis.Channel):
 
     def check_watch(self) -> None:
         """Timer: a ``PING`` on the watching connection (its reply also triggers a fetch, a
-        safety net under the pushes); after three unanswered, the connection is dropped as
-        half-open, and the poller reconnects it."""
+        safety net under the pushes). Three checks in a row that had credit and found
+        nothing read since, with a ``PING`` outstanding, mean a half-open connection: it
+        is dropped, and the poller reconnects it. Without credit the connection is paused
+        (kombu stops polling it), so its replies wait unread and prove nothing."""
         channel: Any = self
         watched = self._watched
         if not watched or channel._in_poll is not watched[0]:
             return
         connection = watched[0]
-        if self._queues_changed() or not channel.qos.can_consume():
-            return  # paused without credit: replies are read once it returns
-        if self._pings >= 3:
+        if self._queues_changed():
+            return
+        if not channel.qos.can_consume():
+            self._silent_checks = 0
+            return
+        self._silent_checks = self._silent_checks + 1 if self._pings else 0
+        if self._silent_checks >= 3:
             log.warning("the Redis connection watching the queues stopped answering; reconnecting")
+            self._silent_checks = 0
             connection.disconnect()
             return
         try:

@@ -81,16 +81,29 @@ def e2e_app(e2e_settings: Settings) -> Iterator[Celery]:
     close_app(app)
 
 
+def start_worker(
+    e2e_env: dict[str, str],
+    e2e_adapters: Adapters,
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    concurrency: int,
+) -> WorkerProcess:
+    """A real ``pynomaly-workers worker`` (prefork, ``concurrency`` processes; 0 = the
+    default pool), answering the health canary; fails the test with its log if not."""
+    log = Path(tmp_path_factory.mktemp("logs")) / "worker.log"
+    process = WorkerProcess(log_path=log, concurrency=concurrency, env={**os.environ, **e2e_env})
+    report = check_health(e2e_adapters, queues=["detection", "training"], timeout=60)
+    if not report["ok"]:
+        process.stop()
+        pytest.fail(f"worker did not answer: {report}; log:\n{log.read_text()[-3000:]}")
+    return process
+
+
 @pytest.fixture(scope="module")
 def worker(
     e2e_env: dict[str, str], e2e_adapters: Adapters, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     """One real ``pynomaly-workers worker`` process (prefork, 2 children)."""
-    log = Path(tmp_path_factory.mktemp("logs")) / "worker.log"
-    process = WorkerProcess(log_path=log, concurrency=2, env={**os.environ, **e2e_env})
-    report = check_health(e2e_adapters, queues=["detection", "training"], timeout=60)
-    if not report["ok"]:
-        process.stop()
-        pytest.fail(f"worker did not answer: {report}; log:\n{log.read_text()[-3000:]}")
+    process = start_worker(e2e_env, e2e_adapters, tmp_path_factory, concurrency=2)
     yield process
     process.stop()

@@ -18,8 +18,8 @@ from pynomaly_workers.client import submit_detection
 from pynomaly_workers.contract import DETECT_CHUNK_TASK
 from pynomaly_workers.demo import WorkerProcess
 from pynomaly_workers.services.context import Adapters
-from pynomaly_workers.services.health import check_health
 from pynomaly_workers.settings import Settings
+from tests.e2e.conftest import start_worker
 from tests.e2e.test_worker import wait_job
 from tests.factories import rows_with_outliers, train, write_csv
 
@@ -41,12 +41,7 @@ def default_worker(
     e2e_env: dict[str, str], e2e_adapters: Adapters, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     """A worker with the default pool (concurrency 0: one process per core plus one)."""
-    log = Path(tmp_path_factory.mktemp("logs")) / "worker.log"
-    process = WorkerProcess(log_path=log, concurrency=0, env={**os.environ, **e2e_env})
-    report = check_health(e2e_adapters, queues=["detection", "training"], timeout=60)
-    if not report["ok"]:
-        process.stop()
-        pytest.fail(f"worker did not answer: {report}; log:\n{log.read_text()[-3000:]}")
+    process = start_worker(e2e_env, e2e_adapters, tmp_path_factory, concurrency=0)
     yield process
     process.stop()
 

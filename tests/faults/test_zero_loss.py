@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -117,6 +118,7 @@ class RunLog:
     processes_killed: int = 0
     restarts: int = 0
     held_at_kill: list[int | None] = field(default_factory=list)
+    kill_instants: list[float] = field(default_factory=list)
     load_ended: float = 0.0
     """Monotonic time the last job was sent or the last fault done, whichever is later."""
 
@@ -125,6 +127,7 @@ class RunLog:
             "kills": self.kills,
             "processes_killed": self.processes_killed,
             "held_at_kill": self.held_at_kill,
+            "kill_instants_s": self.kill_instants,
             "redis_restarts": self.restarts,
         }
 
@@ -135,10 +138,16 @@ def run_schedule(
     producer: PacedPublisher,
     first: Worker,
     spawn: Callable[[int], Worker],
+    consuming: Callable[[Worker], bool],
     restart_broker: Callable[[], None],
     held_by: Callable[[int], int | None],
 ) -> RunLog:
-    """Send the producer's jobs while the schedule kills workers and restarts Redis."""
+    """Send the producer's jobs while the schedule kills workers and restarts Redis.
+
+    A kill due while the fresh worker is still starting (6-10 s on a busy 2-core
+    machine) waits until it ``consuming`` (ours: holds messages, or none wait): a kill is
+    meant to hit a worker holding messages, not one importing its modules.
+    :attr:`RunLog.kill_instants` are the real instants."""
     run, worker = RunLog(), first
     producer.start()
     started = time.monotonic()
@@ -147,6 +156,8 @@ def run_schedule(
         if delay > 0:
             time.sleep(delay)  # a fault's instant on the schedule, not a wait on a condition
         if event.kind == "kill":
+            assert wait_for(partial(consuming, worker), timeout=90), "the worker never consumed"
+            run.kill_instants.append(round(time.monotonic() - started, 1))
             run.held_at_kill.append(held_by(worker.process.pid))
             run.processes_killed += kill_whole_worker(worker)
             run.kills += 1
@@ -183,12 +194,25 @@ def held_by_consumer(server: RedisServer, pid: int) -> int | None:
 
 def consumers_of(server: RedisServer, pid: int) -> list[str]:
     """The consumer ids of worker ``pid`` that have heartbeat in ``pynomaly.consumers``."""
-    client = redis.Redis(port=server.port, decode_responses=True)
+    client = redis.Redis(port=server.port, decode_responses=True, socket_timeout=2)
     try:
         ids = [str(m) for m in client.zrange(CONSUMERS_KEY, 0, -1)]
+    except redis.exceptions.RedisError:
+        return []  # Redis is restarting
     finally:
         client.close()
     return [i for i in ids if f":{pid}:" in i]
+
+
+def holding(server: RedisServer, worker: Worker) -> bool:
+    """Whether the worker is ready (Celery logged it) and holds messages, or has nothing
+    left to take; its consumer registers during start-up, before it takes any."""
+    if not isinstance(worker, WorkerProcess) or " ready." not in worker.log_path.read_text():
+        return False
+    try:
+        return bool(held_by_consumer(server, worker.process.pid)) or server.drained()
+    except redis.exceptions.RedisError:
+        return False  # Redis is restarting
 
 
 def consuming(server: RedisServer, worker: WorkerProcess) -> Callable[[], bool]:
@@ -256,6 +280,7 @@ def run_ours(
         producer=producer,
         first=first,
         spawn=lambda n: spawn_worker(stack, f"{name}-{n}"),
+        consuming=lambda worker: holding(broker, worker),
         restart_broker=broker.restart,
         held_by=lambda pid: held_by_consumer(broker, pid),
     )
@@ -356,6 +381,7 @@ def run_stock(
             producer=producer,
             first=first,
             spawn=spawn,
+            consuming=lambda worker: isinstance(worker, StockWorker) and worker.ready(),
             restart_broker=broker.restart,
             held_by=lambda _pid: stock_unacked(broker),
         )
@@ -372,6 +398,8 @@ def run_stock(
         "stock_kombu_lost": len(accepted - set(executions)),
         "stock_kombu_ran_more_than_once": sum(1 for n in executions.values() if n > 1),
         "stock_kombu_kills": run.kills,
+        "stock_kombu_kill_instants_s": run.kill_instants,
+        "stock_kombu_unacked_at_kill": run.held_at_kill,
         "stock_kombu_redis_restarts": run.restarts,
         "stock_kombu_settled_after_load_s": round(settled_after, 1),
         "stock_kombu_visibility_timeout_s": stock_app.VISIBILITY_TIMEOUT,

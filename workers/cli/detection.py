@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ import click
 from pynomaly_workers.cli.context import load_adapters
 from pynomaly_workers.cli.inputs import input_kwargs, input_options
 from pynomaly_workers.cli.output import emit, fail, json_option, table
+from pynomaly_workers.cli.progress import progress_display
 from pynomaly_workers.cli.waiting import wait_for_job
 from pynomaly_workers.contract import FAILED, JOB_STATUSES
 
@@ -23,7 +25,11 @@ if TYPE_CHECKING:
 @input_options
 @click.option("--job-id", default=None, help="Idempotency key (default: generated).")
 @click.option(
-    "--wait/--no-wait", default=False, show_default=True, help="Wait and print the job summary."
+    "--wait/--no-wait",
+    default=False,
+    show_default=True,
+    help="Wait and print the job summary. A fanned-out job's progress (chunks, records/s, "
+    "time left) shows on stderr when it is a terminal, as JSON lines with --json otherwise.",
 )
 @click.option("--timeout", type=float, default=600, show_default=True)
 @json_option
@@ -56,7 +62,8 @@ def detect(
             human=lambda: click.echo(f"queued job {submission.job_id}"),
         )
         return
-    job = wait_for_job(adapters, submission.job_id, timeout=timeout)
+    display = progress_display(sys.stderr, as_json=as_json)
+    job = wait_for_job(adapters, submission.job_id, timeout=timeout, display=display)
     if job.status == FAILED:
         emit(asdict(job), as_json=as_json, human=lambda: None)
         fail(f"job {job.job_id} failed ({job.error_type}): {job.error}")

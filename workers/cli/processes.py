@@ -50,7 +50,7 @@ def worker(
         fail(f"unknown queue(s) {', '.join(sorted(unknown))}; choose from {', '.join(QUEUES)}")
     argv = [f"--loglevel={loglevel}", f"--queues={','.join(chosen)}", "--task-events"]
     argv += _prefetch_options(chosen)
-    from pynomaly_workers.celery_app import layout_for
+    from pynomaly_workers.celery_config import layout_for
 
     processes = layout_for(chosen, concurrency=concurrency or settings.worker_concurrency)
     argv.append(f"--concurrency={processes.processes}")

@@ -181,3 +181,9 @@ def test_progress_is_read_every_half_second_and_once_more_at_the_end() -> None:
     assert source.reads == 3
     shown = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(s["chunks_done"], s["elapsed_s"]) for s in shown] == [(1, 0.0), (2, 0.5), (3, 0.65)]
+
+
+def test_json_lines_round_times_and_rates_to_the_millisecond() -> None:
+    line = report(1, 3, 1000, 0.123456789).to_dict()
+
+    assert (line["elapsed_s"], line["records_per_s"], line["eta_s"]) == (0.123, 8100.0, 0.247)

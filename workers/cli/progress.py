@@ -30,8 +30,10 @@ class ProgressReport:
     """Seconds left at the rate chunks finished so far; None before the first one."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as a JSON object (``event`` tells it from the job summary)."""
-        return {"event": "progress", **asdict(self)}
+        """The report as a JSON object (``event`` tells it from the job summary); times
+        and rates to the millisecond."""
+        fields = {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return {"event": "progress", **fields}
 
 
 def measure_progress(job_id: str, progress: JobProgress, *, elapsed: float) -> ProgressReport:

@@ -99,7 +99,7 @@ def beat_config(settings: Settings) -> dict[str, Any]:
     }
     url = settings.resolved_beat_redis_url
     if url:
-        from pynomaly_workers.celery_app import tls_options
+        from pynomaly_workers.celery_config import tls_options
 
         config |= {
             # redbeat would otherwise take the broker's TLS options for its own Redis.

@@ -30,7 +30,7 @@ from pynomaly_workers.adapters.broker import acknowledge_all
 from pynomaly_workers.adapters.priority import run_niced
 from pynomaly_workers.adapters.results import StoredResult, store_results
 from pynomaly_workers.bootstrap import get_adapters
-from pynomaly_workers.celery_app import SENT_AT_HEADER, layout_for
+from pynomaly_workers.celery_config import SENT_AT_HEADER, layout_for
 from pynomaly_workers.client import publish
 from pynomaly_workers.contract import (
     BULK_QUEUE,

@@ -31,7 +31,7 @@ class Submission:
 
 def client_app(settings: Settings | None = None) -> Celery:
     """A Celery app that can publish (and read results) but defines no tasks."""
-    from pynomaly_workers.celery_app import celery_config, stamp_sent_at
+    from pynomaly_workers.celery_config import celery_config, stamp_sent_at
 
     settings = settings or get_settings()
     app = Celery("pynomaly_client", set_as_current=False)

@@ -14,7 +14,7 @@ changing behaviour silently:
 - billiard/Celery's ``AsynPool``: the process sets ``tasks.detection.idle_processes``
   reads (``_all_inqueues``, ``_busy_workers``, ``outbound_buffer``).
 - kombu's transport registry (``TRANSPORT_ALIASES``, ``_transport_cache``), where
-  ``celery_app.transport_name`` installs the Redis transport under kombu's own alias.
+  ``celery_config.transport_name`` installs the Redis transport under kombu's own alias.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from celery import Celery, bootsteps
 from celery.worker.control import inspect_command
 from kombu import Consumer
 
-from pynomaly_workers.celery_app import cores
+from pynomaly_workers.celery_config import cores
 from pynomaly_workers.contract import (
     BULK_QUEUE,
     DETECTION_QUEUE,

@@ -3,7 +3,7 @@
 Celery's prefork pool runs tasks in child processes, so the metrics use
 prometheus-client's multiprocess mode: every process writes to files under
 ``PROMETHEUS_MULTIPROC_DIR`` and the worker's main process serves their sum. The
-``worker`` command sets that folder (``cli.py``); without it (tests, other commands) the
+``worker`` command sets that folder (``cli/processes.py``); without it (tests, other commands) the
 metrics are plain in-process metrics. Nothing is created at import: :func:`get_metrics`
 builds the metrics on first use, after the folder is known, whatever was imported first.
 

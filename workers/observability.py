@@ -29,7 +29,7 @@ from celery.signals import (
     task_prerun,
 )
 
-from pynomaly_workers.celery_app import SENT_AT_HEADER, stamp_sent_at
+from pynomaly_workers.celery_config import SENT_AT_HEADER, stamp_sent_at
 from pynomaly_workers.contract import (
     ALL_QUEUES,
     DETECT_CHUNK_TASK,

@@ -118,7 +118,7 @@ def _timed(check: Any) -> dict[str, Any]:
 def _ping_broker(settings: Settings, *, timeout: float) -> str:
     from kombu import Connection
 
-    from pynomaly_workers.celery_app import broker_options, tls_options, transport_name
+    from pynomaly_workers.celery_config import broker_options, tls_options, transport_name
 
     with Connection(
         settings.broker_url,

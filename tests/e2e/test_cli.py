@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from pynomaly_workers.demo import WorkerProcess
-from tests.factories import rows_with_outliers, training_rows
+from pynomaly_workers.services.context import Adapters
+from tests.factories import rows_with_outliers, train, training_rows, write_csv
 
 pytestmark = pytest.mark.e2e
 
@@ -161,3 +162,31 @@ def test_bad_cli_input_says_what_to_do(e2e_env: dict[str, str], tmp_path: Path) 
     assert bad.returncode == 1
     assert "PYNOMALY_FLOWER_BASIC_AUTH" in bad.stderr
     assert "user:password" in bad.stderr
+
+
+def test_a_piped_detect_wait_on_a_fanned_out_job_prints_no_progress_on_stdout(
+    worker: WorkerProcess, e2e_env: dict[str, str], e2e_adapters: Adapters, tmp_path: Path
+) -> None:
+    # Given a model and a 5,000-row source, scored in five chunks of 1,000
+    model = train(e2e_adapters, model="cli-fan").label
+    source = write_csv(tmp_path / "big.csv", rows_with_outliers(n=5000, seed=3), ids=True)
+    detect = ("detect", "--model", model, "--source", str(source), "--wait", "--job-id")
+
+    # When detect --wait runs with stdout and stderr piped, for people and for machines
+    human = cli(e2e_env, *detect, "cli-fan-1")
+    machine = cli(e2e_env, *detect, "cli-fan-2", "--json")
+
+    # Then stdout holds the summary exactly as 'jobs' prints the stored job, nothing else
+    assert human.stdout == cli(e2e_env, "jobs", "cli-fan-1").stdout
+    assert "job cli-fan-1: succeeded" in human.stdout
+    assert "chunks" not in human.stdout + human.stderr
+    assert "\r" not in human.stdout + human.stderr
+    summary = json.loads(machine.stdout)
+    assert summary == cli_json(e2e_env, "jobs", "cli-fan-2")["summary"]
+    assert summary["n_records"] == 5000
+    # and with --json the progress went to stderr, one JSON object a line, ending done
+    shown = [json.loads(line) for line in machine.stderr.splitlines()]
+    assert shown, machine.stderr
+    assert {line["event"] for line in shown} == {"progress"}
+    last = shown[-1]
+    assert (last["chunks_done"], last["chunks_total"], last["records"]) == (5, 5, 5000)

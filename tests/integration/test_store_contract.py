@@ -36,6 +36,7 @@ from pynomaly_workers.domain.ports import (
     ChunkResult,
     Dataset,
     JobFailure,
+    JobProgress,
     JobRecord,
     JobResult,
     ModelDraft,
@@ -863,6 +864,22 @@ def test_start_fan_out_of_a_job_not_running_does_nothing(store: Store, state: st
 
     # Then nothing changes
     assert normalized(stored_job(store)) == before
+
+
+def test_job_progress_counts_each_chunk_done_once(store: Store) -> None:
+    # Given a job not yet fanned out, then fanned out in three chunks
+    store.enqueue_job("job-0", model="m", now=T0)
+    assert store.job_progress("job-0") is None
+    assert store.job_progress("nope") is None
+    version = fan_out(store, chunks_total=3)
+    assert store.job_progress("job-1") == JobProgress(chunks_done=0, chunks_total=3, records=0)
+
+    # When chunk 0 arrives twice and chunk 2 once
+    for index in (0, 0, 2):
+        store.complete_chunk("job-1", chunk(version.id, index), version=version, top_k=5, now=T0)
+
+    # Then two chunks of ten records each are done
+    assert store.job_progress("job-1") == JobProgress(chunks_done=2, chunks_total=3, records=20)
 
 
 @pytest.fixture(params=["inserted", "copied"])

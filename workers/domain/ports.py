@@ -136,6 +136,15 @@ class JobRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class JobProgress:
+    """How far a fanned-out job has got: its chunks done of total, and their records."""
+
+    chunks_done: int
+    chunks_total: int
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
 class Dataset:
     """A named CSV/Parquet file registered for training and detection."""
 
@@ -236,6 +245,10 @@ class JobStore(Protocol):
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job, or None."""
+
+    def job_progress(self, job_id: str) -> JobProgress | None:
+        """The chunks a fanned-out job has finished so far, or None for a job that is
+        unknown or not (yet) fanned out."""
 
     def list_jobs(self, *, status: str | None = None, limit: int = 50) -> list[JobRecord]:
         """Most recent jobs first."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.orm import Session
 
 from pynomaly_workers.adapters.stores.bulk import insert_chunk_anomalies
@@ -14,7 +14,7 @@ from pynomaly_workers.adapters.stores.tables import DetectionChunkRow, Detection
 from pynomaly_workers.contract import RUNNING, SUCCEEDED
 from pynomaly_workers.domain.jobs import ChunkTally, TopAnomaly, summarize
 from pynomaly_workers.domain.models import ModelVersion
-from pynomaly_workers.domain.ports import ChunkOutcome, ChunkResult
+from pynomaly_workers.domain.ports import ChunkOutcome, ChunkResult, JobProgress
 
 
 class SqlFanOutStore(SqlJobStore):
@@ -40,6 +40,19 @@ class SqlFanOutStore(SqlJobStore):
                     dataset_name=dataset_name,
                 )
             )
+
+    def job_progress(self, job_id: str) -> JobProgress | None:
+        chunks = select(
+            func.count(), func.coalesce(func.sum(DetectionChunkRow.n_records), 0)
+        ).where(DetectionChunkRow.job_id == job_id)
+        with self.engine.connect() as conn:
+            total = conn.scalar(
+                select(DetectionJobRow.chunks_total).where(DetectionJobRow.job_id == job_id)
+            )
+            if total is None:
+                return None
+            done, records = conn.execute(chunks).one()
+        return JobProgress(chunks_done=int(done), chunks_total=total, records=int(records))
 
     def complete_chunk(
         self, job_id: str, chunk: ChunkResult, *, version: ModelVersion, top_k: int, now: datetime

@@ -53,9 +53,19 @@ never a connection error (those are ``OSError`` or kombu/redis errors, and must 
 Celery so it reconnects)."""
 
 
+_FORGET_SETTLED = kombu_virtual.QoS._flush  # type: ignore[attr-defined]
+"""Kombu's virtual QoS keeps a settled delivery (and so its decoded body) in
+``_delivered`` until the channel's next delivery; ``_flush`` drops the settled ones. A
+private name: looked up here, at import, so a kombu without it fails at start-up."""
+
+
 class QoS(kombu_redis.QoS):
     """Kombu's Redis QoS, plus acknowledging many deliveries in one round trip, and
-    recording many deliveries as unacknowledged in one (:meth:`deferring`)."""
+    recording many deliveries as unacknowledged in one (:meth:`deferring`).
+
+    A settled delivery is forgotten at once, not at the channel's next delivery: the
+    last messages of a quiet channel (a ``pynomaly.train_many`` body decodes to tens of
+    MB of Python lists) otherwise stayed in the worker's main process for good."""
 
     _deferred: list[tuple[Any, str]] | None = None
 
@@ -70,11 +80,13 @@ class QoS(kombu_redis.QoS):
         with self._settling():
             self._write_deferred()
             super().ack(delivery_tag)
+        _FORGET_SETTLED(self)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         with self._settling():
             self._write_deferred()  # a requeue restores the message from the unacked hash
             super().reject(delivery_tag, requeue=requeue)
+        _FORGET_SETTLED(self)
 
     @contextmanager
     def _settling(self) -> Iterator[None]:
@@ -149,6 +161,7 @@ class QoS(kombu_redis.QoS):
             pipe.execute()
         for tag in delivery_tags:
             kombu_virtual.QoS.ack(self, tag)
+        _FORGET_SETTLED(self)
 
 
 # Pops up to ARGV[1] messages from the lists KEYS, in order (kombu's priority lists of

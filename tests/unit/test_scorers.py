@@ -263,6 +263,11 @@ def test_an_onnx_session_is_built_only_when_calibration_picks_onnx(
     assert {"sklearn"} <= set(loaded.scorers) <= {*winners, "sklearn"}
     if sessions:
         assert used == {"numpy", "onnx"}
+        # the calls that wanted the session were counted until it was built, no further
+        counted = loaded.waiting
+        loaded.scorer_for(1)
+        assert counted > BUILD_AFTER_CALLS
+        assert loaded.waiting == counted
 
 
 def test_measuring_the_backends_keeps_the_winners_only(

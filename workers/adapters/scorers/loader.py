@@ -99,9 +99,12 @@ class Calibration:
         return cls(sizes=sizes, seconds=seconds)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class LoadedModel:
-    """A model version with its scorers ready in this process."""
+    """A model version with its scorers ready in this process.
+
+    Mutable, and compared by identity: its lazy backends get built and it counts the
+    calls that wanted one of them (:attr:`waiting`) for as long as the process keeps it."""
 
     version: ModelVersion
     scorers: dict[str, Scorer]
@@ -110,8 +113,8 @@ class LoadedModel:
     fallback: Scorer | None = None
     """A backend that costs nothing to hold (the memory-mapped NumPy forest), used
     while the measured best one is not built yet and has not been asked for often."""
-    waiting: list[int] = field(default_factory=lambda: [0])
-    """Calls that wanted a backend not built yet (a one-element counter)."""
+    waiting: int = 0
+    """Calls that wanted a backend not built yet."""
 
     @property
     def sklearn(self) -> Scorer:
@@ -147,9 +150,9 @@ class LoadedModel:
             return chosen
         # Building it (an ONNX Runtime session: milliseconds) pays off only for a
         # version this process keeps using; until then the free backend serves.
-        self.waiting[0] += 1
+        self.waiting += 1
         usable = n_rows <= getattr(self.fallback, "max_rows", n_rows)
-        return self.fallback if usable and self.waiting[0] <= BUILD_AFTER_CALLS else chosen
+        return self.fallback if usable and self.waiting <= BUILD_AFTER_CALLS else chosen
 
     def row_cost_us(self) -> float | None:
         """Scoring cost per row in microseconds, if measured."""

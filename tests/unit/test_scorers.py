@@ -347,6 +347,8 @@ def test_a_calibration_keeps_the_free_backends_times_through_the_host_cache() ->
     old = Calibration.from_dict({"sizes": [1, 64, 2048], "seconds": {"onnx": [1, 2, 3]}})
     assert old is not None
     assert old.saving("onnx", 1) is None
+    assert _ONNX_WINS.saving("sklearn", 1) is None  # not measured: no guess
+    assert _ONNX_WINS.saving("onnx", 1) == pytest.approx(9e-5)
     assert Calibration.from_dict({**_ONNX_WINS.to_dict(), "fallback": [1.0]}) is None
 
 

@@ -82,8 +82,8 @@ class Calibration:
 
     def saving(self, backend: str, n_rows: int) -> float | None:
         """Seconds a call of ``n_rows`` rows on ``backend`` saves over the free backend;
-        None when the free backend was not measured."""
-        if self.fallback is None:
+        None when either was not measured."""
+        if self.fallback is None or backend not in self.seconds:
             return None
         index = min(int(np.searchsorted(self.sizes, n_rows)), len(self.sizes) - 1)
         return self.fallback[index] - self.seconds[backend][index]

@@ -34,8 +34,10 @@ PRELOADED_MODULES = (
 """What every pool process imports to score and read sources. Not here: the exporter
 (skl2onnx), needed only while training, which runs in a short-lived child; and ONNX
 Runtime (~22 MB PSS: 14 MB of library pages, 8 MB of heap), imported only by a process
-that keeps a session, i.e. for a version whose calibration picks ONNX (the measuring
-itself runs in a short-lived child). The benchmark's IsolationForest never picks it."""
+that keeps a session, i.e. for a version whose calibration picks ONNX for batches on
+which it saves at least ``loader.BUILD_MIN_SAVING_S`` over the memory-mapped forest (the
+measuring itself runs in a short-lived child). One-record jobs to the benchmark's
+IsolationForest never build one; its files' chunks do."""
 
 
 ALLOCATOR_OPTIONS = {"MIMALLOC_ARENA_EAGER_COMMIT": "0"}

@@ -9,6 +9,7 @@ import json
 import os
 import uuid
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,32 @@ def test_acknowledging_a_batch_clears_every_unacked_record(
 
     assert unacked(redis_url) == 0
     assert all(m.acknowledged for m in received)
+    channel.close()
+
+
+@pytest.mark.parametrize("settle", ["one_by_one", "batch", "reject"])
+def test_a_settled_delivery_is_not_kept_by_its_channel(
+    connection: Connection, queue: Queue, settle: str
+) -> None:
+    # Given the last deliveries of a channel that then stays quiet (a large training
+    # body decodes to tens of MB in the worker's main process)
+    publish(connection, queue, 3)
+    received, channel = consume(connection, queue, prefetch=3, until=3)
+    assert len(received) == 3
+    alive = [weakref.ref(m) for m in received]
+
+    # When they are settled and the consumer lets go of them
+    if settle == "batch":
+        acknowledge_all([_Request(m) for m in received])
+    else:
+        for message in received:
+            message.ack() if settle == "one_by_one" else message.reject()
+        del message
+    received.clear()
+    collect_quietly()
+
+    # Then nothing holds them any more: the channel forgot them at once
+    assert [ref() for ref in alive] == [None, None, None]
     channel.close()
 
 

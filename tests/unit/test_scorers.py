@@ -16,6 +16,7 @@ from pynomaly_workers.adapters.scorers.forest import ForestScorer
 from pynomaly_workers.adapters.scorers.loader import (
     BUILD_AFTER_CALLS,
     Calibration,
+    LazyScorer,
     LoadedModel,
     ModelLoader,
     calibrate,
@@ -263,6 +264,92 @@ def test_an_onnx_session_is_built_only_when_calibration_picks_onnx(
     assert {"sklearn"} <= set(loaded.scorers) <= {*winners, "sklearn"}
     if sessions:
         assert used == {"numpy", "onnx"}
+        # the calls that wanted the session were counted until it was built, no further
+        counted = loaded.waiting
+        loaded.scorer_for(1)
+        assert counted > BUILD_AFTER_CALLS
+        assert loaded.waiting == counted
+
+
+# As measured for the benchmark's IsolationForest (100 trees, 8 features), seconds a call
+# at 1, 64 and 2,048 rows: ONNX Runtime wins every size, the memory-mapped forest none.
+_ONNX_WINS = Calibration(
+    sizes=(1, 64, 2048),
+    seconds={"onnx": (2e-5, 2.4e-4, 7.2e-3)},
+    fallback=(1.1e-4, 1.06e-3, 4.25e-2),
+)
+
+
+def lazy_onnx_model(
+    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], calibration: Calibration
+) -> tuple[LoadedModel, list[int]]:
+    """A forest version whose ONNX backend is built on demand (counting its builds),
+    the forest serving meanwhile."""
+    train, _ = data
+    estimator = IsolationForest(random_state=0, n_estimators=10).fit(train)
+    forest = ForestScorer(estimator)
+    builds: list[int] = []
+
+    def build() -> tuple[Scorer, int]:
+        builds.append(1)
+        return forest, 0
+
+    scorers: dict[str, Scorer] = {
+        "sklearn": sklearn.SklearnScorer(estimator),
+        "onnx": LazyScorer("onnx", build),
+    }
+    version = forest_version(scorers["sklearn"], train)
+    loaded = LoadedModel(version=version, scorers=scorers, calibration=calibration, fallback=forest)
+    return loaded, builds
+
+
+def test_a_backend_that_saves_little_over_the_free_forest_is_never_built(
+    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+) -> None:
+    # Given a version whose ONNX session would save 0.09 ms on one row, 0.8 ms on 64
+    loaded, builds = lazy_onnx_model(data, _ONNX_WINS)
+
+    # When it scores small batches far more often than the build threshold
+    used = {loaded.scorer_for(n).backend for n in (1, 64) for _ in range(BUILD_AFTER_CALLS * 2)}
+    loaded.scorer_for(1).score(data[0][:1])
+
+    # Then the forest served them all, and no session was built or counted towards one
+    assert used == {"numpy"}
+    assert builds == []
+    assert loaded.waiting == 0
+
+
+def test_a_backend_that_saves_much_is_built_once_a_version_keeps_wanting_it(
+    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+) -> None:
+    # Given the same version, and batches of 2,048 rows (35 ms saved a call)
+    loaded, builds = lazy_onnx_model(data, _ONNX_WINS)
+    rows = data[0][:2048]
+
+    # When it scores them BUILD_AFTER_CALLS times, then once more
+    before = [loaded.scorer_for(len(rows)).backend for _ in range(BUILD_AFTER_CALLS)]
+    after = loaded.scorer_for(len(rows))
+    after.score(rows)
+
+    # Then the forest served while the calls were counted, and the session came after
+    assert before == ["numpy"] * BUILD_AFTER_CALLS
+    assert loaded.waiting == BUILD_AFTER_CALLS + 1
+    assert after.backend == "onnx"
+    assert builds == [1]
+    assert loaded.scorer_for(len(rows)) is after  # built: no more counting
+    assert loaded.waiting == BUILD_AFTER_CALLS + 1
+
+
+def test_a_calibration_keeps_the_free_backends_times_through_the_host_cache() -> None:
+    assert Calibration.from_dict(_ONNX_WINS.to_dict()) == _ONNX_WINS
+    assert _ONNX_WINS.pruned() == _ONNX_WINS
+    # saved before the free backend was timed: building goes by calls alone
+    old = Calibration.from_dict({"sizes": [1, 64, 2048], "seconds": {"onnx": [1, 2, 3]}})
+    assert old is not None
+    assert old.saving("onnx", 1) is None
+    assert _ONNX_WINS.saving("sklearn", 1) is None  # not measured: no guess
+    assert _ONNX_WINS.saving("onnx", 1) == pytest.approx(9e-5)
+    assert Calibration.from_dict({**_ONNX_WINS.to_dict(), "fallback": [1.0]}) is None
 
 
 def test_measuring_the_backends_keeps_the_winners_only(
@@ -278,6 +365,8 @@ def test_measuring_the_backends_keeps_the_winners_only(
         estimator, onnx=export(estimator, n_features=6), version=version, threads=1
     )
 
-    # Then every backend left wins some batch size
+    # Then every backend left wins some batch size, and the free forest's times are kept
     assert calibration.winners() == set(calibration.seconds)
     assert set(calibration.seconds) <= {"sklearn", "numpy", "onnx"}
+    assert calibration.fallback is not None
+    assert len(calibration.fallback) == len(calibration.sizes)

@@ -176,7 +176,12 @@ _SETTLE_ERRORS: tuple[type[BaseException], ...] = (
 class QoS(kombu_redis.QoS):
     """Kombu's Redis QoS, for messages the fetch script already recorded: appending one
     writes nothing more to Redis; acknowledging one also clears the consumer's in-flight
-    record; many are acknowledged in one round trip (:meth:`ack_many`)."""
+    record; many are acknowledged in one round trip (:meth:`ack_many`).
+
+    A settled delivery is forgotten at once (kombu's ``_flush``), not at the channel's
+    next delivery: the last messages of a quiet channel (a ``pynomaly.train_many`` body
+    decodes to tens of MB of Python lists) otherwise stayed in the worker's main process
+    for good."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
         # The fetch script recorded it in the unacked hash and index, atomically with
@@ -186,10 +191,16 @@ class QoS(kombu_redis.QoS):
     def ack(self, delivery_tag: str) -> None:
         with self._settling():
             super().ack(delivery_tag)
+        self._forget_settled()
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         with self._settling():
             super().reject(delivery_tag, requeue=requeue)
+        self._forget_settled()
+
+    def _forget_settled(self) -> None:
+        qos: Any = self
+        qos._flush()
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
         channel: Any = self.channel
@@ -226,6 +237,7 @@ class QoS(kombu_redis.QoS):
             pipe.execute()
         for tag in delivery_tags:
             kombu_virtual.QoS.ack(self, tag)
+        self._forget_settled()
 
     def forget(self, delivery_tag: str) -> None:
         """Clear the records of a delivery the worker dropped (never handed to Celery)."""
@@ -725,6 +737,7 @@ KOMBU_INTERNALS: tuple[tuple[Any, str], ...] = (
     (kombu_redis.QoS, "unacked_key"),
     (kombu_redis.QoS, "unacked_index_key"),
     (kombu_virtual.QoS, "can_consume_max_estimate"),
+    (kombu_virtual.QoS, "_flush"),
     (kombu_redis.MultiChannelPoller, "_register_BRPOP"),
     (kombu_redis.MultiChannelPoller, "on_readable"),
     (kombu_redis.Transport, "register_with_event_loop"),

@@ -224,6 +224,22 @@ def test_versions_without_a_training_task_id_do_not_collide(store: Store) -> Non
     assert [m.version for m in store.list_models(name="m")] == [2, 1]
 
 
+def test_the_active_versions_of_many_names_are_read_together(store: Store) -> None:
+    # Given two versions of "m", one of "n", and nothing named "x"
+    store.register_model(draft(artifact=b"v1"), now=T0)
+    second = store.register_model(draft(artifact=b"v2"), now=T0)
+    other = store.register_model(draft("n", artifact=b"n1"), now=T0)
+
+    # When the active versions of all three names are asked for at once
+    found = store.get_active_models(["m", "n", "x"])
+
+    # Then each existing name maps to its active version, as get_model says, and the
+    # unknown one is left out
+    assert {name: v.id for name, v in found.items()} == {"m": second.id, "n": other.id}
+    assert found["m"] == store.get_model(ModelRef("m"))
+    assert store.get_active_models([]) == {}
+
+
 def test_name_at_version_resolves_an_inactive_version(store: Store) -> None:
     # Given two versions of a model
     first = store.register_model(draft(artifact=b"v1"), now=T0)

@@ -5,7 +5,7 @@ process's cache bounded in bytes."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -21,7 +21,8 @@ from pynomaly_workers.adapters.scorers.loader import (
     ModelLoader,
     calibration_key,
 )
-from pynomaly_workers.domain.models import ModelVersion
+from pynomaly_workers.domain.errors import UnknownModel
+from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import ModelStore
 from pynomaly_workers.domain.scoring import fit_score_stats
 
@@ -231,3 +232,50 @@ def test_a_forest_prepared_at_training_loads_without_reading_its_artifact(
     # Then no artifact was read (the measuring, once per host and shape, is faked here)
     assert store.reads == []
     np.testing.assert_allclose(scores, -estimator.decision_function(train[:1]), atol=1e-12)
+
+
+class Registry:
+    """Model versions by name, counting the reads of each kind."""
+
+    def __init__(self, versions: dict[str, ModelVersion]) -> None:
+        self.versions = versions
+        self.single: list[str] = []
+        self.batched: list[list[str]] = []
+
+    def get_model(self, ref: ModelRef) -> ModelVersion:
+        self.single.append(str(ref))
+        if ref.name not in self.versions:
+            raise UnknownModel(f"no model named {ref.name!r}")
+        return self.versions[ref.name]
+
+    def get_active_models(self, names: Collection[str]) -> dict[str, ModelVersion]:
+        self.batched.append(sorted(names))
+        return {name: self.versions[name] for name in names if name in self.versions}
+
+
+def test_a_batchs_bare_model_names_are_read_in_one_query_then_remembered(
+    train: np.ndarray[Any, Any],
+) -> None:
+    # Given five models and a loader that remembers a bare name for a minute
+    store = Store()
+    versions = {f"m{i}": store.add(fitted(train, seed=i), version_id=i) for i in range(1, 6)}
+    registry = Registry(versions)
+    models = ModelLoader(cast(ModelStore, registry), capacity=10, ref_ttl_seconds=60)
+
+    # When a micro-batch names all five and one that does not exist
+    refs = {ModelRef(name) for name in [*versions, "nope"]}
+    resolved = models.resolve_many(refs)
+
+    # Then the five came from one read, and the unknown one says why, from its own read
+    assert registry.batched == [sorted([*versions, "nope"])]
+    assert registry.single == ["nope"]
+    assert {ref.name: v for ref, v in resolved.items() if isinstance(v, ModelVersion)} == versions
+    assert isinstance(resolved[ModelRef("nope")], UnknownModel)
+
+    # and the next batch within the TTL reads nothing for them; an exact ref is read once
+    again = models.resolve_many({ModelRef("m1"), ModelRef("m2", version=1)})
+    assert again[ModelRef("m1")] == versions["m1"]
+    assert registry.batched == [sorted([*versions, "nope"])]
+    assert registry.single == ["nope", "m2@1"]
+    assert models.resolve(ModelRef("m3")) == versions["m3"]  # remembered by resolve too
+    assert registry.single == ["nope", "m2@1"]

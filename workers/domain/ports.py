@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from pynomaly_workers.contract import JobStatus
 from pynomaly_workers.domain.drift import DriftCounts
+from pynomaly_workers.domain.errors import InvalidInput
 from pynomaly_workers.domain.explain import Attribution
 from pynomaly_workers.domain.joblog import JobLine
 from pynomaly_workers.domain.jobs import ChunkTally, JobSummary
@@ -170,6 +171,10 @@ class ModelStore(Protocol):
 
     def get_model(self, ref: ModelRef) -> ModelVersion:
         """The referenced version; raises ``UnknownModel``."""
+
+    def get_active_models(self, names: Collection[str]) -> dict[str, ModelVersion]:
+        """The active version of each of ``names`` that has one, in one read (a name
+        without one is left out: ``get_model`` says why)."""
 
     def list_models(
         self,
@@ -432,6 +437,12 @@ class ModelLoader(Protocol):
 
     def resolve(self, ref: ModelRef) -> ModelVersion:
         """The version ``ref`` names; raises ``UnknownModel``."""
+
+    def resolve_many(
+        self, refs: Collection[ModelRef]
+    ) -> dict[ModelRef, ModelVersion | InvalidInput]:
+        """:meth:`resolve` of each ref, the bare names due for a fresh read read together;
+        a ref that cannot be resolved maps to its ``UnknownModel``."""
 
     def load(self, version: ModelVersion) -> LoadedModel:
         """The loaded model for ``version``."""

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any
@@ -35,6 +35,7 @@ from pynomaly_workers.adapters.scorers.explain import Explainer, explainer_for
 from pynomaly_workers.adapters.scorers.forest import ForestScorer
 from pynomaly_workers.adapters.scorers.host_cache import HostModelCache
 from pynomaly_workers.adapters.scorers.onnx import OnnxScorer
+from pynomaly_workers.domain.errors import InvalidInput
 from pynomaly_workers.domain.explain import Attribution
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
 from pynomaly_workers.domain.ports import Isolation, ModelStore, Scorer, Telemetry
@@ -299,6 +300,39 @@ class ModelLoader:
                 self._refs.clear()
             self._refs[ref] = (now, version)
         return version
+
+    def resolve_many(
+        self, refs: Collection[ModelRef]
+    ) -> dict[ModelRef, ModelVersion | InvalidInput]:
+        """:meth:`resolve` for a micro-batch's refs: what is remembered and fresh is
+        answered from memory, the bare names due for a read are read in one query (a
+        batch of one-record jobs over many models cost a query per model), the rest one
+        by one."""
+        now = time.monotonic()
+        out: dict[ModelRef, ModelVersion | InvalidInput] = {}
+        stale: list[ModelRef] = []
+        with self._lock:
+            for ref in refs:
+                cached = self._refs.get(ref)
+                if cached is not None and (ref.is_exact or now - cached[0] < self.ref_ttl_seconds):
+                    out[ref] = cached[1]
+                else:
+                    stale.append(ref)
+        bare = [ref for ref in stale if ref.version is None and ref.alias is None]
+        found = self.store.get_active_models([ref.name for ref in bare]) if len(bare) > 1 else {}
+        fresh: dict[ModelRef, ModelVersion] = {}
+        for ref in stale:
+            version = found.get(ref.name) if ref in bare else None
+            try:
+                fresh[ref] = version if version is not None else self.store.get_model(ref)
+            except InvalidInput as exc:  # UnknownModel: the store's message says why
+                out[ref] = exc
+        with self._lock:
+            if len(self._refs) > 10_000:
+                self._refs.clear()
+            for ref, version in fresh.items():
+                self._refs[ref] = (now, version)
+        return {**out, **fresh}
 
     def load(self, version: ModelVersion) -> LoadedModel:
         """The loaded model for ``version`` (an immutable version never needs reloading)."""

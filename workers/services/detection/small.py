@@ -98,13 +98,7 @@ def _reject(job: SmallJob, model: str, error: InvalidInput) -> Rejected:
 def _resolve_models(
     adapters: Adapters, refs: set[ModelRef]
 ) -> dict[ModelRef, ModelVersion | InvalidInput]:
-    resolved: dict[ModelRef, ModelVersion | InvalidInput] = {}
-    for ref in refs:
-        try:
-            resolved[ref] = adapters.models.resolve(ref)
-        except InvalidInput as exc:
-            resolved[ref] = exc
-    return resolved
+    return adapters.models.resolve_many(refs)
 
 
 def _group_by_model(

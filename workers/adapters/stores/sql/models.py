@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -123,6 +124,14 @@ class SqlModelStore(SqlBase):
             if row is None:
                 raise UnknownModel(unknown_model_message(session, ref))
             return model_version(row)
+
+    def get_active_models(self, names: Collection[str]) -> dict[str, ModelVersion]:
+        if not names:
+            return {}
+        query = select(ModelRow).where(ModelRow.name.in_(sorted(set(names))))
+        query = query.where(ModelRow.active.is_(True))
+        with Session(self.engine) as session:
+            return {row.name: model_version(row) for row in session.scalars(query)}
 
     def list_models(
         self,

@@ -65,41 +65,24 @@ def write_csv(path: Path, matrix: np.ndarray[Any, np.dtype[np.float64]]) -> Path
     return path
 
 
-class WorkerProcess:
-    """A ``pynomaly-workers worker`` child process, logging to a file."""
+class ChildProcess:
+    """A child process in a session of its own, logging to a file; stopped warm (SIGTERM
+    to its process group), then SIGKILL if it does not exit in time."""
 
     def __init__(
         self,
+        command: Sequence[str],
         *,
         log_path: Path,
-        concurrency: int = 2,
-        queues: str | None = None,
         env: dict[str, str] | None = None,
-        hostname: str | None = None,
-        prefix: Sequence[str] = (),
+        cwd: Path | None = None,
     ) -> None:
-        """``prefix`` runs the worker under another command (``ip netns exec NS`` puts
-        it on another network host); ``hostname`` names its Celery node."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [
-            *prefix,
-            sys.executable,
-            "-m",
-            "pynomaly_workers.cli",
-            "worker",
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-        ]
-        if queues:
-            command += ["--queues", queues]
-        if hostname:
-            command += ["--hostname", hostname]
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            command,
+            list(command),
+            cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -120,6 +103,39 @@ class WorkerProcess:
     def alive(self) -> bool:
         """True while the process runs."""
         return self.process.poll() is None
+
+
+class WorkerProcess(ChildProcess):
+    """A ``pynomaly-workers worker`` child process, logging to a file."""
+
+    def __init__(
+        self,
+        *,
+        log_path: Path,
+        concurrency: int = 2,
+        queues: str | None = None,
+        env: dict[str, str] | None = None,
+        hostname: str | None = None,
+        prefix: Sequence[str] = (),
+    ) -> None:
+        """``prefix`` runs the worker under another command (``ip netns exec NS`` puts
+        it on another network host); ``hostname`` names its Celery node."""
+        command = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "pynomaly_workers.cli",
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+        ]
+        if queues:
+            command += ["--queues", queues]
+        if hostname:
+            command += ["--hostname", hostname]
+        super().__init__(command, log_path=log_path, env=env)
 
 
 def wait_for(check: Callable[[], bool], *, timeout: float, interval: float = 0.2) -> bool:

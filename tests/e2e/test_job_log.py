@@ -16,9 +16,9 @@ from celery import Celery
 
 from pynomaly_workers.client import submit_detection, submit_training
 from pynomaly_workers.demo import WorkerProcess, wait_for
-from pynomaly_workers.domain.ports import JobRecord
 from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.health import check_health
+from tests.e2e.test_worker import wait_job
 from tests.factories import rows_with_outliers, training_rows, write_csv
 
 pytestmark = pytest.mark.e2e
@@ -59,16 +59,6 @@ def lines_after_quiet(worker: WorkerProcess, job_id: str, *, count: int) -> list
     return job_lines(worker, job_id)
 
 
-def wait_job(adapters: Adapters, job_id: str, timeout: float = 90) -> JobRecord:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = adapters.store.get_job(job_id)
-        if job is not None and job.status in ("succeeded", "failed"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
-
-
 @pytest.fixture(scope="module")
 def trained(json_worker: WorkerProcess, e2e_app: Celery) -> dict[str, Any]:
     submission = submit_training(
@@ -96,7 +86,7 @@ def test_a_detection_job_leaves_exactly_one_line_with_its_counts_and_a_redeliver
     submission = submit_detection(
         model="joblog", records=rows_with_outliers(), job_id="joblog-1", app=e2e_app
     )
-    job = wait_job(e2e_adapters, "joblog-1")
+    job = wait_job(e2e_adapters, "joblog-1", timeout=90)
     assert job.status == "succeeded", job.error
 
     # Then exactly one JSON line names it, with the counts its record holds
@@ -131,7 +121,7 @@ def test_a_fanned_out_job_leaves_one_line_when_it_finishes(
     rows = rows_with_outliers(n=3500, outliers=(10, 1500, 3400), seed=4)
     path = write_csv(tmp_path / "fan.csv", rows)
     submit_detection(model="joblog", source=str(path), job_id="joblog-fan", app=e2e_app)
-    job = wait_job(e2e_adapters, "joblog-fan")
+    job = wait_job(e2e_adapters, "joblog-fan", timeout=90)
     assert job.status == "succeeded", job.error
 
     # Then one line for the whole job, none for its chunks

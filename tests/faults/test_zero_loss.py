@@ -41,7 +41,7 @@ from pynomaly_workers.adapters.redis_transport import (
     INFLIGHT_PREFIX,
 )
 from pynomaly_workers.client import submit_detection
-from pynomaly_workers.demo import WorkerProcess, wait_for
+from pynomaly_workers.demo import ChildProcess, WorkerProcess, wait_for
 from tests.factories import rows_with_outliers, train
 from tests.faults import stock_app
 from tests.faults.conftest import (
@@ -305,7 +305,7 @@ def run_ours(
 
 
 # -- stock kombu ----------------------------------------------------------------------------
-class StockWorker:
+class StockWorker(ChildProcess):
     """``celery -A tests.faults.stock_app worker``: prefork, two pool processes."""
 
     def __init__(self, *, log_path: Path, env: dict[str, str], name: str) -> None:
@@ -313,27 +313,7 @@ class StockWorker:
             sys.executable, "-m", "celery", "-A", "tests.faults.stock_app", "worker",
             "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"{name}@%h",
         ]  # fmt: skip
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            start_new_session=True,
-        )
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Warm shutdown (SIGTERM), then SIGKILL if it does not exit in time."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
+        super().__init__(command, log_path=log_path, env=env, cwd=ROOT)
 
     def ready(self) -> bool:
         """True once Celery logged that the worker is ready."""

@@ -42,6 +42,7 @@ virtual ``QoS._delivered``; the Transport's ``cycle`` and ``register_with_event_
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -489,8 +490,6 @@ class Channel(kombu_redis.Channel):
     def _forget_raw(self, item: bytes) -> None:
         """The fetch recorded an item that JSON could decode but kombu could not (a bad
         ``__type__`` value): clear its record, so no restore brings it back."""
-        import json
-
         try:
             tag = json.loads(item)["properties"]["delivery_tag"]
         except (ValueError, TypeError, KeyError, IndexError):

@@ -25,6 +25,18 @@ TRAIN_MANY_TASK: Final = "pynomaly.train_many"
 PING_TASK: Final = "pynomaly.health.ping"
 """The canary whose round trip proves a worker consumes."""
 MAINTENANCE_PREFIX: Final = "pynomaly.maintenance."
+INCIDENTS_PREFIX: Final = "pynomaly.incidents."
+NOTIFICATIONS_PREFIX: Final = "pynomaly.notifications."
+FOLD_INCIDENTS_TASK: Final = "pynomaly.incidents.fold"
+"""Fold the anomalies of settled jobs into incidents (internal: workers and beat send it)."""
+RESOLVE_IDLE_TASK: Final = "pynomaly.incidents.resolve_idle"
+"""Resolve incidents without a new anomaly for ``PYNOMALY_INCIDENT_RESOLVE_AFTER_SECONDS``."""
+DELIVER_TASK: Final = "pynomaly.notifications.deliver"
+"""POST one notification to its subscription's webhook (retried with backoff)."""
+SWEEP_NOTIFICATIONS_TASK: Final = "pynomaly.notifications.sweep"
+"""Send again the notifications whose delivery is overdue (beat)."""
+ALERTMANAGER_TASK: Final = "pynomaly.notifications.alertmanager"
+"""Post the open incidents to Alertmanager and end the resolved ones (beat)."""
 
 
 def maintenance_task(name: str) -> str:
@@ -36,7 +48,8 @@ def maintenance_task(name: str) -> str:
 DETECTION_QUEUE: Final = "detection"
 TRAINING_QUEUE: Final = "training"
 MAINTENANCE_QUEUE: Final = "maintenance"
-QUEUES: Final = (DETECTION_QUEUE, TRAINING_QUEUE, MAINTENANCE_QUEUE)
+NOTIFICATIONS_QUEUE: Final = "notifications"
+QUEUES: Final = (DETECTION_QUEUE, TRAINING_QUEUE, MAINTENANCE_QUEUE, NOTIFICATIONS_QUEUE)
 """The public queues: producers publish to these."""
 BULK_QUEUE: Final = "detection.bulk"
 """Internal: fan-out chunks, and the detection jobs a worker forwarded because they read
@@ -52,14 +65,20 @@ ROUTES: Final[dict[str, dict[str, str]]] = {
     TRAIN_TASK: {"queue": TRAINING_QUEUE, "routing_key": TRAINING_QUEUE},
     TRAIN_MANY_TASK: {"queue": TRAINING_QUEUE, "routing_key": TRAINING_QUEUE},
     f"{MAINTENANCE_PREFIX}*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
+    f"{INCIDENTS_PREFIX}*": {"queue": NOTIFICATIONS_QUEUE, "routing_key": NOTIFICATIONS_QUEUE},
+    f"{NOTIFICATIONS_PREFIX}*": {
+        "queue": NOTIFICATIONS_QUEUE,
+        "routing_key": NOTIFICATIONS_QUEUE,
+    },
 }
 
 
 def queue_of(task_name: str) -> str:
     """The queue a task is routed to (the detection queue for anything unrouted)."""
     route = ROUTES.get(task_name)
-    if route is None and task_name.startswith(MAINTENANCE_PREFIX):
-        route = ROUTES[f"{MAINTENANCE_PREFIX}*"]
+    for prefix in (MAINTENANCE_PREFIX, INCIDENTS_PREFIX, NOTIFICATIONS_PREFIX):
+        if route is None and task_name.startswith(prefix):
+            route = ROUTES[f"{prefix}*"]
     return route["queue"] if route else DETECTION_QUEUE
 
 

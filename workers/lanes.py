@@ -32,15 +32,16 @@ from pynomaly_workers.contract import (
     BULK_QUEUE,
     DETECTION_QUEUE,
     MAINTENANCE_QUEUE,
+    NOTIFICATIONS_QUEUE,
     TRAINING_QUEUE,
 )
 from pynomaly_workers.domain.lanes import pool_layout
 
 log = logging.getLogger(__name__)
 
-LONG_QUEUES = (BULK_QUEUE, TRAINING_QUEUE, MAINTENANCE_QUEUE)
-"""Queues whose tasks hold a pool process for long; the bulk lane takes them when the
-worker also runs the small lane."""
+LONG_QUEUES = (BULK_QUEUE, TRAINING_QUEUE, MAINTENANCE_QUEUE, NOTIFICATIONS_QUEUE)
+"""Queues whose tasks hold a pool process for long (a webhook may take its whole timeout
+to answer); the bulk lane takes them when the worker also runs the small lane."""
 _MARK = "pynomaly_bulk_lane"
 
 

@@ -279,6 +279,51 @@ class Settings(BaseSettings):
         default=3, ge=1, description="Attempts before the sweeper fails a stale job."
     )
 
+    # After detection: incidents, webhook notifications, Alertmanager.
+    incident_gap_seconds: float = Field(
+        default=3_600.0,
+        gt=0,
+        description="Anomalies of one model version and entity whose record timestamps lie "
+        "within this of each other form one incident.",
+    )
+    incident_resolve_after_seconds: float = Field(
+        default=3_600.0,
+        gt=0,
+        description="An incident without a new anomaly for this long resolves itself.",
+    )
+    incident_fold_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="A worker asks for incident upkeep at most this often (and beat every "
+        "ten times this), after settling jobs that found anomalies.",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="How long one webhook POST may take."
+    )
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, le=50, description="Attempts before a notification is failed."
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="First retry delay of a webhook; each retry doubles it (with full "
+        "jitter), up to PYNOMALY_WEBHOOK_RETRY_MAX_SECONDS.",
+    )
+    webhook_retry_max_seconds: float = Field(
+        default=3_600.0, gt=0, description="The longest wait between two webhook attempts."
+    )
+    alertmanager_url: str = Field(
+        default="",
+        description="Alertmanager's base URL (e.g. http://alertmanager:9093); empty: open "
+        "incidents are not posted as alerts.",
+    )
+    alertmanager_resend_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often open incidents are posted again to Alertmanager; each alert "
+        "ends four of these later unless posted again.",
+    )
+
     # Beat: the maintenance schedule and the single-beat lock (schedules/).
     maintenance_intervals: dict[str, float] = Field(
         default_factory=dict,

@@ -63,6 +63,7 @@ NOT_CONTRACT = {
     ("workers/demo.py", "training"),  # the demo's training file and result
     ("benchmarks/runner.py", "training"),  # the benchmark's training section
     ("benchmarks/small_jobs.py", "failed"),  # a count of failed jobs in the report
+    ("workers/adapters/stores/tables.py", "notifications"),  # the table, not the queue
 }
 
 

@@ -384,7 +384,7 @@ def test_compose_has_every_role_and_one_beat() -> None:
     assert found["worker-training-maintenance"]["command"] == [
         "worker",
         "--queues",
-        "training,maintenance",
+        "training,maintenance,notifications",
     ]
 
 
@@ -752,7 +752,7 @@ def test_k8s_workers_outlive_their_longest_task() -> None:
     [
         # a process per CPU of the limit for bulk work, and one for the small lane
         ("pynomaly-worker-detection", ["--queues", "detection", "--concurrency", "3"]),
-        ("pynomaly-worker-training-maintenance", ["--queues", "training,maintenance"]),
+        ("pynomaly-worker-training-maintenance", ["--queues", "training,maintenance,notifications"]),
     ],
 )
 def test_k8s_worker_probes_use_the_liveness_and_readiness_modes(name: str, args: list[str]) -> None:

@@ -13,9 +13,9 @@ import click
 
 from pynomaly_workers.cli.context import load_settings
 from pynomaly_workers.cli.output import fail
-from pynomaly_workers.contract import MAINTENANCE_QUEUE, QUEUES, TRAINING_QUEUE
+from pynomaly_workers.contract import MAINTENANCE_QUEUE, NOTIFICATIONS_QUEUE, QUEUES, TRAINING_QUEUE
 
-LONG_TASK_QUEUES = frozenset({TRAINING_QUEUE, MAINTENANCE_QUEUE})
+LONG_TASK_QUEUES = frozenset({TRAINING_QUEUE, MAINTENANCE_QUEUE, NOTIFICATIONS_QUEUE})
 
 
 @click.command()

@@ -274,6 +274,9 @@ class AnomalyRow(Base):
     severity: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16), default="active")
     explanation: Mapped[dict[str, Any] | None]
+    # The entity the record belongs to (a device, a customer), when the job names one:
+    # incidents are kept per model version and entity.
+    entity: Mapped[str | None] = mapped_column(String(256))
     # When the worker stored the row (the database's clock); retention goes by this,
     # never by the caller-supplied ``timestamp``.
     detected_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -307,6 +310,166 @@ class AnomalyRow(Base):
             postgresql_where=text("status = 'active'"),
             sqlite_where=text("status = 'active'"),
         ),
+    )
+
+
+class IncidentInboxRow(Base):
+    """A finished detection job whose anomalies are not yet folded into incidents. It is
+    written in the transaction that settles the job, and deleted in the one that folds
+    it: each job's anomalies count once, however often the job is delivered or resent."""
+
+    __tablename__ = "incident_inbox"
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    queued_at: Mapped[datetime]
+
+
+class IncidentRow(Base):
+    """Anomalies of one model version (and entity) whose record timestamps lie within
+    the incident gap of each other. Its anomalies are those of the same model version
+    and entity with a timestamp in [first_ts, last_ts]; incidents of one model version
+    and entity never overlap."""
+
+    __tablename__ = "incidents"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[int] = mapped_column(Integer)
+    entity: Mapped[str | None] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16))
+    first_ts: Mapped[datetime]
+    last_ts: Mapped[datetime]
+    anomaly_count: Mapped[int] = mapped_column(BigInteger)
+    max_severity: Mapped[float] = mapped_column(Float)
+    # Summed contribution per feature over the incident's explained anomalies.
+    feature_weights: Mapped[dict[str, Any]]
+    opened_at: Mapped[datetime]
+    # When an anomaly last joined it (wall clock): it resolves itself after
+    # PYNOMALY_INCIDENT_RESOLVE_AFTER_SECONDS without one.
+    last_seen_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    resolved_at: Mapped[datetime | None]
+    resolved_by: Mapped[str | None] = mapped_column(String(128))
+    # Alertmanager: when the alert was last posted, and when its end was.
+    alert_sent_at: Mapped[datetime | None]
+    alert_ended_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("status IN ('open', 'acknowledged', 'resolved')", name="status_valid"),
+        Index("idx_incidents_key", "model_id", "entity", text("last_ts DESC")),
+        Index("idx_incidents_status", "status", text("last_seen_at DESC")),
+        Index("idx_incidents_opened", text("opened_at DESC")),
+        Index("idx_incidents_model_name", "model_name", text("opened_at DESC")),
+    )
+
+
+class IncidentEventRow(Base):
+    """What happened to an incident, who did it, when and why; never updated."""
+
+    __tablename__ = "incident_events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    comment: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]]
+    at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('opened', 'grew', 'escalated', 'acknowledged', 'resolved', 'labelled')",
+            name="kind_valid",
+        ),
+        Index("idx_incident_events_incident", "incident_id", "id"),
+    )
+
+
+class AnomalyLabelRow(Base):
+    """A label someone gave an anomaly; the newest one counts, none is overwritten."""
+
+    __tablename__ = "anomaly_labels"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    anomaly_id: Mapped[int] = mapped_column(BigInteger)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    label: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    comment: Mapped[str | None] = mapped_column(Text)
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"))
+    at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint("label IN ('anomaly', 'not_anomaly', 'expected')", name="label_valid"),
+        Index("idx_anomaly_labels_anomaly", "anomaly_id", text("id DESC")),
+        Index("idx_anomaly_labels_model", "model_id", text("at DESC")),
+    )
+
+
+class SubscriptionRow(Base):
+    """Where incident notifications go: a webhook URL, optionally for one model name,
+    from a minimum severity; signed with its own Standard Webhooks secret."""
+
+    __tablename__ = "subscriptions"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    url: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(128))
+    min_severity: Mapped[float] = mapped_column(Float)
+    secret: Mapped[str] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("min_severity >= 0 AND min_severity <= 1", name="min_severity_range"),
+    )
+
+
+class NotificationRow(Base):
+    """One incident event for one subscription: the CloudEvent body fixed when it was
+    created, so every attempt sends the same bytes under the same ``webhook_id``."""
+
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[str] = mapped_column(String(64), unique=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id"))
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id"))
+    event: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "incident_id", "event", name="uq_notifications_event"),
+        CheckConstraint("event IN ('opened', 'escalated', 'resolved')", name="event_valid"),
+        CheckConstraint(
+            "status IN ('pending', 'delivered', 'failed', 'cancelled')", name="status_valid"
+        ),
+        Index("idx_notifications_status", "status", "next_attempt_at"),
+        Index("idx_notifications_incident", "incident_id"),
+    )
+
+
+class DeliveryAttemptRow(Base):
+    """One HTTP attempt to deliver a notification, whatever came of it."""
+
+    __tablename__ = "delivery_attempts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime]
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        Index("idx_delivery_attempts_notification", "notification_id", "attempt"),
+        Index("idx_delivery_attempts_at", text("at DESC")),
     )
 
 

@@ -752,7 +752,10 @@ def test_k8s_workers_outlive_their_longest_task() -> None:
     [
         # a process per CPU of the limit for bulk work, and one for the small lane
         ("pynomaly-worker-detection", ["--queues", "detection", "--concurrency", "3"]),
-        ("pynomaly-worker-training-maintenance", ["--queues", "training,maintenance,notifications"]),
+        (
+            "pynomaly-worker-training-maintenance",
+            ["--queues", "training,maintenance,notifications"],
+        ),
     ],
 )
 def test_k8s_worker_probes_use_the_liveness_and_readiness_modes(name: str, args: list[str]) -> None:

@@ -18,7 +18,14 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from pynomaly_workers.contract import MAINTENANCE_QUEUE, PING_TASK, maintenance_task
+from pynomaly_workers.contract import (
+    FOLD_INCIDENTS_TASK,
+    MAINTENANCE_QUEUE,
+    NOTIFICATIONS_QUEUE,
+    PING_TASK,
+    RESOLVE_IDLE_TASK,
+    maintenance_task,
+)
 from pynomaly_workers.settings import Settings
 
 MINUTE, HOUR, DAY = 60.0, 3_600.0, 86_400.0
@@ -80,6 +87,20 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             # A tick nobody ran before the next one is due is dropped, not stacked.
             "options": {"queue": MAINTENANCE_QUEUE, "expires": max(1.0, every * 0.9)},
         }
+    # Incident upkeep: the backstop fold (workers ask for one as they settle jobs with
+    # anomalies, so this only matters if such a request was lost) and the resolver.
+    fold_every = 10 * settings.incident_fold_seconds
+    resolve_every = min(60.0, settings.incident_resolve_after_seconds / 4)
+    schedule["incidents-fold"] = {
+        "task": FOLD_INCIDENTS_TASK,
+        "schedule": fold_every,
+        "options": {"queue": NOTIFICATIONS_QUEUE, "expires": max(1.0, fold_every * 0.9)},
+    }
+    schedule["incidents-resolve-idle"] = {
+        "task": RESOLVE_IDLE_TASK,
+        "schedule": resolve_every,
+        "options": {"queue": NOTIFICATIONS_QUEUE, "expires": max(1.0, resolve_every * 0.9)},
+    }
     # Beat's heartbeat: a maintenance worker records its arrival as
     # pynomaly_beat_last_tick_timestamp_seconds, so "beat stopped" can be alerted on.
     schedule["beat-tick"] = {

@@ -58,6 +58,7 @@ from pynomaly_workers.services.detection import (
 from pynomaly_workers.services.detection.lines import log_failure
 from pynomaly_workers.settings import Settings
 from pynomaly_workers.tasks.base import is_transient, retry_options
+from pynomaly_workers.tasks.incidents import request_fold
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +371,8 @@ def register(app: Celery, settings: Settings) -> None:
             done = run_niced(lambda: run_chunk(get_adapters(), kwargs), nice=settings.bulk_nice)
         if done.final is not None and done.task_id is not None:
             publish_outcome(self.app, done.task_id, done.final, request=None)
+        if isinstance(done.final, Succeeded) and done.final.summary.n_anomalies:
+            request_fold(self.app, settings)
         return {"job_id": done.job.job_id, "status": done.job.status}
 
 
@@ -416,6 +419,8 @@ def run_batch(
         reports.append(_outcome_report(request, outcome))
     # One script call for the batch's results, not two round trips per job.
     store_results(celery_app.backend, stored)
+    if any(isinstance(o, Succeeded) and not o.replayed and o.summary.n_anomalies for o in outcomes):
+        request_fold(celery_app, settings)
     return reports  # a batch that read a file releases memory after it (celery_app.was_large)
 
 

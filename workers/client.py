@@ -88,6 +88,8 @@ def detection_kwargs(
     dataset: str | None = None,
     source: str | None = None,
     job_id: str | None = None,
+    entities: Sequence[str | int] | None = None,
+    entity_field: str | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``pynomaly.detect`` (``contract.DETECT_KWARGS_SCHEMA``)."""
     kwargs: dict[str, Any] = {"job_id": job_id or new_job_id(), "model": model}
@@ -97,6 +99,8 @@ def detection_kwargs(
         "timestamps": list(timestamps) if timestamps is not None else None,
         "dataset": dataset,
         "source": source,
+        "entities": list(entities) if entities is not None else None,
+        "entity_field": entity_field,
     }
     kwargs.update({key: value for key, value in optional.items() if value is not None})
     return kwargs
@@ -112,6 +116,8 @@ def submit_detection(
     source: str | None = None,
     job_id: str | None = None,
     app: Celery | None = None,
+    entities: Sequence[str | int] | None = None,
+    entity_field: str | None = None,
 ) -> Submission:
     """Publish ``pynomaly.detect``. Re-sending the same ``job_id`` is safe: the workers
     run each job id to one outcome and write its anomalies once."""
@@ -123,6 +129,8 @@ def submit_detection(
         dataset=dataset,
         source=source,
         job_id=job_id,
+        entities=entities,
+        entity_field=entity_field,
     )
     result = publish(app or client_app(), DETECT_TASK, kwargs=kwargs)
     return Submission(job_id=kwargs["job_id"], task_id=str(result.id))

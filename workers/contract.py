@@ -161,6 +161,18 @@ DETECT_KWARGS_SCHEMA: Final[dict[str, Any]] = {
             "description": "One per record: ISO-8601 text or Unix seconds (with records only).",
             "items": {"type": ["string", "number"]},
         },
+        "entities": {
+            "type": "array",
+            "description": "One entity per record (a device, a customer; with records only): "
+            "incidents group anomalies per model version and entity.",
+            "items": {"type": ["string", "integer"], "maxLength": 256},
+        },
+        "entity_field": {
+            "type": "string",
+            "minLength": 1,
+            "description": "With dataset or source: the column that names each record's "
+            "entity (read as text, not a feature).",
+        },
     },
 }
 

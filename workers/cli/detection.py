@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 @input_options
 @click.option("--job-id", default=None, help="Idempotency key (default: generated).")
 @click.option(
+    "--entity-field",
+    default=None,
+    help="With --dataset/--source: the column naming each record's entity (incidents are "
+    "kept per model version and entity).",
+)
+@click.option(
     "--wait/--no-wait",
     default=False,
     show_default=True,
@@ -39,6 +45,7 @@ def detect(
     dataset: str | None,
     source: str | None,
     job_id: str | None,
+    entity_field: str | None,
     wait: bool,
     timeout: float,
     as_json: bool,
@@ -46,6 +53,11 @@ def detect(
     """Submit a detection job (pynomaly.detect)."""
     from pynomaly_workers.client import client_app, new_job_id, submit_detection
 
+    if entity_field and records_file:
+        fail(
+            "--entity-field goes with --dataset or --source; a records file names each "
+            "record's entity in its 'entities' list"
+        )
     adapters = load_adapters()
     job_id = job_id or new_job_id()
     adapters.store.enqueue_job(job_id, model=model, now=adapters.clock.now())
@@ -53,6 +65,7 @@ def detect(
         model=model,
         job_id=job_id,
         app=client_app(adapters.settings),
+        entity_field=entity_field,
         **input_kwargs(records_file, dataset, source),
     )
     if not wait:

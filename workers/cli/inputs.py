@@ -19,7 +19,9 @@ def _load_records_file(path: Path) -> dict[str, Any]:
     if isinstance(data, list):
         return {"records": data}
     if isinstance(data, dict) and "records" in data:
-        return {k: data[k] for k in ("records", "record_ids", "timestamps") if k in data}
+        return {
+            k: data[k] for k in ("records", "record_ids", "timestamps", "entities") if k in data
+        }
     fail(f"{path} must hold a JSON list of rows or an object with a 'records' key")
 
 
@@ -50,5 +52,5 @@ def input_options(func: F) -> F:
     return click.option(
         "--records-file",
         type=click.Path(path_type=Path, exists=True, dir_okay=False),
-        help="JSON file: a list of rows, or {records, record_ids, timestamps}.",
+        help="JSON file: a list of rows, or {records, record_ids, timestamps, entities}.",
     )(func)

@@ -250,6 +250,13 @@ class _Folder:
         )
 
 
+def check_label(value: str) -> Label:
+    """A label someone typed, or a message listing the labels there are."""
+    if value not in LABELS:
+        raise ValueError(f"unknown label {value!r}: use one of {', '.join(LABELS)}")
+    return value  # type: ignore[return-value]
+
+
 def crossed(before: float | None, after: float, threshold: float) -> bool:
     """Whether a maximum severity that was ``before`` (None: nothing yet) reached
     ``threshold`` with ``after``: a subscription's cue to be told."""

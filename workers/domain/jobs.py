@@ -45,6 +45,8 @@ class InlineRecords:
     matrix: Matrix
     record_ids: tuple[str, ...] | None
     timestamps: tuple[datetime, ...] | None
+    entities: tuple[str, ...] | None = None
+    """The entity (device, customer...) of each record: incidents are kept per entity."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,8 @@ class DatasetInput:
     """A registered dataset, by name."""
 
     name: str
+    entity_field: str | None = None
+    """The column naming each record's entity (not a feature)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,8 @@ class SourceInput:
     """A CSV/Parquet file the workers can read (the claim-check for large inputs)."""
 
     path: str
+    entity_field: str | None = None
+    """The column naming each record's entity (not a feature)."""
 
 
 DataInput = InlineRecords | DatasetInput | SourceInput
@@ -190,15 +196,31 @@ def _parse_input(kwargs: Mapping[str, Any], limits: RecordLimits) -> DataInput:
             "give exactly one of 'records', 'dataset' or 'source'"
             + (f" (got {', '.join(given)})" if given else "")
         )
+    entity_field = kwargs.get("entity_field")
+    if given[0] != "records":
+        for key in ("record_ids", "timestamps", "entities"):
+            if kwargs.get(key) is not None:
+                raise InvalidMessage(
+                    f"{key} goes with records only; a {given[0]} carries its own columns"
+                    + (" (name the entity column with entity_field)" if key == "entities" else "")
+                )
+        if entity_field is not None:
+            entity_field = _string(entity_field, "entity_field")
+    elif entity_field is not None:
+        raise InvalidMessage(
+            "entity_field names a column of a dataset or source; with records, send "
+            "entities (one per record)"
+        )
     if given[0] == "dataset":
-        return DatasetInput(check_model_name(_string(kwargs["dataset"], "dataset")))
+        return DatasetInput(check_model_name(_string(kwargs["dataset"], "dataset")), entity_field)
     if given[0] == "source":
-        return SourceInput(_string(kwargs["source"], "source"))
+        return SourceInput(_string(kwargs["source"], "source"), entity_field)
     matrix = to_matrix(kwargs["records"], limits=limits)
     return InlineRecords(
         matrix=matrix,
         record_ids=_record_ids(kwargs.get("record_ids"), len(matrix)),
         timestamps=_timestamps(kwargs.get("timestamps"), len(matrix)),
+        entities=_entities(kwargs.get("entities"), len(matrix)),
     )
 
 
@@ -219,6 +241,19 @@ def _record_ids(value: object, n: int) -> tuple[str, ...] | None:
     if any(len(v) > 256 for v in ids):
         raise InvalidRecords("record_ids must be at most 256 characters each")
     return ids
+
+
+def _entities(value: object, n: int) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    _check_parallel(value, n, "entities")
+    assert isinstance(value, Sequence)
+    if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
+        raise InvalidRecords("entities must be strings or integers")
+    names = tuple(str(v) for v in value)
+    if any(len(v) > 256 for v in names):
+        raise InvalidRecords("entities must be at most 256 characters each")
+    return names
 
 
 def _timestamps(value: object, n: int) -> tuple[datetime, ...] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -15,6 +15,7 @@ from pynomaly_workers.contract import JobStatus
 from pynomaly_workers.domain.drift import DriftCounts
 from pynomaly_workers.domain.errors import InvalidInput
 from pynomaly_workers.domain.explain import Attribution
+from pynomaly_workers.domain.incidents import IncidentStatus, Label
 from pynomaly_workers.domain.joblog import JobLine
 from pynomaly_workers.domain.jobs import ChunkTally, JobSummary
 from pynomaly_workers.domain.models import AliasMove, ModelRef, ModelVersion
@@ -56,6 +57,7 @@ class AnomalyBatch:
     timestamp: Sequence[datetime]
     record_id: Sequence[str | None]
     explanation: Sequence[dict[str, Any] | None] | None = None
+    entity: Sequence[str | None] | None = None
 
     def __len__(self) -> int:
         return int(self.record_index.size)
@@ -112,6 +114,8 @@ class AnomalyRecord:
     severity: float
     status: str
     explanation: dict[str, Any] | None = None
+    id: int | None = None
+    entity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,10 +330,6 @@ class ShadowStore(Protocol):
         """Per (champion, challenger) version pair of the model: flags and scores compared."""
 
 
-class Store(ModelStore, JobStore, AnomalyStore, DatasetStore, DriftStore, ShadowStore, Protocol):
-    """Every role; one database implements them together."""
-
-
 class Scorer(Protocol):
     """Turns a feature matrix into anomaly scores (higher = more anomalous)."""
 
@@ -365,6 +365,8 @@ class SourceChunk:
     timestamps: Sequence[datetime] | None
     features: Sequence[str] | None = None
     """Feature column names (None for inline records: features are named by index)."""
+    entities: Sequence[str | None] | None = None
+    """Each record's entity, when the job names them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,11 +392,13 @@ class SourcePlan:
     pin: str | None = None
     """The version planned from (an object's version id or ETag, a file's size and
     modification time); every chunk is read from that version or fails."""
+    entity_field: str | None = None
 
     @property
     def n_features(self) -> int:
-        """Columns that are features (not ``record_id`` or ``timestamp``)."""
-        return len([c for c in self.columns if c not in ("record_id", "timestamp")])
+        """Columns that are features (not ``record_id``, ``timestamp`` or the entity)."""
+        meta = ("record_id", "timestamp", self.entity_field)
+        return len([c for c in self.columns if c not in meta])
 
 
 class SourceReader(Protocol):
@@ -403,14 +407,22 @@ class SourceReader(Protocol):
     def describe(self, path: str) -> Dataset:
         """Row count, feature count and format of a file (name left empty)."""
 
-    def read_chunks(self, path: str, *, chunk_rows: int) -> Iterator[SourceChunk]:
+    def read_chunks(
+        self, path: str, *, chunk_rows: int, entity_field: str | None = None
+    ) -> Iterator[SourceChunk]:
         """The file's rows, ``chunk_rows`` at a time, in order."""
 
-    def plan(self, path: str, *, chunk_rows: int) -> SourcePlan:
+    def plan(self, path: str, *, chunk_rows: int, entity_field: str | None = None) -> SourcePlan:
         """Chunks of about ``chunk_rows`` rows that can be read independently."""
 
     def read_chunk(
-        self, path: str, spec: ChunkSpec, *, columns: list[str], pin: str | None = None
+        self,
+        path: str,
+        spec: ChunkSpec,
+        *,
+        columns: list[str],
+        pin: str | None = None,
+        entity_field: str | None = None,
     ) -> SourceChunk:
         """The rows of one planned chunk, from the version ``pin`` names."""
 
@@ -639,3 +651,128 @@ class JobLog(Protocol):
 
     def finished(self, line: JobLine) -> None:
         """A job finished (or a redelivery found it finished): write its line."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRecord:
+    """An incident as operators see it."""
+
+    id: int
+    model_id: int
+    model_name: str
+    model_version: int
+    entity: str | None
+    status: IncidentStatus
+    first_ts: datetime
+    last_ts: datetime
+    anomaly_count: int
+    max_severity: float
+    top_features: list[tuple[str, float]]
+    opened_at: datetime
+    last_seen_at: datetime
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentEventRecord:
+    """One entry of an incident's history: what happened, who did it, when and why."""
+
+    id: int
+    kind: str
+    actor: str
+    comment: str | None
+    detail: dict[str, Any]
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRecord:
+    """A label given to an anomaly (the newest one counts)."""
+
+    anomaly_id: int
+    label: Label
+    actor: str
+    comment: str | None
+    at: datetime
+    incident_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentDetail:
+    incident: IncidentRecord
+    events: list[IncidentEventRecord]
+    top_anomalies: list[AnomalyRecord]
+    labels: dict[str, int]
+    """How many of its anomalies carry each label now."""
+
+
+@dataclass(frozen=True, slots=True)
+class FoldReport:
+    """What one incident upkeep transaction did."""
+
+    jobs: int = 0
+    anomalies: int = 0
+    opened: int = 0
+    grown: int = 0
+    resolved: int = 0
+    notifications: list[int] = field(default_factory=list)
+    """Notifications queued in it, to dispatch now that it committed."""
+    more: bool = False
+    """Jobs are still waiting in the inbox."""
+
+
+class IncidentStore(Protocol):
+    """Incidents, their history, and labels."""
+
+    def fold_inbox(self, *, gap: timedelta, now: datetime, limit: int = 500) -> FoldReport:
+        """Fold the anomalies of up to ``limit`` settled jobs into incidents, each job once."""
+
+    def resolve_idle(self, *, idle: timedelta, now: datetime) -> FoldReport:
+        """Resolve the live incidents no anomaly joined for ``idle``."""
+
+    def acknowledge_incident(
+        self, incident_id: int, *, by: str, comment: str | None, now: datetime
+    ) -> IncidentRecord:
+        """Mark an open incident acknowledged (kept in its history)."""
+
+    def resolve_incident(
+        self, incident_id: int, *, by: str, comment: str | None, now: datetime
+    ) -> tuple[IncidentRecord, list[int]]:
+        """Resolve a live incident; return it and the notifications that queued."""
+
+    def label_anomaly(
+        self, anomaly_id: int, *, label: Label, by: str, comment: str | None, now: datetime
+    ) -> LabelRecord:
+        """Label one anomaly (earlier labels are kept)."""
+
+    def label_incident(
+        self, incident_id: int, *, label: Label, by: str, comment: str | None, now: datetime
+    ) -> int:
+        """Label every anomaly of an incident; return how many."""
+
+    def list_incidents(
+        self, *, status: IncidentStatus | None = None, model: str | None = None, limit: int = 50
+    ) -> list[IncidentRecord]:
+        """Newest first."""
+
+    def get_incident(self, incident_id: int, *, top: int = 10) -> IncidentDetail:
+        """The incident, its history, its most severe anomalies and its label counts."""
+
+    def anomaly_labels(self, anomaly_id: int) -> list[LabelRecord]:
+        """Every label the anomaly was given, newest first."""
+
+
+class Store(
+    ModelStore,
+    JobStore,
+    AnomalyStore,
+    DatasetStore,
+    DriftStore,
+    ShadowStore,
+    IncidentStore,
+    Protocol,
+):
+    """Every role; one database implements them together."""

@@ -41,7 +41,7 @@ def iter_chunks(
     if isinstance(data, SourceInput):
         path = data.path
     assert path is not None
-    yield from sources.read_chunks(path, chunk_rows=chunk_rows)
+    yield from sources.read_chunks(path, chunk_rows=chunk_rows, entity_field=data.entity_field)
 
 
 def _inline_chunks(data: InlineRecords, *, chunk_rows: int) -> Iterator[SourceChunk]:
@@ -51,6 +51,7 @@ def _inline_chunks(data: InlineRecords, *, chunk_rows: int) -> Iterator[SourceCh
             matrix=data.matrix[start:stop],
             record_ids=data.record_ids[start:stop] if data.record_ids else None,
             timestamps=data.timestamps[start:stop] if data.timestamps else None,
+            entities=data.entities[start:stop] if data.entities else None,
         )
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from threading import Lock
@@ -86,25 +87,40 @@ class ArrowSourceReader:
             columns=columns,
         )
 
-    def read_chunks(self, path: str, *, chunk_rows: int) -> Iterator[SourceChunk]:
+    def read_chunks(
+        self, path: str, *, chunk_rows: int, entity_field: str | None = None
+    ) -> Iterator[SourceChunk]:
         offset = 0
         for batch in _batches(self.open(path), chunk_rows=chunk_rows):
             if batch.num_rows == 0:
                 continue
-            yield _chunk(batch, offset=offset, path=path)
+            yield _chunk(batch, offset=offset, path=path, entity_field=entity_field)
             offset += batch.num_rows
 
-    def plan(self, path: str, *, chunk_rows: int) -> SourcePlan:
+    def plan(self, path: str, *, chunk_rows: int, entity_field: str | None = None) -> SourcePlan:
         """Cut the source into chunks of about ``chunk_rows`` rows that workers can read
         independently: byte ranges of a CSV, row-group ranges of a Parquet file. The
         plan is pinned to the version it was made from."""
         blob = self.open(path)
-        if blob.format == "parquet":
-            return _plan_parquet(blob, chunk_rows)
-        return _plan_csv(blob, chunk_rows)
+        plan = (
+            _plan_parquet(blob, chunk_rows)
+            if blob.format == "parquet"
+            else _plan_csv(blob, chunk_rows)
+        )
+        if entity_field is None:
+            return plan
+        if entity_field not in plan.columns:
+            raise InvalidSource(_no_entity_column(path, entity_field, plan.columns))
+        return replace(plan, entity_field=entity_field)
 
     def read_chunk(
-        self, path: str, spec: ChunkSpec, *, columns: list[str], pin: str | None = None
+        self,
+        path: str,
+        spec: ChunkSpec,
+        *,
+        columns: list[str],
+        pin: str | None = None,
+        entity_field: str | None = None,
     ) -> SourceChunk:
         """The rows of one planned chunk, from the version the plan was pinned to."""
         import pyarrow as pa
@@ -125,7 +141,7 @@ class ArrowSourceReader:
         if table.num_rows == 0:
             raise InvalidSource(f"chunk {spec.index} of {path} is empty; was the file changed?")
         # Straight from Arrow's blocks into the matrix: no combined copy of the table.
-        return _chunk(table, offset=spec.offset, path=path)
+        return _chunk(table, offset=spec.offset, path=path, entity_field=entity_field)
 
 
 def _batches(blob: Blob, *, chunk_rows: int) -> Iterator[Any]:
@@ -332,13 +348,23 @@ def _rebatch(batches: Iterator[Any], chunk_rows: int) -> Iterator[Any]:
             rows -= take
 
 
-def _chunk(batch: Any, *, offset: int, path: str) -> SourceChunk:
+def _no_entity_column(path: str, entity_field: str, columns: Sequence[str]) -> str:
+    return (
+        f"source {path!r} has no column {entity_field!r} (entity_field); its columns are "
+        f"{', '.join(columns)}"
+    )
+
+
+def _chunk(batch: Any, *, offset: int, path: str, entity_field: str | None = None) -> SourceChunk:
     """A record batch or a table (of several blocks) as a source chunk."""
     import pyarrow as pa
 
     assert isinstance(batch, pa.RecordBatch | pa.Table)
     names = batch.schema.names
-    features = [i for i, name in enumerate(names) if name not in META_COLUMNS]
+    if entity_field is not None and entity_field not in names:
+        raise InvalidSource(_no_entity_column(path, entity_field, names))
+    meta = (*META_COLUMNS, entity_field)
+    features = [i for i, name in enumerate(names) if name not in meta]
     if not features:
         raise InvalidSource(f"source {path!r} has no feature columns")
     # Filled column by column: one matrix, no per-column copies stacked afterwards.
@@ -362,6 +388,7 @@ def _chunk(batch: Any, *, offset: int, path: str) -> SourceChunk:
         record_ids=_strings(batch, "record_id"),
         timestamps=_times(batch, offset),
         features=[names[i] for i in features],
+        entities=_entities(batch, entity_field) if entity_field is not None else None,
     )
 
 
@@ -372,6 +399,10 @@ def _strings(batch: Any, name: str) -> list[str] | None:
     if name not in batch.schema.names:
         return None
     return [str(v) for v in batch.column(name).to_pylist()]
+
+
+def _entities(batch: Any, name: str) -> list[str | None]:
+    return [None if v is None else str(v)[:256] for v in batch.column(name).to_pylist()]
 
 
 def _times(batch: Any, offset: int) -> list[datetime] | None:

@@ -36,21 +36,22 @@ _COLUMNS = (
     "score",
     "severity",
     "explanation",
+    "entity",
 )
 # explanation is json, as the column is: the server checks the text and stores it,
 # where jsonb would be parsed into its binary form only to be printed back for the column.
-_TYPES = ("text", "int8", "int8", "text", "timestamptz", "float8", "float8", "json")
+_TYPES = ("text", "int8", "int8", "text", "timestamptz", "float8", "float8", "json", "text")
 _CREATE_STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
     job_id text, record_index bigint, model_id bigint, record_id text,
-    "timestamp" timestamptz, score float8, severity float8, explanation json
+    "timestamp" timestamptz, score float8, severity float8, explanation json, entity text
 ) ON COMMIT DELETE ROWS
 """
 _MOVE_STAGE = f"""
 INSERT INTO anomalies (job_id, record_index, model_id, record_id, "timestamp", score,
-                       severity, status, explanation)
+                       severity, status, explanation, entity)
 SELECT job_id, record_index, model_id, record_id, "timestamp", score, severity, 'active',
-       explanation
+       explanation, entity
 FROM {_STAGE}
 ON CONFLICT (job_id, record_index) DO NOTHING
 """
@@ -89,6 +90,7 @@ def _rows(batches: Iterable[AnomalyBatch]) -> Iterator[tuple[Any, ...]]:
             batch.score.tolist(),
             batch.severity.tolist(),
             batch.explanation or [None] * len(batch),
+            batch.entity or [None] * len(batch),
             strict=True,
         )
 
@@ -113,8 +115,8 @@ def _copy(conn: Connection, table: str, batches: Sequence[AnomalyBatch], *, stat
     with raw.cursor() as cursor, cursor.copy(statement) as copy:
         copy.set_types(types)
         for row in _rows(batches):
-            explanation = row[-1]
-            copy.write_row((*row[:-1], Json(explanation) if explanation else None, *tail))
+            explanation, entity = row[-2], row[-1]
+            copy.write_row((*row[:-2], Json(explanation) if explanation else None, entity, *tail))
 
 
 def _executemany(conn: Connection, batches: Sequence[AnomalyBatch]) -> int:

@@ -42,7 +42,9 @@ def plan_fan_out(
     if path is None:
         return None
     rows = chunk_rows_for(adapters.settings, n_features=version.n_features)
-    plan = adapters.sources.plan(path, chunk_rows=rows)
+    data = request.input
+    entity_field = data.entity_field if isinstance(data, DatasetInput | SourceInput) else None
+    plan = adapters.sources.plan(path, chunk_rows=rows, entity_field=entity_field)
     if plan.n_features != version.n_features:
         raise InvalidInput(
             f"source {path} has {plan.n_features} feature columns but model {version.label} "
@@ -86,6 +88,7 @@ def start_fan_out(
             "path": planned.path,
             "columns": plan.columns,
             "pin": plan.pin,
+            "entity_field": plan.entity_field,
             "shadow": challenger.label if challenger is not None else None,
             "chunk": [spec.index, spec.offset, spec.n_rows, spec.start, spec.stop],
             "queue_wait_ms": seconds_to_ms(queue_wait_s),
@@ -121,7 +124,11 @@ def run_chunk(adapters: Adapters, kwargs: Mapping[str, Any]) -> ChunkDone:
     version = adapters.models.resolve(parse_model_ref(kwargs["model"]))  # exact: cached
     try:
         chunk = adapters.sources.read_chunk(
-            str(kwargs["path"]), spec, columns=kwargs["columns"], pin=kwargs.get("pin")
+            str(kwargs["path"]),
+            spec,
+            columns=kwargs["columns"],
+            pin=kwargs.get("pin"),
+            entity_field=kwargs.get("entity_field"),
         )
         check_width(chunk.matrix, n_features=version.n_features, model=version.label)
     except InvalidInput as exc:

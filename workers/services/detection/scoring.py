@@ -148,6 +148,7 @@ def anomaly_batch(
     positions = rows.tolist()
     ids = chunk.record_ids
     times = chunk.timestamps
+    entities = chunk.entities
     return AnomalyBatch(
         job_id=job_id,
         model_id=model_id,
@@ -156,4 +157,5 @@ def anomaly_batch(
         severity=severities[rows],
         timestamp=[times[i] for i in positions] if times is not None else [now] * len(rows),
         record_id=[ids[i] for i in positions] if ids is not None else [None] * len(rows),
+        entity=[entities[i] for i in positions] if entities is not None else None,
     )

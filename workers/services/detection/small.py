@@ -136,7 +136,9 @@ def _score_group(
     results: dict[int, JobResult] = {}
     for job, (a, b) in zip(valid, itertools.pairwise(bounds), strict=True):
         data = job.records
-        chunk = SourceChunk(0, data.matrix, data.record_ids, data.timestamps)
+        chunk = SourceChunk(
+            0, data.matrix, data.record_ids, data.timestamps, entities=data.entities
+        )
         job_id = job.request.job_id
         job_hits = int(hits[a:b].sum())
         result = chunk_result(

@@ -8,6 +8,7 @@ from sqlalchemy import Connection, func, select, update
 from sqlalchemy.orm import Session
 
 from pynomaly_workers.adapters.stores.bulk import insert_chunk_anomalies
+from pynomaly_workers.adapters.stores.sql.inbox import queue_for_incidents
 from pynomaly_workers.adapters.stores.sql.jobs import SqlJobStore
 from pynomaly_workers.adapters.stores.sql.rows import job_record
 from pynomaly_workers.adapters.stores.tables import DetectionChunkRow, DetectionJobRow
@@ -139,3 +140,5 @@ class SqlFanOutStore(SqlJobStore):
         job.finished_at = now
         job.duration_ms = summary.duration_ms
         session.flush()
+        if summary.n_anomalies:
+            queue_for_incidents(session.connection(), [job.job_id], now=now)

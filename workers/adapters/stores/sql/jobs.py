@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from pynomaly_workers.adapters.stores.bulk import insert_anomalies
 from pynomaly_workers.adapters.stores.sql.base import SqlBase
+from pynomaly_workers.adapters.stores.sql.inbox import queue_for_incidents
 from pynomaly_workers.adapters.stores.sql.rows import job_record
 from pynomaly_workers.adapters.stores.tables import AnomalyRow, DetectionJobRow
 from pynomaly_workers.contract import (
@@ -71,9 +72,11 @@ class SqlJobStore(SqlBase):
         self, summary: JobSummary, *, model_id: int, now: datetime, extra: dict[str, Any]
     ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
+            completed = conn.execute(
                 update(DetectionJobRow)
-                .where(DetectionJobRow.job_id == summary.job_id)
+                .where(
+                    DetectionJobRow.job_id == summary.job_id, DetectionJobRow.status != SUCCEEDED
+                )
                 .values(
                     status=SUCCEEDED,
                     model_id=model_id,
@@ -88,7 +91,9 @@ class SqlJobStore(SqlBase):
                     duration_ms=summary.duration_ms,
                     **extra,
                 )
-            )
+            ).rowcount
+            if completed and summary.n_anomalies:
+                queue_for_incidents(conn, [summary.job_id], now=now)
 
     def fail_job(self, job_id: str, *, error: str, error_type: str, now: datetime) -> JobRecord:
         self._insert_job_if_absent(job_id, model="", status=QUEUED, now=now)
@@ -127,9 +132,9 @@ class SqlJobStore(SqlBase):
             # Nothing to write but the job rows: one statement, atomic on its own, sent
             # in autocommit mode. BEGIN and COMMIT would each cost a round trip more.
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                return self._settle(conn, rows, results, failures)
+                return self._settle(conn, rows, results, failures, now=now)
         with self.engine.begin() as conn:
-            return self._settle(conn, rows, results, failures)
+            return self._settle(conn, rows, results, failures, now=now)
 
     def _settle(
         self,
@@ -137,12 +142,15 @@ class SqlJobStore(SqlBase):
         rows: list[dict[str, Any]],
         results: Sequence[JobResult],
         failures: Sequence[JobFailure],
+        *,
+        now: datetime,
     ) -> dict[str, JobRecord]:
         """Write the final rows, then the anomalies of the jobs this call settled (and
         drop those of its failed ones); return the jobs that had finished before."""
         settled = self._upsert_final(conn, rows)
         fresh = [r for r in results if r.summary.job_id in settled]
         insert_anomalies(conn, [r.anomalies for r in fresh])
+        queue_for_incidents(conn, [r.summary.job_id for r in fresh if len(r.anomalies)], now=now)
         failed = [f.job_id for f in failures if f.job_id in settled]
         if failed:
             conn.execute(delete(AnomalyRow).where(AnomalyRow.job_id.in_(failed)))

@@ -409,12 +409,25 @@ class SqlIncidentStore(SqlBase):
                 literal(incident_id, BigInteger()),
                 literal(now, UtcDateTime()),
             ).where(*_members(row))
-            labelled = conn.execute(
-                insert(AnomalyLabelRow).from_select(
-                    ["anomaly_id", "model_id", "label", "actor", "comment", "incident_id", "at"],
-                    chosen,
-                )
-            ).rowcount
+            # RETURNING, not rowcount: psycopg reports -1 once the cursor is closed.
+            labelled = len(
+                conn.execute(
+                    insert(AnomalyLabelRow)
+                    .from_select(
+                        [
+                            "anomaly_id",
+                            "model_id",
+                            "label",
+                            "actor",
+                            "comment",
+                            "incident_id",
+                            "at",
+                        ],
+                        chosen,
+                    )
+                    .returning(AnomalyLabelRow.id)
+                ).all()
+            )
             self._event(
                 conn,
                 incident_id,

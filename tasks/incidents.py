@@ -12,17 +12,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 from celery import Celery, Task
 
 from pynomaly_workers.bootstrap import get_adapters
-from pynomaly_workers.client import publish
+from pynomaly_workers.client import dispatch_notifications, publish
 from pynomaly_workers.contract import (
     ALERTMANAGER_TASK,
-    DELIVER_TASK,
     FOLD_INCIDENTS_TASK,
     RESOLVE_IDLE_TASK,
 )
@@ -40,11 +38,6 @@ def after_commit(app: Celery, report: FoldReport, *, settings: Settings) -> None
     dispatch_notifications(app, report.notifications)
     if settings.alertmanager_url and (report.opened or report.resolved):
         publish(app, ALERTMANAGER_TASK, kwargs={})
-
-
-def dispatch_notifications(app: Celery, ids: Sequence[int]) -> None:
-    for notification_id in ids:
-        publish(app, DELIVER_TASK, kwargs={"notification_id": notification_id})
 
 
 class FoldRequests:

@@ -16,7 +16,13 @@ from typing import Any
 from celery import Celery
 from celery.signals import before_task_publish
 
-from pynomaly_workers.contract import DETECT_TASK, TRAIN_MANY_TASK, TRAIN_TASK, queue_of
+from pynomaly_workers.contract import (
+    DELIVER_TASK,
+    DETECT_TASK,
+    TRAIN_MANY_TASK,
+    TRAIN_TASK,
+    queue_of,
+)
 from pynomaly_workers.domain.summaries import kwargs_summary
 from pynomaly_workers.settings import Settings, get_settings
 
@@ -51,6 +57,12 @@ def publish(app: Celery, name: str, *, kwargs: dict[str, Any], **options: Any) -
         queue=options.pop("queue", queue_of(name)),
         **options,
     )
+
+
+def dispatch_notifications(app: Celery, ids: Sequence[int]) -> None:
+    """Send the notifications a committed incident transaction queued (by id)."""
+    for notification_id in ids:
+        publish(app, DELIVER_TASK, kwargs={"notification_id": notification_id})
 
 
 def close_app(app: Celery) -> None:

@@ -9,6 +9,7 @@ import click
 
 from pynomaly_workers.cli.context import load_adapters
 from pynomaly_workers.cli.output import emit, fail, json_option, table
+from pynomaly_workers.domain.incidents import LABELS, check_label
 
 if TYPE_CHECKING:
     from pynomaly_workers.domain.ports import AnomalyRecord
@@ -23,7 +24,7 @@ def _top_features(explanation: dict[str, Any] | None, *, k: int = 3) -> str:
     return ", ".join(f"{item['feature']} {item['contribution']:.3g}" for item in top)
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--job-id", default=None, help="Only this job's anomalies.")
 @click.option("--model", default=None, help="Model name (every version).")
 @click.option("--min-severity", type=click.FloatRange(0, 1), default=0.0, show_default=True)
@@ -36,7 +37,9 @@ def _top_features(explanation: dict[str, Any] | None, *, k: int = 3) -> str:
 @click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=24.0)
 @click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True)
 @json_option
+@click.pass_context
 def anomalies(
+    ctx: click.Context,
     job_id: str | None,
     model: str | None,
     min_severity: float,
@@ -45,7 +48,9 @@ def anomalies(
     limit: int,
     as_json: bool,
 ) -> None:
-    """List stored anomalies, most severe (then newest) first."""
+    """List stored anomalies, most severe (then newest) first; ``anomalies label`` labels one."""
+    if ctx.invoked_subcommand is not None:
+        return
     adapters = load_adapters()
     if newest:
         found = _newest_anomalies(adapters, model=model, hours=hours, limit=limit)
@@ -60,17 +65,29 @@ def anomalies(
             table(
                 [
                     [
+                        a.id,
                         a.job_id,
                         a.record_index,
                         a.record_id,
                         a.score,
                         a.severity,
                         a.timestamp,
+                        a.entity,
                         _top_features(a.explanation),
                     ]
                     for a in found
                 ],
-                ["job_id", "record", "record_id", "score", "severity", "timestamp", "why"],
+                [
+                    "id",
+                    "job_id",
+                    "record",
+                    "record_id",
+                    "score",
+                    "severity",
+                    "timestamp",
+                    "entity",
+                    "why",
+                ],
             )
         ),
     )
@@ -89,4 +106,50 @@ def _newest_anomalies(
         fail(f"no active version of model {model!r}; 'pynomaly-workers models' lists them")
     return adapters.reads.anomalies_of_model(
         model_id=active[0].model_id, since=now - timedelta(hours=hours), limit=limit
+    )
+
+
+@anomalies.command("label")
+@click.argument("anomaly_id", type=int)
+@click.option("--as", "label", type=click.Choice(LABELS), required=True)
+@click.option("--by", default=None, help="Who (default: your login name).")
+@click.option("--comment", default=None, help="Why (kept in the history).")
+@click.option("--history", is_flag=True, help="Print every label the anomaly was given.")
+@json_option
+def label(
+    anomaly_id: int,
+    label: str,
+    by: str | None,
+    comment: str | None,
+    history: bool,
+    as_json: bool,
+) -> None:
+    """Label one anomaly anomaly / not_anomaly / expected (the newest label counts;
+    earlier ones are kept)."""
+    from pynomaly_workers.cli.incidents import who
+    from pynomaly_workers.domain.errors import InvalidInput
+    from pynomaly_workers.services import incidents as service
+
+    adapters = load_adapters()
+    try:
+        service.label_anomaly(
+            adapters,
+            anomaly_id,
+            label=check_label(label),
+            by=by or who(),
+            comment=comment,
+        )
+    except InvalidInput as exc:
+        fail(str(exc))
+    labels = adapters.store.anomaly_labels(anomaly_id)
+    shown = labels if history else labels[:1]
+    emit(
+        [asdict(x) for x in shown],
+        as_json=as_json,
+        human=lambda: click.echo(
+            table(
+                [[x.at, x.label, x.actor, x.comment, x.incident_id] for x in shown],
+                ["at", "label", "who", "why", "incident"],
+            )
+        ),
     )

@@ -207,5 +207,8 @@ class SqlReads:
         return self._rows("counts_per_model", since=since)
 
 
+_ANOMALY_FIELDS = frozenset(AnomalyRecord.__dataclass_fields__)
+
+
 def _anomalies(rows: list[dict[str, Any]]) -> list[AnomalyRecord]:
-    return [AnomalyRecord(**{k: v for k, v in row.items() if k != "id"}) for row in rows]
+    return [AnomalyRecord(**{k: v for k, v in row.items() if k in _ANOMALY_FIELDS}) for row in rows]

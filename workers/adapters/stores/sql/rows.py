@@ -75,6 +75,8 @@ def anomaly_record(row: AnomalyRow) -> AnomalyRecord:
         severity=row.severity,
         status=row.status,
         explanation=row.explanation,
+        id=row.id,
+        entity=row.entity,
     )
 
 

@@ -1,0 +1,104 @@
+"""Incidents end to end: a real worker folds what it detected into incidents on its own
+(no beat), and the triage commands work on them."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pynomaly_workers.demo import WorkerProcess
+from pynomaly_workers.services.context import Adapters
+from tests.e2e.test_cli import cli, cli_json
+from tests.factories import rows_with_outliers, train
+
+pytestmark = pytest.mark.e2e
+T0 = datetime(2026, 12, 1, 8, tzinfo=UTC)
+
+
+def wait_for_incidents(env: dict[str, str], n: int, timeout: float = 30.0) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = cli_json(env, "incidents", "--model", "inc")
+        if len(found) >= n or time.monotonic() > deadline:
+            return list(found)
+        time.sleep(0.3)
+
+
+def test_detected_anomalies_become_incidents_people_can_triage(
+    worker: WorkerProcess, e2e_env: dict[str, str], e2e_adapters: Adapters, tmp_path: Path
+) -> None:
+    # Given a model and jobs naming two pumps as their entities
+    train(e2e_adapters, model="inc")
+    for pump, job in (("pump-1", "inc-1"), ("pump-2", "inc-2")):
+        rows = rows_with_outliers(outliers=(3, 50))
+        stamps = [(T0 + timedelta(seconds=i)).isoformat() for i in range(len(rows))]
+        path = tmp_path / f"{job}.json"
+        path.write_text(
+            json.dumps({"records": rows, "timestamps": stamps, "entities": [pump] * len(rows)})
+        )
+        summary = cli_json(
+            e2e_env,
+            "detect",
+            "--model",
+            "inc",
+            "--records-file",
+            str(path),
+            "--job-id",
+            job,
+            "--wait",
+        )
+        assert summary["n_anomalies"] >= 2
+
+    # When the worker has folded them (it asks for its own upkeep; beat is not running)
+    found = wait_for_incidents(e2e_env, 2)
+
+    # Then each pump has an open incident
+    assert sorted(i["entity"] for i in found) == ["pump-1", "pump-2"]
+    assert {i["status"] for i in found} == {"open"}
+    incident = next(i for i in found if i["entity"] == "pump-1")
+
+    # And on-call people acknowledge, label and resolve it, and its history says so
+    cli(e2e_env, "incidents", "ack", str(incident["id"]), "--by", "ana", "--comment", "on it")
+    labelled = cli_json(
+        e2e_env, "incidents", "label", str(incident["id"]), "--as", "not_anomaly", "--by", "ana"
+    )
+    assert labelled["anomalies"] == incident["anomaly_count"]
+    shown = cli_json(e2e_env, "incidents", "show", str(incident["id"]))
+    anomaly_id = shown["top_anomalies"][0]["id"]
+    relabelled = cli_json(
+        e2e_env,
+        "anomalies",
+        "label",
+        str(anomaly_id),
+        "--as",
+        "anomaly",
+        "--by",
+        "bo",
+        "--history",
+    )
+    assert [x["label"] for x in relabelled] == ["anomaly", "not_anomaly"]
+    cli(e2e_env, "incidents", "resolve", str(incident["id"]), "--by", "bo", "--comment", "ok")
+    shown = cli_json(e2e_env, "incidents", "show", str(incident["id"]))
+    assert shown["incident"]["status"] == "resolved"
+    assert [(e["kind"], e["actor"]) for e in shown["events"]] == [
+        ("opened", "pynomaly"),
+        ("acknowledged", "ana"),
+        ("labelled", "ana"),
+        ("resolved", "bo"),
+    ]
+    assert shown["labels"] == {"not_anomaly": incident["anomaly_count"] - 1, "anomaly": 1}
+
+    # And a mistake gets a message saying what to do
+    again = cli(e2e_env, "incidents", "resolve", str(incident["id"]), check=False)
+    assert again.returncode == 1
+    assert "resolved already" in again.stderr
+    missing = cli(e2e_env, "incidents", "show", "999999", check=False)
+    assert "pynomaly-workers incidents" in missing.stderr
+    human = cli(e2e_env, "incidents", "--status", "open").stdout
+    assert "pump-2" in human
+    assert "pump-1" not in human

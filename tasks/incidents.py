@@ -98,5 +98,5 @@ def register(app: Celery, settings: Settings) -> None:
 
 def _summary(report: FoldReport) -> dict[str, Any]:
     out = asdict(report)
-    out["notifications"] = len(report.notifications)
+    out.update(notifications=len(report.notifications))
     return out

@@ -32,6 +32,13 @@ DATABASE_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("PYNOMALY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TABLES = (
+    "incident_inbox",
+    "incident_events",
+    "anomaly_labels",
+    "delivery_attempts",
+    "notifications",
+    "subscriptions",
+    "incidents",
     "anomalies",
     "detection_chunks",
     "detection_jobs",

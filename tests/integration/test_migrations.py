@@ -60,6 +60,13 @@ TABLES = {
     "models",
     "shadow_anomalies",
     "shadow_results",
+    "incident_inbox",
+    "incidents",
+    "incident_events",
+    "anomaly_labels",
+    "subscriptions",
+    "notifications",
+    "delivery_attempts",
 }
 
 

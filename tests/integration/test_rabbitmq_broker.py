@@ -82,7 +82,7 @@ def test_a_published_job_waits_in_a_durable_quorum_queue(
     detection = vhost.queues()[DETECTION_QUEUE]
     assert (detection["type"], detection["durable"]) == ("quorum", "true")
     lengths = AmqpQueueDepth(vhost.broker_url).lengths(QUEUES)
-    assert lengths == {DETECTION_QUEUE: 3, "training": 0, "maintenance": 0}
+    assert lengths == {DETECTION_QUEUE: 3, "training": 0, "maintenance": 0, "notifications": 0}
 
 
 def test_the_client_publishes_on_a_channel_in_confirm_mode(amqp_app: Celery) -> None:

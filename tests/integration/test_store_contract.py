@@ -630,7 +630,9 @@ def test_anomalies_round_trip(store: Store) -> None:
         score=1.75,
         severity=0.75,
         status="active",
+        id=found.id,
     )
+    assert isinstance(found.id, int)
 
 
 def test_list_anomalies_most_severe_first_with_filters(store: Store) -> None:

@@ -20,6 +20,7 @@ COMMANDS = {
     "jobs",
     "models",
     "anomalies",
+    "incidents",
     "datasets",
     "drift",
     "maintenance",
@@ -30,6 +31,8 @@ SUBCOMMANDS = {
     "models": {"alias", "rollback", "history", "compare"},
     "datasets": {"add", "list"},
     "maintenance": {"run", "history"},
+    "anomalies": {"label"},
+    "incidents": {"show", "ack", "resolve", "label"},
 }
 
 

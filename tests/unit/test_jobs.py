@@ -42,7 +42,9 @@ from pynomaly_workers.domain.records import RecordLimits
 LIMITS = RecordLimits(max_records=1_000, max_features=32)
 DEFAULT_JOB_ID = "job-default"
 ROWS = [[0.1, 0.2], [0.3, 0.4]]
-DETECT_KEYS = "dataset, job_id, model, record_ids, records, source, timestamps"
+DETECT_KEYS = (
+    "dataset, entities, entity_field, job_id, model, record_ids, records, source, timestamps"
+)
 TRAIN_KEYS = "algorithm, contamination, dataset, model, params, records, source"
 
 

@@ -149,16 +149,16 @@ def resolve(incident_id: int, by: str | None, comment: str | None, as_json: bool
     from pynomaly_workers.services import incidents as service
 
     adapters = load_adapters()
-    done, notifications = _guard(
+    done, queued = _guard(
         lambda: service.resolve(adapters, incident_id, by=by or who(), comment=comment)
     )
-    _dispatch(adapters, notifications)
+    _dispatch(adapters, queued)
     emit(
-        asdict(done) | {"notifications": len(notifications)},
+        asdict(done) | {"notified": len(queued)},
         as_json=as_json,
         human=lambda: click.echo(
             f"incident {done.id} resolved by {done.resolved_by}"
-            + (f"; {len(notifications)} notification(s) queued" if notifications else "")
+            + (f"; {len(queued)} notification(s) queued" if queued else "")
         ),
     )
 

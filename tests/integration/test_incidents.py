@@ -29,7 +29,12 @@ def detect(adapters: Adapters, job_id: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def outlier_job(
-    adapters: Adapters, job_id: str, *, entity: str, start: datetime, outliers=(3, 50, 120)
+    adapters: Adapters,
+    job_id: str,
+    *,
+    entity: str,
+    start: datetime,
+    outliers: tuple[int, ...] = (3, 50, 120),
 ) -> dict[str, Any]:
     rows = rows_with_outliers(outliers=outliers)
     stamps = [(start + timedelta(seconds=i)).isoformat() for i in range(len(rows))]

@@ -4,7 +4,8 @@
 last post or was posted more than half a resend interval ago, and ends the alerts of
 resolved incidents; then records what Alertmanager accepted. Beat runs it every
 ``PYNOMALY_ALERTMANAGER_RESEND_SECONDS`` (``pynomaly.notifications.alertmanager``, on the
-``notifications`` queue, which detection workers do not consume), and incident upkeep may
+``notifications`` queue: its own pool, or the bulk lane of a worker that also detects,
+never the small lane), and incident upkeep may
 ask for a run at once after opening or resolving incidents. Nothing here is on the
 detection path: with Alertmanager down, a run logs why and leaves the incidents due, and
 the next run posts them. One run at a time holds a lock; a run that finds it taken

@@ -19,13 +19,19 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from pynomaly_workers.adapters.stores.tables import IncidentRow, ModelArtifactRow, ModelRow
 
 BINARIES = ("prometheus-alertmanager", "alertmanager")
+T0 = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 START_TIMEOUT = 20.0
 
 CONFIG = """\
@@ -184,3 +190,69 @@ def _wait_ready(manager: Alertmanager, process: subprocess.Popen[bytes]) -> None
         if time.monotonic() > deadline:
             pytest.fail(f"alertmanager not ready in {START_TIMEOUT} s:\n{manager.log.read_text()}")
         time.sleep(0.05)
+
+
+# -- incident rows, as incident upkeep stores them --------------------------------------
+def add_model(engine: Engine, *, name: str = "sensors", version: int = 3) -> int:
+    """A model version row (the incident's foreign key); its artifact is a stub."""
+    sha = f"{name}-{version}".encode().hex().ljust(64, "0")[:64]
+    with Session(engine) as session, session.begin():
+        session.merge(
+            ModelArtifactRow(
+                sha256=sha,
+                media_type="application/octet-stream",
+                size_bytes=1,
+                content=b"x",
+                created_at=T0,
+            )
+        )
+        row = ModelRow(
+            name=name,
+            version=version,
+            algorithm="iforest",
+            artifact_sha256=sha,
+            n_features=4,
+            contamination=0.01,
+            threshold=0.5,
+            score_stats={},
+            params={},
+            n_training_rows=100,
+            active=False,
+            created_at=T0,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def add_incident(
+    engine: Engine,
+    model_id: int,
+    *,
+    entity: str | None = "pump-7",
+    severity: float = 0.97,
+    status: str = "open",
+    opened_at: datetime = T0,
+    **columns: Any,
+) -> int:
+    """An incident row as incident upkeep stores it."""
+    with Session(engine) as session, session.begin():
+        model = session.get_one(ModelRow, model_id)
+        row = IncidentRow(
+            model_id=model_id,
+            model_name=model.name,
+            model_version=model.version,
+            entity=entity,
+            status=status,
+            first_ts=opened_at - timedelta(minutes=30),
+            last_ts=opened_at - timedelta(minutes=1),
+            anomaly_count=12,
+            max_severity=severity,
+            feature_weights={"temp": 2.5, "vibration": 1.25},
+            opened_at=opened_at,
+            last_seen_at=opened_at,
+            **({"updated_at": opened_at} | columns),
+        )
+        session.add(row)
+        session.flush()
+        return row.id

@@ -20,86 +20,27 @@ from sqlalchemy.orm import Session
 
 from pynomaly_workers.adapters.alertmanager import AlertmanagerClient
 from pynomaly_workers.adapters.stores.sql import SqlStore
-from pynomaly_workers.adapters.stores.tables import IncidentRow, ModelArtifactRow, ModelRow
+from pynomaly_workers.adapters.stores.tables import IncidentRow
 from pynomaly_workers.bootstrap import bootstrap
 from pynomaly_workers.domain.alerting import AlertmanagerRejected, AlertmanagerUnavailable
 from pynomaly_workers.metrics import get_metrics
 from pynomaly_workers.services.alerting import sync_alerts
 from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.settings import Settings
-from tests.alertmanager import Alertmanager, free_port, running_alertmanager, wait_until
+from tests.alertmanager import (
+    T0,
+    Alertmanager,
+    add_incident,
+    add_model,
+    free_port,
+    running_alertmanager,
+    wait_until,
+)
 from tests.factories import engine_of
 
 pytestmark = pytest.mark.integration
 
 RESEND = 60.0
-T0 = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
-
-
-# -- factories ---------------------------------------------------------------------------
-def add_model(engine: Engine, *, name: str = "sensors", version: int = 3) -> int:
-    """A model version row (the incident's foreign key); its artifact is a stub."""
-    sha = f"{name}-{version}".encode().hex().ljust(64, "0")[:64]
-    with Session(engine) as session, session.begin():
-        session.merge(
-            ModelArtifactRow(
-                sha256=sha,
-                media_type="application/octet-stream",
-                size_bytes=1,
-                content=b"x",
-                created_at=T0,
-            )
-        )
-        row = ModelRow(
-            name=name,
-            version=version,
-            algorithm="iforest",
-            artifact_sha256=sha,
-            n_features=4,
-            contamination=0.01,
-            threshold=0.5,
-            score_stats={},
-            params={},
-            n_training_rows=100,
-            active=False,
-            created_at=T0,
-        )
-        session.add(row)
-        session.flush()
-        return row.id
-
-
-def add_incident(
-    engine: Engine,
-    model_id: int,
-    *,
-    entity: str | None = "pump-7",
-    severity: float = 0.97,
-    status: str = "open",
-    opened_at: datetime = T0,
-    **columns: Any,
-) -> int:
-    """An incident row as incident upkeep stores it."""
-    with Session(engine) as session, session.begin():
-        model = session.get_one(ModelRow, model_id)
-        row = IncidentRow(
-            model_id=model_id,
-            model_name=model.name,
-            model_version=model.version,
-            entity=entity,
-            status=status,
-            first_ts=opened_at - timedelta(minutes=30),
-            last_ts=opened_at - timedelta(minutes=1),
-            anomaly_count=12,
-            max_severity=severity,
-            feature_weights={"temp": 2.5, "vibration": 1.25},
-            opened_at=opened_at,
-            last_seen_at=opened_at,
-            **({"updated_at": opened_at} | columns),
-        )
-        session.add(row)
-        session.flush()
-        return row.id
 
 
 def incident(engine: Engine, incident_id: int) -> IncidentRow:

@@ -18,18 +18,19 @@ FAULTS_REPORT := build/faults-report.jsonl
 
 install: $(VENV)/.installed
 
-# The real tools the operations tests drive: Prometheus + promtool and a headless
-# Chromium (with its driver) for Flower. Installed from Debian once; skipped when present.
+# The real tools the operations tests drive: Prometheus + promtool, Alertmanager + amtool
+# (tests/alertmanager.py) and a headless Chromium (with its driver) for Flower. Installed
+# from Debian once; skipped when present.
 # Then celery-node, the Node.js producer of tests/e2e/test_foreign_producers.py, from
 # tests/node/package-lock.json (skipped, and those tests skip, where node is absent).
-TOOLS := prometheus promtool chromium chromedriver
+TOOLS := prometheus promtool prometheus-alertmanager amtool chromium chromedriver
 NODE_DIR := tests/node
 tools: $(NODE_DIR)/node_modules/.installed
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing from Debian"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus chromium chromium-driver >/dev/null; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager chromium chromium-driver >/dev/null; \
 	fi
 
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json

@@ -19,6 +19,7 @@ import zlib
 from typing import Any
 
 from pynomaly_workers.contract import (
+    ALERTMANAGER_TASK,
     FOLD_INCIDENTS_TASK,
     MAINTENANCE_QUEUE,
     NOTIFICATIONS_QUEUE,
@@ -75,7 +76,8 @@ def jitter(name: str, *, interval: float, spread: float) -> float:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Celery's ``beat_schedule``: one entry per enabled maintenance task."""
+    """Celery's ``beat_schedule``: one entry per enabled maintenance task, beat's tick,
+    and the Alertmanager sync when there is an Alertmanager."""
     schedule = {}
     for name, seconds in intervals(settings).items():
         if seconds <= 0:
@@ -109,7 +111,26 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "kwargs": {"source": "beat"},
         "options": {"queue": MAINTENANCE_QUEUE, "expires": BEAT_TICK_SECONDS - 5},
     }
-    return schedule
+    return schedule | alertmanager_entry(settings)
+
+
+def alertmanager_expiry(settings: Settings) -> float:
+    """An Alertmanager sync nobody ran within this is dropped: the next one does its work."""
+    return max(1.0, settings.alertmanager_resend_seconds * 0.9)
+
+
+def alertmanager_entry(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The Alertmanager sync every resend interval, only with ``PYNOMALY_ALERTMANAGER_URL``
+    (each alert ends four intervals after its last post unless posted again)."""
+    if not settings.alertmanager_url:
+        return {}
+    return {
+        "alertmanager": {
+            "task": ALERTMANAGER_TASK,
+            "schedule": settings.alertmanager_resend_seconds,
+            "options": {"queue": NOTIFICATIONS_QUEUE, "expires": alertmanager_expiry(settings)},
+        }
+    }
 
 
 def beat_config(settings: Settings) -> dict[str, Any]:

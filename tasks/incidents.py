@@ -20,13 +20,13 @@ from celery import Celery, Task
 from pynomaly_workers.bootstrap import get_adapters
 from pynomaly_workers.client import dispatch_notifications, publish
 from pynomaly_workers.contract import (
-    ALERTMANAGER_TASK,
     FOLD_INCIDENTS_TASK,
     RESOLVE_IDLE_TASK,
 )
 from pynomaly_workers.domain.ports import FoldReport
 from pynomaly_workers.services import incidents
 from pynomaly_workers.settings import Settings
+from pynomaly_workers.tasks.alerting import request_sync
 from pynomaly_workers.tasks.base import retry_options
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,10 @@ log = logging.getLogger(__name__)
 
 def after_commit(app: Celery, report: FoldReport, *, settings: Settings) -> None:
     """Send what an incident transaction queued: its notifications, and an Alertmanager
-    sync when incidents opened or resolved."""
+    sync (when one is configured) when incidents opened, grew or resolved."""
     dispatch_notifications(app, report.notifications)
-    if settings.alertmanager_url and (report.opened or report.resolved):
-        publish(app, ALERTMANAGER_TASK, kwargs={})
+    if report.opened or report.grown or report.resolved:
+        request_sync(app, settings)
 
 
 class FoldRequests:

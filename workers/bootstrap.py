@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from threading import Lock
 
+from pynomaly_workers.adapters.alertmanager import AlertmanagerClient
 from pynomaly_workers.adapters.isolation import ForkedIsolation
 from pynomaly_workers.adapters.joblog import LoggingJobLog
 from pynomaly_workers.adapters.scorers.host_cache import HostModelCache
@@ -79,6 +80,10 @@ def bootstrap(settings: Settings) -> Adapters:
         telemetry=telemetry,
         isolation=isolation,
         job_log=LoggingJobLog() if settings.job_log else NullJobLog(),
+        alerting=store,
+        alertmanager=(
+            AlertmanagerClient(settings.alertmanager_url) if settings.alertmanager_url else None
+        ),
     )
 
 

@@ -64,6 +64,7 @@ class Metrics:
     malformed_dropped: Counter
     broker_recovered: Counter
     worker_up: Gauge
+    alertmanager_posts: Counter
 
 
 METRIC_NAMES: dict[str, str] = {
@@ -98,6 +99,7 @@ METRIC_NAMES: dict[str, str] = {
     "pynomaly_malformed_messages_dropped_total": "",
     "pynomaly_broker_recovered_messages_total": "",
     "pynomaly_worker_up": "",
+    "pynomaly_alertmanager_posts_total": "outcome",
 }
 
 
@@ -250,6 +252,11 @@ def _create_metrics() -> Metrics:
             "pynomaly_worker_up",
             "1 while the worker's consumer runs.",
             multiprocess_mode="livemax",
+        ),
+        alertmanager_posts=Counter(
+            "pynomaly_alertmanager_posts",
+            "Posts of incident alerts to Alertmanager, by outcome (sent, rejected, unavailable).",
+            ["outcome"],
         ),
     )
 

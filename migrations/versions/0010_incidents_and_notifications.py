@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("resolved_by", sa.String(length=128), nullable=True),
         sa.Column("alert_sent_at", When, nullable=True),
         sa.Column("alert_ended_at", When, nullable=True),
+        sa.Column("alert_severity", sa.String(length=16), nullable=True),
         sa.CheckConstraint(
             "status IN ('open', 'acknowledged', 'resolved')",
             name=op.f("ck_incidents_status_valid"),
@@ -72,6 +73,14 @@ def upgrade() -> None:
     op.create_index("idx_incidents_opened", "incidents", [sa.text("opened_at DESC")])
     op.create_index(
         "idx_incidents_model_name", "incidents", ["model_name", sa.text("opened_at DESC")]
+    )
+    pending = sa.text("alert_sent_at IS NOT NULL AND alert_ended_at IS NULL")
+    op.create_index(
+        "idx_incidents_alert_pending",
+        "incidents",
+        ["status"],
+        postgresql_where=pending,
+        sqlite_where=pending,
     )
     op.create_table(
         "incident_events",

@@ -371,6 +371,7 @@ def test_compose_has_every_role_and_one_beat() -> None:
         "flower",
         "prometheus",
         "grafana",
+        "alertmanager",
     }
     assert found["beat"]["deploy"]["replicas"] == 1
     assert found["beat"]["command"] == ["beat"]
@@ -441,6 +442,7 @@ def test_compose_healthchecks() -> None:
         assert found[name]["healthcheck"]["test"] == ["CMD", *LIVENESS], name
     assert "/-/ready" in " ".join(found["prometheus"]["healthcheck"]["test"])
     assert "/api/health" in " ".join(found["grafana"]["healthcheck"]["test"])
+    assert "/-/ready" in " ".join(found["alertmanager"]["healthcheck"]["test"])
     assert "/healthcheck" in " ".join(found["flower"]["healthcheck"]["test"])
 
 
@@ -533,7 +535,50 @@ def test_compose_grafana_is_provisioned_with_the_dashboard() -> None:
     assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
 
 
-@pytest.mark.parametrize("name", ["prometheus", "grafana", "flower"])
+ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
+
+
+def test_amtool_accepts_the_alertmanager_config() -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.fail(
+            "amtool is not installed: run 'make tools' (Debian package prometheus-alertmanager)"
+        )
+    done = subprocess.run(
+        [amtool, "check-config", str(ALERTMANAGER_CONFIG)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_compose_alertmanager_gets_the_incidents_and_prometheus_alerts() -> None:
+    # Given the compose services, the Alertmanager config they mount and Prometheus's
+    found = services()
+    manager = found["alertmanager"]
+    assert f"--config.file={mounted(manager, ALERTMANAGER_CONFIG)}" in manager["command"]
+    port = manager["ports"][0].rsplit(":", 1)[-1]
+    # Then every app service posts incidents to it, so beat schedules the sync
+    for name, service in app_services().items():
+        assert service["environment"]["PYNOMALY_ALERTMANAGER_URL"] == (
+            f"http://alertmanager:{port}"
+        ), name
+    # and Prometheus sends its alerts there
+    prometheus = load_yaml(MONITORING / "prometheus" / "prometheus.yml")
+    (target,) = [
+        t
+        for am in prometheus["alerting"]["alertmanagers"]
+        for c in am["static_configs"]
+        for t in c["targets"]
+    ]
+    assert target == f"alertmanager:{port}"
+    # and incidents of one model and entity are grouped together
+    route = load_yaml(ALERTMANAGER_CONFIG)["route"]
+    assert route["group_by"] == ["alertname", "model", "entity"]
+
+
+@pytest.mark.parametrize("name", ["prometheus", "grafana", "flower", "alertmanager"])
 def test_compose_web_uis_listen_on_loopback_only(name: str) -> None:
     assert all(p.startswith("127.0.0.1:") for p in services()[name]["ports"])
 

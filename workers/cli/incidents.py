@@ -192,11 +192,13 @@ def label_incident(
 
 
 def _dispatch(adapters: Adapters, ids: list[int]) -> None:
-    if not ids:
-        return
+    """Send the notifications a resolve queued, and end its Alertmanager alert now."""
     from pynomaly_workers.client import client_app, dispatch_notifications
+    from pynomaly_workers.tasks.alerting import request_sync
 
-    dispatch_notifications(client_app(adapters.settings), ids)
+    app = client_app(adapters.settings)
+    dispatch_notifications(app, ids)
+    request_sync(app, adapters.settings)
 
 
 def _guard(action: Any) -> Any:

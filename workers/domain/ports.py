@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pynomaly_workers.contract import JobStatus
+from pynomaly_workers.domain.alerting import AlertedIncident
 from pynomaly_workers.domain.drift import DriftCounts
 from pynomaly_workers.domain.errors import InvalidInput
 from pynomaly_workers.domain.explain import Attribution
@@ -776,3 +777,19 @@ class Store(
     Protocol,
 ):
     """Every role; one database implements them together."""
+
+
+class AlertingStore(Protocol):
+    """Which incidents Alertmanager must hear about, and what it was last told."""
+
+    def incidents_to_alert(self, *, resend_before: datetime, limit: int) -> list[AlertedIncident]:
+        """Up to ``limit`` incidents, oldest id first: live ones never posted, posted
+        before ``resend_before``, or changed since their last post; and resolved ones
+        whose alert was posted and not yet ended."""
+
+    def mark_alerts_sent(self, sent: Mapping[int, str], *, at: datetime) -> None:
+        """These live incidents' alerts (incident id -> severity band) were accepted at
+        ``at``: the time read before their state was, so a later change is seen."""
+
+    def mark_alerts_ended(self, ids: Sequence[int], *, at: datetime) -> None:
+        """These resolved incidents' alerts were ended at ``at``."""

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
+from pynomaly_workers.domain.alerting import AlertSink
 from pynomaly_workers.domain.joblog import JobLine
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import (
+    AlertingStore,
     DatabaseProbe,
     Isolation,
     JobLog,
@@ -133,3 +135,7 @@ class Adapters:
     """Where training runs, so its memory is given back when it ends."""
     job_log: JobLog = field(default_factory=NullJobLog)
     """Where each finished job's one log line goes."""
+    alerting: AlertingStore | None = None
+    """What Alertmanager was told about each incident (the store, on SQL)."""
+    alertmanager: AlertSink | None = None
+    """Alertmanager's API; None without ``PYNOMALY_ALERTMANAGER_URL``."""

@@ -354,6 +354,9 @@ class IncidentRow(Base):
     # Alertmanager: when the alert was last posted, and when its end was.
     alert_sent_at: Mapped[datetime | None]
     alert_ended_at: Mapped[datetime | None]
+    # The severity band the alert was last posted with: a label, so part of the alert's
+    # identity; after an escalation the alert of the old band is ended explicitly.
+    alert_severity: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (
         CheckConstraint("status IN ('open', 'acknowledged', 'resolved')", name="status_valid"),
@@ -361,6 +364,14 @@ class IncidentRow(Base):
         Index("idx_incidents_status", "status", text("last_seen_at DESC")),
         Index("idx_incidents_opened", text("opened_at DESC")),
         Index("idx_incidents_model_name", "model_name", text("opened_at DESC")),
+        # The alerts Alertmanager holds: the resolved ones still to end are found here,
+        # not among every resolved incident ever kept.
+        Index(
+            "idx_incidents_alert_pending",
+            "status",
+            postgresql_where=text("alert_sent_at IS NOT NULL AND alert_ended_at IS NULL"),
+            sqlite_where=text("alert_sent_at IS NOT NULL AND alert_ended_at IS NULL"),
+        ),
     )
 
 

@@ -1,10 +1,12 @@
 """The SQL store (PostgreSQL and SQLite; SQLAlchemy 2 Core and ORM), one module per role:
 ``models`` (the registry), ``jobs`` (the job lifecycle, settling small jobs), ``fan_out``
-(chunked jobs), ``anomalies``, ``datasets``, ``drift``, ``shadow`` and ``incidents``
-(with ``inbox``, through which settled jobs reach incident upkeep)."""
+(chunked jobs), ``anomalies``, ``datasets``, ``drift``, ``shadow``, ``incidents``
+(with ``inbox``, through which settled jobs reach incident upkeep) and ``alerting`` (what
+Alertmanager was told about each incident)."""
 
 from __future__ import annotations
 
+from pynomaly_workers.adapters.stores.sql.alerting import SqlAlertingStore
 from pynomaly_workers.adapters.stores.sql.anomalies import SqlAnomalyStore
 from pynomaly_workers.adapters.stores.sql.datasets import SqlDatasetStore
 from pynomaly_workers.adapters.stores.sql.drift import SqlDriftStore
@@ -25,5 +27,6 @@ class SqlStore(
     SqlDriftStore,
     SqlShadowStore,
     SqlIncidentStore,
+    SqlAlertingStore,
 ):
     """Every store role on one SQLAlchemy engine (one database holds them together)."""

@@ -18,7 +18,13 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from pynomaly_workers.contract import MAINTENANCE_QUEUE, PING_TASK, maintenance_task
+from pynomaly_workers.contract import (
+    MAINTENANCE_QUEUE,
+    NOTIFICATIONS_QUEUE,
+    PING_TASK,
+    SWEEP_NOTIFICATIONS_TASK,
+    maintenance_task,
+)
 from pynomaly_workers.settings import Settings
 
 MINUTE, HOUR, DAY = 60.0, 3_600.0, 86_400.0
@@ -34,6 +40,8 @@ DEFAULT_INTERVALS: dict[str, float] = {
     "reindex": 7 * DAY,
 }
 BEAT_TICK_SECONDS = 60.0
+SWEEP_NOTIFICATIONS_SECONDS = 60.0
+"""How often beat looks for notifications whose delivery message was lost."""
 REDBEAT_SCHEDULER = "redbeat.RedBeatScheduler"
 REDBEAT_PREFIX = "pynomaly:beat:"
 
@@ -87,6 +95,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "schedule": BEAT_TICK_SECONDS,
         "kwargs": {"source": "beat"},
         "options": {"queue": MAINTENANCE_QUEUE, "expires": BEAT_TICK_SECONDS - 5},
+    }
+    schedule["sweep-notifications"] = {
+        "task": SWEEP_NOTIFICATIONS_TASK,
+        "schedule": SWEEP_NOTIFICATIONS_SECONDS,
+        "options": {"queue": NOTIFICATIONS_QUEUE, "expires": SWEEP_NOTIFICATIONS_SECONDS - 5},
     }
     return schedule
 

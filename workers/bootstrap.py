@@ -22,6 +22,7 @@ from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
 from pynomaly_workers.adapters.stores.reads import SqlReads
 from pynomaly_workers.adapters.stores.sql import SqlStore
 from pynomaly_workers.adapters.telemetry import PrometheusTelemetry
+from pynomaly_workers.adapters.webhooks import HttpWebhookSender
 from pynomaly_workers.domain.ports import PredictionCache
 from pynomaly_workers.services.context import Adapters, NullJobLog, SystemClock
 from pynomaly_workers.services.drift import DriftProfiler
@@ -79,6 +80,8 @@ def bootstrap(settings: Settings) -> Adapters:
         telemetry=telemetry,
         isolation=isolation,
         job_log=LoggingJobLog() if settings.job_log else NullJobLog(),
+        notifications=store,
+        webhooks=HttpWebhookSender(timeout=settings.webhook_timeout_seconds),
     )
 
 

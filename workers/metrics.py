@@ -64,6 +64,8 @@ class Metrics:
     malformed_dropped: Counter
     broker_recovered: Counter
     worker_up: Gauge
+    notifications: Counter
+    webhook_seconds: Histogram
 
 
 METRIC_NAMES: dict[str, str] = {
@@ -98,6 +100,8 @@ METRIC_NAMES: dict[str, str] = {
     "pynomaly_malformed_messages_dropped_total": "",
     "pynomaly_broker_recovered_messages_total": "",
     "pynomaly_worker_up": "",
+    "pynomaly_notifications_total": "event, outcome",
+    "pynomaly_webhook_duration_seconds": "",
 }
 
 
@@ -250,6 +254,17 @@ def _create_metrics() -> Metrics:
             "pynomaly_worker_up",
             "1 while the worker's consumer runs.",
             multiprocess_mode="livemax",
+        ),
+        notifications=Counter(
+            "pynomaly_notifications",
+            "Webhook delivery attempts, by incident event and outcome (delivered, retried, "
+            "failed, disabled).",
+            ["event", "outcome"],
+        ),
+        webhook_seconds=Histogram(
+            "pynomaly_webhook_duration_seconds",
+            "Time one webhook POST took, until the receiver answered or the attempt failed.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         ),
     )
 

@@ -11,12 +11,14 @@ from typing import Protocol, TypeVar
 
 from pynomaly_workers.domain.joblog import JobLine
 from pynomaly_workers.domain.models import ModelVersion
+from pynomaly_workers.domain.notifications import WebhookSender
 from pynomaly_workers.domain.ports import (
     DatabaseProbe,
     Isolation,
     JobLog,
     Maintenance,
     ModelLoader,
+    NotificationStore,
     PredictionCache,
     Reads,
     SourceReader,
@@ -133,3 +135,7 @@ class Adapters:
     """Where training runs, so its memory is given back when it ends."""
     job_log: JobLog = field(default_factory=NullJobLog)
     """Where each finished job's one log line goes."""
+    notifications: NotificationStore | None = None
+    """Webhook subscriptions, notifications and their delivery attempts."""
+    webhooks: WebhookSender | None = None
+    """Signs and POSTs a notification to a subscription's URL."""

@@ -1,6 +1,7 @@
 """The SQL store (PostgreSQL and SQLite; SQLAlchemy 2 Core and ORM), one module per role:
 ``models`` (the registry), ``jobs`` (the job lifecycle, settling small jobs), ``fan_out``
-(chunked jobs), ``anomalies``, ``datasets``, ``drift`` and ``shadow``."""
+(chunked jobs), ``anomalies``, ``datasets``, ``drift``, ``shadow`` and ``notifications``
+(webhook subscriptions and deliveries)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pynomaly_workers.adapters.stores.sql.datasets import SqlDatasetStore
 from pynomaly_workers.adapters.stores.sql.drift import SqlDriftStore
 from pynomaly_workers.adapters.stores.sql.fan_out import SqlFanOutStore
 from pynomaly_workers.adapters.stores.sql.models import SqlModelStore
+from pynomaly_workers.adapters.stores.sql.notifications import SqlNotificationStore
 from pynomaly_workers.adapters.stores.sql.rows import sha256
 from pynomaly_workers.adapters.stores.sql.shadow import SqlShadowStore
 
@@ -22,5 +24,6 @@ class SqlStore(
     SqlDatasetStore,
     SqlDriftStore,
     SqlShadowStore,
+    SqlNotificationStore,
 ):
     """Every store role on one SQLAlchemy engine (one database holds them together)."""

@@ -25,11 +25,15 @@ COMMANDS = {
     "maintenance",
     "health",
     "demo",
+    "subscriptions",
+    "deliveries",
 }
 SUBCOMMANDS = {
     "models": {"alias", "rollback", "history", "compare"},
     "datasets": {"add", "list"},
     "maintenance": {"run", "history"},
+    "subscriptions": {"add", "list", "remove", "test"},
+    "deliveries": {"replay"},
 }
 
 

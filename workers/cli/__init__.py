@@ -19,6 +19,7 @@ from pynomaly_workers.cli import (
     migrate,
     models,
     processes,
+    subscriptions,
     training,
 )
 
@@ -45,6 +46,8 @@ for _command in (
     maintenance.maintenance,
     health.health,
     demo.demo,
+    subscriptions.subscriptions,
+    subscriptions.deliveries,
 ):
     main.add_command(_command)
 

@@ -7,6 +7,7 @@ with the retry delays drawn as zero so the tests do not wait.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -202,6 +203,9 @@ def test_escalation_and_resolution_go_to_the_right_subscriptions(notify: Adapter
         }
 
     assert events(opened) == {(low.id, "opened")}
+    # (its anomalies are those without an entity: NULL matched NULL-safely, not the other)
+    body = json.loads(notification(notify, opened[0]).body)
+    assert [a["severity"] for a in body["data"]["top_anomalies"]] == [0.6]
     assert events(escalated) == {(high.id, "escalated")}
     assert events(resolved) == {(low.id, "resolved"), (high.id, "resolved")}
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pynomaly_workers.cli.context import load_adapters, load_settings
 from pynomaly_workers.cli.output import emit, fail, json_option, table
 from pynomaly_workers.domain.notifications import SubscriptionError
+
+if TYPE_CHECKING:
+    from pynomaly_workers.domain.ports import NotificationStore
 
 
 @click.group()
@@ -133,7 +136,7 @@ def subscriptions_test(name: str, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _store() -> Any:
+def _store() -> NotificationStore:
     store = load_adapters().notifications
     if store is None:  # bootstrap always wires it
         fail("notifications are not configured")

@@ -43,6 +43,10 @@ SWEEP_GRACE_SECONDS = 120.0
 """A pending notification this far past due has lost its message: the sweep sends it."""
 SWEEP_BATCH = 500
 """Notifications one sweep re-sends at most."""
+CLOCK_SKEW_SECONDS = 1.0
+"""A delivery also takes a notification due this much later: the worker running it may
+read a clock a little behind the host that scheduled it (far less than the lease, so two
+deliveries still cannot overlap)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +86,9 @@ def deliver(
     store, sender = _ports(adapters)
     settings = adapters.settings
     claim = store.claim_notification(
-        notification_id, now=adapters.clock.now(), lease_seconds=lease_seconds(adapters)
+        notification_id,
+        now=adapters.clock.now() + timedelta(seconds=CLOCK_SKEW_SECONDS),
+        lease_seconds=lease_seconds(adapters),
     )
     if claim is None:
         return None

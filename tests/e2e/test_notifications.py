@@ -3,11 +3,13 @@ a receiver that answers 500 first with the same webhook-id until it answers 200.
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from typing import cast
 
 import pytest
 from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from pynomaly_workers.adapters.stores.sql import SqlStore
@@ -40,7 +42,11 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 def test_the_worker_retries_through_the_broker_until_the_receiver_accepts(
-    worker: WorkerProcess, e2e_app: Celery, e2e_adapters: Adapters, receiver: WebhookReceiver
+    worker: WorkerProcess,
+    e2e_app: Celery,
+    e2e_adapters: Adapters,
+    e2e_env: dict[str, str],
+    receiver: WebhookReceiver,
 ) -> None:
     # Given a subscription, and two incidents (opened, and opened then resolved)
     store = cast(SqlStore, e2e_adapters.store)
@@ -89,6 +95,27 @@ def test_the_worker_retries_through_the_broker_until_the_receiver_accepts(
     for notification_id in ids:
         recorded = notifications.attempts_of(notification_id)
         assert [(a["attempt"], a["status_code"]) for a in recorded] == [(1, 500), (2, 200)]
+    # and the worker's /metrics counts every attempt by event and outcome
+    port = e2e_env["PYNOMALY_METRICS_PORT"]
+    expected = {
+        ("opened", "retried"): 2.0,
+        ("opened", "delivered"): 2.0,
+        ("resolved", "retried"): 1.0,
+        ("resolved", "delivered"): 1.0,
+    }
+    assert wait_for(lambda: _counted(port) == expected, timeout=10), _counted(port)
+
+
+def _counted(port: str) -> dict[tuple[str, str], float]:
+    """pynomaly_notifications_total by (event, outcome), from the worker's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "pynomaly_notifications_total":
+                found[(sample.labels["event"], sample.labels["outcome"])] = sample.value
+    return found
 
 
 def _statuses(store: SqlStore, ids: list[int]) -> list[str]:

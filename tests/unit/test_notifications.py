@@ -6,12 +6,20 @@ from __future__ import annotations
 import base64
 import json
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from pynomaly_workers.adapters.webhooks import signed_headers
+from pynomaly_workers.celery_app import create_app
+from pynomaly_workers.contract import (
+    DELIVER_TASK,
+    NOTIFICATIONS_QUEUE,
+    SWEEP_NOTIFICATIONS_TASK,
+    queue_of,
+)
 from pynomaly_workers.domain.notifications import (
     CANCELLED,
     DELIVERED,
@@ -31,6 +39,8 @@ from pynomaly_workers.domain.notifications import (
     retry_delay,
     serialise,
 )
+from pynomaly_workers.schedules import beat_schedule
+from pynomaly_workers.settings import Settings
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SECRET = new_secret(bytes(range(32)))
@@ -292,3 +302,28 @@ def test_the_signature_headers_verify_with_the_reference_library() -> None:
     assert headers["content-type"] == "application/cloudevents+json"
     with pytest.raises(Exception, match="No matching signature"):
         Webhook(SECRET).verify(body.replace("1", "2"), headers)
+
+
+# -- wiring: the tasks exist on the app, beat sweeps every minute ---------------------
+
+
+def test_the_app_defines_the_notification_tasks_on_the_notifications_queue(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings())
+    try:
+        assert {DELIVER_TASK, SWEEP_NOTIFICATIONS_TASK} <= set(app.tasks)
+        assert queue_of(DELIVER_TASK) == queue_of(SWEEP_NOTIFICATIONS_TASK) == NOTIFICATIONS_QUEUE
+        assert app.tasks[DELIVER_TASK].acks_late
+    finally:
+        app.close()
+
+
+def test_beat_sweeps_lost_notifications_every_minute(
+    make_settings: Callable[..., Settings],
+) -> None:
+    entry = beat_schedule(make_settings())["sweep-notifications"]
+    assert entry["task"] == SWEEP_NOTIFICATIONS_TASK
+    assert entry["schedule"] == 60.0
+    assert entry["options"]["queue"] == NOTIFICATIONS_QUEUE
+    assert 0 < entry["options"]["expires"] < entry["schedule"]

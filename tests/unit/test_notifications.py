@@ -40,6 +40,7 @@ from pynomaly_workers.domain.notifications import (
     serialise,
 )
 from pynomaly_workers.schedules import beat_schedule
+from pynomaly_workers.services.notifications import dispatch
 from pynomaly_workers.settings import Settings
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -327,3 +328,19 @@ def test_beat_sweeps_lost_notifications_every_minute(
     assert entry["schedule"] == 60.0
     assert entry["options"]["queue"] == NOTIFICATIONS_QUEUE
     assert 0 < entry["options"]["expires"] < entry["schedule"]
+
+
+def test_dispatch_publishes_each_and_leaves_the_rest_to_the_sweep_if_the_broker_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sent: list[tuple[int, float]] = []
+
+    def send(notification_id: int, countdown: float) -> None:
+        if notification_id == 3:
+            raise ConnectionError("broker down")
+        sent.append((notification_id, countdown))
+
+    assert dispatch(send, [1, 2]) == 2
+    assert dispatch(send, [4, 3, 5]) == 1
+    assert sent == [(1, 0.0), (2, 0.0), (4, 0.0)]
+    assert "could not publish 2 notification deliveries (broker down)" in caplog.text

@@ -9,6 +9,7 @@ after commit, hands their ids to :func:`dispatch`; a lost message is found by
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 import uuid
@@ -35,6 +36,8 @@ from pynomaly_workers.domain.notifications import (
 )
 from pynomaly_workers.domain.ports import NotificationStore
 from pynomaly_workers.services.context import Adapters
+
+log = logging.getLogger(__name__)
 
 DeliverySender = Callable[[int, float], None]
 """Publishes the delivery of notification ``id`` to run ``countdown`` seconds from now."""
@@ -124,12 +127,23 @@ def deliver(
 
 
 def dispatch(send: DeliverySender, ids: Iterable[int]) -> int:
-    """Publish the delivery of each notification now; how many were published."""
-    count = 0
-    for notification_id in ids:
-        send(notification_id, 0.0)
-        count += 1
-    return count
+    """Publish the delivery of each notification now; how many were published.
+
+    Called after the notifications were committed, so a publish that fails (the broker
+    is down) fails nothing: it is logged, the rest are left pending too, and the sweep
+    publishes them once they are overdue."""
+    pending = list(ids)
+    for count, notification_id in enumerate(pending):
+        try:
+            send(notification_id, 0.0)
+        except Exception as exc:  # any publish failure: the sweep resends
+            log.warning(
+                "could not publish %d notification deliveries (%s); the sweep will",
+                len(pending) - count,
+                exc,
+            )
+            return count
+    return len(pending)
 
 
 def sweep(adapters: Adapters, send: DeliverySender) -> list[int]:

@@ -25,6 +25,7 @@ from pynomaly_workers.contract import (
     NOTIFICATIONS_QUEUE,
     PING_TASK,
     RESOLVE_IDLE_TASK,
+    SWEEP_NOTIFICATIONS_TASK,
     maintenance_task,
 )
 from pynomaly_workers.settings import Settings
@@ -42,6 +43,8 @@ DEFAULT_INTERVALS: dict[str, float] = {
     "reindex": 7 * DAY,
 }
 BEAT_TICK_SECONDS = 60.0
+SWEEP_NOTIFICATIONS_SECONDS = 60.0
+"""How often beat looks for notifications whose delivery message was lost."""
 REDBEAT_SCHEDULER = "redbeat.RedBeatScheduler"
 REDBEAT_PREFIX = "pynomaly:beat:"
 
@@ -110,6 +113,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "schedule": BEAT_TICK_SECONDS,
         "kwargs": {"source": "beat"},
         "options": {"queue": MAINTENANCE_QUEUE, "expires": BEAT_TICK_SECONDS - 5},
+    }
+    schedule["sweep-notifications"] = {
+        "task": SWEEP_NOTIFICATIONS_TASK,
+        "schedule": SWEEP_NOTIFICATIONS_SECONDS,
+        "options": {"queue": NOTIFICATIONS_QUEUE, "expires": SWEEP_NOTIFICATIONS_SECONDS - 5},
     }
     return schedule | alertmanager_entry(settings)
 

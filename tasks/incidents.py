@@ -18,16 +18,18 @@ from typing import Any
 from celery import Celery, Task
 
 from pynomaly_workers.bootstrap import get_adapters
-from pynomaly_workers.client import dispatch_notifications, publish
+from pynomaly_workers.client import publish
 from pynomaly_workers.contract import (
     FOLD_INCIDENTS_TASK,
     RESOLVE_IDLE_TASK,
 )
 from pynomaly_workers.domain.ports import FoldReport
 from pynomaly_workers.services import incidents
+from pynomaly_workers.services.notifications import dispatch
 from pynomaly_workers.settings import Settings
 from pynomaly_workers.tasks.alerting import request_sync
 from pynomaly_workers.tasks.base import retry_options
+from pynomaly_workers.tasks.notifications import delivery_sender
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 def after_commit(app: Celery, report: FoldReport, *, settings: Settings) -> None:
     """Send what an incident transaction queued: its notifications, and an Alertmanager
     sync (when one is configured) when incidents opened, grew or resolved."""
-    dispatch_notifications(app, report.notifications)
+    dispatch(delivery_sender(app), report.notifications)
     if report.opened or report.grown or report.resolved:
         request_sync(app, settings)
 

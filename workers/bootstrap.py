@@ -23,6 +23,7 @@ from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
 from pynomaly_workers.adapters.stores.reads import SqlReads
 from pynomaly_workers.adapters.stores.sql import SqlStore
 from pynomaly_workers.adapters.telemetry import PrometheusTelemetry
+from pynomaly_workers.adapters.webhooks import HttpWebhookSender
 from pynomaly_workers.domain.ports import PredictionCache
 from pynomaly_workers.services.context import Adapters, NullJobLog, SystemClock
 from pynomaly_workers.services.drift import DriftProfiler
@@ -84,6 +85,8 @@ def bootstrap(settings: Settings) -> Adapters:
         alertmanager=(
             AlertmanagerClient(settings.alertmanager_url) if settings.alertmanager_url else None
         ),
+        notifications=store,
+        webhooks=HttpWebhookSender(timeout=settings.webhook_timeout_seconds),
     )
 
 

@@ -62,12 +62,20 @@ __all__ = [
 def create_app(settings: Settings) -> Celery:
     """A configured Celery app for ``settings``, with every task defined on it."""
     from pynomaly_workers.schedules import beat_config
-    from pynomaly_workers.tasks import alerting, detection, health, incidents, maintenance, training
+    from pynomaly_workers.tasks import (
+        alerting,
+        detection,
+        health,
+        incidents,
+        maintenance,
+        notifications,
+        training,
+    )
 
     application = Celery("pynomaly_workers", set_as_current=False)
     application.conf.update(celery_config(settings))
     application.conf.update(beat_config(settings))
-    for module in (detection, training, maintenance, health, incidents, alerting):
+    for module in (detection, training, maintenance, health, incidents, notifications, alerting):
         module.register(application, settings)
     worker_init.connect(_preload, weak=False, dispatch_uid="pynomaly-preload")
     task_postrun.connect(_release_after_large_task, weak=False, dispatch_uid="pynomaly-heap")

@@ -17,7 +17,6 @@ from celery import Celery
 from celery.signals import before_task_publish
 
 from pynomaly_workers.contract import (
-    DELIVER_TASK,
     DETECT_TASK,
     TRAIN_MANY_TASK,
     TRAIN_TASK,
@@ -57,12 +56,6 @@ def publish(app: Celery, name: str, *, kwargs: dict[str, Any], **options: Any) -
         queue=options.pop("queue", queue_of(name)),
         **options,
     )
-
-
-def dispatch_notifications(app: Celery, ids: Sequence[int]) -> None:
-    """Send the notifications a committed incident transaction queued (by id)."""
-    for notification_id in ids:
-        publish(app, DELIVER_TASK, kwargs={"notification_id": notification_id})
 
 
 def close_app(app: Celery) -> None:

@@ -65,6 +65,8 @@ class Metrics:
     broker_recovered: Counter
     worker_up: Gauge
     alertmanager_posts: Counter
+    notifications: Counter
+    webhook_seconds: Histogram
 
 
 METRIC_NAMES: dict[str, str] = {
@@ -100,6 +102,8 @@ METRIC_NAMES: dict[str, str] = {
     "pynomaly_broker_recovered_messages_total": "",
     "pynomaly_worker_up": "",
     "pynomaly_alertmanager_posts_total": "outcome",
+    "pynomaly_notifications_total": "event, outcome",
+    "pynomaly_webhook_duration_seconds": "",
 }
 
 
@@ -257,6 +261,17 @@ def _create_metrics() -> Metrics:
             "pynomaly_alertmanager_posts",
             "Posts of incident alerts to Alertmanager, by outcome (sent, rejected, unavailable).",
             ["outcome"],
+        ),
+        notifications=Counter(
+            "pynomaly_notifications",
+            "Webhook delivery attempts, by incident event and outcome (delivered, retried, "
+            "failed, disabled).",
+            ["event", "outcome"],
+        ),
+        webhook_seconds=Histogram(
+            "pynomaly_webhook_duration_seconds",
+            "Time one webhook POST took, until the receiver answered or the attempt failed.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         ),
     )
 

@@ -1,10 +1,13 @@
 """Incidents end to end: a real worker folds what it detected into incidents on its own
-(no beat), and the triage commands work on them."""
+(no beat), tells a subscribed webhook (signed, retried after a 500 under the same
+webhook-id), and the triage commands work on them."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,11 +16,40 @@ import pytest
 
 from pynomaly_workers.demo import WorkerProcess
 from pynomaly_workers.services.context import Adapters
+from pynomaly_workers.services.notifications import add_subscription
 from tests.e2e.test_cli import cli, cli_json
 from tests.factories import rows_with_outliers, train
+from tests.webhooks import Received, WebhookReceiver, fail_first
 
 pytestmark = pytest.mark.e2e
 T0 = datetime(2026, 12, 1, 8, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def e2e_env(e2e_env: dict[str, str]) -> dict[str, str]:
+    """The shared worker settings, with webhook retries a fraction of a second apart."""
+    return {
+        **e2e_env,
+        "PYNOMALY_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
+        "PYNOMALY_WEBHOOK_RETRY_MAX_SECONDS": "1",
+    }
+
+
+@pytest.fixture
+def receiver(e2e_adapters: Adapters) -> Iterator[WebhookReceiver]:
+    """A signature-checking receiver answering 500 to each notification's first attempt,
+    subscribed to model ``inc``."""
+    with WebhookReceiver("whsec_" + "A" * 32, answer=fail_first(500)) as server:
+        _, secret = add_subscription(e2e_adapters, name="inc-hook", url=server.url, model="inc")
+        server.secret = str(secret)
+        yield server
+    e2e_adapters.store.remove_subscription("inc-hook")  # type: ignore[attr-defined]
+
+
+def accepted(requests: list[Received], event: str) -> list[Received]:
+    return [
+        r for r in requests if r.accepted and r.payload["type"] == f"com.pynomaly.incident.{event}"
+    ]
 
 
 def wait_for_incidents(env: dict[str, str], n: int, timeout: float = 30.0) -> list[Any]:
@@ -30,7 +62,11 @@ def wait_for_incidents(env: dict[str, str], n: int, timeout: float = 30.0) -> li
 
 
 def test_detected_anomalies_become_incidents_people_can_triage(
-    worker: WorkerProcess, e2e_env: dict[str, str], e2e_adapters: Adapters, tmp_path: Path
+    worker: WorkerProcess,
+    e2e_env: dict[str, str],
+    e2e_adapters: Adapters,
+    tmp_path: Path,
+    receiver: WebhookReceiver,
 ) -> None:
     # Given a model and jobs naming two pumps as their entities
     train(e2e_adapters, model="inc")
@@ -62,6 +98,14 @@ def test_detected_anomalies_become_incidents_people_can_triage(
     assert {i["status"] for i in found} == {"open"}
     incident = next(i for i in found if i["entity"] == "pump-1")
 
+    # And the subscriber is told of each opening once, signed, after one 500 per webhook-id
+    assert receiver.wait_until(lambda rs: len(accepted(rs, "opened")) == 2, timeout=30)
+    opened = accepted(receiver.requests, "opened")
+    assert sorted(r.payload["data"]["incident"]["entity"] for r in opened) == ["pump-1", "pump-2"]
+    assert all(r.verified for r in receiver.requests)
+    attempts = Counter(r.webhook_id for r in receiver.requests)
+    assert {attempts[r.webhook_id] for r in opened} == {2}  # the 500, then the 200
+
     # And on-call people acknowledge, label and resolve it, and its history says so
     cli(e2e_env, "incidents", "ack", str(incident["id"]), "--by", "ana", "--comment", "on it")
     labelled = cli_json(
@@ -83,6 +127,10 @@ def test_detected_anomalies_become_incidents_people_can_triage(
     )
     assert [x["label"] for x in relabelled] == ["anomaly", "not_anomaly"]
     cli(e2e_env, "incidents", "resolve", str(incident["id"]), "--by", "bo", "--comment", "ok")
+    assert receiver.wait_until(lambda rs: len(accepted(rs, "resolved")) == 1, timeout=30)
+    (resolved,) = accepted(receiver.requests, "resolved")
+    assert resolved.payload["data"]["incident"]["id"] == incident["id"]
+    assert resolved.payload["data"]["incident"]["status"] == "resolved"
     shown = cli_json(e2e_env, "incidents", "show", str(incident["id"]))
     assert shown["incident"]["status"] == "resolved"
     assert [(e["kind"], e["actor"]) for e in shown["events"]] == [

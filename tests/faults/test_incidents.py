@@ -1,6 +1,6 @@
 """Issue #21: resending jobs, killing a worker in the middle of incident upkeep and
-restarting the broker under load produce no duplicate incident and count every
-anomaly once.
+restarting the broker under load produce no duplicate incident or notification and count
+every anomaly once.
 
 Jobs of ten entities, each job one outlier among 19 normal records, all within the
 incident gap: exactly one incident per entity must come out, each counting exactly the
@@ -26,9 +26,11 @@ from pynomaly_workers.adapters.stores.tables import AnomalyRow, IncidentInboxRow
 from pynomaly_workers.client import publish, submit_detection
 from pynomaly_workers.contract import FOLD_INCIDENTS_TASK
 from pynomaly_workers.demo import wait_for
+from pynomaly_workers.services.notifications import add_subscription
 from tests.e2e.test_crash import pool_children
 from tests.factories import engine_of, rows_with_outliers, train
 from tests.faults.conftest import FaultStack, RedisServer, report_outcome, wait_settled
+from tests.webhooks import WebhookReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -85,6 +87,21 @@ def test_no_duplicate_incident_under_resends_kills_and_a_broker_restart(
     stack = fault_stack
     version = train(stack.adapters, model="inc-faults")
     model = version.label
+    with WebhookReceiver("whsec_" + "B" * 32) as receiver:
+        _, secret = add_subscription(
+            stack.adapters, name="inc-faults-hook", url=receiver.url, model="inc-faults"
+        )
+        receiver.secret = str(secret)
+        run_scenario(stack, broker_redis, version.id, model, receiver)
+
+
+def run_scenario(
+    stack: FaultStack,
+    broker_redis: RedisServer,
+    model_id: int,
+    model: str,
+    receiver: WebhookReceiver,
+) -> None:
     stack.start_worker(name="first")
     started = time.monotonic()
 
@@ -121,17 +138,29 @@ def test_no_duplicate_incident_under_resends_kills_and_a_broker_restart(
     with engine_of(stack.adapters).connect() as conn:
         incidents = conn.execute(
             select(IncidentRow.entity, IncidentRow.anomaly_count, IncidentRow.status).where(
-                IncidentRow.model_id == version.id
+                IncidentRow.model_id == model_id
             )
         ).all()
         stored = dict(
             conn.execute(
                 select(AnomalyRow.entity, func.count())
-                .where(AnomalyRow.model_id == version.id)
+                .where(AnomalyRow.model_id == model_id)
                 .group_by(AnomalyRow.entity)
             ).all()
         )
     by_entity = {entity: count for entity, count, _ in incidents}
+
+    # And the subscriber was told of each incident's opening once: one webhook-id per
+    # incident, accepted (a retry of the same id would be the same notification)
+    assert receiver.wait_until(
+        lambda rs: len({r.webhook_id for r in rs if r.accepted}) >= len(ENTITIES), timeout=60
+    ), receiver.requests
+    time.sleep(1)  # a duplicate would arrive within this
+    accepted = [r for r in receiver.requests if r.accepted]
+    ids_per_incident: dict[int, set[str]] = {}
+    for request in accepted:
+        incident_id = request.payload["data"]["incident"]["id"]
+        ids_per_incident.setdefault(incident_id, set()).add(request.webhook_id)
     report_outcome(
         "incidents_resend_kill_restart",
         job_ids,
@@ -142,8 +171,14 @@ def test_no_duplicate_incident_under_resends_kills_and_a_broker_restart(
             "entities": len(ENTITIES),
             "anomalies": sum(stored.values()),
             "anomalies_in_incidents": sum(by_entity.values()),
+            "notifications_accepted": len(accepted),
+            "webhook_ids": len({r.webhook_id for r in accepted}),
         },
     )
     assert len(incidents) == len(ENTITIES), incidents
     assert by_entity == stored
     assert {status for _, _, status in incidents} == {"open"}
+    assert len(ids_per_incident) == len(ENTITIES)
+    assert all(len(ids) == 1 for ids in ids_per_incident.values()), ids_per_incident
+    assert {r.payload["type"] for r in accepted} == {"com.pynomaly.incident.opened"}
+    assert all(r.verified for r in receiver.requests)

@@ -47,26 +47,26 @@ VIEWS = (
 )
 TABLES = {
     "anomalies",
+    "anomaly_labels",
     "datasets",
+    "delivery_attempts",
     "detection_chunks",
     "detection_jobs",
     "drift_reports",
     "drift_windows",
+    "incident_events",
+    "incident_inbox",
+    "incidents",
     "maintenance_runs",
     "metrics",
     "model_alias_moves",
     "model_aliases",
     "model_artifacts",
     "models",
+    "notifications",
     "shadow_anomalies",
     "shadow_results",
-    "incident_inbox",
-    "incidents",
-    "incident_events",
-    "anomaly_labels",
     "subscriptions",
-    "notifications",
-    "delivery_attempts",
 }
 
 

@@ -26,6 +26,8 @@ COMMANDS = {
     "maintenance",
     "health",
     "demo",
+    "subscriptions",
+    "deliveries",
 }
 SUBCOMMANDS = {
     "models": {"alias", "rollback", "history", "compare"},
@@ -33,6 +35,8 @@ SUBCOMMANDS = {
     "maintenance": {"run", "history"},
     "anomalies": {"label"},
     "incidents": {"show", "ack", "resolve", "label"},
+    "subscriptions": {"add", "list", "remove", "test"},
+    "deliveries": {"replay"},
 }
 
 

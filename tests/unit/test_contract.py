@@ -64,6 +64,7 @@ NOT_CONTRACT = {
     ("benchmarks/runner.py", "training"),  # the benchmark's training section
     ("benchmarks/small_jobs.py", "failed"),  # a count of failed jobs in the report
     ("workers/adapters/stores/tables.py", "notifications"),  # the table, not the queue
+    ("workers/domain/notifications.py", "failed"),  # a notification's status, not a job's
 }
 
 

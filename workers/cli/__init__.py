@@ -20,6 +20,7 @@ from pynomaly_workers.cli import (
     migrate,
     models,
     processes,
+    subscriptions,
     training,
 )
 
@@ -47,6 +48,8 @@ for _command in (
     maintenance.maintenance,
     health.health,
     demo.demo,
+    subscriptions.subscriptions,
+    subscriptions.deliveries,
 ):
     main.add_command(_command)
 

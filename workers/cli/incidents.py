@@ -193,11 +193,13 @@ def label_incident(
 
 def _dispatch(adapters: Adapters, ids: list[int]) -> None:
     """Send the notifications a resolve queued, and end its Alertmanager alert now."""
-    from pynomaly_workers.client import client_app, dispatch_notifications
+    from pynomaly_workers.client import client_app
+    from pynomaly_workers.services.notifications import dispatch
     from pynomaly_workers.tasks.alerting import request_sync
+    from pynomaly_workers.tasks.notifications import delivery_sender
 
     app = client_app(adapters.settings)
-    dispatch_notifications(app, ids)
+    dispatch(delivery_sender(app), ids)
     request_sync(app, adapters.settings)
 
 

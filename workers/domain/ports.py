@@ -20,6 +20,13 @@ from pynomaly_workers.domain.incidents import IncidentStatus, Label
 from pynomaly_workers.domain.joblog import JobLine
 from pynomaly_workers.domain.jobs import ChunkTally, JobSummary
 from pynomaly_workers.domain.models import AliasMove, ModelRef, ModelVersion
+from pynomaly_workers.domain.notifications import (
+    Claim,
+    Decision,
+    Delivery,
+    PostResult,
+    Subscription,
+)
 from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, ScoreStats
@@ -793,3 +800,57 @@ class AlertingStore(Protocol):
 
     def mark_alerts_ended(self, ids: Sequence[int], *, at: datetime) -> None:
         """These resolved incidents' alerts were ended at ``at``."""
+
+
+class NotificationStore(Protocol):
+    """Webhook subscriptions, the notifications of incident events, and every attempt to
+    deliver one."""
+
+    def add_subscription(
+        self,
+        *,
+        name: str,
+        url: str,
+        model: str | None,
+        min_severity: float,
+        secret: str,
+        now: datetime,
+    ) -> Subscription:
+        """Store a new subscription; a name in use raises ``SubscriptionError``."""
+
+    def list_subscriptions(self) -> list[Subscription]:
+        """Every subscription, by name."""
+
+    def get_subscription(self, name: str) -> Subscription:
+        """The subscription called ``name``; an unknown name raises ``SubscriptionError``."""
+
+    def remove_subscription(self, name: str) -> Subscription:
+        """Delete a subscription with its notifications and their attempts."""
+
+    def claim_notification(
+        self, notification_id: int, *, now: datetime, lease_seconds: float
+    ) -> Claim | None:
+        """Take a pending notification that is due for one attempt (and push its next
+        attempt ``lease_seconds`` away, so nobody else takes it meanwhile); None if it is
+        not pending, not due, or gone."""
+
+    def record_attempt(
+        self, claim: Claim, *, result: PostResult, decision: Decision, now: datetime
+    ) -> bool:
+        """Record an attempt and apply its decision (a 410 disables the subscription and
+        cancels its pending notifications), in one transaction; False if the claim was
+        lost to another attempt meanwhile (the attempt is recorded all the same)."""
+
+    def deliveries(self, *, failed: bool = False, limit: int = 50) -> list[Delivery]:
+        """The newest notifications (only the failed and cancelled ones if ``failed``)."""
+
+    def attempts_of(self, notification_id: int) -> list[dict[str, Any]]:
+        """Every recorded attempt of one notification, oldest first."""
+
+    def replay_notification(self, notification_id: int, *, now: datetime) -> Delivery:
+        """Make a failed or cancelled notification pending again, due now, with its
+        attempts and webhook id kept; anything else raises ``SubscriptionError``."""
+
+    def overdue_notifications(self, *, before: datetime, now: datetime, limit: int) -> list[int]:
+        """Pending notifications due before ``before`` (their message was lost), marked
+        due ``now`` so the next sweep leaves them alone for a while."""

@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 from pynomaly_workers.domain.alerting import AlertSink
 from pynomaly_workers.domain.joblog import JobLine
 from pynomaly_workers.domain.models import ModelVersion
+from pynomaly_workers.domain.notifications import WebhookSender
 from pynomaly_workers.domain.ports import (
     AlertingStore,
     DatabaseProbe,
@@ -19,6 +20,7 @@ from pynomaly_workers.domain.ports import (
     JobLog,
     Maintenance,
     ModelLoader,
+    NotificationStore,
     PredictionCache,
     Reads,
     SourceReader,
@@ -139,3 +141,7 @@ class Adapters:
     """What Alertmanager was told about each incident (the store, on SQL)."""
     alertmanager: AlertSink | None = None
     """Alertmanager's API; None without ``PYNOMALY_ALERTMANAGER_URL``."""
+    notifications: NotificationStore | None = None
+    """Webhook subscriptions, notifications and their delivery attempts."""
+    webhooks: WebhookSender | None = None
+    """Signs and POSTs a notification to a subscription's URL."""

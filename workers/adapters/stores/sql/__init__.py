@@ -1,8 +1,9 @@
 """The SQL store (PostgreSQL and SQLite; SQLAlchemy 2 Core and ORM), one module per role:
 ``models`` (the registry), ``jobs`` (the job lifecycle, settling small jobs), ``fan_out``
 (chunked jobs), ``anomalies``, ``datasets``, ``drift``, ``shadow``, ``incidents``
-(with ``inbox``, through which settled jobs reach incident upkeep) and ``alerting`` (what
-Alertmanager was told about each incident)."""
+(with ``inbox``, through which settled jobs reach incident upkeep), ``notifications``
+(webhook subscriptions and deliveries) and ``alerting`` (what Alertmanager was told
+about each incident)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pynomaly_workers.adapters.stores.sql.drift import SqlDriftStore
 from pynomaly_workers.adapters.stores.sql.fan_out import SqlFanOutStore
 from pynomaly_workers.adapters.stores.sql.incidents import SqlIncidentStore
 from pynomaly_workers.adapters.stores.sql.models import SqlModelStore
+from pynomaly_workers.adapters.stores.sql.notifications import SqlNotificationStore
 from pynomaly_workers.adapters.stores.sql.rows import sha256
 from pynomaly_workers.adapters.stores.sql.shadow import SqlShadowStore
 
@@ -28,5 +30,6 @@ class SqlStore(
     SqlShadowStore,
     SqlIncidentStore,
     SqlAlertingStore,
+    SqlNotificationStore,
 ):
     """Every store role on one SQLAlchemy engine (one database holds them together)."""

@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 
 from pynomaly_workers.adapters.stores.sql.base import SqlBase
+from pynomaly_workers.adapters.stores.sql.notifications import queue_notifications
 from pynomaly_workers.adapters.stores.tables import (
     AnomalyLabelRow,
     AnomalyRow,
@@ -88,7 +89,6 @@ class _Tx:
 class SqlIncidentStore(SqlBase):
     """:class:`~pynomaly_workers.domain.ports.IncidentStore` on SQL."""
 
-    # -- the hook notifications plug into ----------------------------------------------
     def _notify(
         self,
         conn: Connection,
@@ -100,8 +100,15 @@ class SqlIncidentStore(SqlBase):
         now: datetime,
     ) -> list[int]:
         """Queue the notifications an incident event calls for, inside the caller's
-        transaction; return their ids. Without subscriptions: none."""
-        return []
+        transaction (an outbox: sent once it commits); return their ids."""
+        return queue_notifications(
+            conn,
+            incident_id=incident_id,
+            kind=kind,
+            before_max=before_max,
+            after_max=after_max,
+            now=now,
+        )
 
     def _lock(self, conn: Connection) -> None:
         if self.dialect == "postgresql":

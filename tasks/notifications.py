@@ -1,0 +1,75 @@
+"""``pynomaly.notifications.deliver`` and ``pynomaly.notifications.sweep``.
+
+A delivery makes one attempt (``services/notifications.py``); a retry is the same task
+re-published with a countdown, for the same notification row and so the same
+``webhook-id``. Late acks: a worker that dies mid-POST has its message delivered again,
+and the claim (the attempt counted, the notification leased) keeps the two from posting
+together; the sweep sends whatever message was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+
+from pynomaly_workers.bootstrap import get_adapters
+from pynomaly_workers.client import publish
+from pynomaly_workers.contract import DELIVER_TASK, NOTIFICATIONS_QUEUE, SWEEP_NOTIFICATIONS_TASK
+from pynomaly_workers.metrics import get_metrics
+from pynomaly_workers.services.notifications import Attempted, DeliverySender, deliver, sweep
+from pynomaly_workers.settings import Settings
+from pynomaly_workers.tasks.base import retry_options
+
+log = logging.getLogger(__name__)
+
+
+def delivery_sender(app: Celery) -> DeliverySender:
+    """Publishes ``pynomaly.notifications.deliver`` on ``app``'s broker (incident upkeep
+    passes this to ``services.notifications.dispatch`` after its commit)."""
+
+    def send(notification_id: int, countdown: float) -> None:
+        options: dict[str, Any] = {"queue": NOTIFICATIONS_QUEUE}
+        if countdown > 0:
+            options["countdown"] = countdown
+        publish(app, DELIVER_TASK, kwargs={"notification_id": notification_id}, **options)
+
+    return send
+
+
+def _observe(attempted: Attempted) -> None:
+    metrics = get_metrics()
+    metrics.notifications.labels(event=attempted.event, outcome=attempted.outcome).inc()
+    metrics.webhook_seconds.observe(attempted.duration_s)
+
+
+def register(app: Celery, settings: Settings) -> None:
+    """Define the notification tasks on ``app``."""
+    options: dict[str, Any] = {**retry_options(settings), "ignore_result": True}
+
+    @app.task(name=DELIVER_TASK, **options)
+    def deliver_notification(self: Task, notification_id: int) -> None:  # type: ignore[type-arg]
+        """One attempt to POST notification ``notification_id``; re-published with the
+        backoff delay while it may still succeed."""
+        attempted = deliver(get_adapters(), int(notification_id))
+        if attempted is None:
+            return
+        _observe(attempted)
+        log.info(
+            "notification %d (%s) attempt %d: %s%s",
+            attempted.notification_id,
+            attempted.event,
+            attempted.attempt,
+            attempted.outcome,
+            f" ({attempted.error})" if attempted.error else "",
+        )
+        if attempted.retry_in is not None:
+            delivery_sender(self.app)(attempted.notification_id, attempted.retry_in)
+
+    @app.task(name=SWEEP_NOTIFICATIONS_TASK, **options)
+    def sweep_notifications(self: Task) -> None:  # type: ignore[type-arg]
+        """Publish again the pending notifications whose message was lost."""
+        ids = sweep(get_adapters(), delivery_sender(self.app))
+        if ids:
+            log.warning("re-sent %d overdue notifications", len(ids))

@@ -21,6 +21,7 @@ from benchmarks import (
     bulk,
     bulk_s3,
     cache,
+    incidents,
     inference,
     job_log,
     many_models,
@@ -90,7 +91,7 @@ def run_benchmarks(
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     with run.section("data"):
-        inputs = prepare_inputs(sizes) if only in (None, "job_log") else None
+        inputs = prepare_inputs(sizes) if only in (None, "job_log", "incidents") else None
         mixed_inputs = prepare_mixed_inputs(sizes) if only in (None, "mixed") else None
         many_inputs = prepare_many_models_inputs(sizes) if only in (None, "many_models") else None
     if "data" not in run.errors:
@@ -103,6 +104,9 @@ def run_benchmarks(
             if inputs is not None and only == "job_log":
                 with run.section("job_log"):
                     run.results["job_log"] = job_log.run_job_log(stack, inputs)
+            if inputs is not None and only in (None, "incidents"):
+                with run.section("incidents"):
+                    run.results["incidents"] = incidents.run_incidents(stack, inputs)
             run_own_worker_sections(run, stack, mixed_inputs, many_inputs)
         if only in (None, "broker_fsync"):
             with run.section("broker_fsync"):
@@ -316,6 +320,7 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
         "mixed": results.get("mixed"),
         "many_models": results.get("many_models"),
         "job_log": results.get("job_log"),
+        "incidents": results.get("incidents"),
     }
     out["targets"] = check_targets(out, quick=run.sizes.quick)
     out["errors"] = run.errors

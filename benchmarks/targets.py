@@ -35,6 +35,9 @@ TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
     ("many_models_p99_ms", ("many_models", "latency_ms", "p99"), "<=", 50),
     ("many_models_worker_pss_mb", ("many_models", "worker_pss_mb"), "<=", 600),
     ("many_models_cold_load_p95_ms", ("many_models", "cold_load_ms", "p95"), "<=", 50),
+    # with three webhook subscriptions, incidents opening and notified while the jobs run
+    ("incidents_result_jobs_per_s", ("incidents", "result_jobs_per_s"), ">=", 1_000),
+    ("incidents_bulk_records_per_s", ("incidents", "bulk_records_per_s"), ">=", 300_000),
 )
 COMPLETE: dict[str, tuple[str, ...]] = {
     "mixed": ("mixed", "all_done"),

@@ -24,6 +24,7 @@ from pynomaly_workers.contract import (
     RESOLVE_IDLE_TASK,
 )
 from pynomaly_workers.domain.ports import FoldReport
+from pynomaly_workers.metrics import get_metrics
 from pynomaly_workers.services import incidents
 from pynomaly_workers.services.notifications import dispatch
 from pynomaly_workers.settings import Settings
@@ -37,6 +38,14 @@ log = logging.getLogger(__name__)
 def after_commit(app: Celery, report: FoldReport, *, settings: Settings) -> None:
     """Send what an incident transaction queued: its notifications, and an Alertmanager
     sync (when one is configured) when incidents opened, grew or resolved."""
+    counter = get_metrics().incidents
+    for event, count in (
+        ("opened", report.opened),
+        ("grown", report.grown),
+        ("resolved", report.resolved),
+    ):
+        if count:
+            counter.labels(event=event).inc(count)
     dispatch(delivery_sender(app), report.notifications)
     if report.opened or report.grown or report.resolved:
         request_sync(app, settings)

@@ -65,6 +65,7 @@ class Metrics:
     broker_recovered: Counter
     worker_up: Gauge
     alertmanager_posts: Counter
+    incidents: Counter
     notifications: Counter
     webhook_seconds: Histogram
 
@@ -102,6 +103,7 @@ METRIC_NAMES: dict[str, str] = {
     "pynomaly_broker_recovered_messages_total": "",
     "pynomaly_worker_up": "",
     "pynomaly_alertmanager_posts_total": "outcome",
+    "pynomaly_incidents_total": "event",
     "pynomaly_notifications_total": "event, outcome",
     "pynomaly_webhook_duration_seconds": "",
 }
@@ -256,6 +258,11 @@ def _create_metrics() -> Metrics:
             "pynomaly_worker_up",
             "1 while the worker's consumer runs.",
             multiprocess_mode="livemax",
+        ),
+        incidents=Counter(
+            "pynomaly_incidents",
+            "Incident upkeep: incidents opened, grown (new anomalies joined) and resolved.",
+            ["event"],
         ),
         alertmanager_posts=Counter(
             "pynomaly_alertmanager_posts",

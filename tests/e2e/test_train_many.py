@@ -76,9 +76,17 @@ def test_the_cli_sends_a_file_and_exits_1_naming_the_failed_model(
     good = {"model": "cli-many", "records": training_rows(), "params": SMALL}
     models_file.write_text(json.dumps([good, {"model": "cli-many-2", "dataset": "nope"}]))
 
-    # When it is sent with train-many
+    # When it is sent with train-many (and --json: progress as JSON lines on stderr)
     done = subprocess.run(
-        [sys.executable, "-m", "pynomaly_workers.cli", "train-many", "--file", str(models_file)],
+        [
+            sys.executable,
+            "-m",
+            "pynomaly_workers.cli",
+            "train-many",
+            "--file",
+            str(models_file),
+            "--json",
+        ],
         env={**os.environ, **e2e_env},
         capture_output=True,
         text=True,
@@ -88,8 +96,14 @@ def test_the_cli_sends_a_file_and_exits_1_naming_the_failed_model(
 
     # Then the good model is registered, the bad one reported, and the exit code is 1
     assert done.returncode == 1, done.stderr
-    assert "registered 1 of 2 models; 1 failed" in done.stdout
-    assert "unknown_dataset: no dataset named 'nope'" in done.stdout
+    summary = json.loads(done.stdout)
+    assert (summary["n_succeeded"], summary["n_failed"]) == (1, 1)
+    assert summary["models"][1]["error"] == "no dataset named 'nope'"
     assert "resend it with --task-id" in done.stderr
+    # and its progress went to stderr, one JSON line per count, ending with 1 of 2 models
+    progress = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert progress
+    assert {p["unit"] for p in progress} == {"models"}
+    assert (progress[-1]["chunks_done"], progress[-1]["chunks_total"]) == (1, 2)
     assert [m.version for m in e2e_adapters.store.list_models(name="cli-many")] == [1]
     assert e2e_adapters.store.list_models(name="cli-many-2") == []

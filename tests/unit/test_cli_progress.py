@@ -14,6 +14,7 @@ from pynomaly_workers.cli.progress import (
     format_duration,
     format_progress,
     measure_progress,
+    measure_training,
     progress_display,
 )
 from pynomaly_workers.cli.waiting import ProgressWatch
@@ -87,6 +88,18 @@ def test_the_line_says_estimating_before_the_first_chunk() -> None:
     assert line == "job j1: 0/8 chunks (0%), 0 records, - records/s, time left: estimating"
 
 
+def test_a_training_task_counts_models_a_minute() -> None:
+    # Given 12 of 50 models registered after 6 seconds
+    report_ = measure_training("t1", done=12, total=50, elapsed=6.0)
+
+    # Then the rate is 120 a minute and the rest (38 models) takes 19 s more
+    assert report_.eta_s == pytest.approx(19.0)
+    assert format_progress(report_) == (
+        "training t1: 12/50 models (24%), 120 models/min, about 19 s left"
+    )
+    assert report_.to_dict()["unit"] == "models"
+
+
 def test_a_terminal_gets_one_line_rewritten_in_place_and_wiped_at_the_end() -> None:
     # Given a terminal
     stream = Terminal()
@@ -140,6 +153,7 @@ def test_a_pipe_with_json_gets_a_json_line_per_chunk_done() -> None:
         "elapsed_s": 2.0,
         "records_per_s": 100.0,
         "eta_s": 2.0,
+        "unit": "chunks",
     }
     assert stream.getvalue().endswith("\n")
 

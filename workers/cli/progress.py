@@ -28,6 +28,8 @@ class ProgressReport:
     """None until time has passed."""
     eta_s: float | None
     """Seconds left at the rate chunks finished so far; None before the first one."""
+    unit: str = "chunks"
+    """What is counted: a fanned-out job's ``chunks``, or a training task's ``models``."""
 
     def to_dict(self) -> dict[str, Any]:
         """The report as a JSON object (``event`` tells it from the job summary); times
@@ -52,6 +54,22 @@ def measure_progress(job_id: str, progress: JobProgress, *, elapsed: float) -> P
     )
 
 
+def measure_training(task_id: str, *, done: int, total: int, elapsed: float) -> ProgressReport:
+    """A ``train-many`` task's models registered so far, their rate and the time left."""
+    rate = done / elapsed if elapsed > 0 else None
+    eta = elapsed * (total - done) / done if done > 0 else None
+    return ProgressReport(
+        job_id=task_id,
+        chunks_done=done,
+        chunks_total=total,
+        records=0,
+        elapsed_s=elapsed,
+        records_per_s=rate,
+        eta_s=max(eta, 0.0) if eta is not None else None,
+        unit="models",
+    )
+
+
 def format_progress(report: ProgressReport) -> str:
     """One line for people, e.g. ``job j1: 3/10 chunks (30%), 3,000 records, 1,500
     records/s, about 5 s left``."""
@@ -61,6 +79,12 @@ def format_progress(report: ProgressReport) -> str:
         left = "time left: estimating"
     else:
         left = f"about {format_duration(report.eta_s)} left"
+    if report.unit == "models":
+        per_min = "-" if report.records_per_s is None else f"{60 * report.records_per_s:,.0f}"
+        return (
+            f"training {report.job_id}: {report.chunks_done}/{report.chunks_total} models "
+            f"({percent}%), {per_min} models/min, {left}"
+        )
     return (
         f"job {report.job_id}: {report.chunks_done}/{report.chunks_total} chunks "
         f"({percent}%), {report.records:,} records, {rate} records/s, {left}"

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from pynomaly_workers.cli.context import load_settings
+from pynomaly_workers.cli.context import load_adapters, load_settings
 from pynomaly_workers.cli.inputs import input_kwargs, input_options, is_object_uri
 from pynomaly_workers.cli.output import emit, fail, json_option, table
-from pynomaly_workers.cli.waiting import wait_result
+from pynomaly_workers.cli.progress import progress_display
+from pynomaly_workers.cli.waiting import wait_result, wait_training
 from pynomaly_workers.contract import ALGORITHMS, FAILED, TRAIN_TASK, TRAINING_QUEUE
 
 
@@ -120,9 +122,8 @@ def train_many(
     from pynomaly_workers.client import client_app, submit_training_many
 
     app = client_app(load_settings())
-    submission = submit_training_many(
-        models=_load_models_file(models_file), task_id=task_id, app=app
-    )
+    models = _load_models_file(models_file)
+    submission = submit_training_many(models=models, task_id=task_id, app=app)
     if not wait:
         emit(
             {"task_id": submission.task_id},
@@ -131,7 +132,15 @@ def train_many(
         )
         return
     result = app.AsyncResult(submission.task_id)
-    summary = wait_result(result, timeout=timeout, what="training")
+    display = progress_display(sys.stderr, as_json=as_json)
+    store = load_adapters().store if display is not None else None
+    summary = wait_training(
+        result,
+        count=lambda: store.count_trained_by(submission.task_id) if store else 0,
+        total=len(models),
+        timeout=timeout,
+        display=display,
+    )
     emit(summary, as_json=as_json, human=lambda: _print_training_many(summary))
     if summary["n_failed"]:
         fail(

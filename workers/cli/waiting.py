@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pynomaly_workers.cli.output import fail
-from pynomaly_workers.cli.progress import measure_progress
+from pynomaly_workers.cli.progress import measure_progress, measure_training
 from pynomaly_workers.contract import FINAL_STATUSES
 
 if TYPE_CHECKING:
@@ -31,6 +32,41 @@ def wait_result(result: AsyncResult[Any], *, timeout: float, what: str) -> dict[
     if result.failed():
         fail(f"{what} failed: {value}")
     return dict(value)
+
+
+def wait_training(
+    result: AsyncResult[Any],
+    *,
+    count: Callable[[], int],
+    total: int,
+    timeout: float,
+    display: ProgressDisplay | None,
+) -> dict[str, Any]:
+    """Wait for a ``train-many`` task's result, showing the models it has registered so
+    far (``count``, read at most every :data:`PROGRESS_EVERY` seconds) on ``display``."""
+    if display is None:
+        return wait_result(result, timeout=timeout, what="training")
+    started = time.monotonic()
+    last_read: float | None = None
+    try:
+        while not result.ready() and time.monotonic() < started + timeout:
+            now = time.monotonic()
+            if last_read is None or now - last_read >= PROGRESS_EVERY:
+                last_read = now
+                display.show(
+                    measure_training(result.id, done=count(), total=total, elapsed=now - started)
+                )
+            time.sleep(0.1)
+        if result.ready():
+            display.show(
+                measure_training(
+                    result.id, done=count(), total=total, elapsed=time.monotonic() - started
+                )
+            )
+    finally:
+        display.close()
+    left = max(0.0, started + timeout - time.monotonic())
+    return wait_result(result, timeout=left, what="training")
 
 
 def wait_for_job(

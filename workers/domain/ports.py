@@ -203,6 +203,10 @@ class ModelStore(Protocol):
     def count_models(self, *, name: str | None = None, match: str | None = None) -> int:
         """How many versions :meth:`list_models` would list without a limit."""
 
+    def count_trained_by(self, task_id: str) -> int:
+        """How many versions the ``pynomaly.train_many`` task ``task_id`` has registered
+        so far (each records ``task_id:index``)."""
+
     def load_artifact(self, sha256: str) -> bytes:
         """Artifact bytes by content hash; raises ``ArtifactCorrupt`` if they do not match."""
 

@@ -154,6 +154,16 @@ class SqlModelStore(SqlBase):
         with Session(self.engine) as session:
             return int(session.scalar(query) or 0)
 
+    def count_trained_by(self, task_id: str) -> int:
+        escaped = task_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = (
+            select(func.count())
+            .select_from(ModelRow)
+            .where(ModelRow.training_task_id.like(f"{escaped}:%", escape="\\"))
+        )
+        with Session(self.engine) as session:
+            return int(session.scalar(query) or 0)
+
     # -- aliases --------------------------------------------------------------------
     def set_alias(self, name: str, alias: str, version: int, *, now: datetime) -> AliasMove:
         """Point ``name@alias`` at ``version`` and record the move."""

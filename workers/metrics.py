@@ -120,8 +120,25 @@ def get_metrics() -> Metrics:
     registered and raise ``DuplicateTimeseries``)."""
     with _metrics_lock:
         if not _created:
-            _created.append(_create_metrics())
+            _created.append(_with_known_labels(_create_metrics()))
         return _created[0]
+
+
+NOTIFICATION_EVENTS = ("opened", "escalated", "resolved")
+NOTIFICATION_OUTCOMES = ("delivered", "retried", "failed", "disabled")
+INCIDENT_EVENTS = ("opened", "grown", "resolved")
+
+
+def _with_known_labels(metrics: Metrics) -> Metrics:
+    """Export the incident and notification counters at 0 for every label value they
+    can take, before the first event: an alert on ``increase()`` of a series that
+    appears with its first failure would never see that failure."""
+    for event in NOTIFICATION_EVENTS:
+        for outcome in NOTIFICATION_OUTCOMES:
+            metrics.notifications.labels(event=event, outcome=outcome)
+    for event in INCIDENT_EVENTS:
+        metrics.incidents.labels(event=event)
+    return metrics
 
 
 def _create_metrics() -> Metrics:

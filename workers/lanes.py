@@ -20,10 +20,12 @@ consumer calls), the queue selection (``app.amqp.queues``) and an inspect comman
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.utils.time import maybe_iso8601
 from celery.worker.control import inspect_command
 from kombu import Consumer
 
@@ -112,12 +114,19 @@ class BulkLane(bootsteps.ConsumerStep):
         if c is None or not self.queues:
             return []
         queues = [c.app.amqp.queues[name] for name in self.queues]
+        handler = c.create_task_handler()
+        delays = HeldForEta(channel, slots=self.slots, hub=c.hub)
+
+        def on_message(message: Any) -> None:
+            delays.note(message)
+            handler(message)
+
         return [
             Consumer(
                 channel,
                 queues=queues,
                 accept=c.app.conf.accept_content,
-                on_message=c.create_task_handler(),
+                on_message=on_message,
                 on_decode_error=c.on_decode_error,
             )
         ]
@@ -125,6 +134,55 @@ class BulkLane(bootsteps.ConsumerStep):
     def consuming(self) -> list[Any]:
         """The queues the lane consumes now (for ``inspect active_queues``)."""
         return [q for consumer in self.consumers or () for q in consumer.queues]
+
+
+class HeldForEta:
+    """Widens the lane's prefetch by one for each message with a future ETA (a retry's
+    countdown, a webhook's backoff), until that ETA.
+
+    Celery keeps such a message in the worker, unacknowledged, until its ETA, and makes
+    room for it by raising the *task consumer's* prefetch (``qos.increment_eventually``).
+    The lane's channel has a prefetch of its own (the bulk slots), which Celery does not
+    know: without this, a webhook retrying with a backoff of minutes held a slot for
+    minutes, and with one or two slots a file job or a training waited behind it. At the
+    ETA the task runs like any other and counts against the slots again. RabbitMQ's
+    quorum queues delay such messages in the broker (native delayed delivery), so they
+    arrive due and nothing is held."""
+
+    def __init__(self, channel: Any, *, slots: int, hub: Any) -> None:
+        self.channel, self.slots, self.hub = channel, slots, hub
+        self.held = 0
+
+    def note(self, message: Any) -> None:
+        delay = eta_delay(message)
+        if delay is None or self.hub is None:
+            return
+        self.held += 1
+        self._apply()
+        self.hub.call_later(delay, self._release)
+
+    def _release(self) -> None:
+        self.held = max(0, self.held - 1)
+        self._apply()
+
+    def _apply(self) -> None:
+        try:
+            self.channel.basic_qos(0, self.slots + self.held, False)
+        except Exception as exc:  # a closed channel: the new one starts at the slots
+            log.debug("bulk lane prefetch not changed: %s", exc)
+
+
+def eta_delay(message: Any) -> float | None:
+    """Seconds until a protocol-2 message's ``eta`` header, if it lies in the future."""
+    eta = (getattr(message, "headers", None) or {}).get("eta")
+    if not eta:
+        return None
+    try:
+        moment = maybe_iso8601(eta) if isinstance(eta, str) else eta
+        delay = float(moment.timestamp()) - time.time()  # type: ignore[union-attr]
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return delay if delay > 0 else None
 
 
 def install(app: Celery) -> None:

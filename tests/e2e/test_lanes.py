@@ -15,7 +15,7 @@ from sqlalchemy import Engine, text
 
 from pynomaly_workers.adapters.stores.engine import build_engine
 from pynomaly_workers.client import submit_detection
-from pynomaly_workers.contract import DETECT_CHUNK_TASK
+from pynomaly_workers.contract import DETECT_CHUNK_TASK, NOTIFICATIONS_QUEUE, PING_TASK
 from pynomaly_workers.demo import WorkerProcess
 from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.settings import Settings
@@ -186,3 +186,22 @@ def test_a_large_inline_job_is_forwarded_and_scored_once(
     assert result["n_records"] == 1500
     flagged = {a.record_index for a in e2e_adapters.store.list_anomalies(job_id="lane-inline")}
     assert {3, 700} <= flagged
+
+
+def test_messages_waiting_for_their_eta_leave_the_bulk_slots_free(
+    default_worker: WorkerProcess, lane_model: str, e2e_app: Celery, small_source: Path
+) -> None:
+    # Given more countdown messages on the lane's queues than it has slots (a webhook's
+    # backoff, a retry's countdown): each held by the worker until its ETA, a minute away
+    for _ in range(CORES + 2):
+        e2e_app.send_task(PING_TASK, queue=NOTIFICATIONS_QUEUE, countdown=60)
+    time.sleep(1.0)
+
+    # When a file job comes (bulk work, on the same lane)
+    started = time.monotonic()
+    done = submit_detection(model=lane_model, source=str(small_source), app=e2e_app)
+    summary = e2e_app.AsyncResult(done.task_id).get(timeout=40)
+
+    # Then it runs at once, not after the ETAs
+    assert summary["status"] == "succeeded"
+    assert time.monotonic() - started < 30

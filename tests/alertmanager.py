@@ -24,11 +24,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from pynomaly_workers.adapters.stores.tables import IncidentRow, ModelArtifactRow, ModelRow
+from pynomaly_workers.domain.scoring import fit_score_stats
 
 BINARIES = ("prometheus-alertmanager", "alertmanager")
 T0 = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
@@ -214,7 +216,8 @@ def add_model(engine: Engine, *, name: str = "sensors", version: int = 3) -> int
             n_features=4,
             contamination=0.01,
             threshold=0.5,
-            score_stats={},
+            # real statistics: other tests read every model of the session's database
+            score_stats=fit_score_stats(np.linspace(0.0, 1.0, 101), contamination=0.01).to_dict(),
             params={},
             n_training_rows=100,
             active=False,

@@ -97,9 +97,15 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def clean_pg(pg_url: str) -> Iterator[str]:
-    """The migrated PostgreSQL schema, emptied after the test."""
+    """The migrated PostgreSQL schema, empty before the test and emptied after it (the
+    end-to-end tests share the session's schema and leave their rows in it)."""
+    _truncate(pg_url)
     yield pg_url
-    engine = build_engine(pg_url)
+    _truncate(pg_url)
+
+
+def _truncate(url: str) -> None:
+    engine = build_engine(url)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     engine.dispose()

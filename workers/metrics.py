@@ -124,8 +124,6 @@ def get_metrics() -> Metrics:
         return _created[0]
 
 
-NOTIFICATION_EVENTS = ("opened", "escalated", "resolved")
-NOTIFICATION_OUTCOMES = ("delivered", "retried", "failed", "disabled")
 INCIDENT_EVENTS = ("opened", "grown", "resolved")
 
 
@@ -133,11 +131,13 @@ def _with_known_labels(metrics: Metrics) -> Metrics:
     """Export the incident and notification counters at 0 for every label value they
     can take, before the first event: an alert on ``increase()`` of a series that
     appears with its first failure would never see that failure."""
-    for event in NOTIFICATION_EVENTS:
-        for outcome in NOTIFICATION_OUTCOMES:
+    from pynomaly_workers.domain.notifications import EVENTS, OUTCOMES
+
+    for event in EVENTS:
+        for outcome in OUTCOMES:
             metrics.notifications.labels(event=event, outcome=outcome)
-    for event in INCIDENT_EVENTS:
-        metrics.incidents.labels(event=event)
+    for change in INCIDENT_EVENTS:
+        metrics.incidents.labels(event=change)
     return metrics
 
 

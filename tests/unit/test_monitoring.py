@@ -45,7 +45,7 @@ def family(name: str) -> str:
 def test_promtool_accepts_the_rules() -> None:
     done = promtool("check", "rules", str(RULES))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 21 rules found" in done.stdout
+    assert "SUCCESS: 22 rules found" in done.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pynomaly_workers.domain.ports import JobProgress, JobRecord
     from pynomaly_workers.services.context import Adapters
 
+WHAT = "the training task"
 PROGRESS_EVERY = 0.5
 """Seconds between two progress queries: the job record alone is polled every 0.1 s."""
 
@@ -45,7 +46,7 @@ def wait_training(
     """Wait for a ``train-many`` task's result, showing the models it has registered so
     far (``count``, read at most every :data:`PROGRESS_EVERY` seconds) on ``display``."""
     if display is None:
-        return wait_result(result, timeout=timeout, what="training")
+        return wait_result(result, timeout=timeout, what=WHAT)
     started = time.monotonic()
     last_read: float | None = None
     try:
@@ -66,7 +67,7 @@ def wait_training(
     finally:
         display.close()
     left = max(0.0, started + timeout - time.monotonic())
-    return wait_result(result, timeout=left, what="training")
+    return wait_result(result, timeout=left, what=WHAT)
 
 
 def wait_for_job(

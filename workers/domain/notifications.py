@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, get_args
 from urllib.parse import urlsplit
 
 from pynomaly_workers.domain.errors import InvalidInput
@@ -42,6 +42,7 @@ CANCELLED: Final = "cancelled"
 NOTIFICATION_STATUSES: Final = (PENDING, DELIVERED, FAILED, CANCELLED)
 
 Outcome = Literal["delivered", "retried", "failed", "disabled"]
+OUTCOMES: Final[tuple[Outcome, ...]] = get_args(Outcome)
 """What became of one attempt (the ``outcome`` label of pynomaly_notifications_total)."""
 
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - the prefix, not a secret

@@ -41,8 +41,9 @@ from pynomaly_workers.services.notifications import add_subscription
 SUBSCRIPTIONS = 3
 ENTITIES = 50
 OUTLIER_EVERY = 20
-ROUNDS = (True, False, False, True)
-"""With subscriptions (True) or without, in this order."""
+ROUNDS = (None, True, False, False, True)
+"""With subscriptions (True) or without, in this order; None: a warm-up round, not
+reported (a fresh worker's first anomalies, incidents and deliveries)."""
 
 
 class CountingReceiver:
@@ -90,8 +91,9 @@ def subscribed(stack: Stack, receiver: CountingReceiver, *, on: bool) -> Iterato
             stack.adapters.store.remove_subscription(name)  # type: ignore[attr-defined]
 
 
-def incident_kind(stack: Stack, app: Celery, width: int) -> Kind:
-    """One-record jobs naming one of 50 entities, every 20th record an outlier."""
+def incident_kind(stack: Stack, app: Celery, width: int, *, round_: int) -> Kind:
+    """One-record jobs naming one of 50 entities of this round (so each round opens its
+    own incidents, and notifies of them), every 20th record an outlier."""
     outlier = [8.0] * width
 
     def make_sender(prefix: str, records: Sequence[list[float]]) -> Any:
@@ -102,7 +104,7 @@ def incident_kind(stack: Stack, app: Celery, width: int) -> Kind:
                 job_id=f"{prefix}{i:06d}",
                 model=IFOREST_MODEL,
                 records=[record],
-                entities=[f"entity-{i % ENTITIES}"],
+                entities=[f"round-{round_}-entity-{i % ENTITIES}"],
             )
 
         return send
@@ -141,11 +143,19 @@ def run_incidents(stack: Stack, inputs: Inputs) -> dict[str, Any]:
             with publisher(stack.settings) as app:
                 warm_up(stack, app, models=[IFOREST_MODEL], records=inputs.warmup, tag="inc")
                 width = len(inputs.small_jobs.burst[0])
-                kind = incident_kind(stack, app, width)
                 for index, on in enumerate(ROUNDS):
+                    kind = incident_kind(stack, app, width, round_=index)
                     figures = one_round(
-                        stack, app, inputs, kind, receiver, on=on, worker_pid=worker.process.pid
+                        stack,
+                        app,
+                        inputs,
+                        kind,
+                        receiver,
+                        on=bool(on),
+                        worker_pid=worker.process.pid,
                     )
+                    if on is None:
+                        continue
                     runs["with" if on else "without"].append(figures)
                     say(
                         f"incidents round {index} ({'with' if on else 'without'} "

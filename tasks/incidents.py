@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from pynomaly_workers.adapters.priority import run_niced
 from pynomaly_workers.bootstrap import get_adapters
 from pynomaly_workers.client import publish
 from pynomaly_workers.contract import (
@@ -93,7 +94,7 @@ def register(app: Celery, settings: Settings) -> None:
     @app.task(name=FOLD_INCIDENTS_TASK, **options)
     def fold(self: Task) -> dict[str, Any]:  # type: ignore[type-arg]
         """Fold the anomalies of settled jobs into incidents."""
-        report = incidents.fold_pending(get_adapters())
+        report = run_niced(lambda: incidents.fold_pending(get_adapters()), nice=settings.bulk_nice)
         after_commit(self.app, report, settings=settings)
         if report.more:
             publish(self.app, FOLD_INCIDENTS_TASK, kwargs={})
@@ -102,7 +103,7 @@ def register(app: Celery, settings: Settings) -> None:
     @app.task(name=RESOLVE_IDLE_TASK, **options)
     def resolve_idle(self: Task) -> dict[str, Any]:  # type: ignore[type-arg]
         """Resolve incidents without a new anomaly for the resolve-after setting."""
-        report = incidents.resolve_idle(get_adapters())
+        report = run_niced(lambda: incidents.resolve_idle(get_adapters()), nice=settings.bulk_nice)
         after_commit(self.app, report, settings=settings)
         return _summary(report)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from pynomaly_workers.adapters.priority import run_niced
 from pynomaly_workers.bootstrap import get_adapters
 from pynomaly_workers.client import publish
 from pynomaly_workers.contract import DELIVER_TASK, NOTIFICATIONS_QUEUE, SWEEP_NOTIFICATIONS_TASK
@@ -52,7 +53,10 @@ def register(app: Celery, settings: Settings) -> None:
     def deliver_notification(self: Task, notification_id: int) -> None:  # type: ignore[type-arg]
         """One attempt to POST notification ``notification_id``; re-published with the
         backoff delay while it may still succeed."""
-        attempted = deliver(get_adapters(), int(notification_id))
+        # at the bulk nice value, like other bulk-lane work: one-record jobs win the CPU
+        attempted = run_niced(
+            lambda: deliver(get_adapters(), int(notification_id)), nice=settings.bulk_nice
+        )
         if attempted is None:
             return
         _observe(attempted)

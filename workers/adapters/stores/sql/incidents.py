@@ -29,9 +29,11 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.orm import Session
 
 from pynomaly_workers.adapters.stores.sql.base import SqlBase
 from pynomaly_workers.adapters.stores.sql.notifications import queue_notifications
+from pynomaly_workers.adapters.stores.sql.rows import anomaly_record
 from pynomaly_workers.adapters.stores.tables import (
     AnomalyLabelRow,
     AnomalyRow,
@@ -53,7 +55,6 @@ from pynomaly_workers.domain.incidents import (
     severity_band,
 )
 from pynomaly_workers.domain.ports import (
-    AnomalyRecord,
     FoldReport,
     IncidentDetail,
     IncidentEventRecord,
@@ -474,8 +475,8 @@ class SqlIncidentStore(SqlBase):
                 )
             ]
             anomalies = [
-                _anomaly(a)
-                for a in conn.execute(
+                anomaly_record(a)
+                for a in Session(bind=conn).scalars(
                     select(AnomalyRow)
                     .where(*_members(row))
                     .order_by(AnomalyRow.severity.desc(), AnomalyRow.id)
@@ -574,22 +575,6 @@ def _record(row: Any) -> IncidentRecord:
         acknowledged_by=row.acknowledged_by,
         resolved_at=row.resolved_at,
         resolved_by=row.resolved_by,
-    )
-
-
-def _anomaly(row: Any) -> AnomalyRecord:
-    return AnomalyRecord(
-        job_id=row.job_id,
-        record_index=row.record_index,
-        model_id=row.model_id,
-        record_id=row.record_id,
-        timestamp=row.timestamp,
-        score=row.score,
-        severity=row.severity,
-        status=row.status,
-        explanation=row.explanation,
-        id=row.id,
-        entity=row.entity,
     )
 
 

@@ -32,6 +32,10 @@ DATABASE_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("PYNOMALY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TABLES = (
+    "evaluations",
+    "model_thresholds",
+    "threshold_changes",
+    "suppression_rules",
     "incident_inbox",
     "incident_events",
     "anomaly_labels",

@@ -54,6 +54,7 @@ TABLES = {
     "detection_jobs",
     "drift_reports",
     "drift_windows",
+    "evaluations",
     "incident_events",
     "incident_inbox",
     "incidents",
@@ -62,11 +63,14 @@ TABLES = {
     "model_alias_moves",
     "model_aliases",
     "model_artifacts",
+    "model_thresholds",
     "models",
     "notifications",
     "shadow_anomalies",
     "shadow_results",
     "subscriptions",
+    "suppression_rules",
+    "threshold_changes",
 }
 
 

@@ -137,6 +137,11 @@ class ModelAliasMoveRow(Base):
     previous_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
     action: Mapped[str] = mapped_column(String(16))
     moved_at: Mapped[datetime]
+    # Who moved it and why, and the evaluations that allowed it (``--require-better``)
+    # or that it overrode (``--force --reason``).
+    actor: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    evidence: Mapped[dict[str, Any] | None]
 
     __table_args__ = (
         Index("idx_model_alias_moves_alias", "name", "alias", text("id DESC")),
@@ -206,6 +211,9 @@ class DatasetRow(Base):
     columns: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default="ready")
     created_at: Mapped[datetime]
+    # The column that says which records are anomalies (``datasets add --label-column``):
+    # read only by ``evaluate``, never a feature.
+    label_column: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
         Index("idx_datasets_created", text("created_at DESC")),
@@ -277,6 +285,9 @@ class AnomalyRow(Base):
     # The entity the record belongs to (a device, a customer), when the job names one:
     # incidents are kept per model version and entity.
     entity: Mapped[str | None] = mapped_column(String(256))
+    # The suppression rule that matched it (``suppression_rules.id``; no foreign key, so
+    # inserts pay no lookup): stored, never notified, left out of incidents.
+    suppressed_by: Mapped[int | None] = mapped_column(BigInteger)
     # When the worker stored the row (the database's clock); retention goes by this,
     # never by the caller-supplied ``timestamp``.
     detected_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -481,6 +492,98 @@ class DeliveryAttemptRow(Base):
     __table_args__ = (
         Index("idx_delivery_attempts_notification", "notification_id", "attempt"),
         Index("idx_delivery_attempts_at", text("at DESC")),
+    )
+
+
+class EvaluationRow(Base):
+    """How one model version scored a labelled dataset (``evaluate``, or the evidence of
+    an alias move with ``--require-better``); ``metrics`` holds average precision,
+    ROC-AUC, precision/recall/F1 at the threshold, precision at k, alerts per 1,000."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    dataset_name: Mapped[str] = mapped_column(String(128))
+    # The fan-out job that scored it: a redelivered evaluation is stored once.
+    job_id: Mapped[str | None] = mapped_column(String(128))
+    threshold: Mapped[float] = mapped_column(Float)
+    n_records: Mapped[int] = mapped_column(BigInteger)
+    n_positive: Mapped[int] = mapped_column(BigInteger)
+    metrics: Mapped[dict[str, Any]]
+    purpose: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("job_id", name="uq_evaluations_job_id"),
+        CheckConstraint("purpose IN ('evaluate', 'promotion')", name="purpose_valid"),
+        Index("idx_evaluations_model", "model_id", text("created_at DESC")),
+    )
+
+
+class ThresholdChangeRow(Base):
+    """One change of a model version's threshold, set by intent (alerts per day, a
+    precision, a contamination) or rolled back; never updated. The version itself stays
+    as registered."""
+
+    __tablename__ = "threshold_changes"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    threshold: Mapped[float] = mapped_column(Float)
+    previous_threshold: Mapped[float] = mapped_column(Float)
+    action: Mapped[str] = mapped_column(String(16))
+    intent: Mapped[dict[str, Any]]
+    # What the threshold was projected to raise when it was set (alerts per day, precision).
+    projection: Mapped[dict[str, Any]]
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime]
+
+    __table_args__ = (
+        CheckConstraint("action IN ('set', 'rollback')", name="action_valid"),
+        Index("idx_threshold_changes_model", "model_id", text("id DESC")),
+    )
+
+
+class ModelThresholdRow(Base):
+    """The threshold in force for a model version whose threshold was changed; a version
+    without a row here uses the one it was trained with."""
+
+    __tablename__ = "model_thresholds"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    change_id: Mapped[int] = mapped_column(ForeignKey("threshold_changes.id"))
+    updated_at: Mapped[datetime]
+
+
+class SuppressionRuleRow(Base):
+    """Anomalies of a model (optionally of one entity, optionally with one feature in
+    [low, high]) detected before ``until`` are stored but marked suppressed. Rules are
+    never deleted: a removed one keeps who removed it, and each counts what it
+    suppressed."""
+
+    __tablename__ = "suppression_rules"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    entity: Mapped[str | None] = mapped_column(String(256))
+    feature: Mapped[str | None] = mapped_column(String(128))
+    low: Mapped[float | None] = mapped_column(Float)
+    high: Mapped[float | None] = mapped_column(Float)
+    until: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]
+    removed_by: Mapped[str | None] = mapped_column(String(128))
+    suppressed_count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (
+        CheckConstraint(
+            "(feature IS NULL AND low IS NULL AND high IS NULL)"
+            " OR (feature IS NOT NULL AND low IS NOT NULL AND high IS NOT NULL AND low <= high)",
+            name="range_valid",
+        ),
+        Index("idx_suppression_rules_model", "model_name", text("until DESC")),
     )
 
 

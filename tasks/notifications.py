@@ -10,6 +10,7 @@ together; the sweep sends whatever message was lost.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, Task
@@ -19,7 +20,7 @@ from pynomaly_workers.bootstrap import get_adapters
 from pynomaly_workers.client import publish
 from pynomaly_workers.contract import DELIVER_TASK, NOTIFICATIONS_QUEUE, SWEEP_NOTIFICATIONS_TASK
 from pynomaly_workers.metrics import get_metrics
-from pynomaly_workers.services.notifications import Attempted, DeliverySender, deliver, sweep
+from pynomaly_workers.services.notifications import Attempted, DeliverySender, deliver_many, sweep
 from pynomaly_workers.settings import Settings
 from pynomaly_workers.tasks.base import retry_options
 
@@ -30,11 +31,12 @@ def delivery_sender(app: Celery) -> DeliverySender:
     """Publishes ``pynomaly.notifications.deliver`` on ``app``'s broker (incident upkeep
     passes this to ``services.notifications.dispatch`` after its commit)."""
 
-    def send(notification_id: int, countdown: float) -> None:
+    def send(notification_ids: Sequence[int], countdown: float) -> None:
         options: dict[str, Any] = {"queue": NOTIFICATIONS_QUEUE}
         if countdown > 0:
             options["countdown"] = countdown
-        publish(app, DELIVER_TASK, kwargs={"notification_id": notification_id}, **options)
+        kwargs = {"notification_ids": [int(i) for i in notification_ids]}
+        publish(app, DELIVER_TASK, kwargs=kwargs, **options)
 
     return send
 
@@ -50,26 +52,32 @@ def register(app: Celery, settings: Settings) -> None:
     options: dict[str, Any] = {**retry_options(settings), "ignore_result": True}
 
     @app.task(name=DELIVER_TASK, **options)
-    def deliver_notification(self: Task, notification_id: int) -> None:  # type: ignore[type-arg]
-        """One attempt to POST notification ``notification_id``; re-published with the
-        backoff delay while it may still succeed."""
+    def deliver_notifications(
+        self: Task,  # type: ignore[type-arg]
+        notification_ids: Sequence[int] = (),
+        notification_id: int | None = None,
+    ) -> None:
+        """One attempt to POST each of the notifications (``notification_id``: one, as
+        messages published before batches name it); each that may still succeed is
+        re-published alone with its own backoff delay."""
+        ids = [int(i) for i in notification_ids]
+        if notification_id is not None:
+            ids.append(int(notification_id))
         # at the bulk nice value, like other bulk-lane work: one-record jobs win the CPU
-        attempted = run_niced(
-            lambda: deliver(get_adapters(), int(notification_id)), nice=settings.bulk_nice
-        )
-        if attempted is None:
-            return
-        _observe(attempted)
-        log.info(
-            "notification %d (%s) attempt %d: %s%s",
-            attempted.notification_id,
-            attempted.event,
-            attempted.attempt,
-            attempted.outcome,
-            f" ({attempted.error})" if attempted.error else "",
-        )
-        if attempted.retry_in is not None:
-            delivery_sender(self.app)(attempted.notification_id, attempted.retry_in)
+        attempts = run_niced(lambda: deliver_many(get_adapters(), ids), nice=settings.bulk_nice)
+        send = delivery_sender(self.app)
+        for attempted in attempts or ():
+            _observe(attempted)
+            log.info(
+                "notification %d (%s) attempt %d: %s%s",
+                attempted.notification_id,
+                attempted.event,
+                attempted.attempt,
+                attempted.outcome,
+                f" ({attempted.error})" if attempted.error else "",
+            )
+            if attempted.retry_in is not None:
+                send([attempted.notification_id], attempted.retry_in)
 
     @app.task(name=SWEEP_NOTIFICATIONS_TASK, **options)
     def sweep_notifications(self: Task) -> None:  # type: ignore[type-arg]

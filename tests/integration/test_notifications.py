@@ -32,6 +32,7 @@ from pynomaly_workers.services.notifications import (
     Attempted,
     add_subscription,
     deliver,
+    deliver_many,
     send_test,
     sweep,
 )
@@ -326,6 +327,53 @@ def test_two_deliveries_of_one_message_post_once(notify: Adapters) -> None:
     assert len(receiver.requests) == 1
 
 
+def test_one_delivery_of_many_notifications_posts_them_together_once_each(
+    notify: Adapters,
+) -> None:
+    # Given three incidents for two subscriptions (six notifications), one of them
+    # already delivered, and a receiver that answers the others only once all five are
+    # in (so posting one after another would break its barrier after ten seconds)
+    version = register_model(notify.store)
+    incidents = [
+        seed_incident(engine_of(notify), version, severities=[0.9], entity=e) for e in "abc"
+    ]
+    gate: list[threading.Barrier] = []
+    broken: list[str] = []
+
+    def wait_for_the_others(webhook_id: str, _seen: int) -> float:
+        try:
+            if gate:
+                gate[0].wait()
+        except threading.BrokenBarrierError:
+            broken.append(webhook_id)
+        return 0.0
+
+    with WebhookReceiver("whsec_" + "A" * 32, delay=wait_for_the_others) as receiver:
+        receiver.secret = subscribe(notify, receiver.url, name="ops").secret
+        add_subscription(notify, name="oncall", url=receiver.url, secret=receiver.secret)
+        ids = [nid for incident in incidents for nid in queue(notify, incident)]
+        assert len(ids) == 6
+        [first] = deliver_many(notify, ids[:1], draw=lambda: 0.0)
+        gate.append(threading.Barrier(5, timeout=10))
+
+        # When one delivery takes all six (the delivered one among them), and again
+        done = deliver_many(notify, ids, draw=lambda: 0.0)
+        again = deliver_many(notify, ids, draw=lambda: 0.0)
+
+    # Then the five pending ones were in flight together, each posted once
+    assert first.outcome == "delivered"
+    assert sorted(a.notification_id for a in done) == sorted(ids[1:])
+    assert {a.outcome for a in done} == {"delivered"}
+    assert again == []
+    assert broken == []
+    assert len(receiver.requests) == 6
+    assert len({r.webhook_id for r in receiver.requests}) == 6
+    assert all(r.verified for r in receiver.requests)
+    for nid in ids:
+        assert notification(notify, nid).status == "delivered"
+        assert len(attempts(notify, nid)) == 1
+
+
 def test_the_sweep_resends_what_is_overdue_and_leaves_the_rest(notify: Adapters) -> None:
     version = register_model(notify.store)
     incidents = [
@@ -345,13 +393,13 @@ def test_the_sweep_resends_what_is_overdue_and_leaves_the_rest(notify: Adapters)
                 .where(NotificationRow.id == nid)
                 .values(next_attempt_at=when)
             )
-    sent: list[tuple[int, float]] = []
+    sent: list[tuple[list[int], float]] = []
 
-    swept = sweep(notify, lambda nid, countdown: sent.append((nid, countdown)))
+    swept = sweep(notify, lambda ids, countdown: sent.append((list(ids), countdown)))
 
     assert swept == [lost]
-    assert sent == [(lost, 0.0)]
-    assert sweep(notify, lambda nid, countdown: sent.append((nid, countdown))) == []
+    assert sent == [([lost], 0.0)]
+    assert sweep(notify, lambda ids, countdown: sent.append((list(ids), countdown))) == []
 
 
 def test_subscription_errors_say_what_to_do(notify: Adapters) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -40,7 +40,7 @@ from pynomaly_workers.domain.notifications import (
     serialise,
 )
 from pynomaly_workers.schedules import beat_schedule
-from pynomaly_workers.services.notifications import dispatch
+from pynomaly_workers.services.notifications import DELIVERY_BATCH, dispatch
 from pynomaly_workers.settings import Settings
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -330,17 +330,23 @@ def test_beat_sweeps_lost_notifications_every_minute(
     assert 0 < entry["options"]["expires"] < entry["schedule"]
 
 
-def test_dispatch_publishes_each_and_leaves_the_rest_to_the_sweep_if_the_broker_fails(
+def test_dispatch_publishes_batches_and_leaves_the_rest_to_the_sweep_if_the_broker_fails(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sent: list[tuple[int, float]] = []
+    sent: list[tuple[list[int], float]] = []
 
-    def send(notification_id: int, countdown: float) -> None:
-        if notification_id == 3:
+    def send(notification_ids: Sequence[int], countdown: float) -> None:
+        if 3 in notification_ids:
             raise ConnectionError("broker down")
-        sent.append((notification_id, countdown))
+        sent.append((list(notification_ids), countdown))
 
     assert dispatch(send, [1, 2]) == 2
-    assert dispatch(send, [4, 3, 5]) == 1
-    assert sent == [(1, 0.0), (2, 0.0), (4, 0.0)]
-    assert "could not publish 2 notification deliveries (broker down)" in caplog.text
+    assert dispatch(send, [4, 3, 5]) == 0
+    many = list(range(10, 10 + DELIVERY_BATCH + 5))
+    assert dispatch(send, many) == len(many)
+    assert sent == [
+        ([1, 2], 0.0),
+        (many[:DELIVERY_BATCH], 0.0),
+        (many[DELIVERY_BATCH:], 0.0),
+    ]
+    assert "could not publish the delivery of 3 notifications (broker down)" in caplog.text

@@ -831,19 +831,20 @@ class NotificationStore(Protocol):
     def remove_subscription(self, name: str) -> Subscription:
         """Delete a subscription with its notifications and their attempts."""
 
-    def claim_notification(
-        self, notification_id: int, *, now: datetime, lease_seconds: float
-    ) -> Claim | None:
-        """Take a pending notification that is due for one attempt (and push its next
-        attempt ``lease_seconds`` away, so nobody else takes it meanwhile); None if it is
-        not pending, not due, or gone."""
+    def claim_notifications(
+        self, notification_ids: Sequence[int], *, now: datetime, lease_seconds: float
+    ) -> list[Claim]:
+        """Take those of the notifications that are pending and due, for one attempt
+        each (and push their next attempt ``lease_seconds`` away, so nobody else takes
+        them meanwhile), in one transaction; the ones not pending, not due or gone are
+        left out."""
 
-    def record_attempt(
-        self, claim: Claim, *, result: PostResult, decision: Decision, now: datetime
-    ) -> bool:
-        """Record an attempt and apply its decision (a 410 disables the subscription and
-        cancels its pending notifications), in one transaction; False if the claim was
-        lost to another attempt meanwhile (the attempt is recorded all the same)."""
+    def record_attempts(
+        self, outcomes: Sequence[tuple[Claim, PostResult, Decision]], *, now: datetime
+    ) -> list[bool]:
+        """Record attempts and apply their decisions (a 410 disables the subscription
+        and cancels its pending notifications), in one transaction; for each, False if
+        its claim was lost to another attempt meanwhile (recorded all the same)."""
 
     def deliveries(self, *, failed: bool = False, limit: int = 50) -> list[Delivery]:
         """The newest notifications (only the failed and cancelled ones if ``failed``)."""

@@ -13,7 +13,8 @@ import logging
 import random
 import secrets
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -21,6 +22,7 @@ from pynomaly_workers.domain.errors import InvalidInput
 from pynomaly_workers.domain.models import check_model_name
 from pynomaly_workers.domain.notifications import (
     SECRET_BYTES,
+    Claim,
     Outcome,
     PostResult,
     Subscription,
@@ -39,13 +41,19 @@ from pynomaly_workers.services.context import Adapters
 
 log = logging.getLogger(__name__)
 
-DeliverySender = Callable[[int, float], None]
-"""Publishes the delivery of notification ``id`` to run ``countdown`` seconds from now."""
+DeliverySender = Callable[[Sequence[int], float], None]
+"""Publishes one delivery of the notifications ``ids`` (one message) to run
+``countdown`` seconds from now."""
 
 SWEEP_GRACE_SECONDS = 120.0
 """A pending notification this far past due has lost its message: the sweep sends it."""
 SWEEP_BATCH = 500
 """Notifications one sweep re-sends at most."""
+CONCURRENT_POSTS = 8
+"""Webhook POSTs one delivery task has in flight at once (a slow receiver holds one
+thread, not the others' notifications)."""
+DELIVERY_BATCH = 100
+"""Notifications one delivery message carries at most."""
 CLOCK_SKEW_SECONDS = 1.0
 """A delivery also takes a notification due this much later: the worker running it may
 read a clock a little behind the host that scheduled it (far less than the lease, so two
@@ -83,66 +91,96 @@ def lease_seconds(adapters: Adapters) -> float:
 def deliver(
     adapters: Adapters, notification_id: int, *, draw: Callable[[], float] = random.random
 ) -> Attempted | None:
-    """Make one attempt to deliver a notification: claim it, sign and POST its body,
-    record the attempt and decide what follows. None if it was not due (delivered,
-    failed, cancelled, removed, or taken by another attempt)."""
+    """Make one attempt to deliver a notification (see :func:`deliver_many`); None if it
+    was not due."""
+    attempted = deliver_many(adapters, [notification_id], draw=draw)
+    return attempted[0] if attempted else None
+
+
+def deliver_many(
+    adapters: Adapters,
+    notification_ids: Sequence[int],
+    *,
+    draw: Callable[[], float] = random.random,
+) -> list[Attempted]:
+    """Make one attempt to deliver each notification: claim them (one transaction), sign
+    and POST their bodies (at most :data:`CONCURRENT_POSTS` at once), record the attempts
+    and decide what follows (one transaction). The ones not due (delivered, failed,
+    cancelled, removed, or taken by another attempt) are left out of the answer."""
     store, sender = _ports(adapters)
     settings = adapters.settings
-    claim = store.claim_notification(
-        notification_id,
+    claims = store.claim_notifications(
+        notification_ids,
         now=adapters.clock.now() + timedelta(seconds=CLOCK_SKEW_SECONDS),
         lease_seconds=lease_seconds(adapters),
     )
-    if claim is None:
-        return None
-    result = sender.post(
-        claim.url,
-        secret=claim.secret,
-        webhook_id=claim.webhook_id,
-        body=claim.body,
-        timestamp=adapters.clock.now(),
+    if not claims:
+        return []
+
+    def post(claim: Claim) -> PostResult:
+        return sender.post(
+            claim.url,
+            secret=claim.secret,
+            webhook_id=claim.webhook_id,
+            body=claim.body,
+            timestamp=adapters.clock.now(),
+        )
+
+    if len(claims) == 1:
+        results = [post(claims[0])]
+    else:
+        with ThreadPoolExecutor(
+            max_workers=min(CONCURRENT_POSTS, len(claims)), thread_name_prefix="webhook"
+        ) as pool:
+            results = list(pool.map(post, claims))
+    decisions = [
+        decide(
+            result,
+            attempt=claim.attempt,
+            max_attempts=settings.webhook_max_attempts,
+            base=settings.webhook_retry_base_seconds,
+            maximum=settings.webhook_retry_max_seconds,
+            draw=draw,
+        )
+        for claim, result in zip(claims, results, strict=True)
+    ]
+    recorded = store.record_attempts(
+        list(zip(claims, results, decisions, strict=True)), now=adapters.clock.now()
     )
-    decision = decide(
-        result,
-        attempt=claim.attempt,
-        max_attempts=settings.webhook_max_attempts,
-        base=settings.webhook_retry_base_seconds,
-        maximum=settings.webhook_retry_max_seconds,
-        draw=draw,
-    )
-    recorded = store.record_attempt(
-        claim, result=result, decision=decision, now=adapters.clock.now()
-    )
-    return Attempted(
-        notification_id=notification_id,
-        event=claim.event,
-        attempt=claim.attempt,
-        outcome=decision.outcome,
-        status_code=result.status_code,
-        error=decision.error,
-        duration_s=result.duration_s,
-        retry_in=decision.retry_in if recorded else None,
-        recorded=recorded,
-    )
+    return [
+        Attempted(
+            notification_id=claim.notification_id,
+            event=claim.event,
+            attempt=claim.attempt,
+            outcome=decision.outcome,
+            status_code=result.status_code,
+            error=decision.error,
+            duration_s=result.duration_s,
+            retry_in=decision.retry_in if kept else None,
+            recorded=kept,
+        )
+        for claim, result, decision, kept in zip(claims, results, decisions, recorded, strict=True)
+    ]
 
 
 def dispatch(send: DeliverySender, ids: Iterable[int]) -> int:
-    """Publish the delivery of each notification now; how many were published.
+    """Publish the delivery of the notifications now, :data:`DELIVERY_BATCH` to a
+    message; how many were published.
 
     Called after the notifications were committed, so a publish that fails (the broker
     is down) fails nothing: it is logged, the rest are left pending too, and the sweep
     publishes them once they are overdue."""
     pending = list(ids)
-    for count, notification_id in enumerate(pending):
+    for start in range(0, len(pending), DELIVERY_BATCH):
         try:
-            send(notification_id, 0.0)
+            send(pending[start : start + DELIVERY_BATCH], 0.0)
         except Exception as exc:  # any publish failure: the sweep resends
             log.warning(
-                "could not publish %d notification deliveries (%s); the sweep will",
-                len(pending) - count,
+                "could not publish the delivery of %d notifications (%s); the sweep will",
+                len(pending) - start,
                 exc,
             )
-            return count
+            return start
     return len(pending)
 
 

@@ -267,14 +267,16 @@ class SqlNotificationStore(SqlBase):
 
     # -- one delivery attempt -----------------------------------------------------------
 
-    def claim_notification(
-        self, notification_id: int, *, now: datetime, lease_seconds: float
-    ) -> Claim | None:
-        table = NOTIFICATIONS
+    def claim_notifications(
+        self, notification_ids: Sequence[int], *, now: datetime, lease_seconds: float
+    ) -> list[Claim]:
+        if not notification_ids:
+            return []
+        table, subscriptions = NOTIFICATIONS, SUBSCRIPTIONS
         claim = (
             update(table)
             .where(
-                table.c.id == notification_id,
+                table.c.id.in_(sorted(set(notification_ids))),
                 table.c.status == PENDING,
                 table.c.next_attempt_at <= now,
             )
@@ -283,6 +285,7 @@ class SqlNotificationStore(SqlBase):
                 next_attempt_at=now + timedelta(seconds=lease_seconds),
             )
             .returning(
+                table.c.id,
                 table.c.webhook_id,
                 table.c.event,
                 table.c.body,
@@ -291,61 +294,78 @@ class SqlNotificationStore(SqlBase):
             )
         )
         with self.engine.begin() as conn:
-            row = conn.execute(claim).one_or_none()
-            if row is None:
-                return None
-            subscriptions = SUBSCRIPTIONS
-            target = conn.execute(
-                select(subscriptions.c.url, subscriptions.c.secret).where(
-                    subscriptions.c.id == row.subscription_id
+            rows = conn.execute(claim).all()
+            if not rows:
+                return []
+            targets = {
+                target.id: target
+                for target in conn.execute(
+                    select(subscriptions.c.id, subscriptions.c.url, subscriptions.c.secret).where(
+                        subscriptions.c.id.in_({row.subscription_id for row in rows})
+                    )
                 )
-            ).one()
-        return Claim(
-            notification_id=notification_id,
-            webhook_id=row.webhook_id,
-            event=row.event,
-            body=row.body,
-            attempt=row.attempts,
-            subscription_id=row.subscription_id,
-            url=target.url,
-            secret=target.secret,
-        )
+            }
+        return [
+            Claim(
+                notification_id=row.id,
+                webhook_id=row.webhook_id,
+                event=row.event,
+                body=row.body,
+                attempt=row.attempts,
+                subscription_id=row.subscription_id,
+                url=targets[row.subscription_id].url,
+                secret=targets[row.subscription_id].secret,
+            )
+            for row in sorted(rows, key=lambda row: row.id)
+        ]
 
-    def record_attempt(
-        self, claim: Claim, *, result: PostResult, decision: Decision, now: datetime
-    ) -> bool:
+    def record_attempts(
+        self, outcomes: Sequence[tuple[Claim, PostResult, Decision]], *, now: datetime
+    ) -> list[bool]:
+        if not outcomes:
+            return []
         table = NOTIFICATIONS
-        retry_at = (
-            now + timedelta(seconds=decision.retry_in) if decision.retry_in is not None else None
-        )
+        applied: list[bool] = []
         with self.engine.begin() as conn:
             conn.execute(
-                insert(ATTEMPTS).values(
-                    notification_id=claim.notification_id,
-                    attempt=claim.attempt,
-                    at=now,
-                    status_code=result.status_code,
-                    error=result.error or decision.error,
-                    duration_ms=result.duration_s * 1000.0,
-                )
+                insert(ATTEMPTS),
+                [
+                    {
+                        "notification_id": claim.notification_id,
+                        "attempt": claim.attempt,
+                        "at": now,
+                        "status_code": result.status_code,
+                        "error": result.error or decision.error,
+                        "duration_ms": result.duration_s * 1000.0,
+                    }
+                    for claim, result, decision in outcomes
+                ],
             )
-            applied = conn.execute(
-                update(table)
-                .where(
-                    table.c.id == claim.notification_id,
-                    table.c.status == PENDING,
-                    table.c.attempts == claim.attempt,
+            for claim, _result, decision in outcomes:
+                retry_at = (
+                    now + timedelta(seconds=decision.retry_in)
+                    if decision.retry_in is not None
+                    else None
                 )
-                .values(
-                    status=decision.status,
-                    next_attempt_at=retry_at,
-                    last_error=decision.error,
-                    delivered_at=now if decision.status == DELIVERED else None,
-                )
-            ).rowcount
-            if decision.outcome == "disabled":
-                self._disable(conn, claim.subscription_id, reason=decision.error or "", now=now)
-        return bool(applied)
+                count = conn.execute(
+                    update(table)
+                    .where(
+                        table.c.id == claim.notification_id,
+                        table.c.status == PENDING,
+                        table.c.attempts == claim.attempt,
+                    )
+                    .values(
+                        status=decision.status,
+                        next_attempt_at=retry_at,
+                        last_error=decision.error,
+                        delivered_at=now if decision.status == DELIVERED else None,
+                    )
+                ).rowcount
+                applied.append(bool(count))
+            for claim, _result, decision in outcomes:
+                if decision.outcome == "disabled":
+                    self._disable(conn, claim.subscription_id, reason=decision.error or "", now=now)
+        return applied
 
     def _disable(
         self, conn: Connection, subscription_id: int, *, reason: str, now: datetime

@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     text,
     update,
@@ -32,7 +33,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from pynomaly_workers.adapters.stores.sql.base import SqlBase
-from pynomaly_workers.adapters.stores.sql.notifications import queue_notifications
+from pynomaly_workers.adapters.stores.sql.notifications import (
+    enabled_subscriptions,
+    queue_notifications,
+)
 from pynomaly_workers.adapters.stores.sql.rows import anomaly_record
 from pynomaly_workers.adapters.stores.tables import (
     AnomalyLabelRow,
@@ -54,6 +58,7 @@ from pynomaly_workers.domain.incidents import (
     fold,
     severity_band,
 )
+from pynomaly_workers.domain.notifications import Subscription
 from pynomaly_workers.domain.ports import (
     FoldReport,
     IncidentDetail,
@@ -82,6 +87,8 @@ class _Tx:
     incidents opened or resolved (Alertmanager wants to hear at once)."""
 
     notifications: list[int] = field(default_factory=list)
+    # The enabled subscriptions, read once per transaction (upkeep holds the fold lock).
+    subscriptions: list[Subscription] | None = None
     opened: int = 0
     grown: int = 0
     resolved: int = 0
@@ -99,9 +106,13 @@ class SqlIncidentStore(SqlBase):
         before_max: float | None,
         after_max: float,
         now: datetime,
+        tx: _Tx,
+        model_name: str | None = None,
     ) -> list[int]:
         """Queue the notifications an incident event calls for, inside the caller's
         transaction (an outbox: sent once it commits); return their ids."""
+        if tx.subscriptions is None:
+            tx.subscriptions = enabled_subscriptions(conn)
         return queue_notifications(
             conn,
             incident_id=incident_id,
@@ -109,6 +120,8 @@ class SqlIncidentStore(SqlBase):
             before_max=before_max,
             after_max=after_max,
             now=now,
+            subscriptions=tx.subscriptions,
+            model_name=model_name,
         )
 
     def _lock(self, conn: Connection) -> None:
@@ -132,10 +145,14 @@ class SqlIncidentStore(SqlBase):
             by_key: dict[tuple[int, str | None], list[AnomalyPoint]] = defaultdict(list)
             for point in points:
                 by_key[(point.model_id, point.entity)].append(point)
+            models = self._model_names(conn, {model_id for model_id, _ in by_key})
+            nearby = self._nearby(conn, by_key, gap=gap)
             for (model_id, entity), key_points in sorted(
                 by_key.items(), key=lambda item: (item[0][0], item[0][1] or "")
             ):
-                self._fold_key(conn, model_id, entity, key_points, gap=gap, now=now, tx=tx)
+                existing = nearby.get((model_id, entity), [])
+                for change in fold(existing, key_points, gap=gap).changes:
+                    self._apply(conn, change, model=models[model_id], now=now, tx=tx)
             more = conn.execute(select(IncidentInboxRow.job_id).limit(1)).first() is not None
         return FoldReport(
             jobs=len(claimed),
@@ -162,33 +179,53 @@ class SqlIncidentStore(SqlBase):
             for model_id, entity, timestamp, severity, explanation in rows
         ]
 
-    def _fold_key(
-        self,
+    @staticmethod
+    def _model_names(conn: Connection, model_ids: set[int]) -> dict[int, tuple[str, int]]:
+        rows = conn.execute(
+            select(ModelRow.id, ModelRow.name, ModelRow.version).where(ModelRow.id.in_(model_ids))
+        )
+        return {row.id: (row.name, row.version) for row in rows}
+
+    @staticmethod
+    def _nearby(
         conn: Connection,
-        model_id: int,
-        entity: str | None,
-        points: list[AnomalyPoint],
+        by_key: dict[tuple[int, str | None], list[AnomalyPoint]],
         *,
         gap: timedelta,
-        now: datetime,
-        tx: _Tx,
-    ) -> None:
-        lo = min(p.timestamp for p in points)
-        hi = max(p.timestamp for p in points)
-        nearby = conn.execute(
-            select(IncidentRow).where(
-                IncidentRow.model_id == model_id,
-                _same_entity(entity),
-                IncidentRow.last_ts >= lo - gap,
-                IncidentRow.first_ts <= hi + gap,
-            )
-        ).all()
-        existing = [_incident(row) for row in nearby]
-        model = conn.execute(
-            select(ModelRow.name, ModelRow.version).where(ModelRow.id == model_id)
-        ).one()
-        for change in fold(existing, points, gap=gap).changes:
-            self._apply(conn, change, model=(model.name, model.version), now=now, tx=tx)
+    ) -> dict[tuple[int, str | None], list[Incident]]:
+        """The incidents within the gap of each key's new anomalies: one query per model
+        (its keys' entities, the span of all their points), then narrowed per key."""
+        spans = {
+            key: (min(p.timestamp for p in points), max(p.timestamp for p in points))
+            for key, points in by_key.items()
+        }
+        found: dict[tuple[int, str | None], list[Incident]] = defaultdict(list)
+        for model_id in sorted({model_id for model_id, _ in spans}):
+            keys = [key for key in spans if key[0] == model_id]
+            entities = sorted({entity for _, entity in keys if entity is not None})
+            lo = min(spans[key][0] for key in keys)
+            hi = max(spans[key][1] for key in keys)
+            same: list[ColumnElement[bool]] = []
+            if entities:
+                same.append(IncidentRow.entity.in_(entities))
+            if any(entity is None for _, entity in keys):
+                same.append(IncidentRow.entity.is_(None))
+            rows = conn.execute(
+                select(IncidentRow).where(
+                    IncidentRow.model_id == model_id,
+                    or_(*same),
+                    IncidentRow.last_ts >= lo - gap,
+                    IncidentRow.first_ts <= hi + gap,
+                )
+            ).all()
+            for row in rows:
+                key = (model_id, row.entity)
+                if key not in spans:
+                    continue
+                first, last = spans[key]
+                if row.last_ts >= first - gap and row.first_ts <= last + gap:
+                    found[key].append(_incident(row))
+        return found
 
     def _apply(
         self, conn: Connection, change: Change, *, model: tuple[str, int], now: datetime, tx: _Tx
@@ -227,6 +264,8 @@ class SqlIncidentStore(SqlBase):
                 before_max=None,
                 after_max=incident.max_severity,
                 now=now,
+                tx=tx,
+                model_name=model[0],
             )
             return
         assert incident.id is not None
@@ -259,6 +298,8 @@ class SqlIncidentStore(SqlBase):
                 before_max=change.before.max_severity,
                 after_max=incident.max_severity,
                 now=now,
+                tx=tx,
+                model_name=model[0],
             )
 
     def _event(
@@ -306,6 +347,7 @@ class SqlIncidentStore(SqlBase):
             before_max=max_severity,
             after_max=max_severity,
             now=now,
+            tx=tx,
         )
 
     # -- resolving ----------------------------------------------------------------------

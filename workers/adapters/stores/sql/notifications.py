@@ -138,6 +138,14 @@ def _notified(conn: Connection, incident_id: int) -> dict[int, set[str]]:
     return found
 
 
+def enabled_subscriptions(conn: Connection) -> list[Subscription]:
+    """The enabled subscriptions (incident upkeep reads them once per transaction)."""
+    return [
+        _subscription(row)
+        for row in conn.execute(select(SUBSCRIPTIONS).where(SUBSCRIPTIONS.c.enabled))
+    ]
+
+
 def queue_notifications(
     conn: Connection,
     *,
@@ -146,25 +154,43 @@ def queue_notifications(
     before_max: float | None,
     after_max: float,
     now: datetime,
+    subscriptions: Sequence[Subscription] | None = None,
+    model_name: str | None = None,
 ) -> list[int]:
     """Insert the notifications an incident event calls for (ON CONFLICT (subscription_id,
     incident_id, event) DO NOTHING: the unique key makes a repeated event notify once)
     with their CloudEvent bodies built from the incident row and its top anomalies;
-    return the ids inserted (to dispatch after commit)."""
+    return the ids inserted (to dispatch after commit).
+
+    ``subscriptions`` (the enabled ones) and ``model_name`` (the incident's) spare the
+    queries for them when the caller has them: an incident that grew without crossing
+    any subscription's minimum then costs no query at all."""
+    if subscriptions is None:
+        subscriptions = enabled_subscriptions(conn)
+    if not subscriptions:
+        return []
+    if kind == "grew" and model_name is not None:
+        possible = recipients(
+            kind,
+            subscriptions,
+            model_name=model_name,
+            before_max=before_max,
+            after_max=after_max,
+            notified={},
+        )
+        if not possible:
+            return []
     incident = conn.execute(select(INCIDENTS).where(INCIDENTS.c.id == incident_id)).one_or_none()
     if incident is None:
         return []
-    subscriptions = [
-        _subscription(row)
-        for row in conn.execute(select(SUBSCRIPTIONS).where(SUBSCRIPTIONS.c.enabled))
-    ]
     chosen = recipients(
         kind,
         subscriptions,
         model_name=incident.model_name,
         before_max=before_max,
         after_max=after_max,
-        notified=_notified(conn, incident_id) if subscriptions else {},
+        # a new incident has no notification yet
+        notified={} if kind == "opened" else _notified(conn, incident_id),
     )
     if not chosen:
         return []

@@ -6,7 +6,7 @@ every 20th record an outlier, so incidents open and grow while the jobs run and 
 workers fold, notify and deliver as they would in service. Measured as the small-job
 section measures (latency at the offered rate, then a burst's throughput, both until
 the result is visible) and a bulk file job, with three webhook subscriptions (to a
-receiver in this process that answers 200) and with none, alternated (with, without,
+receiver in a process of its own that answers 200) and with none, alternated (with, without,
 without, with) so a slow minute of the shared machine falls on both. Each variant also
 reports what upkeep did: incidents opened, webhooks received, and how long after the
 burst the inbox was empty (incidents caught up)."""
@@ -14,13 +14,11 @@ burst the inbox was empty (incidents caught up)."""
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from celery import Celery
@@ -32,6 +30,7 @@ from benchmarks.inputs import Inputs
 from benchmarks.jobs import Sent, publisher, result_client, send_detection
 from benchmarks.models import train, warm_up
 from benchmarks.progress import say
+from benchmarks.receiver import CountingReceiver
 from benchmarks.small_jobs import Kind, SmallJobRows, detect_kind, measure_kind
 from benchmarks.stack import Stack, running_worker
 from benchmarks.stats import ratio
@@ -44,38 +43,6 @@ OUTLIER_EVERY = 20
 ROUNDS = (None, True, False, False, True)
 """With subscriptions (True) or without, in this order; None: a warm-up round, not
 reported (a fresh worker's first anomalies, incidents and deliveries)."""
-
-
-class CountingReceiver:
-    """An HTTP server answering 200 to every POST, counting them (the bench does not
-    check signatures: the tests do)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                with receiver._lock:
-                    receiver.count += 1
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                del format, args
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @contextmanager

@@ -169,6 +169,9 @@ class Dataset:
     status: str = "ready"
     created_at: datetime | None = None
     columns: list[str] = field(default_factory=list)
+    label_column: str | None = None
+    """The column saying which records are anomalies (1) or normal (0): read only by
+    ``evaluate``, never a feature."""
 
 
 class ModelStore(Protocol):
@@ -379,6 +382,8 @@ class SourceChunk:
     """Feature column names (None for inline records: features are named by index)."""
     entities: Sequence[str | None] | None = None
     """Each record's entity, when the job names them."""
+    labels: Scores | None = None
+    """Each record's label column as numbers (NaN where missing), when read with one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,11 +410,13 @@ class SourcePlan:
     """The version planned from (an object's version id or ETag, a file's size and
     modification time); every chunk is read from that version or fails."""
     entity_field: str | None = None
+    label_field: str | None = None
 
     @property
     def n_features(self) -> int:
-        """Columns that are features (not ``record_id``, ``timestamp`` or the entity)."""
-        meta = ("record_id", "timestamp", self.entity_field)
+        """Columns that are features (not ``record_id``, ``timestamp``, the entity or the
+        label)."""
+        meta = ("record_id", "timestamp", self.entity_field, self.label_field)
         return len([c for c in self.columns if c not in meta])
 
 
@@ -420,12 +427,25 @@ class SourceReader(Protocol):
         """Row count, feature count and format of a file (name left empty)."""
 
     def read_chunks(
-        self, path: str, *, chunk_rows: int, entity_field: str | None = None
+        self,
+        path: str,
+        *,
+        chunk_rows: int,
+        entity_field: str | None = None,
+        label_field: str | None = None,
     ) -> Iterator[SourceChunk]:
         """The file's rows, ``chunk_rows`` at a time, in order."""
 
-    def plan(self, path: str, *, chunk_rows: int, entity_field: str | None = None) -> SourcePlan:
-        """Chunks of about ``chunk_rows`` rows that can be read independently."""
+    def plan(
+        self,
+        path: str,
+        *,
+        chunk_rows: int,
+        entity_field: str | None = None,
+        label_field: str | None = None,
+    ) -> SourcePlan:
+        """Chunks of about ``chunk_rows`` rows that can be read independently; the entity
+        and label columns, if named, must exist and are not features."""
 
     def read_chunk(
         self,
@@ -435,6 +455,7 @@ class SourceReader(Protocol):
         columns: list[str],
         pin: str | None = None,
         entity_field: str | None = None,
+        label_field: str | None = None,
     ) -> SourceChunk:
         """The rows of one planned chunk, from the version ``pin`` names."""
 

@@ -22,13 +22,17 @@ else) is refused with a message that says so.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from pynomaly_workers.domain.errors import InvalidLabels
+from pynomaly_workers.contract import EVALUATE_TASK, EVALUATION_PURPOSES, kwargs_keys
+from pynomaly_workers.domain.errors import InvalidLabels, InvalidMessage
+from pynomaly_workers.domain.jobs import check_job_id
+from pynomaly_workers.domain.models import ModelRef, check_model_name, parse_model_ref
 
 Labels = npt.NDArray[np.bool_]
 Floats = npt.NDArray[np.float64]
@@ -174,3 +178,63 @@ def precision_at_k(labels: Labels, scores: Floats, *, k: int) -> float:
     from_tied = (k - int(np.count_nonzero(above))) / int(np.count_nonzero(tied))
     hits = np.count_nonzero(labels & above) + from_tied * np.count_nonzero(labels & tied)
     return float(hits / k)
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationRequest:
+    """A checked ``pynomaly.evaluate`` message."""
+
+    job_id: str
+    model: ModelRef
+    dataset: str
+    purpose: str = EVALUATION_PURPOSES[0]
+    actor: str = "unknown"
+
+
+def parse_evaluation_request(kwargs: Mapping[str, Any]) -> EvaluationRequest:
+    """Check a ``pynomaly.evaluate`` message against the contract; raise
+    :class:`~pynomaly_workers.domain.errors.InvalidMessage` with what to change."""
+    unknown = sorted(set(kwargs) - kwargs_keys(EVALUATE_TASK))
+    if unknown:
+        raise InvalidMessage(f"{EVALUATE_TASK} got unknown argument(s) {', '.join(unknown)}")
+    purpose = kwargs.get("purpose", EVALUATION_PURPOSES[0])
+    if purpose not in EVALUATION_PURPOSES:
+        raise InvalidMessage(f"purpose must be one of {', '.join(EVALUATION_PURPOSES)}")
+    actor = kwargs.get("actor") or "unknown"
+    if not isinstance(actor, str) or len(actor) > 128:
+        raise InvalidMessage("actor must be a string of at most 128 characters")
+    dataset = kwargs.get("dataset")
+    if not isinstance(dataset, str):
+        raise InvalidMessage(f"dataset must be a dataset's name, got {dataset!r}")
+    return EvaluationRequest(
+        job_id=check_job_id(kwargs.get("job_id")),
+        model=parse_model_ref(kwargs.get("model")),
+        dataset=check_model_name(dataset),
+        purpose=str(purpose),
+        actor=actor,
+    )
+
+
+def promotion_evidence(
+    *,
+    dataset: str,
+    candidate: Mapping[str, Any],
+    champion: Mapping[str, Any] | None,
+    forced: bool = False,
+) -> dict[str, Any]:
+    """What an alias move with ``--require-better`` was judged on: the candidate's and
+    the current version's evaluations on ``dataset`` (each with its
+    ``average_precision``), whether the candidate passed (its average precision at
+    least the current one's; nothing to beat passes), and whether the move was forced
+    past a failed check."""
+    passed = champion is None or (
+        float(candidate["average_precision"]) >= float(champion["average_precision"])
+    )
+    return {
+        "dataset": dataset,
+        "rule": "candidate average_precision >= current average_precision",
+        "passed": passed,
+        "forced": forced and not passed,
+        "candidate": dict(candidate),
+        "current": dict(champion) if champion is not None else None,
+    }

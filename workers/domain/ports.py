@@ -15,6 +15,7 @@ from pynomaly_workers.contract import JobStatus
 from pynomaly_workers.domain.alerting import AlertedIncident
 from pynomaly_workers.domain.drift import DriftCounts
 from pynomaly_workers.domain.errors import InvalidInput
+from pynomaly_workers.domain.evaluation import Evaluation
 from pynomaly_workers.domain.explain import Attribution
 from pynomaly_workers.domain.incidents import IncidentStatus, Label
 from pynomaly_workers.domain.joblog import JobLine
@@ -213,7 +214,17 @@ class ModelStore(Protocol):
     def load_artifact(self, sha256: str) -> bytes:
         """Artifact bytes by content hash; raises ``ArtifactCorrupt`` if they do not match."""
 
-    def set_alias(self, name: str, alias: str, version: int, *, now: datetime) -> AliasMove:
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        now: datetime,
+        actor: str | None = None,
+        reason: str | None = None,
+        evidence: dict[str, Any] | None = None,
+    ) -> AliasMove:
         """Point ``name@alias`` at ``version`` (raises ``UnknownModel``); record the move."""
 
     def rollback_alias(self, name: str, alias: str, *, now: datetime) -> AliasMove:
@@ -343,6 +354,108 @@ class ShadowStore(Protocol):
 
     def shadow_comparison(self, name: str) -> list[dict[str, Any]]:
         """Per (champion, challenger) version pair of the model: flags and scores compared."""
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationRun:
+    """One run of ``evaluate``: where its fan-out stands."""
+
+    job_id: str
+    status: JobStatus
+    model: str
+    dataset_name: str
+    purpose: str
+    actor: str
+    model_id: int | None = None
+    chunks_total: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationChunk:
+    """One scored chunk of an evaluation: each record's score and label (True =
+    anomaly), and its id if the file has them."""
+
+    chunk_index: int
+    offset: int
+    scores: Scores
+    labels: npt.NDArray[np.bool_]
+    record_ids: Sequence[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredRecords:
+    """Every record an evaluation scored, in file order."""
+
+    record_index: npt.NDArray[np.int64]
+    scores: Scores
+    labels: npt.NDArray[np.bool_]
+    record_ids: list[str | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvaluation:
+    """One row of ``evaluations``: a version's figures on a labelled dataset."""
+
+    id: int
+    job_id: str | None
+    model_name: str
+    model_version: int
+    dataset_name: str
+    threshold: float
+    n_records: int
+    n_positive: int
+    metrics: dict[str, float]
+    purpose: str
+    actor: str
+    created_at: datetime
+
+
+class EvaluationStore(Protocol):
+    """Evaluation runs, their chunks' scores, and the figures they end with."""
+
+    def enqueue_evaluation(
+        self, job_id: str, *, model: str, dataset: str, purpose: str, actor: str, now: datetime
+    ) -> None:
+        """Record a run about to be published (nothing if the job id exists)."""
+
+    def claim_evaluation(
+        self, job_id: str, *, model: str, dataset: str, purpose: str, actor: str, now: datetime
+    ) -> EvaluationRun:
+        """Mark the run running (creating it if no one enqueued it); a finished run is
+        returned as it is."""
+
+    def start_evaluation(self, job_id: str, *, model_id: int, chunks_total: int) -> None:
+        """Record the version being evaluated and how many chunks will report."""
+
+    def fail_evaluation(
+        self, job_id: str, *, error: str, error_type: str, now: datetime
+    ) -> EvaluationRun:
+        """Fail a run that is not finished yet."""
+
+    def add_evaluation_chunk(self, job_id: str, chunk: EvaluationChunk, *, now: datetime) -> bool:
+        """Store a chunk once; True when every chunk of a running run is in."""
+
+    def evaluation_scores(self, job_id: str) -> ScoredRecords:
+        """Every record the run scored, in file order."""
+
+    def finish_evaluation(
+        self, job_id: str, evaluation: Evaluation, *, now: datetime
+    ) -> EvaluationRun:
+        """Store the figures and mark the run succeeded, once."""
+
+    def get_evaluation_run(self, job_id: str) -> EvaluationRun | None:
+        """The run, or None."""
+
+    def evaluation_of(self, job_id: str) -> StoredEvaluation | None:
+        """The figures a run stored, or None."""
+
+    def list_evaluations(self, name: str, *, limit: int = 50) -> list[StoredEvaluation]:
+        """The evaluations of a model's versions, newest first."""
 
 
 class Scorer(Protocol):
@@ -806,6 +919,7 @@ class Store(
     DriftStore,
     ShadowStore,
     IncidentStore,
+    EvaluationStore,
     Protocol,
 ):
     """Every role; one database implements them together."""

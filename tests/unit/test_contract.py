@@ -39,6 +39,8 @@ NAMES = {
     contract.DETECT_CHUNK_TASK,
     contract.TRAIN_TASK,
     contract.TRAIN_MANY_TASK,
+    contract.EVALUATE_TASK,
+    contract.EVALUATE_CHUNK_TASK,
     contract.PING_TASK,
     *contract.ALL_QUEUES,
     *contract.JOB_STATUSES,
@@ -98,6 +100,8 @@ def test_every_task_routes_to_its_queue() -> None:
     assert contract.queue_of(contract.DETECT_CHUNK_TASK) == contract.BULK_QUEUE
     assert contract.queue_of(contract.TRAIN_TASK) == contract.TRAINING_QUEUE
     assert contract.queue_of(contract.TRAIN_MANY_TASK) == contract.TRAINING_QUEUE
+    assert contract.queue_of(contract.EVALUATE_TASK) == contract.BULK_QUEUE
+    assert contract.queue_of(contract.EVALUATE_CHUNK_TASK) == contract.BULK_QUEUE
     assert contract.queue_of(contract.maintenance_task("retention")) == "maintenance"
 
 

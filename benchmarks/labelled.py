@@ -8,9 +8,12 @@ anomalies (378 records, 5.6% anomalies, ODDS's proportion). A seeded, stratified
 gives a training half (labels unused: unsupervised, anomalies included, as ODDS
 evaluates) and a test half that is evaluated.
 
-The PyOD side fits PyOD's implementation of each algorithm on the same training half,
-with the parameters the workers use where the two libraries share them, and scores the
-same test half; average precision is scikit-learn's on both sides.
+The PyOD side fits PyOD's implementation of each algorithm with the parameters the
+workers use where the two libraries share them, and scores the same test half; average
+precision is scikit-learn's on both sides. ``pynomaly.train`` fits on 90% of the rows it
+is given (it holds out a seeded 10% for the ONNX parity check,
+``services.training.split_holdout``), so PyOD is fitted on those same rows, and once more
+on the whole training half.
 """
 
 from __future__ import annotations
@@ -114,11 +117,13 @@ def pyod_detector(algorithm: str, *, contamination: float) -> Any:
     return builders[algorithm]()
 
 
-def pyod_average_precision(algorithm: str, train: Labelled, test: Labelled) -> float:
-    """PyOD's ``algorithm`` fitted on ``train``, its test-half average precision."""
+def pyod_average_precision(
+    algorithm: str, fit_rows: Matrix, test: Labelled, *, contamination: float
+) -> float:
+    """PyOD's ``algorithm`` fitted on ``fit_rows``, its average precision on ``test``."""
     from sklearn.metrics import average_precision_score
 
-    detector = pyod_detector(algorithm, contamination=train.contamination)
-    detector.fit(train.matrix)
+    detector = pyod_detector(algorithm, contamination=contamination)
+    detector.fit(fit_rows)
     scores = detector.decision_function(test.matrix)
     return float(average_precision_score(test.labels, scores))

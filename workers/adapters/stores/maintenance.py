@@ -423,7 +423,8 @@ class SqlMaintenance:
                 .scalars()
                 .all()
             )
-            # An evaluation is not redelivered by anyone: failed, to be asked for again.
+            # Evaluation runs keep no attempt count: past the limit they are failed, to be
+            # asked for again (a late redelivery finds the run finished and does nothing).
             evaluations = (
                 conn.execute(
                     text(

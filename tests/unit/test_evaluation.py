@@ -12,12 +12,14 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pynomaly_workers.domain.errors import InvalidLabels
+from pynomaly_workers.domain.errors import InvalidLabels, InvalidMessage
 from pynomaly_workers.domain.evaluation import (
     average_precision,
     evaluate,
+    parse_evaluation_request,
     parse_labels,
     precision_at_k,
+    promotion_evidence,
     roc_auc,
 )
 
@@ -126,3 +128,50 @@ def test_labels_are_zero_one_or_booleans() -> None:
         parse_labels([0.0, float("nan")], column="y")
     with pytest.raises(InvalidLabels, match="0/1 or true/false"):
         parse_labels(np.array(["yes", "no"]), column="y")
+
+
+@pytest.mark.parametrize(
+    ("candidate", "current", "forced", "passed", "recorded_forced"),
+    [
+        (0.61, 0.60, False, True, False),
+        (0.60, 0.60, False, True, False),  # at least as good passes
+        (0.59, 0.60, False, False, False),
+        (0.59, 0.60, True, False, True),
+        (0.61, 0.60, True, True, False),  # --force on a passing move forces nothing
+    ],
+)
+def test_a_promotion_passes_when_the_candidate_ranks_at_least_as_well(
+    candidate: float, current: float, forced: bool, passed: bool, recorded_forced: bool
+) -> None:
+    evidence = promotion_evidence(
+        dataset="wbc",
+        candidate={"version": 3, "average_precision": candidate},
+        champion={"version": 2, "average_precision": current},
+        forced=forced,
+    )
+
+    assert (evidence["passed"], evidence["forced"]) == (passed, recorded_forced)
+    assert evidence["candidate"]["average_precision"] == candidate
+    assert evidence["current"]["average_precision"] == current
+
+
+def test_a_first_promotion_has_nothing_to_beat() -> None:
+    evidence = promotion_evidence(
+        dataset="wbc", candidate={"version": 1, "average_precision": 0.1}, champion=None
+    )
+
+    assert evidence["passed"] is True
+    assert evidence["current"] is None
+
+
+def test_an_evaluation_message_is_checked_against_the_contract() -> None:
+    request = parse_evaluation_request({"job_id": "e-1", "model": "m@champion", "dataset": "d"})
+    assert (request.job_id, str(request.model), request.dataset) == ("e-1", "m@champion", "d")
+    assert (request.purpose, request.actor) == ("evaluate", "unknown")
+
+    with pytest.raises(InvalidMessage, match="unknown argument"):
+        parse_evaluation_request({"job_id": "e", "model": "m", "dataset": "d", "records": []})
+    with pytest.raises(InvalidMessage, match="purpose must be one of evaluate, promotion"):
+        parse_evaluation_request({"job_id": "e", "model": "m", "dataset": "d", "purpose": "x"})
+    with pytest.raises(InvalidMessage, match="dataset must be"):
+        parse_evaluation_request({"job_id": "e", "model": "m"})

@@ -242,3 +242,17 @@ def test_an_alias_move_keeps_who_why_and_the_evidence(adapters: Adapters) -> Non
         (1, None, None, None),
     ]
     assert adapters.store.get_model(ModelRef("m", alias="champion")).version == 2
+
+
+def test_a_model_trained_on_a_labelled_dataset_does_not_learn_the_label(
+    adapters: Adapters, tmp_path: Path
+) -> None:
+    # Given a labelled dataset (four features, the label between them)
+    register(adapters, labelled_csv(tmp_path / "lab.csv"), label="is_anomaly")
+
+    # When a model is trained on it
+    whole = train(adapters, model="whole", dataset="lab", records=None)
+
+    # Then the model has the four features, and scores the dataset without the label
+    assert whole.n_features == 4
+    assert run_evaluation(adapters, evaluation_kwargs(model="whole")).status == "succeeded"

@@ -21,6 +21,7 @@ from benchmarks import (
     bulk,
     bulk_s3,
     cache,
+    evaluate,
     incidents,
     inference,
     job_log,
@@ -107,6 +108,9 @@ def run_benchmarks(
             if inputs is not None and only in (None, "incidents"):
                 with run.section("incidents"):
                     run.results["incidents"] = incidents.run_incidents(stack, inputs)
+            if only in (None, "evaluate"):
+                with run.section("evaluate"):
+                    run.results["evaluate"] = evaluate.run_evaluate(stack)
             run_own_worker_sections(run, stack, mixed_inputs, many_inputs)
         if only in (None, "broker_fsync"):
             with run.section("broker_fsync"):
@@ -321,6 +325,7 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
         "many_models": results.get("many_models"),
         "job_log": results.get("job_log"),
         "incidents": results.get("incidents"),
+        "evaluate": results.get("evaluate"),
     }
     out["targets"] = check_targets(out, quick=run.sizes.quick)
     out["errors"] = run.errors

@@ -38,6 +38,8 @@ TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
     # with three webhook subscriptions, incidents opening and notified while the jobs run
     ("incidents_result_jobs_per_s", ("incidents", "result_jobs_per_s"), ">=", 1_000),
     ("incidents_bulk_records_per_s", ("incidents", "bulk_records_per_s"), ">=", 300_000),
+    # evaluating labelled rows, beside the bulk detection rate measured in the same section
+    ("evaluate_ratio_to_detect", ("evaluate", "ratio_to_detect"), ">=", 0.5),
 )
 COMPLETE: dict[str, tuple[str, ...]] = {
     "mixed": ("mixed", "all_done"),

@@ -32,6 +32,8 @@ DATABASE_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("PYNOMALY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TABLES = (
+    "evaluation_chunks",
+    "evaluation_runs",
     "evaluations",
     "model_thresholds",
     "threshold_changes",

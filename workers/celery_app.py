@@ -35,7 +35,13 @@ from pynomaly_workers.celery_config import (
     tls_options,
     transport_name,
 )
-from pynomaly_workers.contract import DETECT_CHUNK_TASK, DETECT_TASK, TRAIN_MANY_TASK, TRAIN_TASK
+from pynomaly_workers.contract import (
+    DETECT_CHUNK_TASK,
+    DETECT_TASK,
+    EVALUATE_CHUNK_TASK,
+    TRAIN_MANY_TASK,
+    TRAIN_TASK,
+)
 from pynomaly_workers.settings import Settings, get_settings
 
 __all__ = [
@@ -65,6 +71,7 @@ def create_app(settings: Settings) -> Celery:
     from pynomaly_workers.tasks import (
         alerting,
         detection,
+        evaluation,
         health,
         incidents,
         maintenance,
@@ -75,7 +82,16 @@ def create_app(settings: Settings) -> Celery:
     application = Celery("pynomaly_workers", set_as_current=False)
     application.conf.update(celery_config(settings))
     application.conf.update(beat_config(settings))
-    for module in (detection, training, maintenance, health, incidents, notifications, alerting):
+    for module in (
+        detection,
+        training,
+        maintenance,
+        health,
+        incidents,
+        notifications,
+        alerting,
+        evaluation,
+    ):
         module.register(application, settings)
     worker_init.connect(_preload, weak=False, dispatch_uid="pynomaly-preload")
     task_postrun.connect(_release_after_large_task, weak=False, dispatch_uid="pynomaly-heap")
@@ -104,7 +120,7 @@ def _preload(**_: Any) -> None:
     preload_for_fork()
 
 
-LARGE_TASKS = frozenset({DETECT_CHUNK_TASK, TRAIN_TASK, TRAIN_MANY_TASK})
+LARGE_TASKS = frozenset({DETECT_CHUNK_TASK, EVALUATE_CHUNK_TASK, TRAIN_TASK, TRAIN_MANY_TASK})
 """Tasks after which a pool process gives its freed memory back (see adapters/heap.py);
 also a detection batch with a job that read or planned a file (:func:`was_large`)."""
 FILE_INPUTS = ("source", "dataset")

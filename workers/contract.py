@@ -22,6 +22,11 @@ TRAIN_TASK: Final = "pynomaly.train"
 """Fit and register a new model version."""
 TRAIN_MANY_TASK: Final = "pynomaly.train_many"
 """Fit and register many models from one message, each as its own version."""
+EVALUATE_TASK: Final = "pynomaly.evaluate"
+"""Score a labelled dataset with a model version and store how well the scores rank the
+labelled anomalies (``evaluations``); writes no anomaly. Planned on the bulk lane."""
+EVALUATE_CHUNK_TASK: Final = "pynomaly.evaluate.chunk"
+"""One chunk of an evaluation (internal: published by ``pynomaly.evaluate``)."""
 PING_TASK: Final = "pynomaly.health.ping"
 """The canary whose round trip proves a worker consumes."""
 MAINTENANCE_PREFIX: Final = "pynomaly.maintenance."
@@ -62,6 +67,9 @@ ALL_QUEUES: Final = (*QUEUES, *INTERNAL_QUEUES)
 ROUTES: Final[dict[str, dict[str, str]]] = {
     DETECT_TASK: {"queue": DETECTION_QUEUE, "routing_key": DETECTION_QUEUE},
     DETECT_CHUNK_TASK: {"queue": BULK_QUEUE, "routing_key": BULK_QUEUE},
+    # An evaluation reads a whole file: both its planning and its chunks are bulk work.
+    EVALUATE_TASK: {"queue": BULK_QUEUE, "routing_key": BULK_QUEUE},
+    EVALUATE_CHUNK_TASK: {"queue": BULK_QUEUE, "routing_key": BULK_QUEUE},
     TRAIN_TASK: {"queue": TRAINING_QUEUE, "routing_key": TRAINING_QUEUE},
     TRAIN_MANY_TASK: {"queue": TRAINING_QUEUE, "routing_key": TRAINING_QUEUE},
     f"{MAINTENANCE_PREFIX}*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
@@ -234,10 +242,45 @@ TRAIN_MANY_KWARGS_SCHEMA: Final[dict[str, Any]] = {
     },
 }
 
+EVALUATION_PURPOSES: Final = ("evaluate", "promotion")
+"""Why an evaluation ran: asked for (``evaluate``), or as the evidence of an alias move
+(``models alias ... --require-better``)."""
+
+EVALUATE_KWARGS_SCHEMA: Final[dict[str, Any]] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "pynomaly.evaluate.kwargs.json",
+    "title": f"{EVALUATE_TASK} keyword arguments",
+    "description": "Score a dataset registered with a label column and store average "
+    "precision, ROC-AUC, precision/recall/F1 at the version's threshold, precision at k "
+    "and alerts per 1,000 records in 'evaluations'. No anomaly is written. Published to "
+    f"the '{BULK_QUEUE}' queue by 'pynomaly-workers evaluate'; the job_id is the "
+    "idempotency key (a redelivered evaluation is stored once).",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["job_id", "model", "dataset"],
+    "properties": {
+        "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
+        "model": {
+            "type": "string",
+            "pattern": MODEL_REF_PATTERN,
+            "description": "'name', 'name@version' or 'name@alias', resolved once, when "
+            "the evaluation is planned.",
+        },
+        "dataset": {
+            "type": "string",
+            "pattern": NAME_PATTERN,
+            "description": "A dataset registered with --label-column.",
+        },
+        "purpose": {"enum": list(EVALUATION_PURPOSES), "default": EVALUATION_PURPOSES[0]},
+        "actor": {"type": "string", "minLength": 1, "maxLength": 128},
+    },
+}
+
 KWARGS_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     DETECT_TASK: DETECT_KWARGS_SCHEMA,
     TRAIN_TASK: TRAIN_KWARGS_SCHEMA,
     TRAIN_MANY_TASK: TRAIN_MANY_KWARGS_SCHEMA,
+    EVALUATE_TASK: EVALUATE_KWARGS_SCHEMA,
 }
 
 

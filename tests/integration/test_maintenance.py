@@ -540,7 +540,7 @@ def test_the_sweeper_requeues_or_fails_jobs_left_running(pg: Adapters) -> None:
     run = run_maintenance(pg, "sweep_stale_jobs")
 
     # Then the one with attempts left is queued again, the other failed with a reason
-    assert run.detail == {"requeued": ["stale-1"], "failed": ["stale-3"]}
+    assert run.detail == {"requeued": ["stale-1"], "failed": ["stale-3"], "evaluations_failed": []}
     jobs = {j.job_id: j for j in pg.store.list_jobs(limit=10)}
     assert jobs["stale-1"].status == "queued"
     assert jobs["stale-1"].started_at is None
@@ -548,6 +548,27 @@ def test_the_sweeper_requeues_or_fails_jobs_left_running(pg: Adapters) -> None:
     assert jobs["stale-3"].error_type == "StaleJob"
     assert "hard time limit" in (jobs["stale-3"].error or "")
     assert jobs["fresh"].status == "running"
+
+
+def test_the_sweeper_fails_evaluations_left_running(pg: Adapters) -> None:
+    # Given an evaluation started long past the hard time limit and one started now
+    limit = pg.settings.task_time_limit + pg.settings.stale_job_grace_seconds
+    for job_id, started in (("eval-old", NOW - timedelta(seconds=limit + 60)), ("eval-new", None)):
+        who = {"model": "m", "dataset": "d", "purpose": "evaluate", "actor": "ada"}
+        pg.store.claim_evaluation(job_id, **who, now=started or datetime.now(UTC))
+
+    # When the sweeper runs
+    run = run_maintenance(pg, "sweep_stale_jobs")
+
+    # Then the old one failed, saying why, and the new one still runs
+    assert run.detail["evaluations_failed"] == ["eval-old"]
+    old = pg.store.get_evaluation_run("eval-old")
+    assert old is not None
+    assert (old.status, old.error_type) == ("failed", "StaleJob")
+    assert "hard time limit" in (old.error or "")
+    new = pg.store.get_evaluation_run("eval-new")
+    assert new is not None
+    assert new.status == "running"
 
 
 # -- slow statements and cache stats ----------------------------------------------------

@@ -54,6 +54,8 @@ TABLES = {
     "detection_jobs",
     "drift_reports",
     "drift_windows",
+    "evaluation_chunks",
+    "evaluation_runs",
     "evaluations",
     "incident_events",
     "incident_inbox",

@@ -18,6 +18,7 @@ COMMANDS = {
     "train-many",
     "detect",
     "jobs",
+    "evaluate",
     "models",
     "anomalies",
     "incidents",

@@ -14,7 +14,8 @@ import pytest
 
 from pynomaly_workers import contract
 from pynomaly_workers.client import detection_kwargs, training_kwargs, training_many_kwargs
-from pynomaly_workers.domain.errors import InvalidInput
+from pynomaly_workers.domain.errors import InvalidInput, InvalidMessage
+from pynomaly_workers.domain.evaluation import parse_evaluation_request
 from pynomaly_workers.domain.jobs import (
     TRAINING_TASK_ID_MAX_LENGTH,
     parse_detection_request,
@@ -39,6 +40,8 @@ NAMES = {
     contract.DETECT_CHUNK_TASK,
     contract.TRAIN_TASK,
     contract.TRAIN_MANY_TASK,
+    contract.EVALUATE_TASK,
+    contract.EVALUATE_CHUNK_TASK,
     contract.PING_TASK,
     *contract.ALL_QUEUES,
     *contract.JOB_STATUSES,
@@ -98,6 +101,8 @@ def test_every_task_routes_to_its_queue() -> None:
     assert contract.queue_of(contract.DETECT_CHUNK_TASK) == contract.BULK_QUEUE
     assert contract.queue_of(contract.TRAIN_TASK) == contract.TRAINING_QUEUE
     assert contract.queue_of(contract.TRAIN_MANY_TASK) == contract.TRAINING_QUEUE
+    assert contract.queue_of(contract.EVALUATE_TASK) == contract.BULK_QUEUE
+    assert contract.queue_of(contract.EVALUATE_CHUNK_TASK) == contract.BULK_QUEUE
     assert contract.queue_of(contract.maintenance_task("retention")) == "maintenance"
 
 
@@ -299,3 +304,25 @@ def test_a_task_id_too_long_to_key_every_item_is_refused() -> None:
     assert len(parse_training_batch(kwargs, task_id=fits, max_models=100)) == 12
     with pytest.raises(InvalidInput, match=r"too long.*at most 252 characters"):
         parse_training_batch(kwargs, task_id=fits + "t", max_models=100)
+
+
+# -- pynomaly.evaluate -----------------------------------------------------------------
+EVALUATE_SENT = {
+    "job_id": "eval-1",
+    "model": "wbc@champion",
+    "dataset": "wbc-test",
+    "purpose": "promotion",
+    "actor": "ada",
+}
+
+
+def test_evaluate_schema_is_valid_and_the_workers_agree_with_it() -> None:
+    jsonschema.Draft202012Validator.check_schema(contract.EVALUATE_KWARGS_SCHEMA)
+    jsonschema.validate(EVALUATE_SENT, contract.EVALUATE_KWARGS_SCHEMA)
+    assert parse_evaluation_request(EVALUATE_SENT).purpose == "promotion"
+    refused = {**EVALUATE_SENT, "purpose": "curiosity"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(refused, contract.EVALUATE_KWARGS_SCHEMA)
+    with pytest.raises(InvalidMessage):
+        parse_evaluation_request(refused)
+    assert contract.kwargs_keys(contract.EVALUATE_TASK) == set(EVALUATE_SENT)

@@ -9,12 +9,20 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pynomaly_workers.cli.context import load_adapters
+from pynomaly_workers.cli.evaluation import evaluations_table
 from pynomaly_workers.cli.output import emit, fail, json_option, table
+from pynomaly_workers.cli.promotion import (
+    Promotion,
+    compare_evaluations,
+    evidence_text,
+    judge_promotion,
+    promotion_options,
+)
 from pynomaly_workers.domain.errors import PynomalyError
 
 if TYPE_CHECKING:
     from pynomaly_workers.domain.models import AliasMove, ModelVersion
-    from pynomaly_workers.domain.ports import ModelOverview
+    from pynomaly_workers.domain.ports import ModelOverview, StoredEvaluation
 
 
 @click.group(invoke_without_command=True)
@@ -107,16 +115,34 @@ def _filter_options(name: str | None, match: str | None) -> str:
 @click.argument("name")
 @click.argument("alias")
 @click.argument("version", type=click.IntRange(min=1))
+@promotion_options
 @json_option
-def models_alias(name: str, alias: str, version: int, as_json: bool) -> None:
+def models_alias(
+    name: str,
+    alias: str,
+    version: int,
+    promotion: Promotion,
+    as_json: bool,
+) -> None:
     """Point NAME@ALIAS (e.g. champion) at VERSION. Jobs sent with model="NAME@ALIAS"
-    use it within PYNOMALY_MODEL_REF_TTL_SECONDS."""
+    use it within PYNOMALY_MODEL_REF_TTL_SECONDS. With --require-better --on DATASET,
+    VERSION and the version NAME@ALIAS points at now are evaluated on the labelled
+    DATASET first, and the move is refused (exit 4) unless VERSION's average precision
+    is at least as high; --force --reason TEXT moves it anyway, and is recorded."""
     from pynomaly_workers.domain.models import check_alias, check_model_name
 
     adapters = load_adapters()
     try:
+        check_model_name(name), check_alias(alias)
+        evidence = judge_promotion(adapters, name, alias, version, promotion)
         moved = adapters.store.set_alias(
-            check_model_name(name), check_alias(alias), version, now=adapters.clock.now()
+            name,
+            alias,
+            version,
+            now=adapters.clock.now(),
+            actor=promotion.actor,
+            reason=promotion.reason,
+            evidence=evidence,
         )
     except PynomalyError as exc:
         fail(str(exc))
@@ -143,25 +169,31 @@ def models_rollback(name: str, alias: str, as_json: bool) -> None:
 @json_option
 def models_history(name: str, alias: str | None, as_json: bool) -> None:
     """Every move of NAME's aliases, newest first."""
-    moves = load_adapters().store.alias_history(name, alias=alias)
+    adapters = load_adapters()
+    moves = adapters.store.alias_history(name, alias=alias)
     emit(
         [asdict(m) for m in moves],
         as_json=as_json,
-        human=lambda: click.echo(
-            table(
-                [[m.alias, m.action, m.previous_version, m.version, m.moved_at] for m in moves],
-                ["alias", "action", "from", "to", "when"],
-            )
-        ),
+        human=lambda: _print_history(moves, adapters.store.list_evaluations(name)),
     )
 
 
 @models.command("compare")
 @click.argument("name")
+@click.option(
+    "--on",
+    "dataset",
+    default=None,
+    help="Instead: each version's evaluations on this labelled dataset ('evaluate').",
+)
 @json_option
-def models_compare(name: str, as_json: bool) -> None:
+def models_compare(name: str, dataset: str | None, as_json: bool) -> None:
     """How NAME@challenger compared with NAME@champion on the records it shadowed
-    (PYNOMALY_SHADOW_FRACTION): flags each raised, agreement, score correlation."""
+    (PYNOMALY_SHADOW_FRACTION): flags each raised, agreement, score correlation; with
+    --on DATASET, how NAME's versions scored on that labelled dataset."""
+    if dataset is not None:
+        compare_evaluations(load_adapters(), name, dataset, as_json=as_json)
+        return
     found = load_adapters().store.shadow_comparison(name)
     if not found and not as_json:
         fail(
@@ -205,6 +237,31 @@ def models_compare(name: str, as_json: bool) -> None:
 def _print_move(moved: AliasMove) -> None:
     before = f"version {moved.previous_version}" if moved.previous_version else "nothing"
     click.echo(f"{moved.name}@{moved.alias} -> version {moved.version} (was {before})")
+    if moved.evidence is not None:
+        click.echo(evidence_text(moved.evidence))
+
+
+def _print_history(moves: Sequence[AliasMove], evaluations: list[StoredEvaluation]) -> None:
+    click.echo(
+        table(
+            [
+                [
+                    m.alias,
+                    m.action,
+                    m.previous_version,
+                    m.version,
+                    m.moved_at,
+                    m.actor,
+                    m.reason,
+                    evidence_text(m.evidence) if m.evidence else None,
+                ]
+                for m in moves
+            ],
+            ["alias", "action", "from", "to", "when", "by", "reason", "evidence"],
+        )
+    )
+    if evaluations:
+        click.echo(f"\nevaluations\n{evaluations_table(evaluations)}")
 
 
 def _model_dict(model: ModelVersion, performance: ModelOverview | None = None) -> dict[str, Any]:

@@ -59,3 +59,10 @@ class ArtifactCorrupt(PynomalyError):
     """A stored model artifact does not match its recorded sha256."""
 
     code = "artifact_corrupt"
+
+
+class InvalidLabels(InvalidInput):
+    """A dataset's label column is missing, holds something other than 0/1, or has a
+    single class (nothing to rank anomalies against)."""
+
+    code = "invalid_labels"

@@ -106,6 +106,11 @@ class AliasMove:
     previous_version: int | None
     action: str  # "set" or "rollback"
     moved_at: datetime | None = None
+    actor: str | None = None
+    reason: str | None = None
+    evidence: dict[str, Any] | None = None
+    """The evaluations a ``--require-better`` move was judged on (and whether it was
+    forced past them)."""
 
 
 @dataclass(frozen=True, slots=True)

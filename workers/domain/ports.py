@@ -15,6 +15,7 @@ from pynomaly_workers.contract import JobStatus
 from pynomaly_workers.domain.alerting import AlertedIncident
 from pynomaly_workers.domain.drift import DriftCounts
 from pynomaly_workers.domain.errors import InvalidInput
+from pynomaly_workers.domain.evaluation import Evaluation
 from pynomaly_workers.domain.explain import Attribution
 from pynomaly_workers.domain.incidents import IncidentStatus, Label
 from pynomaly_workers.domain.joblog import JobLine
@@ -169,6 +170,9 @@ class Dataset:
     status: str = "ready"
     created_at: datetime | None = None
     columns: list[str] = field(default_factory=list)
+    label_column: str | None = None
+    """The column saying which records are anomalies (1) or normal (0): read only by
+    ``evaluate``, never a feature."""
 
 
 class ModelStore(Protocol):
@@ -210,7 +214,17 @@ class ModelStore(Protocol):
     def load_artifact(self, sha256: str) -> bytes:
         """Artifact bytes by content hash; raises ``ArtifactCorrupt`` if they do not match."""
 
-    def set_alias(self, name: str, alias: str, version: int, *, now: datetime) -> AliasMove:
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        now: datetime,
+        actor: str | None = None,
+        reason: str | None = None,
+        evidence: dict[str, Any] | None = None,
+    ) -> AliasMove:
         """Point ``name@alias`` at ``version`` (raises ``UnknownModel``); record the move."""
 
     def rollback_alias(self, name: str, alias: str, *, now: datetime) -> AliasMove:
@@ -342,6 +356,108 @@ class ShadowStore(Protocol):
         """Per (champion, challenger) version pair of the model: flags and scores compared."""
 
 
+@dataclass(frozen=True, slots=True)
+class EvaluationRun:
+    """One run of ``evaluate``: where its fan-out stands."""
+
+    job_id: str
+    status: JobStatus
+    model: str
+    dataset_name: str
+    purpose: str
+    actor: str
+    model_id: int | None = None
+    chunks_total: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationChunk:
+    """One scored chunk of an evaluation: each record's score and label (True =
+    anomaly), and its id if the file has them."""
+
+    chunk_index: int
+    offset: int
+    scores: Scores
+    labels: npt.NDArray[np.bool_]
+    record_ids: Sequence[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredRecords:
+    """Every record an evaluation scored, in file order."""
+
+    record_index: npt.NDArray[np.int64]
+    scores: Scores
+    labels: npt.NDArray[np.bool_]
+    record_ids: list[str | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvaluation:
+    """One row of ``evaluations``: a version's figures on a labelled dataset."""
+
+    id: int
+    job_id: str | None
+    model_name: str
+    model_version: int
+    dataset_name: str
+    threshold: float
+    n_records: int
+    n_positive: int
+    metrics: dict[str, float]
+    purpose: str
+    actor: str
+    created_at: datetime
+
+
+class EvaluationStore(Protocol):
+    """Evaluation runs, their chunks' scores, and the figures they end with."""
+
+    def enqueue_evaluation(
+        self, job_id: str, *, model: str, dataset: str, purpose: str, actor: str, now: datetime
+    ) -> None:
+        """Record a run about to be published (nothing if the job id exists)."""
+
+    def claim_evaluation(
+        self, job_id: str, *, model: str, dataset: str, purpose: str, actor: str, now: datetime
+    ) -> EvaluationRun:
+        """Mark the run running (creating it if no one enqueued it); a finished run is
+        returned as it is."""
+
+    def start_evaluation(self, job_id: str, *, model_id: int, chunks_total: int) -> None:
+        """Record the version being evaluated and how many chunks will report."""
+
+    def fail_evaluation(
+        self, job_id: str, *, error: str, error_type: str, now: datetime
+    ) -> EvaluationRun:
+        """Fail a run that is not finished yet."""
+
+    def add_evaluation_chunk(self, job_id: str, chunk: EvaluationChunk, *, now: datetime) -> bool:
+        """Store a chunk once; True when every chunk of a running run is in."""
+
+    def evaluation_scores(self, job_id: str) -> ScoredRecords:
+        """Every record the run scored, in file order."""
+
+    def finish_evaluation(
+        self, job_id: str, evaluation: Evaluation, *, now: datetime
+    ) -> EvaluationRun:
+        """Store the figures and mark the run succeeded, once."""
+
+    def get_evaluation_run(self, job_id: str) -> EvaluationRun | None:
+        """The run, or None."""
+
+    def evaluation_of(self, job_id: str) -> StoredEvaluation | None:
+        """The figures a run stored, or None."""
+
+    def list_evaluations(self, name: str, *, limit: int = 50) -> list[StoredEvaluation]:
+        """The evaluations of a model's versions, newest first."""
+
+
 class Scorer(Protocol):
     """Turns a feature matrix into anomaly scores (higher = more anomalous)."""
 
@@ -379,6 +495,8 @@ class SourceChunk:
     """Feature column names (None for inline records: features are named by index)."""
     entities: Sequence[str | None] | None = None
     """Each record's entity, when the job names them."""
+    labels: Scores | None = None
+    """Each record's label column as numbers (NaN where missing), when read with one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,11 +523,13 @@ class SourcePlan:
     """The version planned from (an object's version id or ETag, a file's size and
     modification time); every chunk is read from that version or fails."""
     entity_field: str | None = None
+    label_field: str | None = None
 
     @property
     def n_features(self) -> int:
-        """Columns that are features (not ``record_id``, ``timestamp`` or the entity)."""
-        meta = ("record_id", "timestamp", self.entity_field)
+        """Columns that are features (not ``record_id``, ``timestamp``, the entity or the
+        label)."""
+        meta = ("record_id", "timestamp", self.entity_field, self.label_field)
         return len([c for c in self.columns if c not in meta])
 
 
@@ -420,12 +540,25 @@ class SourceReader(Protocol):
         """Row count, feature count and format of a file (name left empty)."""
 
     def read_chunks(
-        self, path: str, *, chunk_rows: int, entity_field: str | None = None
+        self,
+        path: str,
+        *,
+        chunk_rows: int,
+        entity_field: str | None = None,
+        label_field: str | None = None,
     ) -> Iterator[SourceChunk]:
         """The file's rows, ``chunk_rows`` at a time, in order."""
 
-    def plan(self, path: str, *, chunk_rows: int, entity_field: str | None = None) -> SourcePlan:
-        """Chunks of about ``chunk_rows`` rows that can be read independently."""
+    def plan(
+        self,
+        path: str,
+        *,
+        chunk_rows: int,
+        entity_field: str | None = None,
+        label_field: str | None = None,
+    ) -> SourcePlan:
+        """Chunks of about ``chunk_rows`` rows that can be read independently; the entity
+        and label columns, if named, must exist and are not features."""
 
     def read_chunk(
         self,
@@ -435,6 +568,7 @@ class SourceReader(Protocol):
         columns: list[str],
         pin: str | None = None,
         entity_field: str | None = None,
+        label_field: str | None = None,
     ) -> SourceChunk:
         """The rows of one planned chunk, from the version ``pin`` names."""
 
@@ -785,6 +919,7 @@ class Store(
     DriftStore,
     ShadowStore,
     IncidentStore,
+    EvaluationStore,
     Protocol,
 ):
     """Every role; one database implements them together."""

@@ -37,11 +37,16 @@ def iter_chunks(
     if isinstance(data, InlineRecords):
         yield from _inline_chunks(data, chunk_rows=chunk_rows)
         return
-    path = datasets.get_dataset(data.name).uri if isinstance(data, DatasetInput) else None
+    path, label_field = None, None
+    if isinstance(data, DatasetInput):
+        dataset = datasets.get_dataset(data.name)
+        path, label_field = dataset.uri, dataset.label_column  # the label is no feature
     if isinstance(data, SourceInput):
         path = data.path
     assert path is not None
-    yield from sources.read_chunks(path, chunk_rows=chunk_rows, entity_field=data.entity_field)
+    yield from sources.read_chunks(
+        path, chunk_rows=chunk_rows, entity_field=data.entity_field, label_field=label_field
+    )
 
 
 def _inline_chunks(data: InlineRecords, *, chunk_rows: int) -> Iterator[SourceChunk]:

@@ -143,7 +143,8 @@ def _sweep_stale_jobs(services: Services) -> tuple[int, dict[str, Any]]:
             "with a new job_id"
         ),
     )
-    return len(report["requeued"]) + len(report[FAILED]), report
+    swept = len(report["requeued"]) + len(report[FAILED]) + len(report["evaluations_failed"])
+    return swept, report
 
 
 TASKS: dict[str, Work] = {

@@ -17,6 +17,7 @@ from threading import Lock
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from pynomaly_workers.adapters.sources.blobs import (
     Blob,
@@ -27,7 +28,7 @@ from pynomaly_workers.adapters.sources.blobs import (
     open_s3,
     s3_client,
 )
-from pynomaly_workers.domain.errors import InvalidSource
+from pynomaly_workers.domain.errors import InvalidLabels, InvalidSource
 from pynomaly_workers.domain.jobs import parse_timestamp
 from pynomaly_workers.domain.ports import ChunkSpec, Dataset, SourceChunk, SourcePlan
 from pynomaly_workers.domain.records import check_finite
@@ -88,16 +89,30 @@ class ArrowSourceReader:
         )
 
     def read_chunks(
-        self, path: str, *, chunk_rows: int, entity_field: str | None = None
+        self,
+        path: str,
+        *,
+        chunk_rows: int,
+        entity_field: str | None = None,
+        label_field: str | None = None,
     ) -> Iterator[SourceChunk]:
         offset = 0
         for batch in _batches(self.open(path), chunk_rows=chunk_rows):
             if batch.num_rows == 0:
                 continue
-            yield _chunk(batch, offset=offset, path=path, entity_field=entity_field)
+            yield _chunk(
+                batch, offset=offset, path=path, entity_field=entity_field, label_field=label_field
+            )
             offset += batch.num_rows
 
-    def plan(self, path: str, *, chunk_rows: int, entity_field: str | None = None) -> SourcePlan:
+    def plan(
+        self,
+        path: str,
+        *,
+        chunk_rows: int,
+        entity_field: str | None = None,
+        label_field: str | None = None,
+    ) -> SourcePlan:
         """Cut the source into chunks of about ``chunk_rows`` rows that workers can read
         independently: byte ranges of a CSV, row-group ranges of a Parquet file. The
         plan is pinned to the version it was made from."""
@@ -107,11 +122,11 @@ class ArrowSourceReader:
             if blob.format == "parquet"
             else _plan_csv(blob, chunk_rows)
         )
-        if entity_field is None:
-            return plan
-        if entity_field not in plan.columns:
+        if entity_field is not None and entity_field not in plan.columns:
             raise InvalidSource(_no_entity_column(path, entity_field, plan.columns))
-        return replace(plan, entity_field=entity_field)
+        if label_field is not None and label_field not in plan.columns:
+            raise InvalidLabels(no_label_column(path, label_field, plan.columns))
+        return replace(plan, entity_field=entity_field, label_field=label_field)
 
     def read_chunk(
         self,
@@ -121,6 +136,7 @@ class ArrowSourceReader:
         columns: list[str],
         pin: str | None = None,
         entity_field: str | None = None,
+        label_field: str | None = None,
     ) -> SourceChunk:
         """The rows of one planned chunk, from the version the plan was pinned to."""
         import pyarrow as pa
@@ -141,7 +157,9 @@ class ArrowSourceReader:
         if table.num_rows == 0:
             raise InvalidSource(f"chunk {spec.index} of {path} is empty; was the file changed?")
         # Straight from Arrow's blocks into the matrix: no combined copy of the table.
-        return _chunk(table, offset=spec.offset, path=path, entity_field=entity_field)
+        return _chunk(
+            table, offset=spec.offset, path=path, entity_field=entity_field, label_field=label_field
+        )
 
 
 def _batches(blob: Blob, *, chunk_rows: int) -> Iterator[Any]:
@@ -355,15 +373,32 @@ def _no_entity_column(path: str, entity_field: str, columns: Sequence[str]) -> s
     )
 
 
-def _chunk(batch: Any, *, offset: int, path: str, entity_field: str | None = None) -> SourceChunk:
-    """A record batch or a table (of several blocks) as a source chunk."""
+def no_label_column(path: str, label_field: str, columns: Sequence[str]) -> str:
+    """The error for a label column the file does not have."""
+    return (
+        f"source {path!r} has no label column {label_field!r}; its columns are {', '.join(columns)}"
+    )
+
+
+def _chunk(
+    batch: Any,
+    *,
+    offset: int,
+    path: str,
+    entity_field: str | None = None,
+    label_field: str | None = None,
+) -> SourceChunk:
+    """A record batch or a table (of several blocks) as a source chunk; the entity and
+    label columns, if named, are read apart from the features."""
     import pyarrow as pa
 
     assert isinstance(batch, pa.RecordBatch | pa.Table)
     names = batch.schema.names
     if entity_field is not None and entity_field not in names:
         raise InvalidSource(_no_entity_column(path, entity_field, names))
-    meta = (*META_COLUMNS, entity_field)
+    if label_field is not None and label_field not in names:
+        raise InvalidLabels(no_label_column(path, label_field, names))
+    meta = (*META_COLUMNS, entity_field, label_field)
     features = [i for i, name in enumerate(names) if name not in meta]
     if not features:
         raise InvalidSource(f"source {path!r} has no feature columns")
@@ -389,6 +424,7 @@ def _chunk(batch: Any, *, offset: int, path: str, entity_field: str | None = Non
         timestamps=_times(batch, offset),
         features=[names[i] for i in features],
         entities=_entities(batch, entity_field) if entity_field is not None else None,
+        labels=_labels(batch, label_field) if label_field is not None else None,
     )
 
 
@@ -399,6 +435,21 @@ def _strings(batch: Any, name: str) -> list[str] | None:
     if name not in batch.schema.names:
         return None
     return [str(v) for v in batch.column(name).to_pylist()]
+
+
+def _labels(batch: Any, name: str) -> npt.NDArray[np.float64]:
+    """The label column as numbers (true/false as 1/0, missing as NaN); what they must
+    be is the core's business (``domain.evaluation.parse_labels``)."""
+    import pyarrow as pa
+
+    column = batch.column(name)
+    if pa.types.is_boolean(column.type) or pa.types.is_null(column.type):
+        column = column.cast(pa.float64())
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        raise InvalidLabels(
+            f"label column {name!r} is {column.type}; it must hold 0 (normal) or 1 (anomaly)"
+        )
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def _entities(batch: Any, name: str) -> list[str | None]:

@@ -385,7 +385,8 @@ class SqlMaintenance:
         self, *, stale_before: datetime, max_attempts: int, now: datetime, reason: str
     ) -> dict[str, Any]:
         """Jobs still ``running`` that started before ``stale_before``: back to ``queued``
-        (for the broker's redelivery to claim) while attempts remain, else ``failed``."""
+        (for the broker's redelivery to claim) while attempts remain, else ``failed``;
+        evaluation runs still ``running`` then: ``failed``."""
         params = {
             "stale": stale_before,
             "max": max_attempts,
@@ -422,7 +423,25 @@ class SqlMaintenance:
                 .scalars()
                 .all()
             )
-        return {"requeued": sorted(requeued), FAILED: sorted(failed)}
+            # Evaluation runs keep no attempt count: past the limit they are failed, to be
+            # asked for again (a late redelivery finds the run finished and does nothing).
+            evaluations = (
+                conn.execute(
+                    text(
+                        "UPDATE evaluation_runs SET status = :fail_as, finished_at = :now, "
+                        "error = :reason, error_type = 'StaleJob' "
+                        "WHERE status = :open_as AND started_at < :stale RETURNING job_id"
+                    ).bindparams(*times),
+                    params,
+                )
+                .scalars()
+                .all()
+            )
+        return {
+            "requeued": sorted(requeued),
+            FAILED: sorted(failed),
+            "evaluations_failed": sorted(evaluations),
+        }
 
 
 def _unavailable(reason: str) -> dict[str, Any]:

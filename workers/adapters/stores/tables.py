@@ -521,6 +521,52 @@ class EvaluationRow(Base):
     )
 
 
+class EvaluationRunRow(Base):
+    """One run of ``evaluate``: its fan-out over the workers, until the last chunk stores
+    the figures in ``evaluations`` (kept apart from ``detection_jobs``: an evaluation is
+    not a detection job and writes no anomaly)."""
+
+    __tablename__ = "evaluation_runs"
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(140))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    dataset_name: Mapped[str] = mapped_column(String(128))
+    purpose: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    chunks_total: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(
+            f"status IN ({', '.join(repr(status) for status in JOB_STATUSES)})",
+            name="status_valid",
+        ),
+        CheckConstraint("purpose IN ('evaluate', 'promotion')", name="purpose_valid"),
+    )
+
+
+class EvaluationChunkRow(Base):
+    """One scored chunk of an evaluation run: its scores (float64) and labels (uint8) as
+    little-endian arrays, and its record ids if the file has them. The primary key makes
+    a redelivered chunk count once."""
+
+    __tablename__ = "evaluation_chunks"
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_offset: Mapped[int] = mapped_column(BigInteger)
+    n_records: Mapped[int] = mapped_column(BigInteger)
+    n_positive: Mapped[int] = mapped_column(BigInteger)
+    scores: Mapped[bytes] = mapped_column(LargeBinary)
+    labels: Mapped[bytes] = mapped_column(LargeBinary)
+    record_ids: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime]
+
+
 class ThresholdChangeRow(Base):
     """One change of a model version's threshold, set by intent (alerts per day, a
     precision, a contamination) or rolled back; never updated. The version itself stays

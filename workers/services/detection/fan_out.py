@@ -38,13 +38,16 @@ def plan_fan_out(
     adapters: Adapters, request: DetectionRequest, version: ModelVersion
 ) -> FanOutPlan | None:
     """The job's chunks if it reads a file of more than one chunk, else None."""
-    path = _source_path(adapters, request)
+    path, label_field = _source_path(adapters, request)
     if path is None:
         return None
     rows = chunk_rows_for(adapters.settings, n_features=version.n_features)
     data = request.input
     entity_field = data.entity_field if isinstance(data, DatasetInput | SourceInput) else None
-    plan = adapters.sources.plan(path, chunk_rows=rows, entity_field=entity_field)
+    # A labelled dataset's label column is read apart, never as a feature.
+    plan = adapters.sources.plan(
+        path, chunk_rows=rows, entity_field=entity_field, label_field=label_field
+    )
     if plan.n_features != version.n_features:
         raise InvalidInput(
             f"source {path} has {plan.n_features} feature columns but model {version.label} "
@@ -53,11 +56,13 @@ def plan_fan_out(
     return FanOutPlan(path, plan) if len(plan.chunks) > 1 else None
 
 
-def _source_path(adapters: Adapters, request: DetectionRequest) -> str | None:
+def _source_path(adapters: Adapters, request: DetectionRequest) -> tuple[str | None, str | None]:
+    """The file the job reads, and its label column (a labelled dataset's)."""
     data = request.input
     if isinstance(data, DatasetInput):
-        return adapters.store.get_dataset(data.name).uri
-    return data.path if isinstance(data, SourceInput) else None
+        dataset = adapters.store.get_dataset(data.name)
+        return dataset.uri, dataset.label_column
+    return (data.path if isinstance(data, SourceInput) else None), None
 
 
 def start_fan_out(
@@ -89,6 +94,7 @@ def start_fan_out(
             "columns": plan.columns,
             "pin": plan.pin,
             "entity_field": plan.entity_field,
+            "label_field": plan.label_field,
             "shadow": challenger.label if challenger is not None else None,
             "chunk": [spec.index, spec.offset, spec.n_rows, spec.start, spec.stop],
             "queue_wait_ms": seconds_to_ms(queue_wait_s),
@@ -129,6 +135,7 @@ def run_chunk(adapters: Adapters, kwargs: Mapping[str, Any]) -> ChunkDone:
             columns=kwargs["columns"],
             pin=kwargs.get("pin"),
             entity_field=kwargs.get("entity_field"),
+            label_field=kwargs.get("label_field"),
         )
         check_width(chunk.matrix, n_features=version.n_features, model=version.label)
     except InvalidInput as exc:

@@ -18,10 +18,11 @@ from pynomaly_workers.services.context import Adapters
 
 
 def score_rows(
-    adapters: Adapters, loaded: LoadedModel, matrix: Matrix
+    adapters: Adapters, loaded: LoadedModel, matrix: Matrix, *, observe: bool = True
 ) -> tuple[Scores, np.ndarray[Any, np.dtype[np.bool_]]]:
     """Scores for the rows and which came from the prediction cache; the rows are also
-    counted for drift monitoring.
+    counted for drift monitoring, unless ``observe`` is false (a labelled evaluation
+    set is not the traffic the model serves).
 
     The cache is skipped for a model whose scoring costs less per row than
     ``cache_min_row_cost_us`` (a cache round trip would cost more than it saves).
@@ -29,7 +30,7 @@ def score_rows(
     version = loaded.version
     adapters.telemetry.model_used(name=version.name, contamination=version.stats.contamination)
     scores, hits = _scores(adapters, loaded, matrix)
-    if adapters.drift is not None:
+    if adapters.drift is not None and observe:
         adapters.drift.observe(version, matrix, scores, now=adapters.clock.now())
     return scores, hits
 

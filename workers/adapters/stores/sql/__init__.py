@@ -2,7 +2,8 @@
 ``models`` (the registry), ``jobs`` (the job lifecycle, settling small jobs), ``fan_out``
 (chunked jobs), ``anomalies``, ``datasets``, ``drift``, ``shadow``, ``incidents``
 (with ``inbox``, through which settled jobs reach incident upkeep), ``notifications``
-(webhook subscriptions and deliveries) and ``alerting`` (what Alertmanager was told
+(webhook subscriptions and deliveries), ``evaluations`` (labelled evaluation runs) and
+``alerting`` (what Alertmanager was told
 about each incident)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pynomaly_workers.adapters.stores.sql.alerting import SqlAlertingStore
 from pynomaly_workers.adapters.stores.sql.anomalies import SqlAnomalyStore
 from pynomaly_workers.adapters.stores.sql.datasets import SqlDatasetStore
 from pynomaly_workers.adapters.stores.sql.drift import SqlDriftStore
+from pynomaly_workers.adapters.stores.sql.evaluations import SqlEvaluationStore
 from pynomaly_workers.adapters.stores.sql.fan_out import SqlFanOutStore
 from pynomaly_workers.adapters.stores.sql.incidents import SqlIncidentStore
 from pynomaly_workers.adapters.stores.sql.models import SqlModelStore
@@ -31,5 +33,6 @@ class SqlStore(
     SqlIncidentStore,
     SqlAlertingStore,
     SqlNotificationStore,
+    SqlEvaluationStore,
 ):
     """Every store role on one SQLAlchemy engine (one database holds them together)."""

@@ -27,6 +27,7 @@ class SqlDatasetStore(SqlBase):
             "columns": {"features": dataset.columns},
             "status": dataset.status,
             "created_at": now,
+            "label_column": dataset.label_column,
         }
         statement = self._insert(DatasetRow).values(**values)
         updates = {k: v for k, v in values.items() if k != "name"}

@@ -165,11 +165,32 @@ class SqlModelStore(SqlBase):
             return int(session.scalar(query) or 0)
 
     # -- aliases --------------------------------------------------------------------
-    def set_alias(self, name: str, alias: str, version: int, *, now: datetime) -> AliasMove:
-        """Point ``name@alias`` at ``version`` and record the move."""
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        now: datetime,
+        actor: str | None = None,
+        reason: str | None = None,
+        evidence: dict[str, Any] | None = None,
+    ) -> AliasMove:
+        """Point ``name@alias`` at ``version`` and record the move (who, why, and the
+        evaluations it was judged on, when given)."""
         with Session(self.engine) as session, session.begin():
             target = self._version_row(session, name, version)
-            return self._move(session, name, alias, target, action="set", now=now)
+            return self._move(
+                session,
+                name,
+                alias,
+                target,
+                action="set",
+                now=now,
+                actor=actor,
+                reason=reason,
+                evidence=evidence,
+            )
 
     def rollback_alias(self, name: str, alias: str, *, now: datetime) -> AliasMove:
         """Point ``name@alias`` back where it pointed before its last move (a second
@@ -207,7 +228,17 @@ class SqlModelStore(SqlBase):
             query = query.where(ModelAliasMoveRow.alias == alias)
         with Session(self.engine) as session:
             return [
-                AliasMove(row.name, row.alias, version, before, row.action, row.moved_at)
+                AliasMove(
+                    row.name,
+                    row.alias,
+                    version,
+                    before,
+                    row.action,
+                    row.moved_at,
+                    actor=row.actor,
+                    reason=row.reason,
+                    evidence=row.evidence,
+                )
                 for row, version, before in session.execute(query)
             ]
 
@@ -228,6 +259,9 @@ class SqlModelStore(SqlBase):
         *,
         action: str,
         now: datetime,
+        actor: str | None = None,
+        reason: str | None = None,
+        evidence: dict[str, Any] | None = None,
     ) -> AliasMove:
         current = session.get(ModelAliasRow, (name, alias), with_for_update=True)
         previous_id = current.model_id if current is not None else None
@@ -243,12 +277,23 @@ class SqlModelStore(SqlBase):
                 previous_model_id=previous_id,
                 action=action,
                 moved_at=now,
+                actor=actor,
+                reason=reason,
+                evidence=evidence,
             )
         )
         session.flush()
         before = session.get(ModelRow, previous_id) if previous_id is not None else None
         return AliasMove(
-            name, alias, target.version, before.version if before else None, action, now
+            name,
+            alias,
+            target.version,
+            before.version if before else None,
+            action,
+            now,
+            actor=actor,
+            reason=reason,
+            evidence=evidence,
         )
 
     def load_artifact(self, sha256_hex: str) -> bytes:

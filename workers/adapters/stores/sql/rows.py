@@ -90,4 +90,5 @@ def dataset(row: DatasetRow) -> Dataset:
         status=row.status,
         created_at=row.created_at,
         columns=list(row.columns.get("features", [])),
+        label_column=row.label_column,
     )

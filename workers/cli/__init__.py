@@ -21,6 +21,7 @@ from pynomaly_workers.cli import (
     models,
     processes,
     subscriptions,
+    thresholds,
     training,
 )
 
@@ -30,6 +31,8 @@ from pynomaly_workers.cli import (
 def main() -> None:
     """Pynomaly Workers: distributed anomaly detection on Celery."""
 
+
+models.models.add_command(thresholds.threshold)
 
 for _command in (
     processes.worker,

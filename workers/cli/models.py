@@ -10,6 +10,7 @@ import click
 
 from pynomaly_workers.cli.context import load_adapters
 from pynomaly_workers.cli.output import emit, fail, json_option, table
+from pynomaly_workers.cli.thresholds import PRECISION_HEADERS, precision_cells, with_precision
 from pynomaly_workers.domain.errors import PynomalyError
 
 if TYPE_CHECKING:
@@ -161,8 +162,11 @@ def models_history(name: str, alias: str | None, as_json: bool) -> None:
 @json_option
 def models_compare(name: str, as_json: bool) -> None:
     """How NAME@challenger compared with NAME@champion on the records it shadowed
-    (PYNOMALY_SHADOW_FRACTION): flags each raised, agreement, score correlation."""
-    found = load_adapters().store.shadow_comparison(name)
+    (PYNOMALY_SHADOW_FRACTION): flags each raised, agreement, score correlation; and the
+    alert precision triage's labels give each (the champion's stored anomalies, the
+    challenger's shadow flags)."""
+    adapters = load_adapters()
+    found = with_precision(adapters, name, adapters.store.shadow_comparison(name))
     if not found and not as_json:
         fail(
             f"no shadow scoring recorded for {name!r}: point {name}@champion and "
@@ -184,6 +188,7 @@ def models_compare(name: str, as_json: bool) -> None:
                         c["both_flags"],
                         c["agreement"],
                         c["score_correlation"],
+                        *precision_cells(c),
                     ]
                     for c in found
                 ],
@@ -196,6 +201,7 @@ def models_compare(name: str, as_json: bool) -> None:
                     "both",
                     "agree",
                     "corr",
+                    *PRECISION_HEADERS,
                 ],
             )
         ),

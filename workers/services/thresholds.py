@@ -11,7 +11,7 @@ threshold applies to scores, it does not change them).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -145,7 +145,7 @@ def _histogram(
     adapters: Adapters, version: ModelVersion, *, days: float
 ) -> tuple[ScoreHistogram, float]:
     """The version's fine score counts over the last ``days``, and the days they cover
-    (from the start of the first window with counts, at most ``days``)."""
+    (:func:`_days_counted`)."""
     if version.profile is None:
         raise InvalidInput(
             f"{version.label} was trained before training profiles were kept, so the "
@@ -167,9 +167,18 @@ def _histogram(
             "(counted by another release of the workers); wait for new windows"
         )
     counts = np.sum([fine for _, fine in counted], axis=0)
-    first = min(start for start, _ in counted)
-    observed = min(max((now - first).total_seconds(), 1.0) / SECONDS_PER_DAY, days)
-    return ScoreHistogram(edges, counts), observed
+    return ScoreHistogram(edges, counts), _days_counted(
+        [start for start, _ in counted], window=adapters.settings.drift_window_seconds, days=days
+    )
+
+
+def _days_counted(starts: list[datetime], *, window: float, days: float) -> float:
+    """The days the counted windows cover, first start to last end, at most ``days``.
+    Whole windows, the current one included: a dry run and the change that follows it
+    a minute later divide by the same span (now - first start would not), and over a
+    week of hourly windows the unfinished hour is a 1/168 part."""
+    span = (max(starts) - min(starts)).total_seconds() + window
+    return min(span / SECONDS_PER_DAY, days)
 
 
 def _threshold_for(

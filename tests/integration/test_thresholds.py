@@ -4,19 +4,22 @@ registered), rollbacks, history, and alert precision from triage's labels."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
 from pynomaly_workers.bootstrap import bootstrap
+from pynomaly_workers.cli.thresholds import with_precision
 from pynomaly_workers.domain.errors import InvalidInput
 from pynomaly_workers.domain.incidents import check_label
 from pynomaly_workers.domain.models import ModelRef
-from pynomaly_workers.domain.thresholds import Intent
+from pynomaly_workers.domain.thresholds import AlertPrecision, Intent
 from pynomaly_workers.services import thresholds as service
-from pynomaly_workers.services.context import Adapters
+from pynomaly_workers.services.context import Adapters, NullTelemetry
 from pynomaly_workers.services.detection import run_detection
+from pynomaly_workers.services.maintenance import run_maintenance
 from pynomaly_workers.settings import Settings
 from tests.factories import train
 
@@ -219,3 +222,46 @@ def test_a_precision_needs_labels_and_a_rollback_needs_a_change(adapters: Adapte
         service.plan_threshold(adapters, "m@1", Intent("precision", 0.9), days=1)
     with pytest.raises(InvalidInput, match="never had its threshold changed"):
         service.rollback_threshold(adapters, "m@1", actor="a", reason="b", days=1)
+
+
+class RecordingTelemetry(NullTelemetry):
+    """Keeps what the services reported of alert precision."""
+
+    def __init__(self) -> None:
+        self.precision: list[AlertPrecision] = []
+
+    def alert_precision(self, precision: AlertPrecision) -> None:
+        self.precision.append(precision)
+
+
+def test_the_drift_run_reports_alert_precision_and_compare_shows_it(
+    store_url: str, make_settings: Callable[..., Settings]
+) -> None:
+    telemetry = RecordingTelemetry()
+    built = bootstrap(make_settings(database_url=store_url, shadow_fraction=1.0))
+    adapters = dataclasses.replace(built, telemetry=telemetry)
+    try:
+        # Given a champion whose top anomalies are labelled, shadowed by a challenger
+        train(adapters, model="m")
+        train(adapters, model="m", algorithm="elliptic")
+        adapters.store.set_alias("m", "champion", 1, now=adapters.clock.now())
+        adapters.store.set_alias("m", "challenger", 2, now=adapters.clock.now())
+        detect(adapters, "m@champion", traffic(), "shadowed")
+        label_top(adapters, "m", ["anomaly", "not_anomaly", "anomaly"])
+
+        # When the drift maintenance run goes
+        run = run_maintenance(adapters, "drift")
+
+        # Then it reported both versions' precision, as the store counts it
+        expected = service.alert_precision(adapters, name="m")
+        assert run.detail["labelled"] == len(expected) == 2
+        assert telemetry.precision == expected
+        assert (expected[0].labelled, expected[0].confirmed) == (3, 2)
+        # and models compare shows the champion's and the challenger's
+        (pair,) = with_precision(adapters, "m", adapters.store.shadow_comparison("m"))
+        assert pair["champion_labelled"] == 3
+        assert pair["champion_precision"] == pytest.approx(2 / 3)
+        assert pair["challenger_shadow_labelled"] == expected[1].shadow_labelled
+        assert pair["challenger_shadow_precision"] == expected[1].shadow_precision
+    finally:
+        built.close()

@@ -222,3 +222,29 @@ def test_fine_counts_add_up_and_survive_windows_counted_without_them() -> None:
     assert again.tolist() == [1, 3, 2]
     assert "fine" not in counts(None).to_dict()
     assert DriftCounts.from_dict(counts(None).to_dict()).fine is None
+
+
+def test_alert_precision_is_exported_per_version_and_flags() -> None:
+    from prometheus_client import REGISTRY
+
+    from pynomaly_workers.adapters.telemetry import PrometheusTelemetry
+    from pynomaly_workers.domain.thresholds import AlertPrecision
+
+    # When a version with labelled anomalies and labelled shadow flags is reported, and
+    # one whose shadow flags nobody labelled
+    telemetry = PrometheusTelemetry()
+    telemetry.alert_precision(AlertPrecision("gauged", 3, 4, 3, 10, 2, 1))
+    telemetry.alert_precision(AlertPrecision("gauged", 4, 5, 5, 7, 0, 0))
+
+    # Then each has its labelled counts and, where something is labelled, its share
+    def sample(name: str, version: int, flags: str) -> float | None:
+        labels = {"model": "gauged", "version": str(version), "flags": flags}
+        return REGISTRY.get_sample_value(name, labels)
+
+    assert sample("pynomaly_alert_labelled", 3, "stored") == 4
+    assert sample("pynomaly_alert_precision", 3, "stored") == 0.75
+    assert sample("pynomaly_alert_labelled", 3, "shadow") == 2
+    assert sample("pynomaly_alert_precision", 3, "shadow") == 0.5
+    assert sample("pynomaly_alert_precision", 4, "stored") == 1.0
+    assert sample("pynomaly_alert_labelled", 4, "shadow") == 0
+    assert sample("pynomaly_alert_precision", 4, "shadow") is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +19,16 @@ from pynomaly_workers.domain.models import ModelRef
 from pynomaly_workers.domain.thresholds import AlertPrecision, Intent
 from pynomaly_workers.services import thresholds as service
 from pynomaly_workers.services.context import Adapters, NullTelemetry
-from pynomaly_workers.services.detection import run_detection
+from pynomaly_workers.services.detection import (
+    DetectMessage,
+    FannedOut,
+    detect_batch,
+    run_chunk,
+    run_detection,
+)
 from pynomaly_workers.services.maintenance import run_maintenance
 from pynomaly_workers.settings import Settings
-from tests.factories import train
+from tests.factories import train, write_csv
 
 pytestmark = pytest.mark.integration
 
@@ -265,3 +272,42 @@ def test_the_drift_run_reports_alert_precision_and_compare_shows_it(
         assert pair["challenger_shadow_precision"] == expected[1].shadow_precision
     finally:
         built.close()
+
+
+def test_a_fanned_out_job_keeps_the_threshold_it_was_planned_with(
+    adapters: Adapters, tmp_path: Path
+) -> None:
+    # Given a file of several chunks, scored once as a whole
+    version = train(adapters, model="m")
+    path = write_csv(tmp_path / "s.csv", traffic(n=2000))
+    scoped = dataclasses.replace(
+        adapters, settings=adapters.settings.model_copy(update={"chunk_rows": 300})
+    )
+    whole = run_detection(scoped, {"model": "m@1", "source": str(path)}, default_job_id="whole")
+
+    # When the threshold changes after the first chunk of a second job
+    (fanned,) = detect_batch(
+        scoped, [DetectMessage("task-2", {"model": "m@1", "source": str(path)})]
+    )
+    assert isinstance(fanned, FannedOut)
+    assert len(fanned.chunks) > 2
+    run_chunk(scoped, fanned.chunks[0])
+    adapters.store.set_threshold(
+        version.id,
+        version.threshold + 0.05,
+        intent={},
+        projection={},
+        actor="a",
+        reason=None,
+        now=adapters.clock.now(),
+    )
+    last = [run_chunk(scoped, chunk) for chunk in fanned.chunks[1:]][-1]
+
+    # Then the whole job used the threshold it was planned with
+    assert last.job.status == "succeeded"
+    assert last.job.threshold == version.threshold
+    assert last.job.n_anomalies == whole.n_anomalies
+    # and the next job uses the new one
+    after = run_detection(scoped, {"model": "m@1", "source": str(path)}, default_job_id="after")
+    assert after.threshold == version.threshold + 0.05
+    assert after.n_anomalies < whole.n_anomalies

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pynomaly_workers.domain.errors import InvalidInput
+from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.scoring import QUANTILE_LEVELS, ScoreStats
 
 IntentKind = Literal["alerts_per_day", "precision", "contamination"]
@@ -79,6 +80,18 @@ def effective_stats(stats: ScoreStats, threshold: float) -> ScoreStats:
     above = 1.0 - float(np.interp(threshold, stats.quantiles, QUANTILE_LEVELS))
     floor = 1.0 / (stats.n + 1)
     return replace(stats, threshold=threshold, contamination=min(max(above, floor), 1.0))
+
+
+def with_threshold(version: ModelVersion, threshold: float) -> ModelVersion:
+    """``version`` with ``threshold`` in force (see :func:`effective_stats`)."""
+    if threshold == version.threshold:
+        return version
+    trained = version.trained_threshold
+    return replace(
+        version,
+        stats=effective_stats(version.stats, threshold),
+        trained_threshold=version.stats.threshold if trained is None else trained,
+    )
 
 
 @dataclass(frozen=True, slots=True)

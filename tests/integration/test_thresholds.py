@@ -227,6 +227,8 @@ def test_a_precision_needs_labels_and_a_rollback_needs_a_change(adapters: Adapte
     detect(adapters, "m", traffic(n=600), "scored")
     with pytest.raises(InvalidInput, match=r"no labelled anomalies.*anomalies label ID"):
         service.plan_threshold(adapters, "m@1", Intent("precision", 0.9), days=1)
+    with pytest.raises(InvalidInput, match=r"scored 1\.44e\+04 records a day .* ask for fewer"):
+        service.plan_threshold(adapters, "m@1", Intent("alerts_per_day", 20_000), days=1)
     with pytest.raises(InvalidInput, match="never had its threshold changed"):
         service.rollback_threshold(adapters, "m@1", actor="a", reason="b", days=1)
 

@@ -190,6 +190,12 @@ def _threshold_for(
     days_observed: float,
 ) -> float:
     if intent.kind == "alerts_per_day":
+        scored = hist.total / days_observed
+        if intent.value >= scored:
+            raise InvalidInput(
+                f"{version.label} scored {scored:.4g} records a day in the counted windows: "
+                f"{intent.value:g} alerts a day would flag every one; ask for fewer"
+            )
         return alerts_threshold(hist, alerts=intent.value * days_observed)
     if intent.kind == "contamination":
         return contamination_threshold(version.stats, intent.value)

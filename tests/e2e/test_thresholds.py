@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 import uuid
 
 import numpy as np
@@ -203,3 +204,33 @@ def test_mistakes_exit_1_with_what_to_do(
         done = cli(e2e_env, "models", "threshold", *args, check=False)
         assert done.returncode == 1, args
         assert message in done.stderr, (args, done.stderr)
+
+
+def scrape(env: dict[str, str]) -> str:
+    url = f"http://127.0.0.1:{env['PYNOMALY_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def test_alert_precision_from_triage_reaches_the_workers_metrics(
+    worker: WorkerProcess, e2e_app: Celery, e2e_adapters: Adapters, e2e_env: dict[str, str]
+) -> None:
+    # Given a version whose three most severe anomalies were labelled through the CLI
+    train(e2e_adapters, model="triaged")
+    sent = submit_detection(
+        model="triaged@1", records=traffic(n=500), job_id=f"t-{uuid.uuid4().hex}", app=e2e_app
+    )
+    assert wait_job(e2e_adapters, sent.job_id).status == "succeeded"
+    top = e2e_adapters.store.list_anomalies(model="triaged", limit=3)
+    for anomaly, label in zip(top, ["anomaly", "not_anomaly", "anomaly"], strict=True):
+        cli(e2e_env, "anomalies", "label", str(anomaly.id), "--as", label, "--by", "ana")
+
+    # When the drift maintenance run goes on the worker
+    run = cli_json(e2e_env, "maintenance", "run", "drift")
+    assert run["outcome"] == "succeeded"
+
+    # Then the worker's /metrics has the version's labelled count and precision
+    text = scrape(e2e_env)
+    labels = 'flags="stored",model="triaged",version="1"'
+    assert f"pynomaly_alert_labelled{{{labels}}} 3.0" in text
+    assert f"pynomaly_alert_precision{{{labels}}} 0.666666" in text

@@ -187,6 +187,14 @@ def test_alert_precision_counts_stored_anomalies_and_shadow_flags(
         expected = [a for a in hits if labels_of(adapters, a.id) == "anomaly"]
         assert challenger.shadow_confirmed == len(expected)
         assert (challenger.labelled, found[1].shadow_flags) == (0, 0)
+        # and another model's labels count for it alone
+        train(adapters, model="n")
+        detect(adapters, "n", traffic(n=600), "other")
+        label_top(adapters, "n", ["not_anomaly"])
+        assert service.alert_precision(adapters, name="m") == list(found.values())
+        everyone = {(p.model, p.version): p for p in service.alert_precision(adapters)}
+        assert set(everyone) == {("m", 1), ("m", 2), ("n", 1)}
+        assert (everyone["n", 1].labelled, everyone["n", 1].precision) == (1, 0.0)
     finally:
         adapters.close()
 

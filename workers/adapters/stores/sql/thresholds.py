@@ -140,13 +140,12 @@ class SqlThresholdStore(SqlBase):
     def alert_precision(self, *, name: str | None = None) -> list[AlertPrecision]:
         """Per version (of ``name``, or every one) with labelled anomalies or shadow
         flags: labelled and confirmed among its stored anomalies and its shadow flags."""
+        named = select(ModelRow.id).where(ModelRow.name == name) if name is not None else None
         with Session(self.engine) as session:
-            stored = {m: (n, c) for m, n, c in session.execute(_stored_precision())}
-            shadow = {m: (f, n, c) for m, f, n, c in session.execute(_shadow_precision())}
+            stored = {m: (n, c) for m, n, c in session.execute(_stored_precision(named))}
+            shadow = {m: (f, n, c) for m, f, n, c in session.execute(_shadow_precision(named))}
             ids = sorted(set(stored) | set(shadow))
             query = select(ModelRow.id, ModelRow.name, ModelRow.version).where(ModelRow.id.in_(ids))
-            if name is not None:
-                query = query.where(ModelRow.name == name)
             found = [
                 AlertPrecision(
                     model_name,
@@ -239,13 +238,19 @@ def _latest_labels(*where: Any) -> Any:
     )
 
 
+def _of(named: Select[Any] | None) -> list[Any]:
+    """The labels of the ``named`` versions (all without a name)."""
+    return [AnomalyLabelRow.model_id.in_(named)] if named is not None else []
+
+
 def _confirmed(label: Any) -> Any:
     return func.coalesce(func.sum(case((label == "anomaly", 1), else_=0)), 0)
 
 
-def _stored_precision() -> Select[Any]:
-    """Per version: its labelled anomalies, and how many are labelled ``anomaly``."""
-    latest = _latest_labels()
+def _stored_precision(named: Select[Any] | None) -> Select[Any]:
+    """Per version (among ``named``, if given): its labelled anomalies, and how many are
+    labelled ``anomaly``."""
+    latest = _latest_labels(*_of(named))
     return (
         select(latest.c.model_id, func.count(), _confirmed(latest.c.label))
         .where(latest.c.rank == 1)
@@ -253,12 +258,14 @@ def _stored_precision() -> Select[Any]:
     )
 
 
-def _shadow_precision() -> Select[Any]:
-    """Per challenger version: its shadow flags, those whose record the champion stored
-    and someone labelled, and how many of those are labelled ``anomaly``."""
-    latest = _latest_labels()
+def _shadow_precision(named: Select[Any] | None) -> Select[Any]:
+    """Per challenger version (among ``named``, if given): its shadow flags, those whose
+    record the champion stored and someone labelled, and how many of those are labelled
+    ``anomaly`` (the label is about the record, whichever version flagged it; champion
+    and challenger are versions of one name)."""
+    latest = _latest_labels(*_of(named))
     flag = ShadowAnomalyRow
-    return (
+    query = (
         select(
             flag.challenger_model_id,
             func.count(),
@@ -273,3 +280,4 @@ def _shadow_precision() -> Select[Any]:
         .outerjoin(latest, (latest.c.anomaly_id == AnomalyRow.id) & (latest.c.rank == 1))
         .group_by(flag.challenger_model_id)
     )
+    return query.where(flag.challenger_model_id.in_(named)) if named is not None else query

@@ -68,6 +68,8 @@ class Metrics:
     incidents: Counter
     notifications: Counter
     webhook_seconds: Histogram
+    alert_labelled: Gauge
+    alert_precision: Gauge
 
 
 METRIC_NAMES: dict[str, str] = {
@@ -106,6 +108,8 @@ METRIC_NAMES: dict[str, str] = {
     "pynomaly_incidents_total": "event",
     "pynomaly_notifications_total": "event, outcome",
     "pynomaly_webhook_duration_seconds": "",
+    "pynomaly_alert_labelled": "model, version, flags",
+    "pynomaly_alert_precision": "model, version, flags",
 }
 
 
@@ -125,6 +129,9 @@ def get_metrics() -> Metrics:
 
 
 INCIDENT_EVENTS = ("opened", "grown", "resolved")
+ALERT_FLAGS = ("stored", "shadow")
+"""``flags`` of the alert precision gauges: a version's stored anomalies, or its shadow
+flags as challenger."""
 
 
 def _with_known_labels(metrics: Metrics) -> Metrics:
@@ -296,6 +303,21 @@ def _create_metrics() -> Metrics:
             "pynomaly_webhook_duration_seconds",
             "Time one webhook POST took, until the receiver answered or the attempt failed.",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        ),
+        alert_labelled=Gauge(
+            "pynomaly_alert_labelled",
+            "Labelled alerts of a model version: its stored anomalies (flags=stored), or its "
+            "shadow flags as challenger whose record the champion stored and someone "
+            "labelled (flags=shadow); counted by the drift maintenance run.",
+            ["model", "version", "flags"],
+            multiprocess_mode="mostrecent",
+        ),
+        alert_precision=Gauge(
+            "pynomaly_alert_precision",
+            "Share of a model version's labelled alerts (see pynomaly_alert_labelled) whose "
+            "newest label is 'anomaly'.",
+            ["model", "version", "flags"],
+            multiprocess_mode="mostrecent",
         ),
     )
 

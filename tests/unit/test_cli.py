@@ -31,7 +31,7 @@ COMMANDS = {
     "deliveries",
 }
 SUBCOMMANDS = {
-    "models": {"alias", "rollback", "history", "compare"},
+    "models": {"alias", "rollback", "history", "compare", "threshold"},
     "datasets": {"add", "list"},
     "maintenance": {"run", "history"},
     "anomalies": {"label"},

@@ -279,3 +279,34 @@ def test_a_batchs_bare_model_names_are_read_in_one_query_then_remembered(
     assert registry.single == ["nope", "m2@1"]
     assert models.resolve(ModelRef("m3")) == versions["m3"]  # remembered by resolve too
     assert registry.single == ["nope", "m2@1"]
+
+
+def test_a_changed_threshold_of_an_exact_version_is_read_after_the_ttl_without_a_reload(
+    train: np.ndarray[Any, Any],
+) -> None:
+    from pynomaly_workers.domain.thresholds import effective_stats
+
+    # Given an exact version resolved and loaded by two loaders, one remembering refs
+    # for a minute, one not at all
+    store = Store()
+    version = store.add(fitted(train, seed=1), version_id=1)
+    registry = Registry({"m1": version})
+    registry.load_artifact = store.load_artifact  # type: ignore[attr-defined]
+    ref = ModelRef("m1", version=1)
+    remembering = ModelLoader(cast(ModelStore, registry), capacity=10, ref_ttl_seconds=60)
+    fresh = ModelLoader(cast(ModelStore, registry), capacity=10, ref_ttl_seconds=0)
+    loaded = {id(m): m.load(m.resolve(ref)) for m in (remembering, fresh)}
+    reads = len(store.reads)
+
+    # When its threshold is changed in the registry
+    changed = dataclasses.replace(version, stats=effective_stats(version.stats, 0.9))
+    registry.versions["m1"] = changed
+
+    # Then within the TTL the first still sees the old one, the second the new one
+    assert remembering.resolve(ref).threshold == version.threshold
+    assert fresh.resolve(ref).threshold == 0.9
+    # and loading it keeps the loaded model (no artifact read) with the new threshold
+    again = fresh.load(fresh.resolve(ref))
+    assert again is loaded[id(fresh)]
+    assert again.version.threshold == 0.9
+    assert len(store.reads) == reads

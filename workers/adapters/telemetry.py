@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pynomaly_workers.metrics import get_metrics, model_label
+from pynomaly_workers.domain.thresholds import AlertPrecision
+from pynomaly_workers.metrics import ALERT_FLAGS, OTHER_MODEL, get_metrics, model_label
 
 
 class PrometheusTelemetry:
@@ -38,3 +39,19 @@ class PrometheusTelemetry:
         metrics = get_metrics()
         metrics.model_cache_models.set(models)
         metrics.model_cache_bytes.set(nbytes)
+
+    def alert_precision(self, precision: AlertPrecision) -> None:
+        """Both ``flags`` series of the version: labelled counts always, the share only
+        where something is labelled (a share of nothing is not 0)."""
+        label = model_label(precision.model)
+        if label == OTHER_MODEL:  # versions of many names would overwrite one series
+            return
+        metrics, version = get_metrics(), str(precision.version)
+        stored, shadow = ALERT_FLAGS
+        for flags, labelled, share in (
+            (stored, precision.labelled, precision.precision),
+            (shadow, precision.shadow_labelled, precision.shadow_precision),
+        ):
+            metrics.alert_labelled.labels(model=label, version=version, flags=flags).set(labelled)
+            if share is not None:
+                metrics.alert_precision.labels(model=label, version=version, flags=flags).set(share)

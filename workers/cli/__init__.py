@@ -22,6 +22,7 @@ from pynomaly_workers.cli import (
     models,
     processes,
     subscriptions,
+    thresholds,
     training,
 )
 
@@ -31,6 +32,8 @@ from pynomaly_workers.cli import (
 def main() -> None:
     """Pynomaly Workers: distributed anomaly detection on Celery."""
 
+
+models.models.add_command(thresholds.threshold)
 
 for _command in (
     processes.worker,

@@ -18,6 +18,7 @@ from pynomaly_workers.cli.promotion import (
     judge_promotion,
     promotion_options,
 )
+from pynomaly_workers.cli.thresholds import PRECISION_HEADERS, precision_cells, with_precision
 from pynomaly_workers.domain.errors import PynomalyError
 
 if TYPE_CHECKING:
@@ -189,12 +190,15 @@ def models_history(name: str, alias: str | None, as_json: bool) -> None:
 @json_option
 def models_compare(name: str, dataset: str | None, as_json: bool) -> None:
     """How NAME@challenger compared with NAME@champion on the records it shadowed
-    (PYNOMALY_SHADOW_FRACTION): flags each raised, agreement, score correlation; with
-    --on DATASET, how NAME's versions scored on that labelled dataset."""
+    (PYNOMALY_SHADOW_FRACTION): flags each raised, agreement, score correlation, and the
+    alert precision triage's labels give each (the champion's stored anomalies, the
+    challenger's shadow flags); with --on DATASET, how NAME's versions scored on that
+    labelled dataset."""
+    adapters = load_adapters()
     if dataset is not None:
-        compare_evaluations(load_adapters(), name, dataset, as_json=as_json)
+        compare_evaluations(adapters, name, dataset, as_json=as_json)
         return
-    found = load_adapters().store.shadow_comparison(name)
+    found = with_precision(adapters, name, adapters.store.shadow_comparison(name))
     if not found and not as_json:
         fail(
             f"no shadow scoring recorded for {name!r}: point {name}@champion and "
@@ -216,6 +220,7 @@ def models_compare(name: str, dataset: str | None, as_json: bool) -> None:
                         c["both_flags"],
                         c["agreement"],
                         c["score_correlation"],
+                        *precision_cells(c),
                     ]
                     for c in found
                 ],
@@ -228,6 +233,7 @@ def models_compare(name: str, dataset: str | None, as_json: bool) -> None:
                     "both",
                     "agree",
                     "corr",
+                    *PRECISION_HEADERS,
                 ],
             )
         ),

@@ -46,10 +46,11 @@ def benjamini_hochberg(p_values: Sequence[float]) -> npt.NDArray[np.float64]:
 
 class DriftCounts:
     """What a model version scored in one time window, folded into the bins of its
-    training profile: records, flagged records, per-feature bin counts, score bin counts.
-    No record is kept."""
+    training profile: records, flagged records, per-feature bin counts, score bin counts,
+    and the scores again in fine bins (``domain.thresholds.score_edges``, for threshold
+    projections; None in windows counted before they were kept). No record is kept."""
 
-    __slots__ = ("features", "n_flagged", "n_records", "scores")
+    __slots__ = ("features", "fine", "n_flagged", "n_records", "scores")
 
     def __init__(
         self,
@@ -58,11 +59,13 @@ class DriftCounts:
         n_flagged: int,
         features: npt.NDArray[np.int64],
         scores: npt.NDArray[np.int64],
+        fine: npt.NDArray[np.int64] | None = None,
     ) -> None:
         self.n_records = n_records
         self.n_flagged = n_flagged
         self.features = features  # (n_features, n_bins + 1), ragged bins padded with 0
         self.scores = scores
+        self.fine = fine
 
     def add(self, other: DriftCounts) -> None:
         """Fold ``other`` into these counts."""
@@ -70,20 +73,29 @@ class DriftCounts:
         self.n_flagged += other.n_flagged
         self.features = self.features + other.features
         self.scores = self.scores + other.scores
+        if other.fine is not None:
+            # fine counts cover only the records counted since they were kept: their sum
+            # says how many (a window may straddle the upgrade)
+            self.fine = other.fine if self.fine is None else self.fine + other.fine
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "n_records": self.n_records,
             "n_flagged": self.n_flagged,
             "features": self.features.tolist(),
             "scores": self.scores.tolist(),
         }
+        if self.fine is not None:
+            data["fine"] = self.fine.tolist()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DriftCounts:
+        fine = data.get("fine")
         return cls(
             n_records=int(data["n_records"]),
             n_flagged=int(data["n_flagged"]),
             features=np.asarray(data["features"], dtype=np.int64),
             scores=np.asarray(data["scores"], dtype=np.int64),
+            fine=np.asarray(fine, dtype=np.int64) if fine is not None else None,
         )

@@ -134,10 +134,14 @@ class ModelVersion:
     profile: TrainingProfile | None = None
     """What the version learned about its training data (None for versions trained
     before profiles were kept)."""
+    trained_threshold: float | None = None
+    """The threshold it was registered with, when a recorded threshold change
+    (``models threshold``) put another in force; then :attr:`stats` holds the one in
+    force (``domain.thresholds.effective_stats``). None: the trained one is in force."""
 
     @property
     def threshold(self) -> float:
-        """Scores above this are anomalies."""
+        """Scores above this are anomalies (the threshold in force)."""
         return self.stats.threshold
 
     @property

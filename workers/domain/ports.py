@@ -32,6 +32,7 @@ from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, ScoreStats
 from pynomaly_workers.domain.shadow import ShadowTally
+from pynomaly_workers.domain.thresholds import AlertPrecision, ThresholdChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -788,6 +789,9 @@ class Telemetry(Protocol):
     def model_cache_size(self, *, models: int, nbytes: int) -> None:
         """This process now keeps ``models`` versions holding ``nbytes``."""
 
+    def alert_precision(self, precision: AlertPrecision) -> None:
+        """Triage's labels of one version's alerts and shadow flags, as last counted."""
+
 
 class JobLog(Protocol):
     """Where a finished job's one line goes (``PYNOMALY_JOB_LOG``)."""
@@ -911,6 +915,51 @@ class IncidentStore(Protocol):
         """Every label the anomaly was given, newest first."""
 
 
+class ThresholdStore(Protocol):
+    """Thresholds set by intent: the one in force per version and every change; what a
+    projection reads; the alert precision triage's labels give each version."""
+
+    def set_threshold(
+        self,
+        model_id: int,
+        threshold: float,
+        *,
+        intent: dict[str, Any],
+        projection: dict[str, Any],
+        actor: str,
+        reason: str | None,
+        now: datetime,
+    ) -> ThresholdChange:
+        """Put ``threshold`` in force for the version and record the change."""
+
+    def rollback_threshold(
+        self,
+        model_id: int,
+        *,
+        last_change_id: int,
+        projection: dict[str, Any],
+        actor: str,
+        reason: str | None,
+        now: datetime,
+    ) -> ThresholdChange:
+        """Put back the threshold in force before the version's last change (which must
+        be ``last_change_id``, else ``InvalidInput``); record it as a rollback."""
+
+    def threshold_history(self, model_id: int) -> list[ThresholdChange]:
+        """Every change of the version's threshold, newest first."""
+
+    def score_windows(
+        self, model_id: int, *, since: datetime
+    ) -> list[tuple[datetime, DriftCounts]]:
+        """The version's drift windows (start, counts) from ``since``, oldest first."""
+
+    def labelled_scores(self, model_id: int) -> list[tuple[float, str]]:
+        """(score, newest label) of each labelled anomaly the version stored."""
+
+    def alert_precision(self, *, name: str | None = None) -> list[AlertPrecision]:
+        """Per version with labels or shadow flags: labelled and confirmed counts."""
+
+
 class Store(
     ModelStore,
     JobStore,
@@ -920,6 +969,7 @@ class Store(
     ShadowStore,
     IncidentStore,
     EvaluationStore,
+    ThresholdStore,
     Protocol,
 ):
     """Every role; one database implements them together."""

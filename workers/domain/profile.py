@@ -35,7 +35,8 @@ class Histogram:
 
 
 def bin_counts(
-    values: np.ndarray[Any, np.dtype[np.float64]], edges: tuple[float, ...]
+    values: np.ndarray[Any, np.dtype[np.float64]],
+    edges: tuple[float, ...] | np.ndarray[Any, np.dtype[np.float64]],
 ) -> np.ndarray[Any, np.dtype[np.int64]]:
     """How many ``values`` fall in each bin of ``edges`` (see :class:`Histogram`)."""
     index = np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="left")

@@ -30,6 +30,7 @@ from pynomaly_workers.domain.ports import (
 )
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores
+from pynomaly_workers.domain.thresholds import AlertPrecision
 from pynomaly_workers.settings import Settings
 
 
@@ -100,6 +101,9 @@ class NullTelemetry:
 
     def model_cache_size(self, *, models: int, nbytes: int) -> None:
         del models, nbytes
+
+    def alert_precision(self, precision: AlertPrecision) -> None:
+        del precision
 
 
 class NullJobLog:

@@ -26,6 +26,7 @@ from threading import Lock
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from pynomaly_workers.domain.drift import (
     DriftCounts,
@@ -34,12 +35,14 @@ from pynomaly_workers.domain.drift import (
 )
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import DriftStore
-from pynomaly_workers.domain.profile import Histogram, TrainingProfile
+from pynomaly_workers.domain.profile import Histogram, TrainingProfile, bin_counts
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores
+from pynomaly_workers.domain.thresholds import score_edges
 from pynomaly_workers.services.context import Adapters
 
 log = logging.getLogger(__name__)
+_MAX_EDGE_SETS = 10_000
 
 
 class DriftProfiler:
@@ -54,6 +57,7 @@ class DriftProfiler:
         self._pending: dict[tuple[int, datetime], DriftCounts] = {}
         self._last_flush: datetime | None = None
         self._lock = Lock()
+        self._edges: dict[int, npt.NDArray[np.float64]] = {}
 
     def observe(
         self, version: ModelVersion, matrix: Matrix, scores: Scores, *, now: datetime
@@ -64,6 +68,7 @@ class DriftProfiler:
             return
         flagged = int(np.count_nonzero(scores > version.threshold))
         counts = profile.count(matrix, scores, n_flagged=flagged)
+        counts.fine = bin_counts(np.asarray(scores, dtype=np.float64), self._fine_edges(version))
         key = (version.id, self._window(now))
         with self._lock:
             if key in self._pending:
@@ -75,6 +80,15 @@ class DriftProfiler:
             )
         if due:
             self.flush(now=now)
+
+    def _fine_edges(self, version: ModelVersion) -> npt.NDArray[np.float64]:
+        """The version's fine score edges, computed once per process and version."""
+        edges = self._edges.get(version.id)
+        if edges is None:
+            if len(self._edges) >= _MAX_EDGE_SETS:
+                self._edges.clear()
+            edges = self._edges[version.id] = score_edges(version.stats)
+        return edges
 
     def flush(self, *, now: datetime) -> None:
         """Add what is pending to the store; on failure keep it for the next flush."""

@@ -17,6 +17,7 @@ from pynomaly_workers.contract import FAILED, SUCCEEDED
 from pynomaly_workers.domain.errors import InvalidInput
 from pynomaly_workers.services.context import Adapters as Services
 from pynomaly_workers.services.drift import check_drift
+from pynomaly_workers.services.thresholds import refresh_precision_gauges
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ def _retention(services: Services, days: int | None = None) -> tuple[int, dict[s
 def _drift(services: Services, model: str | None = None) -> tuple[int, dict[str, Any]]:
     reports = check_drift(services, model=model)
     drifted = [r["model"] for r in reports if r["drifted"]]
-    return len(reports), {"checked": len(reports), "drifted": drifted}
+    # The model-quality gauges from triage's labels are refreshed on the same schedule.
+    labelled = refresh_precision_gauges(services, name=model)
+    return len(reports), {"checked": len(reports), "drifted": drifted, "labelled": labelled}
 
 
 def _slow_queries(services: Services) -> tuple[int, dict[str, Any]]:

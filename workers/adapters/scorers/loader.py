@@ -284,15 +284,16 @@ class ModelLoader:
         self._lock = Lock()
 
     def resolve(self, ref: ModelRef) -> ModelVersion:
-        """The version ``ref`` names. ``name@version`` never changes, so it is remembered;
-        a bare name (the active version) or an alias (``name@champion``) is remembered
-        for ``ref_ttl_seconds``, which saves a query per micro-batch at the price of
-        seeing a new version or a moved alias that much later.
+        """The version ``ref`` names, remembered for ``ref_ttl_seconds``, which saves a
+        query per micro-batch at the price of seeing a new version, a moved alias or a
+        changed threshold that much later. ``name@version`` always names the same
+        artifact, but its threshold may be changed (``models threshold``), so it is
+        read again too; its loaded model is kept (:meth:`load`).
         """
         now = time.monotonic()
         with self._lock:
             cached = self._refs.get(ref)
-        if cached is not None and (ref.is_exact or now - cached[0] < self.ref_ttl_seconds):
+        if cached is not None and now - cached[0] < self.ref_ttl_seconds:
             return cached[1]
         version = self.store.get_model(ref)
         with self._lock:
@@ -314,7 +315,7 @@ class ModelLoader:
         with self._lock:
             for ref in refs:
                 cached = self._refs.get(ref)
-                if cached is not None and (ref.is_exact or now - cached[0] < self.ref_ttl_seconds):
+                if cached is not None and now - cached[0] < self.ref_ttl_seconds:
                     out[ref] = cached[1]
                 else:
                     stale.append(ref)
@@ -335,11 +336,13 @@ class ModelLoader:
         return {**out, **fresh}
 
     def load(self, version: ModelVersion) -> LoadedModel:
-        """The loaded model for ``version`` (an immutable version never needs reloading)."""
+        """The loaded model for ``version`` (an immutable version never needs reloading:
+        a kept one only takes ``version``'s threshold, which may have been changed)."""
         with self._lock:
             cached = self._cache.get(version.id)
             if cached is not None:
                 self._cache.move_to_end(version.id)
+                cached.version = version
         if cached is not None:
             self._report(hit=True)
             return cached

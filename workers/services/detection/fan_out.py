@@ -14,6 +14,7 @@ from pynomaly_workers.domain.jobs import DatasetInput, DetectionRequest, SourceI
 from pynomaly_workers.domain.models import ModelVersion, parse_model_ref
 from pynomaly_workers.domain.ports import ChunkSpec, JobRecord, SourcePlan
 from pynomaly_workers.domain.records import check_width
+from pynomaly_workers.domain.thresholds import with_threshold
 from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.detection.outcomes import (
     Failed,
@@ -97,6 +98,9 @@ def start_fan_out(
             "label_field": plan.label_field,
             "shadow": challenger.label if challenger is not None else None,
             "chunk": [spec.index, spec.offset, spec.n_rows, spec.start, spec.stop],
+            # a threshold changed while the job runs applies to the next job, not to the
+            # rest of this one: every chunk uses the threshold of the plan
+            "threshold": version.threshold,
             "queue_wait_ms": seconds_to_ms(queue_wait_s),
         }
         for spec in plan.chunks
@@ -128,6 +132,9 @@ def run_chunk(adapters: Adapters, kwargs: Mapping[str, Any]) -> ChunkDone:
         return ChunkDone(job=job)
     spec = ChunkSpec(*(int(v) for v in kwargs["chunk"]))
     version = adapters.models.resolve(parse_model_ref(kwargs["model"]))  # exact: cached
+    planned = kwargs.get("threshold")
+    if isinstance(planned, float):  # chunks planned before thresholds were pinned have none
+        version = with_threshold(version, planned)
     try:
         chunk = adapters.sources.read_chunk(
             str(kwargs["path"]),

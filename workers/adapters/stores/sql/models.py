@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, aliased
 
 from pynomaly_workers.adapters.stores.sql.base import SqlBase
 from pynomaly_workers.adapters.stores.sql.rows import model_version, sha256
+from pynomaly_workers.adapters.stores.sql.thresholds import model_versions
 from pynomaly_workers.adapters.stores.tables import (
     ModelAliasMoveRow,
     ModelAliasRow,
@@ -120,10 +121,10 @@ class SqlModelStore(SqlBase):
         else:
             query = query.where(ModelRow.version == ref.version)
         with Session(self.engine) as session:
-            row = session.scalars(query).first()
-            if row is None:
+            found = model_versions(session, query.limit(1))
+            if not found:
                 raise UnknownModel(unknown_model_message(session, ref))
-            return model_version(row)
+            return found[0]
 
     def get_active_models(self, names: Collection[str]) -> dict[str, ModelVersion]:
         if not names:
@@ -131,7 +132,7 @@ class SqlModelStore(SqlBase):
         query = select(ModelRow).where(ModelRow.name.in_(sorted(set(names))))
         query = query.where(ModelRow.active.is_(True))
         with Session(self.engine) as session:
-            return {row.name: model_version(row) for row in session.scalars(query)}
+            return {version.name: version for version in model_versions(session, query)}
 
     def list_models(
         self,
@@ -147,7 +148,7 @@ class SqlModelStore(SqlBase):
         query = query.order_by(ModelRow.name, ModelRow.version.desc())
         query = query.limit(limit).offset(offset or None)
         with Session(self.engine) as session:
-            return [model_version(row) for row in session.scalars(query)]
+            return model_versions(session, query)
 
     def count_models(self, *, name: str | None = None, match: str | None = None) -> int:
         query = _filtered(select(func.count()).select_from(ModelRow), name=name, match=match)

@@ -15,6 +15,7 @@ from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import AnomalyRecord, Dataset, JobRecord
 from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.scoring import ScoreStats
+from pynomaly_workers.domain.thresholds import effective_stats
 
 
 def sha256(content: bytes) -> str:
@@ -22,7 +23,10 @@ def sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def model_version(row: ModelRow) -> ModelVersion:
+def model_version(row: ModelRow, *, threshold: float | None = None) -> ModelVersion:
+    """The version of ``row``; ``threshold``, if given, is the one in force (a recorded
+    change, ``model_thresholds``) instead of the trained one."""
+    stats = ScoreStats.from_dict(row.score_stats)
     return ModelVersion(
         id=row.id,
         name=row.name,
@@ -31,7 +35,7 @@ def model_version(row: ModelRow) -> ModelVersion:
         artifact_sha256=row.artifact_sha256,
         onnx_sha256=row.onnx_sha256,
         n_features=row.n_features,
-        stats=ScoreStats.from_dict(row.score_stats),
+        stats=stats if threshold is None else effective_stats(stats, threshold),
         params=dict(row.params),
         parity_max_error=row.parity_max_error,
         parity_tolerance=row.parity_tolerance,
@@ -39,6 +43,7 @@ def model_version(row: ModelRow) -> ModelVersion:
         active=row.active,
         created_at=row.created_at,
         profile=TrainingProfile.from_dict(row.profile) if row.profile else None,
+        trained_threshold=None if threshold is None else stats.threshold,
     )
 
 

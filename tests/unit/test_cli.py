@@ -28,6 +28,7 @@ COMMANDS = {
     "demo",
     "subscriptions",
     "deliveries",
+    "suppress",
 }
 SUBCOMMANDS = {
     "models": {"alias", "rollback", "history", "compare"},
@@ -37,6 +38,7 @@ SUBCOMMANDS = {
     "incidents": {"show", "ack", "resolve", "label"},
     "subscriptions": {"add", "list", "remove", "test"},
     "deliveries": {"replay"},
+    "suppress": {"add", "list", "remove"},
 }
 
 

@@ -21,6 +21,7 @@ from pynomaly_workers.cli import (
     models,
     processes,
     subscriptions,
+    suppress,
     training,
 )
 
@@ -50,6 +51,7 @@ for _command in (
     demo.demo,
     subscriptions.subscriptions,
     subscriptions.deliveries,
+    suppress.suppress,
 ):
     main.add_command(_command)
 

@@ -221,7 +221,7 @@ def _matches(
             return None
         hit &= entities == rule.entity
     if rule.feature is not None:
-        if rule.feature not in features:
+        if rule.feature not in features or rule.low is None or rule.high is None:
             return None
         column = rows[:, features.index(rule.feature)]
         hit &= (column >= rule.low) & (column <= rule.high)

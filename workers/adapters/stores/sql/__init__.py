@@ -2,8 +2,8 @@
 ``models`` (the registry), ``jobs`` (the job lifecycle, settling small jobs), ``fan_out``
 (chunked jobs), ``anomalies``, ``datasets``, ``drift``, ``shadow``, ``incidents``
 (with ``inbox``, through which settled jobs reach incident upkeep), ``notifications``
-(webhook subscriptions and deliveries) and ``alerting`` (what Alertmanager was told
-about each incident)."""
+(webhook subscriptions and deliveries), ``suppressions`` (rules that mark anomalies
+suppressed) and ``alerting`` (what Alertmanager was told about each incident)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pynomaly_workers.adapters.stores.sql.models import SqlModelStore
 from pynomaly_workers.adapters.stores.sql.notifications import SqlNotificationStore
 from pynomaly_workers.adapters.stores.sql.rows import sha256
 from pynomaly_workers.adapters.stores.sql.shadow import SqlShadowStore
+from pynomaly_workers.adapters.stores.sql.suppressions import SqlSuppressionStore
 
 __all__ = ["SqlStore", "sha256"]
 
@@ -31,5 +32,6 @@ class SqlStore(
     SqlIncidentStore,
     SqlAlertingStore,
     SqlNotificationStore,
+    SqlSuppressionStore,
 ):
     """Every store role on one SQLAlchemy engine (one database holds them together)."""

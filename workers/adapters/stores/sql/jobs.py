@@ -92,7 +92,7 @@ class SqlJobStore(SqlBase):
                     **extra,
                 )
             ).rowcount
-            if completed and summary.n_anomalies:
+            if completed and summary.n_notifiable:  # all suppressed: nothing to fold
                 queue_for_incidents(conn, [summary.job_id], now=now)
 
     def fail_job(self, job_id: str, *, error: str, error_type: str, now: datetime) -> JobRecord:
@@ -150,7 +150,9 @@ class SqlJobStore(SqlBase):
         settled = self._upsert_final(conn, rows)
         fresh = [r for r in results if r.summary.job_id in settled]
         insert_anomalies(conn, [r.anomalies for r in fresh])
-        queue_for_incidents(conn, [r.summary.job_id for r in fresh if len(r.anomalies)], now=now)
+        # A job whose anomalies were all suppressed has nothing for incidents to fold.
+        folded = [r.summary.job_id for r in fresh if len(r.anomalies) > r.anomalies.n_suppressed]
+        queue_for_incidents(conn, folded, now=now)
         failed = [f.job_id for f in failures if f.job_id in settled]
         if failed:
             conn.execute(delete(AnomalyRow).where(AnomalyRow.job_id.in_(failed)))

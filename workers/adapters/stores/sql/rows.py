@@ -77,6 +77,7 @@ def anomaly_record(row: AnomalyRow) -> AnomalyRecord:
         explanation=row.explanation,
         id=row.id,
         entity=row.entity,
+        suppressed_by=row.suppressed_by,
     )
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -20,6 +21,7 @@ from pynomaly_workers.adapters.stores.tables import AnomalyRow, IncidentInboxRow
 from pynomaly_workers.adapters.suppressions import CachedSuppressions
 from pynomaly_workers.bootstrap import bootstrap
 from pynomaly_workers.domain.errors import InvalidInput
+from pynomaly_workers.domain.ports import AnomalyBatch
 from pynomaly_workers.domain.suppression import SuppressionError, SuppressionRule
 from pynomaly_workers.services import incidents
 from pynomaly_workers.services.context import Adapters
@@ -300,9 +302,39 @@ def count_reads(adapters: Adapters) -> Callable[[], int]:
         def __getattr__(self, name: str) -> Any:
             return getattr(inner, name)
 
-        def live_rules(self, model_name: str, *, now: datetime) -> list[SuppressionRule]:
+        def live_rules(self, model_name: str | None, *, now: datetime) -> list[SuppressionRule]:
             calls[0] += 1
             return inner.live_rules(model_name, now=now)
 
     cache.store = Counting()
     return lambda: calls[0]
+
+
+def test_a_failed_job_takes_what_it_suppressed_off_the_count(adapters: Adapters) -> None:
+    # Given a running job that wrote anomalies, two of them suppressed by a rule, as an
+    # in-process job writes its first chunk before a later one turns out bad
+    version = train(adapters)
+    rule = suppress(adapters)
+    now = datetime.now(UTC)
+    adapters.store.claim_job("half", model="m", now=now)
+    written = adapters.store.add_anomalies(
+        AnomalyBatch(
+            job_id="half",
+            model_id=version.id,
+            record_index=np.array([0, 1, 2], dtype=np.int64),
+            score=np.array([0.9, 0.8, 0.7]),
+            severity=np.array([0.9, 0.8, 0.7]),
+            timestamp=[now] * 3,
+            record_id=[None] * 3,
+            suppressed_by=[rule.id, None, rule.id],
+        )
+    )
+    assert written == 3
+    assert rule_of(adapters, rule.id).suppressed_count == 2
+
+    # When the job fails
+    adapters.store.fail_job("half", error="bad chunk", error_type="invalid_records", now=now)
+
+    # Then its anomalies are gone, and so is what they added to the rule's count
+    assert marks(adapters, "half") == []
+    assert rule_of(adapters, rule.id).suppressed_count == 0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pynomaly_workers.domain.suppression import (
+    ROWWISE_MAX,
     RuleDraft,
     SuppressionError,
     SuppressionRule,
@@ -69,27 +70,33 @@ ENTITIES = ["pump-1", "pump-2", "pump-1", None]
         ([rule(1, until=NOW), rule(2, entity="pump-2")], [None, 2, None, None]),
     ],
 )
+@pytest.mark.parametrize("copies", [1, ROWWISE_MAX], ids=["row-by-row", "vectorised"])
 def test_each_anomaly_is_marked_with_the_first_live_rule_that_matches_it(
-    rules: list[SuppressionRule], expected: list[int | None] | None
+    rules: list[SuppressionRule], expected: list[int | None] | None, copies: int
 ) -> None:
+    # the same anomalies once (matched row by row) and many times (matched per rule)
+    rows = np.tile(ROWS, (copies, 1))
+    assert (len(rows) <= ROWWISE_MAX) == (copies == 1)
+
     found = matching_rules(
-        rules, model_name="pumps", at=NOW, rows=ROWS, entities=ENTITIES, features=FEATURES
+        rules, model_name="pumps", at=NOW, rows=rows, entities=ENTITIES * copies, features=FEATURES
     )
 
-    assert found == expected
+    assert found == (expected * copies if expected is not None else None)
 
 
-def test_an_entity_rule_matches_nothing_of_a_job_without_entities() -> None:
+@pytest.mark.parametrize("copies", [1, ROWWISE_MAX], ids=["row-by-row", "vectorised"])
+def test_an_entity_rule_matches_nothing_of_a_job_without_entities(copies: int) -> None:
     found = matching_rules(
-        [rule(1, entity="pump-1")],
+        [rule(1, entity="pump-1"), rule(2, feature="temp", low=80.0, high=95.0)],
         model_name="pumps",
         at=NOW,
-        rows=ROWS,
+        rows=np.tile(ROWS, (copies, 1)),
         entities=None,
         features=FEATURES,
     )
 
-    assert found is None
+    assert found == [None, None, 2, None] * copies
 
 
 def test_no_rows_no_marks() -> None:

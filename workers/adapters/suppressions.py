@@ -1,6 +1,8 @@
-"""Each model's live suppression rules as a worker process last read them, for
+"""The live suppression rules as a worker process last read them, for
 ``PYNOMALY_SUPPRESSION_TTL_SECONDS``: a micro-batch of one-record jobs pays a dictionary
-lookup, not a query, and a rule added or removed applies within that time. The rest of
+lookup, not a query, and a rule added or removed applies within that time. Every model's
+live rules are read in one query (rules are few: people add them), so a worker serving a
+thousand models asks once per TTL, not once per model. The rest of
 :class:`~pynomaly_workers.domain.ports.Suppressions` goes straight to the store."""
 
 from __future__ import annotations
@@ -13,13 +15,10 @@ from threading import Lock
 from pynomaly_workers.domain.ports import SuppressionStore
 from pynomaly_workers.domain.suppression import RuleDraft, SuppressionRule
 
-MAX_MODELS = 10_000
-"""Model names remembered at most; past this the memory starts over (as model refs do)."""
-
 
 class CachedSuppressions:
-    """:class:`~pynomaly_workers.domain.ports.Suppressions` over a store, with each
-    model's live rules remembered for ``ttl_seconds`` (0: read every time)."""
+    """:class:`~pynomaly_workers.domain.ports.Suppressions` over a store, with the live
+    rules of every model remembered for ``ttl_seconds`` (0: read every time)."""
 
     def __init__(
         self,
@@ -31,21 +30,21 @@ class CachedSuppressions:
         self.store = store
         self.ttl_seconds = ttl_seconds
         self._monotonic = monotonic
-        self._rules: dict[str, tuple[float, tuple[SuppressionRule, ...]]] = {}
+        self._read: tuple[float, dict[str, tuple[SuppressionRule, ...]]] | None = None
         self._lock = Lock()
 
     def rules_of(self, model_name: str, *, now: datetime) -> Sequence[SuppressionRule]:
-        read_at = self._monotonic()
+        at = self._monotonic()
         with self._lock:
-            cached = self._rules.get(model_name)
-        if cached is not None and read_at - cached[0] < self.ttl_seconds:
-            return cached[1]
-        rules = tuple(self.store.live_rules(model_name, now=now))
-        with self._lock:
-            if len(self._rules) >= MAX_MODELS:
-                self._rules.clear()
-            self._rules[model_name] = (read_at, rules)
-        return rules
+            read = self._read
+        if read is None or at - read[0] >= self.ttl_seconds:
+            by_model: dict[str, list[SuppressionRule]] = {}
+            for rule in self.store.live_rules(None, now=now):
+                by_model.setdefault(rule.model_name, []).append(rule)
+            read = (at, {name: tuple(rules) for name, rules in by_model.items()})
+            with self._lock:
+                self._read = read
+        return read[1].get(model_name, ())
 
     def add_rule(self, draft: RuleDraft, *, now: datetime) -> SuppressionRule:
         rule = self.store.add_rule(draft, now=now)
@@ -62,10 +61,11 @@ class CachedSuppressions:
     ) -> list[SuppressionRule]:
         return self.store.list_rules(now=now, model=model, ended=ended)
 
-    def live_rules(self, model_name: str, *, now: datetime) -> list[SuppressionRule]:
+    def live_rules(self, model_name: str | None, *, now: datetime) -> list[SuppressionRule]:
         return self.store.live_rules(model_name, now=now)
 
     def _forget(self, model_name: str) -> None:
         """This process sees its own change at once; others within the TTL."""
+        del model_name
         with self._lock:
-            self._rules.pop(model_name, None)
+            self._read = None

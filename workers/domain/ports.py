@@ -897,8 +897,9 @@ class SuppressionStore(Protocol):
         """The rules live at ``now`` (and, with ``ended``, the expired and removed ones
         too), newest first."""
 
-    def live_rules(self, model_name: str, *, now: datetime) -> list[SuppressionRule]:
-        """The rules of ``model_name`` live at ``now``, oldest first."""
+    def live_rules(self, model_name: str | None, *, now: datetime) -> list[SuppressionRule]:
+        """The rules of ``model_name`` (of every model: None) live at ``now``, oldest
+        first."""
 
 
 class Suppressions(SuppressionStore, Protocol):

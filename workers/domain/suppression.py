@@ -174,6 +174,11 @@ def _check_range(draft: RuleDraft, features: Sequence[str]) -> None:
         )
 
 
+ROWWISE_MAX = 64
+"""Up to this many anomalies are matched row by row in Python: a few numpy operations per
+rule cost more than the whole loop on a one-record job's single anomaly."""
+
+
 def matching_rules(
     rules: Sequence[SuppressionRule],
     *,
@@ -192,37 +197,62 @@ def matching_rules(
     live = sorted((r for r in rules if r.model_name == model_name and r.live(at)), key=_id)
     if not live or len(rows) == 0:
         return None
-    found = np.zeros(len(rows), dtype=np.int64)  # rule ids start at 1; 0 = none yet
-    names = np.asarray(entities, dtype=object) if entities is not None else None
-    for rule in live:
-        hit = _matches(rule, rows=rows, entities=names, features=features)
-        if hit is not None:
-            found[hit & (found == 0)] = rule.id
-    if not found.any():
-        return None
-    return [int(v) if v else None for v in found.tolist()]
+    positions = {name: j for j, name in enumerate(features)}
+    usable = [r for r in live if r.feature is None or r.feature in positions]
+    if len(rows) <= ROWWISE_MAX:
+        found = _rowwise(usable, rows=rows, entities=entities, positions=positions)
+    else:
+        found = _vectorised(usable, rows=rows, entities=entities, positions=positions)
+    return found if any(v is not None for v in found) else None
 
 
 def _id(rule: SuppressionRule) -> int:
     return rule.id
 
 
-def _matches(
-    rule: SuppressionRule,
+def _rowwise(
+    rules: Sequence[SuppressionRule],
     *,
     rows: Matrix,
-    entities: np.ndarray[Any, np.dtype[np.object_]] | None,
-    features: Sequence[str],
-) -> np.ndarray[Any, np.dtype[np.bool_]] | None:
-    """Which rows ``rule`` matches, or None if it cannot match any."""
-    hit = np.ones(len(rows), dtype=bool)
-    if rule.entity is not None:
-        if entities is None:
-            return None
-        hit &= entities == rule.entity
-    if rule.feature is not None:
-        if rule.feature not in features or rule.low is None or rule.high is None:
-            return None
-        column = rows[:, features.index(rule.feature)]
-        hit &= (column >= rule.low) & (column <= rule.high)
-    return hit
+    entities: Sequence[str | None] | None,
+    positions: dict[str, int],
+) -> list[int | None]:
+    """:func:`matching_rules` for a few rows, one row at a time."""
+    found: list[int | None] = []
+    for index, values in enumerate(rows.tolist()):
+        entity = entities[index] if entities is not None else None
+        found.append(next((r.id for r in rules if _covers(r, values, entity, positions)), None))
+    return found
+
+
+def _covers(
+    rule: SuppressionRule, values: list[float], entity: str | None, positions: dict[str, int]
+) -> bool:
+    if rule.entity is not None and rule.entity != entity:
+        return False
+    if rule.feature is None or rule.low is None or rule.high is None:
+        return True
+    return rule.low <= values[positions[rule.feature]] <= rule.high
+
+
+def _vectorised(
+    rules: Sequence[SuppressionRule],
+    *,
+    rows: Matrix,
+    entities: Sequence[str | None] | None,
+    positions: dict[str, int],
+) -> list[int | None]:
+    """:func:`matching_rules` for many rows, one rule at a time over all of them."""
+    found = np.zeros(len(rows), dtype=np.int64)  # rule ids start at 1; 0 = none yet
+    names = np.asarray(entities, dtype=object) if entities is not None else None
+    for rule in rules:
+        hit = np.ones(len(rows), dtype=bool)
+        if rule.entity is not None:
+            if names is None:
+                continue
+            hit &= names == rule.entity
+        if rule.feature is not None and rule.low is not None and rule.high is not None:
+            column = rows[:, positions[rule.feature]]
+            hit &= (column >= rule.low) & (column <= rule.high)
+        found[hit & (found == 0)] = rule.id
+    return [int(v) if v else None for v in found.tolist()]

@@ -25,7 +25,7 @@ from typing import Any
 
 from psycopg.errors import UniqueViolation
 from psycopg.types.json import Json
-from sqlalchemy import Connection, bindparam, text, update
+from sqlalchemy import Connection, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pynomaly_workers.adapters.stores.tables import AnomalyRow, SuppressionRuleRow
@@ -107,6 +107,20 @@ def insert_chunk_anomalies(conn: Connection, batch: AnomalyBatch) -> int:
         new = _copy_postgres(conn, [batch])  # some rows exist: write the others
     count_suppressed(conn, new)
     return new.total()
+
+
+def delete_anomalies(conn: Connection, job_ids: Sequence[str]) -> None:
+    """Drop the anomalies of failed jobs inside the caller's transaction, and take those
+    a rule suppressed off its count (a failed job has no anomalies to have suppressed)."""
+    jobs = AnomalyRow.job_id.in_(list(job_ids))
+    counted = conn.execute(
+        select(AnomalyRow.suppressed_by, func.count())
+        .where(jobs, AnomalyRow.suppressed_by.is_not(None))
+        .group_by(AnomalyRow.suppressed_by)
+    )
+    gone = {rule: -int(n) for rule, n in counted}
+    conn.execute(delete(AnomalyRow).where(jobs))
+    count_suppressed(conn, gone)
 
 
 def count_suppressed(conn: Connection, new: Mapping[int | None, int]) -> None:

@@ -154,8 +154,8 @@ def suppression_marks(
     now: datetime,
 ) -> dict[int, int]:
     """The rule id of each suppressed anomaly of the chunk, by row (empty when no rule
-    is live or none matches: the usual case costs one check)."""
-    if not rules:
+    is live or none matches: the usual cases, no rule or no anomaly, cost one check)."""
+    if not rules or not mask.any():
         return {}
     rows = np.flatnonzero(mask)
     entities = chunk.entities

@@ -69,16 +69,14 @@ class SqlSuppressionStore(SqlBase):
         with Session(self.engine) as session:
             return [suppression_rule(row) for row in session.scalars(query)]
 
-    def live_rules(self, model_name: str, *, now: datetime) -> list[SuppressionRule]:
+    def live_rules(self, model_name: str | None, *, now: datetime) -> list[SuppressionRule]:
         query = (
             select(SuppressionRuleRow)
-            .where(
-                SuppressionRuleRow.model_name == model_name,
-                SuppressionRuleRow.until > now,
-                SuppressionRuleRow.removed_at.is_(None),
-            )
+            .where(SuppressionRuleRow.until > now, SuppressionRuleRow.removed_at.is_(None))
             .order_by(SuppressionRuleRow.id)
         )
+        if model_name is not None:
+            query = query.where(SuppressionRuleRow.model_name == model_name)
         with Session(self.engine) as session:
             return [suppression_rule(row) for row in session.scalars(query)]
 

@@ -52,7 +52,8 @@ TTL_SECONDS = 1.0
 @contextmanager
 def live_rules(stack: Stack, *, on: bool, round_: int) -> Iterator[list[int]]:
     """``RULES`` live rules on the model for the block (none when ``on`` is false),
-    removed after it; waits out the workers' rule TTL both ways."""
+    removed after it; waits out the workers' rule TTL both ways (with rules or without,
+    so both variants start and end alike)."""
     adapters = stack.adapters
     feature = features_of(adapters.store.get_model(ModelRef(IFOREST_MODEL)))[0]
     ids: list[int] = []
@@ -62,14 +63,13 @@ def live_rules(stack: Stack, *, on: bool, round_: int) -> Iterator[list[int]]:
             ids.append(_rule(stack, entity=entity).id)
         for i in range(RULES - SUPPRESSED_ENTITIES):
             ids.append(_rule(stack, feature=feature, between=(1e6 + i, 2e6 + i)).id)
-        time.sleep(TTL_SECONDS + 0.2)
+    time.sleep(TTL_SECONDS + 0.2)
     try:
         yield ids
     finally:
         for rule_id in ids:
             remove_rule(adapters, rule_id, by="bench")
-        if ids:
-            time.sleep(TTL_SECONDS + 0.2)
+        time.sleep(TTL_SECONDS + 0.2)
 
 
 def _rule(stack: Stack, **match: Any) -> Any:

@@ -121,6 +121,31 @@ def test_an_entity_rule_marks_counts_and_keeps_anomalies_out_of_incidents(
     assert rule_of(adapters, rule.id).suppressed_count == a["n_anomalies"]
 
 
+def test_listings_mark_and_filter_suppressed_anomalies(adapters: Adapters) -> None:
+    # Given one job's anomalies suppressed and another's not, the views refreshed
+    train(adapters)
+    rule = suppress(adapters, entity="a")
+    a = entity_job(adapters, "job-a", entity="a")
+    b = entity_job(adapters, "job-b", entity="b")
+    adapters.maintenance.refresh_views()
+    now = datetime.now(UTC)
+    reads = adapters.reads
+
+    # When the newest (the view, on PostgreSQL) and the most severe are listed
+    newest = reads.recent_anomalies(now=now, limit=100)
+    only = reads.recent_anomalies(now=now, limit=100, suppressed=True)
+    hidden = reads.top_anomalies(limit=100, suppressed=False)
+    of_model = reads.top_anomalies(model="m", limit=100, suppressed=True)
+
+    # Then each is marked with its rule, and the filters keep the ones asked for
+    marked = {x.job_id: x.suppressed_by for x in newest}
+    assert marked == {"job-a": rule.id, "job-b": None}
+    assert len(newest) == a["n_anomalies"] + b["n_anomalies"]
+    assert {x.job_id for x in only} == {x.job_id for x in of_model} == {"job-a"}
+    assert {x.job_id for x in hidden} == {"job-b"}
+    assert len(hidden) == b["n_anomalies"]
+
+
 def test_a_feature_range_rule_suppresses_only_values_inside_it(adapters: Adapters) -> None:
     # Given outliers whose every feature is 8.0, and a rule on feature 0 around 8
     train(adapters)

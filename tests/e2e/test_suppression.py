@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pynomaly_workers.demo import WorkerProcess, wait_for
 from pynomaly_workers.services.context import Adapters
@@ -76,6 +78,19 @@ def detect(
     )
     return cli_json(
         env, "detect", "--model", MODEL, "--records-file", str(path), "--job-id", job_id, "--wait"
+    )
+
+
+def suppressed_metric(port: str) -> float:
+    """pynomaly_anomalies_suppressed_total of the model, from the worker's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "pynomaly_anomalies_suppressed_total"
+        and sample.labels.get("model") == MODEL
     )
 
 
@@ -147,6 +162,9 @@ def test_a_cli_rule_silences_one_entity_until_it_expires(
     assert {a["job_id"] for a in hidden} == {"sup-warm", "sup-p2"}
     human = cli(e2e_env, "anomalies", "--job-id", "sup-p1").stdout
     assert f"rule {added['id']}" in human
+    # and the worker's /metrics counts them apart
+    port = e2e_env["PYNOMALY_METRICS_PORT"]
+    assert wait_for(lambda: suppressed_metric(port) == one["n_anomalies"], timeout=10)
 
     # And the worker opens incidents (and tells the webhook) for pump-0 and pump-2 only
     assert wait_for(lambda: len(incidents_of(e2e_env)) >= 2, timeout=30)

@@ -191,8 +191,9 @@ class Settings(BaseSettings):
     suppression_ttl_seconds: float = Field(
         default=1.0,
         ge=0,
-        description="How long a worker keeps a model's live suppression rules before asking "
-        "the database again: a rule added or removed applies within this.",
+        description="How long a worker keeps the live suppression rules it read (every "
+        "model's, in one query) before asking the database again: a rule added or removed "
+        "applies within this.",
     )
     worker_concurrency: int = Field(
         default=0,

@@ -15,7 +15,15 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 BROKER_DB, RESULTS_DB, CACHE_DB, NAIVE_DB = 8, 9, 10, 11
 REDIS_DBS = (BROKER_DB, RESULTS_DB, CACHE_DB, NAIVE_DB)
 
-SECTIONS = ("mixed", "many_models", "job_log", "broker_fsync", "incidents", "evaluate")
+SECTIONS = (
+    "mixed",
+    "many_models",
+    "job_log",
+    "broker_fsync",
+    "incidents",
+    "evaluate",
+    "suppression",
+)
 """What ``--only`` can run alone (the data and services it needs come with it)."""
 
 IFOREST_MODEL = "bench-iforest"

@@ -30,6 +30,7 @@ from benchmarks import (
     models,
     naive_runner,
     small_jobs,
+    suppression,
 )
 from benchmarks.config import IFOREST_MODEL, LOF_MODEL, RESULTS, Endpoints, Sizes
 from benchmarks.inputs import (
@@ -92,7 +93,8 @@ def run_benchmarks(
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     with run.section("data"):
-        inputs = prepare_inputs(sizes) if only in (None, "job_log", "incidents") else None
+        needs_inputs = (None, "job_log", "incidents", "suppression")
+        inputs = prepare_inputs(sizes) if only in needs_inputs else None
         mixed_inputs = prepare_mixed_inputs(sizes) if only in (None, "mixed") else None
         many_inputs = prepare_many_models_inputs(sizes) if only in (None, "many_models") else None
     if "data" not in run.errors:
@@ -105,6 +107,9 @@ def run_benchmarks(
             if inputs is not None and only == "job_log":
                 with run.section("job_log"):
                     run.results["job_log"] = job_log.run_job_log(stack, inputs)
+            if inputs is not None and only == "suppression":
+                with run.section("suppression"):
+                    run.results["suppression"] = suppression.run_suppression(stack, inputs)
             if inputs is not None and only in (None, "incidents"):
                 with run.section("incidents"):
                     run.results["incidents"] = incidents.run_incidents(stack, inputs)
@@ -324,6 +329,7 @@ def assemble(run: Run, *, meta: dict[str, Any]) -> dict[str, Any]:
         "mixed": results.get("mixed"),
         "many_models": results.get("many_models"),
         "job_log": results.get("job_log"),
+        "suppression": results.get("suppression"),
         "incidents": results.get("incidents"),
         "evaluate": results.get("evaluate"),
     }

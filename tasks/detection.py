@@ -502,6 +502,8 @@ def _count(outcome: Outcome) -> None:
         metrics.jobs.labels(queue=DETECTION_QUEUE, outcome=SUCCEEDED).inc()
         metrics.records.labels(model=model).inc(summary.n_records)
         metrics.anomalies.labels(model=model).inc(summary.n_anomalies)
+        if summary.n_suppressed:
+            metrics.anomalies_suppressed.labels(model=model).inc(summary.n_suppressed)
     elif isinstance(outcome, Failed):
         metrics.jobs.labels(queue=DETECTION_QUEUE, outcome=FAILED).inc()
 

@@ -22,6 +22,7 @@ from pynomaly_workers.adapters.stores.engine import SqlProbe, build_engine
 from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
 from pynomaly_workers.adapters.stores.reads import SqlReads
 from pynomaly_workers.adapters.stores.sql import SqlStore
+from pynomaly_workers.adapters.suppressions import CachedSuppressions
 from pynomaly_workers.adapters.telemetry import PrometheusTelemetry
 from pynomaly_workers.adapters.webhooks import HttpWebhookSender
 from pynomaly_workers.domain.ports import PredictionCache
@@ -87,6 +88,7 @@ def bootstrap(settings: Settings) -> Adapters:
         ),
         notifications=store,
         webhooks=HttpWebhookSender(timeout=settings.webhook_timeout_seconds),
+        suppressions=CachedSuppressions(store, ttl_seconds=settings.suppression_ttl_seconds),
     )
 
 

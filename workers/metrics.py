@@ -39,6 +39,7 @@ class Metrics:
     queue_wait: Histogram
     records: Counter
     anomalies: Counter
+    anomalies_suppressed: Counter
     model_contamination: Gauge
     model_drifted: Gauge
     model_drifted_features: Gauge
@@ -79,6 +80,7 @@ METRIC_NAMES: dict[str, str] = {
     "pynomaly_queue_wait_seconds": "queue",
     "pynomaly_records_scored_total": "model",
     "pynomaly_anomalies_total": "model",
+    "pynomaly_anomalies_suppressed_total": "model",
     "pynomaly_model_contamination": "model",
     "pynomaly_model_drifted": "model",
     "pynomaly_model_drifted_features": "model",
@@ -170,6 +172,11 @@ def _create_metrics() -> Metrics:
         ),
         records=Counter("pynomaly_records_scored", "Records scored, by model name.", ["model"]),
         anomalies=Counter("pynomaly_anomalies", "Anomalies found, by model name.", ["model"]),
+        anomalies_suppressed=Counter(
+            "pynomaly_anomalies_suppressed",
+            "Of the anomalies found, those a suppression rule matched, by model name.",
+            ["model"],
+        ),
         model_contamination=Gauge(
             "pynomaly_model_contamination",
             "Training contamination of the model version last used, by model name.",

@@ -188,6 +188,13 @@ class Settings(BaseSettings):
         description="How long a worker keeps resolving a bare model name to the same "
         "active version before asking the database again.",
     )
+    suppression_ttl_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a worker keeps the live suppression rules it read (every "
+        "model's, in one query) before asking the database again: a rule added or removed "
+        "applies within this.",
+    )
     worker_concurrency: int = Field(
         default=0,
         ge=0,

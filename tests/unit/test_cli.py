@@ -29,6 +29,7 @@ COMMANDS = {
     "demo",
     "subscriptions",
     "deliveries",
+    "suppress",
 }
 SUBCOMMANDS = {
     "models": {"alias", "rollback", "history", "compare", "threshold"},
@@ -38,6 +39,7 @@ SUBCOMMANDS = {
     "incidents": {"show", "ack", "resolve", "label"},
     "subscriptions": {"add", "list", "remove", "test"},
     "deliveries": {"replay"},
+    "suppress": {"add", "list", "remove"},
 }
 
 

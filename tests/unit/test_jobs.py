@@ -673,6 +673,27 @@ def test_summary_has_exactly_the_contract_keys(make_summary: SummaryFactory) -> 
         assert set(item) == {"record_index", "record_id", "score", "severity"}
 
 
+def test_summary_tells_suppressed_anomalies_only_when_there_are_some(
+    make_summary: SummaryFactory,
+) -> None:
+    # Given a job whose anomalies a suppression rule (id 4) matched one of
+    top = [
+        TopAnomaly(record_index=42, record_id="r42", score=0.9, severity=0.8, suppressed_by=4),
+        TopAnomaly(record_index=7, record_id=None, score=0.7, severity=0.6),
+    ]
+    summary = make_summary(n_suppressed=1, top_anomalies=top, duration_ms=12.5)
+
+    # When it is stored and read back
+    data = json.loads(json.dumps(summary.to_dict()))
+
+    # Then n_anomalies still counts both, n_suppressed the one, and it is marked
+    assert (data["n_anomalies"], data["n_suppressed"]) == (2, 1)
+    assert [a.get("suppressed_by") for a in data["top_anomalies"]] == [4, None]
+    assert JobSummary.from_dict(data) == summary
+    assert summary.n_notifiable == 1
+    assert "n_suppressed" not in make_summary().to_dict()
+
+
 def test_summary_values_round_trip_through_json(make_summary: SummaryFactory) -> None:
     # When
     data = json.loads(json.dumps(make_summary().to_dict(), allow_nan=False))

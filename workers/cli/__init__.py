@@ -22,6 +22,7 @@ from pynomaly_workers.cli import (
     models,
     processes,
     subscriptions,
+    suppress,
     thresholds,
     training,
 )
@@ -55,6 +56,7 @@ for _command in (
     demo.demo,
     subscriptions.subscriptions,
     subscriptions.deliveries,
+    suppress.suppress,
 ):
     main.add_command(_command)
 

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from pynomaly_workers.services.context import Adapters
 
 
+SUPPRESSED_CHOICES: dict[str, bool | None] = {"show": None, "only": True, "hide": False}
+
+
 def _top_features(explanation: dict[str, Any] | None, *, k: int = 3) -> str:
     """The first features of an anomaly's explanation, e.g. ``temp 4.1, rpm 0.3``."""
     if not explanation:
@@ -36,6 +39,14 @@ def _top_features(explanation: dict[str, Any] | None, *, k: int = 3) -> str:
 )
 @click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=24.0)
 @click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True)
+@click.option(
+    "--suppressed",
+    type=click.Choice(SUPPRESSED_CHOICES),
+    default="show",
+    show_default=True,
+    help="Anomalies a suppression rule matched (marked 'rule N'): show them among the "
+    "others, list 'only' them, or 'hide' them.",
+)
 @json_option
 @click.pass_context
 def anomalies(
@@ -46,17 +57,19 @@ def anomalies(
     newest: bool,
     hours: float,
     limit: int,
+    suppressed: str,
     as_json: bool,
 ) -> None:
     """List stored anomalies, most severe (then newest) first; ``anomalies label`` labels one."""
     if ctx.invoked_subcommand is not None:
         return
     adapters = load_adapters()
+    which = SUPPRESSED_CHOICES[suppressed]
     if newest:
-        found = _newest_anomalies(adapters, model=model, hours=hours, limit=limit)
+        found = _newest_anomalies(adapters, model=model, hours=hours, limit=limit, which=which)
     else:
         found = adapters.reads.top_anomalies(
-            min_severity=min_severity, model=model, job_id=job_id, limit=limit
+            min_severity=min_severity, model=model, job_id=job_id, limit=limit, suppressed=which
         )
     emit(
         [asdict(a) for a in found],
@@ -73,6 +86,7 @@ def anomalies(
                         a.severity,
                         a.timestamp,
                         a.entity,
+                        f"rule {a.suppressed_by}" if a.suppressed_by is not None else "-",
                         _top_features(a.explanation),
                     ]
                     for a in found
@@ -86,6 +100,7 @@ def anomalies(
                     "severity",
                     "timestamp",
                     "entity",
+                    "suppressed",
                     "why",
                 ],
             )
@@ -94,18 +109,21 @@ def anomalies(
 
 
 def _newest_anomalies(
-    adapters: Adapters, *, model: str | None, hours: float, limit: int
+    adapters: Adapters, *, model: str | None, hours: float, limit: int, which: bool | None
 ) -> list[AnomalyRecord]:
     from datetime import timedelta
 
     now = adapters.clock.now()
     if model is None:
-        return adapters.reads.recent_anomalies(now=now, limit=limit)
+        return adapters.reads.recent_anomalies(now=now, limit=limit, suppressed=which)
     active = [m for m in adapters.reads.model_performance(name=model) if m.active]
     if not active:
         fail(f"no active version of model {model!r}; 'pynomaly-workers models' lists them")
     return adapters.reads.anomalies_of_model(
-        model_id=active[0].model_id, since=now - timedelta(hours=hours), limit=limit
+        model_id=active[0].model_id,
+        since=now - timedelta(hours=hours),
+        limit=limit,
+        suppressed=which,
     )
 
 

@@ -90,17 +90,32 @@ def print_summary(summary: dict[str, Any]) -> None:
     if tops:
         click.echo(
             table(
-                [[a["record_index"], a["record_id"], a["score"], a["severity"]] for a in tops],
-                ["record", "record_id", "score", "severity"],
+                [
+                    [
+                        a["record_index"],
+                        a["record_id"],
+                        a["score"],
+                        a["severity"],
+                        f"rule {a['suppressed_by']}" if a.get("suppressed_by") else "-",
+                    ]
+                    for a in tops
+                ],
+                ["record", "record_id", "score", "severity", "suppressed"],
             )
         )
         click.echo()
     click.echo(
         f"job {summary['job_id']}: {summary['status']} - model {summary['model']}@"
         f"{summary['model_version']}, {summary['n_records']} records, "
-        f"{summary['n_anomalies']} anomalies (threshold {summary['threshold']:.5f}), "
+        f"{summary['n_anomalies']} anomalies{_suppressed(summary)} (threshold "
+        f"{summary['threshold']:.5f}), "
         f"{summary['cache_hits']} cache hits, {summary['duration_ms']:.1f} ms"
     )
+
+
+def _suppressed(summary: dict[str, Any]) -> str:
+    n = summary.get("n_suppressed", 0)
+    return f", {n} of them suppressed (never notified)" if n else ""
 
 
 @click.command()

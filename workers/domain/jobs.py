@@ -293,9 +293,12 @@ class TopAnomaly:
     score: float
     severity: float
     explanation: dict[str, Any] | None = None
+    suppressed_by: int | None = None
+    """The suppression rule that matched it (stored, never notified)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the contract's keys; ``explanation`` when there is one)."""
+        """JSON-ready form (the contract's keys; ``explanation`` when there is one,
+        ``suppressed_by`` when a rule suppressed it)."""
         data: dict[str, Any] = {
             "record_index": self.record_index,
             "record_id": self.record_id,
@@ -304,6 +307,8 @@ class TopAnomaly:
         }
         if self.explanation is not None:
             data["explanation"] = self.explanation
+        if self.suppressed_by is not None:
+            data["suppressed_by"] = self.suppressed_by
         return data
 
     @classmethod
@@ -315,6 +320,7 @@ class TopAnomaly:
             score=float(data["score"]),
             severity=float(data["severity"]),
             explanation=data.get("explanation"),
+            suppressed_by=data.get("suppressed_by"),
         )
 
 
@@ -327,9 +333,10 @@ def top_anomalies(
     offset: int = 0,
     record_ids: Sequence[str] | None = None,
     explanations: Mapping[int, dict[str, Any]] | None = None,
+    suppressed: Mapping[int, int] | None = None,
 ) -> list[TopAnomaly]:
     """The ``k`` anomalies with the highest scores, highest first (with the explanation
-    of each, by row, when given)."""
+    of each, and the rule that suppressed it, by row, when given)."""
     indices = np.flatnonzero(mask)
     if k <= 0 or indices.size == 0:
         return []
@@ -344,6 +351,7 @@ def top_anomalies(
             score=float(scores[i]),
             severity=float(severities[i]),
             explanation=explanations.get(i) if explanations is not None else None,
+            suppressed_by=suppressed.get(i) if suppressed is not None else None,
         )
         for i in indices.tolist()
     ]
@@ -370,6 +378,13 @@ class JobSummary:
     duration_ms: float
     top_anomalies: list[TopAnomaly]
     status: JobStatus = SUCCEEDED
+    n_suppressed: int = 0
+    """Of ``n_anomalies`` (every anomaly stored), those a suppression rule matched."""
+
+    @property
+    def n_notifiable(self) -> int:
+        """The anomalies incidents (and so notifications) hear about."""
+        return self.n_anomalies - self.n_suppressed
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; the key names are part of the public contract."""
@@ -384,7 +399,7 @@ class JobSummary:
             "cache_hits": self.cache_hits,
             "duration_ms": round(self.duration_ms, 3),
             "top_anomalies": [a.to_dict() for a in self.top_anomalies],
-        }
+        } | ({"n_suppressed": self.n_suppressed} if self.n_suppressed else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSummary:
@@ -400,6 +415,7 @@ class JobSummary:
             duration_ms=float(data["duration_ms"]),
             top_anomalies=[TopAnomaly.from_dict(a) for a in data["top_anomalies"]],
             status=data.get("status", SUCCEEDED),
+            n_suppressed=int(data.get("n_suppressed", 0)),
         )
 
 
@@ -411,6 +427,7 @@ class ChunkTally:
     n_anomalies: int
     cache_hits: int
     top: list[TopAnomaly]
+    n_suppressed: int = 0
 
 
 def summarize(
@@ -433,6 +450,7 @@ def summarize(
         cache_hits=sum(t.cache_hits for t in tallies),
         duration_ms=duration_ms,
         top_anomalies=merge_top([t.top for t in tallies], k=top_k),
+        n_suppressed=sum(t.n_suppressed for t in tallies),
     )
 
 

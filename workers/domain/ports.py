@@ -32,6 +32,7 @@ from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, ScoreStats
 from pynomaly_workers.domain.shadow import ShadowTally
+from pynomaly_workers.domain.suppression import RuleDraft, SuppressionRule
 from pynomaly_workers.domain.thresholds import AlertPrecision, ThresholdChange
 
 
@@ -68,9 +69,17 @@ class AnomalyBatch:
     record_id: Sequence[str | None]
     explanation: Sequence[dict[str, Any] | None] | None = None
     entity: Sequence[str | None] | None = None
+    suppressed_by: Sequence[int | None] | None = None
+    """Per row, the suppression rule that matched it (None: no row was suppressed)."""
 
     def __len__(self) -> int:
         return int(self.record_index.size)
+
+    @property
+    def n_suppressed(self) -> int:
+        """Rows a suppression rule matched."""
+        marks = self.suppressed_by
+        return 0 if marks is None else sum(1 for m in marks if m is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +135,8 @@ class AnomalyRecord:
     explanation: dict[str, Any] | None = None
     id: int | None = None
     entity: str | None = None
+    suppressed_by: int | None = None
+    """The suppression rule that matched it: stored, never notified, not in incidents."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -728,11 +739,19 @@ class ModelOverview:
 class Reads(Protocol):
     """The dashboards' and the CLI's reads, each served by an index or a view."""
 
-    def recent_anomalies(self, *, now: datetime, limit: int = 50) -> list[AnomalyRecord]:
-        """Newest first, from the recent-anomalies view."""
+    def recent_anomalies(
+        self, *, now: datetime, limit: int = 50, suppressed: bool | None = None
+    ) -> list[AnomalyRecord]:
+        """Newest first, from the recent-anomalies view (``suppressed``: True only the
+        suppressed ones, False only the others, None all; likewise below)."""
 
     def anomalies_of_model(
-        self, *, model_id: int, since: datetime, limit: int = 50
+        self,
+        *,
+        model_id: int,
+        since: datetime,
+        limit: int = 50,
+        suppressed: bool | None = None,
     ) -> list[AnomalyRecord]:
         """One model version's anomalies since ``since``, newest first."""
 
@@ -743,6 +762,7 @@ class Reads(Protocol):
         model: str | None = None,
         job_id: str | None = None,
         limit: int = 20,
+        suppressed: bool | None = None,
     ) -> list[AnomalyRecord]:
         """Most severe first (then newest)."""
 
@@ -1044,3 +1064,35 @@ class NotificationStore(Protocol):
     def overdue_notifications(self, *, before: datetime, now: datetime, limit: int) -> list[int]:
         """Pending notifications due before ``before`` (their message was lost), marked
         due ``now`` so the next sweep leaves them alone for a while."""
+
+
+class SuppressionStore(Protocol):
+    """Suppression rules, never deleted: a removed rule keeps who removed it, and each
+    counts the anomalies it suppressed (added in the transaction that stores them)."""
+
+    def add_rule(self, draft: RuleDraft, *, now: datetime) -> SuppressionRule:
+        """Store a checked rule (``check_draft``) with a zero count."""
+
+    def remove_rule(self, rule_id: int, *, by: str, now: datetime) -> SuppressionRule:
+        """Mark a rule removed by ``by`` (it is kept); an unknown or already removed one
+        raises ``SuppressionError``."""
+
+    def list_rules(
+        self, *, now: datetime, model: str | None = None, ended: bool = False
+    ) -> list[SuppressionRule]:
+        """The rules live at ``now`` (and, with ``ended``, the expired and removed ones
+        too), newest first."""
+
+    def live_rules(self, model_name: str | None, *, now: datetime) -> list[SuppressionRule]:
+        """The rules of ``model_name`` (of every model: None) live at ``now``, oldest
+        first."""
+
+
+class Suppressions(SuppressionStore, Protocol):
+    """The store's rules, and the live rules of a model as a worker sees them: read
+    again at most every so often (a new rule applies within that), so one-record jobs do
+    not pay a query each."""
+
+    def rules_of(self, model_name: str, *, now: datetime) -> Sequence[SuppressionRule]:
+        """The model's rules live at ``now`` as last read (rules that expired since the
+        read are returned too: matching checks ``until`` against the detection time)."""

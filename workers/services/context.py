@@ -25,6 +25,7 @@ from pynomaly_workers.domain.ports import (
     Reads,
     SourceReader,
     Store,
+    Suppressions,
     Telemetry,
     Trainer,
 )
@@ -149,3 +150,6 @@ class Adapters:
     """Webhook subscriptions, notifications and their delivery attempts."""
     webhooks: WebhookSender | None = None
     """Signs and POSTs a notification to a subscription's URL."""
+    suppressions: Suppressions | None = None
+    """Suppression rules (the store's, and each model's live ones as last read); None:
+    nothing is suppressed."""

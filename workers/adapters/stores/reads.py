@@ -21,7 +21,8 @@ from pynomaly_workers.adapters.stores.tables import UtcDateTime
 from pynomaly_workers.domain.ports import AnomalyRecord, ModelOverview
 
 _ANOMALY = (
-    "id, job_id, record_index, model_id, record_id, timestamp, score, severity, status, explanation"
+    "id, job_id, record_index, model_id, record_id, timestamp, score, severity, status, "
+    "explanation, suppressed_by"
 )
 _MOST_SEVERE = "ORDER BY severity DESC, timestamp DESC, id DESC"
 
@@ -39,9 +40,13 @@ _PERFORMANCE = (
 # name -> SQL on PostgreSQL. Comments say which index (or view) each one is for.
 POSTGRES: dict[str, str] = {
     # mv_recent_anomalies (timestamp DESC): the newest of the last 7 days.
-    # (The view keeps no explanations: the dashboards' list does not show them.)
-    "recent_anomalies": f"SELECT {_ANOMALY.replace('explanation', 'NULL AS explanation')} "
-    "FROM mv_recent_anomalies ORDER BY timestamp DESC LIMIT :limit",
+    # (The view keeps no explanations: the dashboards' list does not show them. Nor does
+    # it keep suppressed_by, which came later: SqlReads reads it by primary key.)
+    "recent_anomalies": "SELECT "
+    + _ANOMALY.replace("explanation", "NULL AS explanation").replace(
+        "suppressed_by", "NULL AS suppressed_by"
+    )
+    + " FROM mv_recent_anomalies ORDER BY timestamp DESC LIMIT :limit",
     # idx_anomalies_composite (model_id, timestamp DESC, ...). Ordering by model_id too
     # matches only this index, so the planner cannot pick the timestamp index and filter
     # the whole day of every model (110-142 ms at 10M rows for a model with none).
@@ -125,10 +130,32 @@ _BOOL_COLUMNS = ("active", "onnx")
 RECENT_DAYS = 7  # mv_recent_anomalies' window
 
 
-def statement(name: str, *, dialect: str) -> TextualSelect:
+# Where a listing of anomalies takes "suppressed or not" (``anomalies --suppressed``):
+# after the predicate its index is read by, so the index stays the one it was shaped for.
+_SUPPRESSED_AFTER = (
+    "severity >= :min_severity",
+    "timestamp >= :since",
+    "timestamp >= :recent_since",
+)
+
+
+def with_suppressed(sql: str, suppressed: bool) -> str:
+    """``sql`` keeping only the suppressed anomalies, or only the others."""
+    condition = "suppressed_by IS NOT NULL" if suppressed else "suppressed_by IS NULL"
+    for anchor in _SUPPRESSED_AFTER:
+        if anchor in sql:
+            return sql.replace(anchor, f"{anchor} AND {condition}", 1)
+    raise ValueError(f"this read cannot tell suppressed anomalies apart: {sql[:60]}")
+
+
+def statement(name: str, *, dialect: str, suppressed: bool | None = None) -> TextualSelect:
     """The named read, its time parameters and result columns typed (SQLite hands text
-    back from a raw query)."""
+    back from a raw query); with ``suppressed``, only the anomalies that are (or are
+    not) suppressed. The recent-anomalies view has no ``suppressed_by``: that filter
+    reads the table by its timestamp index instead."""
     sql = (POSTGRES if dialect == "postgresql" else SQLITE)[name]
+    if suppressed is not None:
+        sql = with_suppressed(SQLITE[name] if name == "recent_anomalies" else sql, suppressed)
     clause: TextClause = text(sql)
     typed = [bindparam(t, type_=UtcDateTime()) for t in _TIME_PARAMS if f":{t}" in sql]
     if dialect != "postgresql":
@@ -149,21 +176,52 @@ class SqlReads:
         self.engine = engine
         self.dialect = engine.dialect.name
 
-    def _rows(self, query: str, /, **params: Any) -> list[dict[str, Any]]:
+    def _rows(
+        self, query: str, /, *, suppressed: bool | None = None, **params: Any
+    ) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            result = conn.execute(statement(query, dialect=self.dialect), params)
+            sql = statement(query, dialect=self.dialect, suppressed=suppressed)
+            result = conn.execute(sql, params)
             return [dict(row._mapping) for row in result]
 
-    def recent_anomalies(self, *, now: datetime, limit: int = 50) -> list[AnomalyRecord]:
-        """Newest first, from the last refresh of ``mv_recent_anomalies`` (7 days)."""
+    def recent_anomalies(
+        self, *, now: datetime, limit: int = 50, suppressed: bool | None = None
+    ) -> list[AnomalyRecord]:
+        """Newest first, from the last refresh of ``mv_recent_anomalies`` (7 days); with
+        ``suppressed``, from the table (the view does not know)."""
         since = now - timedelta(days=RECENT_DAYS)
-        return _anomalies(self._rows("recent_anomalies", limit=limit, recent_since=since))
+        rows = self._rows(
+            "recent_anomalies", limit=limit, recent_since=since, suppressed=suppressed
+        )
+        if suppressed is None and self.dialect == "postgresql":
+            self._fill_suppressed_by(rows)
+        return _anomalies(rows)
+
+    def _fill_suppressed_by(self, rows: list[dict[str, Any]]) -> None:
+        """``suppressed_by`` of the view's rows, by primary key (a page of them)."""
+        ids = [row["id"] for row in rows]
+        if not ids:
+            return
+        query = text(
+            "SELECT id, suppressed_by FROM anomalies WHERE id = ANY(CAST(:ids AS bigint[]))"
+        )
+        with self.engine.connect() as conn:
+            marks: dict[int, int | None] = {i: m for i, m in conn.execute(query, {"ids": ids})}
+        for row in rows:
+            row["suppressed_by"] = marks.get(row["id"])
 
     def anomalies_of_model(
-        self, *, model_id: int, since: datetime, limit: int = 50
+        self,
+        *,
+        model_id: int,
+        since: datetime,
+        limit: int = 50,
+        suppressed: bool | None = None,
     ) -> list[AnomalyRecord]:
         """One model version's anomalies since ``since``, newest first."""
-        rows = self._rows("by_model_and_time", model_id=model_id, since=since, limit=limit)
+        rows = self._rows(
+            "by_model_and_time", model_id=model_id, since=since, limit=limit, suppressed=suppressed
+        )
         return _anomalies(rows)
 
     def top_anomalies(
@@ -173,9 +231,15 @@ class SqlReads:
         model: str | None = None,
         job_id: str | None = None,
         limit: int = 20,
+        suppressed: bool | None = None,
     ) -> list[AnomalyRecord]:
-        """Most severe first (then newest), optionally of one model name or one job."""
-        params: dict[str, Any] = {"min_severity": min_severity, "limit": limit}
+        """Most severe first (then newest), optionally of one model name or one job, and
+        only the suppressed ones (``suppressed`` True) or only the others (False)."""
+        params: dict[str, Any] = {
+            "min_severity": min_severity,
+            "limit": limit,
+            "suppressed": suppressed,
+        }
         if job_id is not None:
             rows = self._rows("top_severity_job", job_id=job_id, **params)
             return [a for a in _anomalies(rows) if model is None or a.model_id in self._ids(model)]

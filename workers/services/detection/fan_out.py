@@ -22,7 +22,12 @@ from pynomaly_workers.services.detection.outcomes import (
     Succeeded,
     stored_outcome,
 )
-from pynomaly_workers.services.detection.scoring import Explaining, chunk_result, score_rows
+from pynomaly_workers.services.detection.scoring import (
+    Explaining,
+    chunk_result,
+    live_rules,
+    score_rows,
+)
 from pynomaly_workers.services.detection.shadow import challenger_for, shadow_chunk
 from pynomaly_workers.services.inputs import chunk_rows_for, input_label
 
@@ -164,6 +169,7 @@ def run_chunk(adapters: Adapters, kwargs: Mapping[str, Any]) -> ChunkDone:
         now=now,
         chunk_index=spec.index,
         explaining=Explaining.of(adapters, loaded),
+        rules=live_rules(adapters, version),
     )
     if kwargs.get("shadow"):
         shadow_chunk(

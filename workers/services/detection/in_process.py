@@ -7,7 +7,12 @@ from pynomaly_workers.domain.jobs import ChunkTally, DetectionRequest, JobSummar
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.records import check_width
 from pynomaly_workers.services.context import Adapters
-from pynomaly_workers.services.detection.scoring import Explaining, chunk_result, score_rows
+from pynomaly_workers.services.detection.scoring import (
+    Explaining,
+    chunk_result,
+    live_rules,
+    score_rows,
+)
 from pynomaly_workers.services.detection.shadow import challenger_for, shadow_chunk
 from pynomaly_workers.services.inputs import chunk_rows_for, input_label, iter_chunks
 
@@ -23,6 +28,7 @@ def run_in_process(
     now = adapters.clock.now()
     tallies: list[ChunkTally] = []
     challenger = challenger_for(adapters, request.model)
+    rules = live_rules(adapters, version)
     for index, chunk in enumerate(
         iter_chunks(
             request.input,
@@ -42,6 +48,7 @@ def run_in_process(
             top_k=top_k,
             now=now,
             explaining=Explaining.of(adapters, loaded),
+            rules=rules,
         )
         adapters.store.add_anomalies(result.anomalies)
         tallies.append(result.tally)

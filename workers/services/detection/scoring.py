@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.ports import AnomalyBatch, ChunkResult, LoadedModel, SourceChunk
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, anomaly_mask, severity
+from pynomaly_workers.domain.suppression import SuppressionRule, matching_rules, model_features
 from pynomaly_workers.services.context import Adapters
 
 
@@ -104,12 +106,15 @@ def chunk_result(
     now: datetime,
     chunk_index: int = 0,
     explaining: Explaining | None = None,
+    rules: Sequence[SuppressionRule] = (),
 ) -> ChunkResult:
     """Threshold, severity, explanations, top anomalies and the anomaly rows of one
-    scored chunk."""
+    scored chunk; each anomaly a live rule of ``rules`` matches at ``now`` is marked
+    with it."""
     mask = anomaly_mask(scores, threshold=version.threshold)
     severities = severity(scores, version.stats)
     explained = explain_anomalies(explaining, chunk, mask)
+    marks = suppression_marks(rules, version=version, chunk=chunk, mask=mask, now=now)
     top = top_anomalies(
         scores,
         severities,
@@ -118,20 +123,64 @@ def chunk_result(
         offset=chunk.offset,
         record_ids=chunk.record_ids,
         explanations=explained,
+        suppressed=marks,
     )
     batch = anomaly_batch(
         job_id, version.id, chunk, scores=scores, severities=severities, mask=mask, now=now
     )
+    rows = np.flatnonzero(mask).tolist()
     if explained:
-        rows = np.flatnonzero(mask).tolist()
         batch = replace(batch, explanation=[explained.get(i) for i in rows])
+    if marks:
+        batch = replace(batch, suppressed_by=[marks.get(i) for i in rows])
     return ChunkResult(
         chunk_index=chunk_index,
         tally=ChunkTally(
-            n_records=len(chunk.matrix), n_anomalies=int(mask.sum()), cache_hits=hits, top=top
+            n_records=len(chunk.matrix),
+            n_anomalies=int(mask.sum()),
+            cache_hits=hits,
+            top=top,
+            n_suppressed=len(marks),
         ),
         anomalies=batch,
     )
+
+
+def suppression_marks(
+    rules: Sequence[SuppressionRule],
+    *,
+    version: ModelVersion,
+    chunk: SourceChunk,
+    mask: np.ndarray[Any, np.dtype[np.bool_]],
+    now: datetime,
+) -> dict[int, int]:
+    """The rule id of each suppressed anomaly of the chunk, by row (empty when no rule
+    is live or none matches: the usual cases, no rule or no anomaly, cost one check)."""
+    if not rules or not mask.any():
+        return {}
+    rows = np.flatnonzero(mask)
+    entities = chunk.entities
+    found = matching_rules(
+        rules,
+        model_name=version.name,
+        at=now,
+        rows=chunk.matrix[rows],
+        entities=[entities[i] for i in rows.tolist()] if entities is not None else None,
+        features=model_features(
+            version.profile.names if version.profile is not None else None, version.n_features
+        ),
+    )
+    if found is None:
+        return {}
+    return {row: rule for row, rule in zip(rows.tolist(), found, strict=True) if rule is not None}
+
+
+def live_rules(adapters: Adapters, version: ModelVersion) -> Sequence[SuppressionRule]:
+    """The suppression rules of the version's model as this process last read them."""
+    suppressions = adapters.suppressions
+    if suppressions is None:
+        return ()
+    return suppressions.rules_of(version.name, now=adapters.clock.now())
 
 
 def anomaly_batch(

@@ -21,7 +21,12 @@ from pynomaly_workers.services.detection.outcomes import (
     Succeeded,
     stored_outcome,
 )
-from pynomaly_workers.services.detection.scoring import Explaining, chunk_result, score_rows
+from pynomaly_workers.services.detection.scoring import (
+    Explaining,
+    chunk_result,
+    live_rules,
+    score_rows,
+)
 from pynomaly_workers.services.detection.shadow import challenger_for, shadow_chunk
 
 
@@ -132,6 +137,7 @@ def _score_group(
     elapsed_ms = (adapters.clock.monotonic() - started) * 1000.0
     top_k = adapters.settings.top_anomalies
     explaining = Explaining.of(adapters, loaded)
+    rules = live_rules(adapters, version)
     bounds = itertools.accumulate((len(j.records.matrix) for j in valid), initial=0)
     results: dict[int, JobResult] = {}
     for job, (a, b) in zip(valid, itertools.pairwise(bounds), strict=True):
@@ -150,6 +156,7 @@ def _score_group(
             top_k=top_k,
             now=now,
             explaining=explaining,
+            rules=rules,
         )
         summary = summarize(job_id, version, [result.tally], top_k=top_k, duration_ms=elapsed_ms)
         results[job.index] = JobResult(summary, version.id, result.anomalies)

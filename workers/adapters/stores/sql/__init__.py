@@ -3,8 +3,9 @@
 (chunked jobs), ``anomalies``, ``datasets``, ``drift``, ``shadow``, ``incidents``
 (with ``inbox``, through which settled jobs reach incident upkeep), ``notifications``
 (webhook subscriptions and deliveries), ``evaluations`` (labelled evaluation runs),
-``alerting`` (what Alertmanager was told about each incident) and ``thresholds``
-(thresholds set by intent, alert precision)."""
+``suppressions`` (rules that mark anomalies suppressed), ``alerting`` (what Alertmanager
+was told about each incident) and ``thresholds`` (thresholds set by intent, alert
+precision)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pynomaly_workers.adapters.stores.sql.models import SqlModelStore
 from pynomaly_workers.adapters.stores.sql.notifications import SqlNotificationStore
 from pynomaly_workers.adapters.stores.sql.rows import sha256
 from pynomaly_workers.adapters.stores.sql.shadow import SqlShadowStore
+from pynomaly_workers.adapters.stores.sql.suppressions import SqlSuppressionStore
 from pynomaly_workers.adapters.stores.sql.thresholds import SqlThresholdStore
 
 __all__ = ["SqlStore", "sha256"]
@@ -36,5 +38,6 @@ class SqlStore(
     SqlNotificationStore,
     SqlEvaluationStore,
     SqlThresholdStore,
+    SqlSuppressionStore,
 ):
     """Every store role on one SQLAlchemy engine (one database holds them together)."""

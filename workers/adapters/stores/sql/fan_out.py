@@ -97,7 +97,11 @@ class SqlFanOutStore(SqlJobStore):
             "n_records": chunk.tally.n_records,
             "n_anomalies": chunk.tally.n_anomalies,
             "cache_hits": chunk.tally.cache_hits,
-            "top": {"top": [t.to_dict() for t in chunk.tally.top]},
+            # The suppressed count rides in the JSON column (no column of its own in 0011).
+            "top": {
+                "top": [t.to_dict() for t in chunk.tally.top],
+                "n_suppressed": chunk.tally.n_suppressed,
+            },
             "created_at": now,
         }
         # RETURNING, not rowcount: psycopg reports -1 for an INSERT once SQLAlchemy has
@@ -126,6 +130,7 @@ class SqlFanOutStore(SqlJobStore):
                 n_anomalies=c.n_anomalies,
                 cache_hits=c.cache_hits,
                 top=[TopAnomaly.from_dict(t) for t in c.top["top"]],
+                n_suppressed=int(c.top.get("n_suppressed", 0)),
             )
             for c in chunks
         ]
@@ -140,5 +145,5 @@ class SqlFanOutStore(SqlJobStore):
         job.finished_at = now
         job.duration_ms = summary.duration_ms
         session.flush()
-        if summary.n_anomalies:
+        if summary.n_notifiable:  # all suppressed: nothing to fold
             queue_for_incidents(session.connection(), [job.job_id], now=now)

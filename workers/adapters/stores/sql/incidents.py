@@ -182,7 +182,7 @@ class SqlIncidentStore(SqlBase):
                 AnomalyRow.timestamp,
                 AnomalyRow.severity,
                 AnomalyRow.explanation,
-            ).where(AnomalyRow.job_id.in_(job_ids))
+            ).where(AnomalyRow.job_id.in_(job_ids), AnomalyRow.suppressed_by.is_(None))
         )
         return [
             AnomalyPoint(model_id, entity, timestamp, severity, explanation)
@@ -606,13 +606,14 @@ def _same_entity(entity: str | None) -> ColumnElement[bool]:
 
 
 def _members(row: Any) -> list[ColumnElement[bool]]:
-    """The conditions that pick an incident's anomalies."""
+    """The conditions that pick an incident's anomalies (suppressed ones never join)."""
     entity = AnomalyRow.entity.is_(None) if row.entity is None else AnomalyRow.entity == row.entity
     return [
         AnomalyRow.model_id == row.model_id,
         entity,
         AnomalyRow.timestamp >= row.first_ts,
         AnomalyRow.timestamp <= row.last_ts,
+        AnomalyRow.suppressed_by.is_(None),
     ]
 
 

@@ -10,14 +10,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, or_, select, update
+from sqlalchemy import Connection, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from pynomaly_workers.adapters.stores.bulk import insert_anomalies
+from pynomaly_workers.adapters.stores.bulk import delete_anomalies, insert_anomalies
 from pynomaly_workers.adapters.stores.sql.base import SqlBase
 from pynomaly_workers.adapters.stores.sql.inbox import queue_for_incidents
 from pynomaly_workers.adapters.stores.sql.rows import job_record
-from pynomaly_workers.adapters.stores.tables import AnomalyRow, DetectionJobRow
+from pynomaly_workers.adapters.stores.tables import DetectionJobRow
 from pynomaly_workers.contract import (
     FAILED,
     OPEN_STATUSES,
@@ -92,7 +92,7 @@ class SqlJobStore(SqlBase):
                     **extra,
                 )
             ).rowcount
-            if completed and summary.n_anomalies:
+            if completed and summary.n_notifiable:  # all suppressed: nothing to fold
                 queue_for_incidents(conn, [summary.job_id], now=now)
 
     def fail_job(self, job_id: str, *, error: str, error_type: str, now: datetime) -> JobRecord:
@@ -115,7 +115,7 @@ class SqlJobStore(SqlBase):
             )
         ).rowcount
         if failed:
-            conn.execute(delete(AnomalyRow).where(AnomalyRow.job_id == failure.job_id))
+            delete_anomalies(conn, [failure.job_id])
 
     # -- batches of small jobs --------------------------------------------------------
     def settle_jobs(
@@ -150,10 +150,12 @@ class SqlJobStore(SqlBase):
         settled = self._upsert_final(conn, rows)
         fresh = [r for r in results if r.summary.job_id in settled]
         insert_anomalies(conn, [r.anomalies for r in fresh])
-        queue_for_incidents(conn, [r.summary.job_id for r in fresh if len(r.anomalies)], now=now)
+        # A job whose anomalies were all suppressed has nothing for incidents to fold.
+        folded = [r.summary.job_id for r in fresh if len(r.anomalies) > r.anomalies.n_suppressed]
+        queue_for_incidents(conn, folded, now=now)
         failed = [f.job_id for f in failures if f.job_id in settled]
         if failed:
-            conn.execute(delete(AnomalyRow).where(AnomalyRow.job_id.in_(failed)))
+            delete_anomalies(conn, failed)
         unchanged = [str(row["job_id"]) for row in rows if row["job_id"] not in settled]
         return self._jobs(conn, unchanged) if unchanged else {}
 

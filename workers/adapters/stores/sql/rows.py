@@ -82,6 +82,7 @@ def anomaly_record(row: AnomalyRow) -> AnomalyRecord:
         explanation=row.explanation,
         id=row.id,
         entity=row.entity,
+        suppressed_by=row.suppressed_by,
     )
 
 

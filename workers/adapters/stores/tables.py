@@ -321,6 +321,21 @@ class AnomalyRow(Base):
             postgresql_where=text("status = 'active'"),
             sqlite_where=text("status = 'active'"),
         ),
+        # ``anomalies --suppressed only`` of every model (migration 0013): they hold only
+        # the suppressed rows, so an anomaly no rule matched costs them nothing.
+        Index(
+            "idx_anomalies_suppressed_severity",
+            text("severity DESC"),
+            text("timestamp DESC"),
+            postgresql_where=text("suppressed_by IS NOT NULL"),
+            sqlite_where=text("suppressed_by IS NOT NULL"),
+        ),
+        Index(
+            "idx_anomalies_suppressed_timestamp",
+            text("timestamp DESC"),
+            postgresql_where=text("suppressed_by IS NOT NULL"),
+            sqlite_where=text("suppressed_by IS NOT NULL"),
+        ),
     )
 
 

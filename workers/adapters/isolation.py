@@ -19,6 +19,7 @@ import os
 import pickle
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from typing import TypeVar, cast
 
@@ -80,6 +81,8 @@ class ForkedIsolation:
             try:
                 payload = pickle.dumps((True, work()), protocol=pickle.HIGHEST_PROTOCOL)
             except BaseException as exc:
+                # the traceback stays here: the parent gets it as a note on the exception
+                exc.add_note("in the isolated child:\n" + "".join(traceback.format_exc()))
                 payload = pickle.dumps((False, _picklable(exc)), protocol=pickle.HIGHEST_PROTOCOL)
             finally:
                 self._before_exit()

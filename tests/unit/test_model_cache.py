@@ -310,3 +310,40 @@ def test_a_changed_threshold_of_an_exact_version_is_read_after_the_ttl_without_a
     assert again is loaded[id(fresh)]
     assert again.version.threshold == 0.9
     assert len(store.reads) == reads
+
+
+class Failing(Measuring):
+    """An isolation whose measurement fails (a child that raised, say)."""
+
+    def run(self, work: Callable[[], T]) -> T:
+        del work
+        self.runs += 1
+        raise KeyError(140599083191168)
+
+
+def test_a_failed_calibration_loads_the_version_with_its_parity_checked_backends(
+    train: np.ndarray[Any, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a host where measuring a version's backends fails
+    store, isolation = Store(), Failing()
+    estimator = fitted(train, seed=5)
+    version = store.add(estimator, version_id=1)
+    models = loader(store, tmp_path, isolation)
+
+    # When the version is loaded, and loaded again in another process
+    loaded = models.load(version)
+    again = loader(store, tmp_path, isolation).load(version)
+
+    # Then it scores as scikit-learn does, says why it is unmeasured, saved no
+    # calibration, and the next load measured again
+    rows = train[:7]
+    for model in (loaded, again):
+        assert model.calibration is None
+        np.testing.assert_allclose(
+            model.scorer_for(len(rows)).score(rows),
+            -estimator.decision_function(rows),
+            atol=1e-12,
+        )
+    assert "could not measure its backends" in caplog.text
+    assert isolation.runs == 2
+    assert not (tmp_path / "calibration").exists()

@@ -469,16 +469,28 @@ class ModelLoader:
         saved = self.host.calibration(key) if self.host is not None else None
         calibration = Calibration.from_dict(saved) if saved else None
         if calibration is None:
-            calibration = self._isolated(
-                lambda: measure_backends(
-                    self._estimator(version)[0],
-                    onnx=self.store.load_artifact(version.onnx_sha256)
-                    if version.onnx_sha256 is not None
-                    else None,
-                    version=version,
-                    threads=self.onnx_threads,
+            try:
+                calibration = self._isolated(
+                    lambda: measure_backends(
+                        self._estimator(version)[0],
+                        onnx=self.store.load_artifact(version.onnx_sha256)
+                        if version.onnx_sha256 is not None
+                        else None,
+                        version=version,
+                        threads=self.onnx_threads,
+                    )
                 )
-            )
+            except Exception:
+                # Calibration only picks the fastest backend: a failed measurement must
+                # not fail the job. The version loads with its parity-checked backends,
+                # and the next load measures again.
+                log.warning(
+                    "model %s: could not measure its backends; using the parity-checked "
+                    "ones unmeasured",
+                    version.label,
+                    exc_info=True,
+                )
+                return None
             if self.host is not None:
                 self.host.save_calibration(key, calibration.to_dict())
         with self._lock:

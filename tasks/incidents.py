@@ -2,9 +2,10 @@
 
 ``fold`` is asked for by the workers after they settle jobs that found anomalies (at
 most once per ``PYNOMALY_INCIDENT_FOLD_SECONDS`` per process: :class:`FoldRequests`) and
-by beat as a backstop; ``resolve_idle`` by beat. Each sends the notifications its
-transaction queued once it has committed; a notification whose message is lost is sent
-by the sweep (``pynomaly.notifications.sweep``).
+by beat as a backstop; ``resolve_idle`` by beat. Each makes the first attempt at the
+notifications its transaction queued once it has committed (retries are
+``pynomaly.notifications.deliver`` messages); a notification whose attempt or message is
+lost is sent by the sweep (``pynomaly.notifications.sweep``).
 """
 
 from __future__ import annotations
@@ -27,18 +28,18 @@ from pynomaly_workers.contract import (
 from pynomaly_workers.domain.ports import FoldReport
 from pynomaly_workers.metrics import get_metrics
 from pynomaly_workers.services import incidents
-from pynomaly_workers.services.notifications import dispatch
 from pynomaly_workers.settings import Settings
 from pynomaly_workers.tasks.alerting import request_sync
 from pynomaly_workers.tasks.base import retry_options
-from pynomaly_workers.tasks.notifications import delivery_sender
+from pynomaly_workers.tasks.notifications import deliver_here
 
 log = logging.getLogger(__name__)
 
 
 def after_commit(app: Celery, report: FoldReport, *, settings: Settings) -> None:
-    """Send what an incident transaction queued: its notifications, and an Alertmanager
-    sync (when one is configured) when incidents opened, grew or resolved."""
+    """Send what an incident transaction queued: its notifications (first attempt here,
+    retries published), and an Alertmanager sync (when one is configured) when
+    incidents opened, grew or resolved."""
     counter = get_metrics().incidents
     for event, count in (
         ("opened", report.opened),
@@ -47,7 +48,7 @@ def after_commit(app: Celery, report: FoldReport, *, settings: Settings) -> None
     ):
         if count:
             counter.labels(event=event).inc(count)
-    dispatch(delivery_sender(app), report.notifications)
+    deliver_here(app, report.notifications, settings=settings)
     if report.opened or report.grown or report.resolved:
         request_sync(app, settings)
 

@@ -20,7 +20,13 @@ from pynomaly_workers.bootstrap import get_adapters
 from pynomaly_workers.client import publish
 from pynomaly_workers.contract import DELIVER_TASK, NOTIFICATIONS_QUEUE, SWEEP_NOTIFICATIONS_TASK
 from pynomaly_workers.metrics import get_metrics
-from pynomaly_workers.services.notifications import Attempted, DeliverySender, deliver_many, sweep
+from pynomaly_workers.services.notifications import (
+    Attempted,
+    DeliverySender,
+    deliver_many,
+    dispatch,
+    sweep,
+)
 from pynomaly_workers.settings import Settings
 from pynomaly_workers.tasks.base import retry_options
 
@@ -47,6 +53,44 @@ def _observe(attempted: Attempted) -> None:
     metrics.webhook_seconds.observe(attempted.duration_s)
 
 
+def deliver_here(app: Celery, ids: Sequence[int], *, settings: Settings) -> None:
+    """Make the first attempt at the notifications in this process, at the bulk nice
+    value (one-record jobs win the CPU), and publish each retry with its backoff delay.
+
+    Incident upkeep calls this right after its commit instead of publishing a delivery:
+    a second pool process would otherwise sit waiting on the receivers' answers while
+    the small lane had one process fewer. If the attempt cannot even start (the
+    database is gone), the delivery is published instead and runs where it can."""
+    if not ids:
+        return
+    try:
+        attempts = run_niced(lambda: deliver_many(get_adapters(), ids), nice=settings.bulk_nice)
+    except Exception as exc:  # the message carries them to a later attempt, or the sweep
+        log.warning("could not deliver %d notifications here (%s); publishing them", len(ids), exc)
+        dispatch(delivery_sender(app), ids)
+        return
+    send = delivery_sender(app)
+    for attempted in attempts:
+        _observe(attempted)
+        log.info(
+            "notification %d (%s) attempt %d: %s%s",
+            attempted.notification_id,
+            attempted.event,
+            attempted.attempt,
+            attempted.outcome,
+            f" ({attempted.error})" if attempted.error else "",
+        )
+        if attempted.retry_in is not None:
+            try:
+                send([attempted.notification_id], attempted.retry_in)
+            except Exception as exc:  # the sweep sends it once it is overdue
+                log.warning(
+                    "could not schedule the retry of notification %d (%s); the sweep will",
+                    attempted.notification_id,
+                    exc,
+                )
+
+
 def register(app: Celery, settings: Settings) -> None:
     """Define the notification tasks on ``app``."""
     options: dict[str, Any] = {**retry_options(settings), "ignore_result": True}
@@ -63,21 +107,7 @@ def register(app: Celery, settings: Settings) -> None:
         ids = [int(i) for i in notification_ids]
         if notification_id is not None:
             ids.append(int(notification_id))
-        # at the bulk nice value, like other bulk-lane work: one-record jobs win the CPU
-        attempts = run_niced(lambda: deliver_many(get_adapters(), ids), nice=settings.bulk_nice)
-        send = delivery_sender(self.app)
-        for attempted in attempts or ():
-            _observe(attempted)
-            log.info(
-                "notification %d (%s) attempt %d: %s%s",
-                attempted.notification_id,
-                attempted.event,
-                attempted.attempt,
-                attempted.outcome,
-                f" ({attempted.error})" if attempted.error else "",
-            )
-            if attempted.retry_in is not None:
-                send([attempted.notification_id], attempted.retry_in)
+        deliver_here(self.app, ids, settings=settings)
 
     @app.task(name=SWEEP_NOTIFICATIONS_TASK, **options)
     def sweep_notifications(self: Task) -> None:  # type: ignore[type-arg]

@@ -114,7 +114,7 @@ def test_two_beats_enqueue_each_tick_once_and_a_standby_takes_over(
 ) -> None:
     bound = failover_bound_seconds(Settings())
     # Given two beats, both started; wait until one is ticking
-    first = collect(broker, seconds=40)
+    first = collect(broker, seconds=20)
 
     # Then one process sent every tick, once per second
     assert len({t.origin for t in first}) == 1, {t.origin for t in first}

@@ -147,6 +147,6 @@ def test_detected_anomalies_become_incidents_people_can_triage(
     assert "resolved already" in again.stderr
     missing = cli(e2e_env, "incidents", "show", "999999", check=False)
     assert "pynomaly-workers incidents" in missing.stderr
-    human = cli(e2e_env, "incidents", "--status", "open").stdout
+    human = cli(e2e_env, "incidents", "--status", "open", "--model", "inc").stdout
     assert "pump-2" in human
     assert "pump-1" not in human

@@ -26,7 +26,7 @@ from tests.webhooks import Received, WebhookReceiver
 pytestmark = pytest.mark.e2e
 MODEL = "sup"
 TTL_SECONDS = 1.0
-RULE_SECONDS = 30
+RULE_SECONDS = 20
 REFUSALS = [
     (("--model", MODEL, "--until", "2020-01-01T00:00:00Z"), "is not in the future"),
     (("--model", "nope", "--until", "2h"), "no model named 'nope'; known models include: "),

@@ -13,7 +13,6 @@ burst the inbox was empty (incidents caught up)."""
 
 from __future__ import annotations
 
-import statistics
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -33,7 +32,7 @@ from benchmarks.progress import say
 from benchmarks.receiver import CountingReceiver
 from benchmarks.small_jobs import Kind, SmallJobRows, detect_kind, measure_kind
 from benchmarks.stack import Stack, running_worker
-from benchmarks.stats import ratio
+from benchmarks.stats import median_at, ratio
 from pynomaly_workers.adapters.stores.tables import IncidentInboxRow, IncidentRow
 from pynomaly_workers.services.notifications import add_subscription
 
@@ -169,13 +168,7 @@ def one_round(
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     def median(variant: str, *path: str) -> float:
-        values = []
-        for figures in runs[variant]:
-            node: Any = figures
-            for key in path:
-                node = node[key]
-            values.append(float(node))
-        return round(statistics.median(values), 2)
+        return median_at(runs[variant], *path)
 
     out: dict[str, Any] = {"subscriptions": SUBSCRIPTIONS, "entities": ENTITIES}
     for variant, figures in runs.items():

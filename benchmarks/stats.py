@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -37,3 +38,15 @@ def ratio(numerator: float | None, denominator: float | None, digits: int = 3) -
     if numerator is None or not denominator:
         return None
     return round(numerator / denominator, digits)
+
+
+def median_at(runs: Sequence[Mapping[str, Any]], *path: str) -> float:
+    """The median, over the runs, of the figure at ``path`` in each (``"result_latency_ms",
+    "p50"``), rounded to two decimals."""
+    values = []
+    for figures in runs:
+        node: Any = figures
+        for key in path:
+            node = node[key]
+        values.append(float(node))
+    return round(statistics.median(values), 2)

@@ -16,7 +16,6 @@ one-record jobs with the 10 rules and without, alternated, best round of each.""
 
 from __future__ import annotations
 
-import statistics
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -35,7 +34,7 @@ from benchmarks.models import train, warm_up
 from benchmarks.progress import say
 from benchmarks.small_jobs import measure_kind
 from benchmarks.stack import Stack, running_worker
-from benchmarks.stats import ratio
+from benchmarks.stats import median_at, ratio
 from pynomaly_workers.adapters.stores.tables import AnomalyRow
 from pynomaly_workers.client import detection_kwargs
 from pynomaly_workers.domain.models import ModelRef
@@ -127,13 +126,7 @@ def one_round(
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     def median(variant: str, *path: str) -> float:
-        values = []
-        for figures in runs[variant]:
-            node: Any = figures
-            for key in path:
-                node = node[key]
-            values.append(float(node))
-        return round(statistics.median(values), 2)
+        return median_at(runs[variant], *path)
 
     out: dict[str, Any] = {
         "rules": RULES,

@@ -21,6 +21,7 @@ from pynomaly_workers.adapters.sources.blobs import S3Options
 from pynomaly_workers.adapters.stores.engine import SqlProbe, build_engine
 from pynomaly_workers.adapters.stores.maintenance import SqlMaintenance
 from pynomaly_workers.adapters.stores.reads import SqlReads
+from pynomaly_workers.adapters.stores.registry_watch import PgRegistryWatch
 from pynomaly_workers.adapters.stores.sql import SqlStore
 from pynomaly_workers.adapters.suppressions import CachedSuppressions
 from pynomaly_workers.adapters.telemetry import PrometheusTelemetry
@@ -42,9 +43,14 @@ def bootstrap(settings: Settings) -> Adapters:
     )
     store = SqlStore(engine)
     cache = build_cache(settings)
+    # PostgreSQL tells of registry changes (LISTEN); SQLite cannot: re-read after the TTL.
+    listen = settings.registry_listen and engine.dialect.name == "postgresql"
+    watch = PgRegistryWatch(engine) if listen else None
 
     def close() -> None:
         engine.dispose()
+        if watch is not None:
+            watch.close()
         if cache is not None:
             cache.close()
 
@@ -66,6 +72,7 @@ def bootstrap(settings: Settings) -> Adapters:
             onnx_threads=onnx_threads(settings),
             ref_ttl_seconds=settings.model_ref_ttl_seconds,
             isolation=isolation,
+            watch=watch,
         ),
         trainer=SklearnTrainer(),
         sources=ArrowSourceReader(

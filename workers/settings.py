@@ -185,8 +185,18 @@ class Settings(BaseSettings):
     model_ref_ttl_seconds: float = Field(
         default=1.0,
         ge=0,
-        description="How long a worker keeps resolving a bare model name to the same "
-        "active version before asking the database again.",
+        description="How long a worker keeps resolving a model name to the same version "
+        "(and threshold) before asking the database again, where it cannot hear of "
+        "changes: on PostgreSQL a worker LISTENs and sees a new version, a moved alias or "
+        "a changed threshold once it commits; on SQLite, or while that connection is "
+        "down, this much later.",
+    )
+    registry_listen: bool = Field(
+        default=True,
+        description="On PostgreSQL, each worker process LISTENs for registry changes "
+        "(one more connection each) and keeps what model names resolve to until one is "
+        "heard. Turn it off behind PgBouncer in transaction mode, where LISTEN does not "
+        "work: workers then re-read after PYNOMALY_MODEL_REF_TTL_SECONDS.",
     )
     suppression_ttl_seconds: float = Field(
         default=1.0,

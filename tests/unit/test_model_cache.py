@@ -5,6 +5,7 @@ process's cache bounded in bytes."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -108,7 +109,7 @@ def test_a_forest_from_its_saved_arrays_scores_and_explains_as_the_estimator(
 
     # Then it is memory-mapped, not copied, and computes exactly what the original does
     assert mapped is not None
-    assert isinstance(mapped.threshold, np.memmap)
+    assert isinstance(mapped.threshold.base, np.memmap)
     rows = np.random.default_rng(2).normal(size=(300, FEATURES)) * 3
     np.testing.assert_array_equal(mapped.score(rows), original.score(rows))
     np.testing.assert_allclose(
@@ -347,3 +348,88 @@ def test_a_failed_calibration_loads_the_version_with_its_parity_checked_backends
     assert "could not measure its backends" in caplog.text
     assert isolation.runs == 2
     assert not (tmp_path / "calibration").exists()
+
+
+class Watch:
+    """A registry watch the test moves by hand (None: it cannot tell)."""
+
+    def __init__(self) -> None:
+        self.value: int | None = 0
+
+    def generation(self) -> int | None:
+        return self.value
+
+
+def test_a_resolution_is_kept_past_the_ttl_until_a_registry_change_is_heard(
+    train: np.ndarray[Any, Any],
+) -> None:
+    # Given a loader that hears of registry changes, with a TTL of zero
+    store = Store()
+    registry = Registry({"m1": store.add(fitted(train, seed=1), version_id=1)})
+    watch = Watch()
+    models = ModelLoader(cast(ModelStore, registry), capacity=10, ref_ttl_seconds=0, watch=watch)
+    exact = ModelRef("m1", version=1)
+    models.resolve_many({ModelRef("m1"), exact})
+    assert sorted(registry.single) == ["m1", "m1@1"]
+
+    # When nothing is heard, nothing is read again, however old the resolution
+    for _ in range(3):
+        models.resolve_many({ModelRef("m1"), exact})
+        models.resolve(ModelRef("m1"))
+    assert len(registry.single) == 2
+    assert registry.batched == []
+
+    # When a change is heard, each ref is read once more, then kept again
+    watch.value = 1
+    models.resolve_many({ModelRef("m1"), exact})
+    models.resolve_many({ModelRef("m1"), exact})
+    assert sorted(registry.single[2:]) == ["m1", "m1@1"]
+
+    # When the watch cannot tell, the TTL (zero here) rules: every call reads
+    watch.value = None
+    models.resolve(ModelRef("m1"))
+    models.resolve(ModelRef("m1"))
+    assert registry.single[-2:] == ["m1", "m1"]
+
+
+def test_a_forest_saved_in_one_file_maps_back_read_only_and_scores_the_same(
+    tmp_path: Path, train: np.ndarray[Any, Any]
+) -> None:
+    # Given a forest saved to the host cache
+    estimator = fitted(train, seed=7)
+    host = HostModelCache(tmp_path)
+    host.save_forest("a" * 64, ForestScorer(estimator))
+
+    # When it is mapped back
+    mapped = host.forest("a" * 64)
+
+    # Then it is one file of arrays, read-only, scoring as scikit-learn does
+    assert mapped is not None
+    assert sorted(p.name for p in (tmp_path / "forest" / ("a" * 64)).iterdir()) == [
+        "arrays.bin",
+        "meta.json",
+    ]
+    assert not any(getattr(mapped, name).flags.writeable for name in ForestScorer.ARRAYS)
+    np.testing.assert_allclose(
+        mapped.score(train[:50]), -estimator.decision_function(train[:50]), atol=1e-12
+    )
+
+
+def test_a_forest_folder_of_the_earlier_layout_still_loads(
+    tmp_path: Path, train: np.ndarray[Any, Any]
+) -> None:
+    # Given a folder written before: one .npy file per array and the scalars alone
+    estimator = fitted(train, seed=8)
+    arrays, meta = ForestScorer(estimator).to_arrays()
+    folder = tmp_path / "forest" / ("b" * 64)
+    folder.mkdir(parents=True)
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", np.ascontiguousarray(array))
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+    # When it is loaded, it scores as the estimator does
+    mapped = HostModelCache(tmp_path).forest("b" * 64)
+    assert mapped is not None
+    np.testing.assert_allclose(
+        mapped.score(train[:50]), -estimator.decision_function(train[:50]), atol=1e-12
+    )

@@ -126,10 +126,11 @@ def models_alias(
     as_json: bool,
 ) -> None:
     """Point NAME@ALIAS (e.g. champion) at VERSION. Jobs sent with model="NAME@ALIAS"
-    use it within PYNOMALY_MODEL_REF_TTL_SECONDS. With --require-better --on DATASET,
-    VERSION and the version NAME@ALIAS points at now are evaluated on the labelled
-    DATASET first, and the move is refused (exit 4) unless VERSION's average precision
-    is at least as high; --force --reason TEXT moves it anyway, and is recorded."""
+    use it once the move commits (on SQLite, within PYNOMALY_MODEL_REF_TTL_SECONDS).
+    With --require-better --on DATASET, VERSION and the version NAME@ALIAS points at
+    now are evaluated on the labelled DATASET first, and the move is refused (exit 4)
+    unless VERSION's average precision is at least as high; --force --reason TEXT
+    moves it anyway, and is recorded."""
     from pynomaly_workers.domain.models import check_alias, check_model_name
 
     adapters = load_adapters()

@@ -66,7 +66,8 @@ def threshold(
     --contamination C. It projects, from the score counts the workers keep and from
     triage's labels, the alerts per day the threshold would have raised over the last
     --days and its precision on labelled anomalies; without --dry-run it applies it
-    (workers use it within PYNOMALY_MODEL_REF_TTL_SECONDS). --rollback undoes the last
+    (workers on PostgreSQL use it once it commits, on SQLite within
+    PYNOMALY_MODEL_REF_TTL_SECONDS). --rollback undoes the last
     change, --history lists them."""
     intents = {
         "alerts_per_day": alerts_per_day,
@@ -124,11 +125,11 @@ def _set(
     if not dry_run:
         assert reason is not None
         change = service.apply_threshold(adapters, plan, actor=_who(by), reason=reason)
-    ttl = adapters.settings.model_ref_ttl_seconds
+    pickup = picked_up(adapters)
     emit(
         _plan_dict(plan, change),
         as_json=as_json,
-        human=lambda: _print_plan(plan, change, ttl=ttl),
+        human=lambda: _print_plan(plan, change, pickup=pickup),
     )
 
 
@@ -146,8 +147,8 @@ def _rollback(
         as_json=as_json,
         human=lambda: click.echo(
             f"{change.model}@{change.version}: threshold {change.previous_threshold:.6g} -> "
-            f"{change.threshold:.6g} (rollback, change #{change.id}); workers use it within "
-            f"{adapters.settings.model_ref_ttl_seconds:g} s"
+            f"{change.threshold:.6g} (rollback, change #{change.id}); workers use it "
+            f"{picked_up(adapters)}"
         ),
     )
 
@@ -228,7 +229,15 @@ def _plan_dict(plan: ThresholdPlan, change: ThresholdChange | None) -> dict[str,
     }
 
 
-def _print_plan(plan: ThresholdPlan, change: ThresholdChange | None, *, ttl: float) -> None:
+def picked_up(adapters: Adapters) -> str:
+    """When workers see a registry change: PostgreSQL tells them (LISTEN), SQLite not."""
+    if getattr(adapters.models, "watch", None) is not None:
+        return "as soon as it commits (they LISTEN for registry changes)"
+    ttl = adapters.settings.model_ref_ttl_seconds
+    return f"within {ttl:g} s (PYNOMALY_MODEL_REF_TTL_SECONDS)"
+
+
+def _print_plan(plan: ThresholdPlan, change: ThresholdChange | None, *, pickup: str) -> None:
     p, version = plan.projection, plan.version
     click.echo(
         f"{version.label}: threshold {p.current_threshold:.6g} -> {plan.threshold:.6g} "
@@ -242,8 +251,7 @@ def _print_plan(plan: ThresholdPlan, change: ThresholdChange | None, *, ttl: flo
         )
         return
     click.echo(
-        f"applied as change #{change.id}: workers use it within {ttl:g} s "
-        f"(PYNOMALY_MODEL_REF_TTL_SECONDS); undo it with "
+        f"applied as change #{change.id}: workers use it {pickup}; undo it with "
         f"'pynomaly-workers models threshold {version.label} --rollback --reason ...'"
     )
 

@@ -657,6 +657,15 @@ class Trainer(Protocol):
 T = TypeVar("T")
 
 
+class RegistryWatch(Protocol):
+    """Tells a process that the model registry changed (a version registered or
+    activated, an alias moved, a threshold set), once the change has committed."""
+
+    def generation(self) -> int | None:
+        """A number that grows with each change heard; None when changes cannot be
+        heard now (the caller then re-reads what it resolved after a TTL)."""
+
+
 class Isolation(Protocol):
     """Runs a piece of memory-hungry work (training) so that what it allocates and
     imports is given back when it ends, not kept by the long-lived worker process."""

@@ -1,9 +1,11 @@
 """What a host keeps of model versions between loads, shared by its worker processes.
 
 * **Forest arrays** (``forest/<artifact sha256>/``): an IsolationForest's node arrays
-  (``ForestScorer.ARRAYS``) as ``.npy`` files, memory-mapped read-only by every pool
-  process that loads the version: one copy in the page cache for the whole host, a load
-  in about a millisecond, no unpickling. Written once, by whichever process loads the
+  (``ForestScorer.ARRAYS``) back to back in one file (``arrays.bin``, each at a 64-byte
+  aligned offset that ``meta.json`` gives with its dtype and shape), memory-mapped
+  read-only by every pool process that loads the version: one copy in the page cache
+  for the whole host, one open and one map per load, no unpickling. (Folders written
+  before, one ``.npy`` file per array, are still read.) Written once, by whichever process loads the
   version first on this host, into a temporary folder renamed into place (atomic); a
   folder is named by the artifact's sha256, which the store checked when the artifact
   was read, and never changes.
@@ -33,6 +35,8 @@ from pynomaly_workers.adapters.scorers.forest import ForestScorer
 log = logging.getLogger(__name__)
 
 _META = "meta.json"
+_ARRAYS = "arrays.bin"
+_ALIGN = 64
 
 
 class HostModelCache:
@@ -46,11 +50,24 @@ class HostModelCache:
         folder = self.root / "forest" / sha256
         try:
             meta = json.loads((folder / _META).read_text())
-            arrays = {
-                name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-                for name in ForestScorer.ARRAYS
-            }
-        except (OSError, ValueError) as exc:
+            layout = meta.get("arrays")
+            if layout is not None:
+                mapped = np.memmap(folder / _ARRAYS, dtype=np.uint8, mode="r")
+                arrays = {
+                    name: np.ndarray(
+                        tuple(spec["shape"]),
+                        dtype=np.dtype(spec["dtype"]),
+                        buffer=mapped,
+                        offset=int(spec["offset"]),
+                    )
+                    for name, spec in ((n, layout[n]) for n in ForestScorer.ARRAYS)
+                }
+            else:  # a folder of the earlier layout: one .npy file per array
+                arrays = {
+                    name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                    for name in ForestScorer.ARRAYS
+                }
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             if folder.exists():
                 log.warning("unreadable host cache %s (%s); loading from the store", folder, exc)
             return None
@@ -64,9 +81,21 @@ class HostModelCache:
         arrays, meta = forest.to_arrays()
 
         def write(folder: Path) -> None:
-            for name, array in arrays.items():
-                np.save(folder / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-            (folder / _META).write_text(json.dumps(meta))
+            layout: dict[str, dict[str, Any]] = {}
+            offset = 0
+            with open(folder / _ARRAYS, "wb") as handle:
+                for name, array in arrays.items():
+                    data = np.ascontiguousarray(array)
+                    handle.write(b"\0" * (-offset % _ALIGN))
+                    offset += -offset % _ALIGN
+                    layout[name] = {
+                        "dtype": data.dtype.str,
+                        "shape": list(data.shape),
+                        "offset": offset,
+                    }
+                    handle.write(data.tobytes())
+                    offset += data.nbytes
+            (folder / _META).write_text(json.dumps({**meta, "arrays": layout}))
 
         self._publish(final, write)
 

@@ -38,7 +38,13 @@ from pynomaly_workers.adapters.scorers.onnx import OnnxScorer
 from pynomaly_workers.domain.errors import InvalidInput
 from pynomaly_workers.domain.explain import Attribution
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
-from pynomaly_workers.domain.ports import Isolation, ModelStore, Scorer, Telemetry
+from pynomaly_workers.domain.ports import (
+    Isolation,
+    ModelStore,
+    RegistryWatch,
+    Scorer,
+    Telemetry,
+)
 from pynomaly_workers.domain.profile import TrainingProfile
 from pynomaly_workers.domain.records import Matrix
 from pynomaly_workers.domain.scoring import Scores, parity_error
@@ -265,10 +271,15 @@ class ModelLoader:
         isolation: Isolation | None = None,
         host: HostModelCache | None = None,
         telemetry: Telemetry | None = None,
+        watch: RegistryWatch | None = None,
+        ref_max_age_seconds: float = 300.0,
     ) -> None:
         """``isolation`` is where backends are measured (here, when None); ``host`` the
         per-host cache (none: every load reads and unpickles the artifact);
-        ``capacity_bytes`` 0 bounds the cache by ``capacity`` alone."""
+        ``capacity_bytes`` 0 bounds the cache by ``capacity`` alone; ``watch`` tells
+        of registry changes (then a resolved ref is kept until one is heard, at most
+        ``ref_max_age_seconds``; without it, or while it cannot tell, for
+        ``ref_ttl_seconds``)."""
         self.store = store
         self.capacity = capacity
         self.capacity_bytes = capacity_bytes
@@ -278,29 +289,52 @@ class ModelLoader:
         self.isolation = isolation
         self.host = host
         self.telemetry = telemetry
+        self.watch = watch
+        self.ref_max_age_seconds = ref_max_age_seconds
         self._cache: OrderedDict[int, LoadedModel] = OrderedDict()
-        self._refs: dict[ModelRef, tuple[float, ModelVersion]] = {}
+        # ref -> (when read, the watch's generation before the read, the version)
+        self._refs: dict[ModelRef, tuple[float, int | None, ModelVersion]] = {}
         self._calibrations: dict[str, Calibration] = {}
         self._lock = Lock()
 
     def resolve(self, ref: ModelRef) -> ModelVersion:
-        """The version ``ref`` names, remembered for ``ref_ttl_seconds``, which saves a
-        query per micro-batch at the price of seeing a new version, a moved alias or a
-        changed threshold that much later. ``name@version`` always names the same
-        artifact, but its threshold may be changed (``models threshold``), so it is
-        read again too; its loaded model is kept (:meth:`load`).
+        """The version ``ref`` names, remembered until the registry is heard to change
+        (a new version, a moved alias, a changed threshold), which saves a query per
+        micro-batch. Where changes cannot be heard (SQLite, or the watch's connection
+        is down) it is remembered for ``ref_ttl_seconds`` and a change is seen that
+        much later. ``name@version`` always names the same artifact, but its threshold
+        may be changed (``models threshold``), so it is read again too; its loaded
+        model is kept (:meth:`load`).
         """
         now = time.monotonic()
+        generation = self._generation()
         with self._lock:
             cached = self._refs.get(ref)
-        if cached is not None and now - cached[0] < self.ref_ttl_seconds:
-            return cached[1]
+        if cached is not None and self._fresh(cached, now=now, generation=generation):
+            return cached[2]
         version = self.store.get_model(ref)
         with self._lock:
             if len(self._refs) > 10_000:
                 self._refs.clear()
-            self._refs[ref] = (now, version)
+            self._refs[ref] = (now, generation, version)
         return version
+
+    def _generation(self) -> int | None:
+        return self.watch.generation() if self.watch is not None else None
+
+    def _fresh(
+        self,
+        entry: tuple[float, int | None, ModelVersion],
+        *,
+        now: float,
+        generation: int | None,
+    ) -> bool:
+        """Whether a remembered resolution still holds: nothing heard since it was read
+        (and it is younger than the safety net), else younger than the TTL."""
+        read_at, read_generation, _ = entry
+        if generation is not None and read_generation == generation:
+            return now - read_at < self.ref_max_age_seconds
+        return now - read_at < self.ref_ttl_seconds
 
     def resolve_many(
         self, refs: Collection[ModelRef]
@@ -310,13 +344,14 @@ class ModelLoader:
         batch of one-record jobs over many models cost a query per model), the rest one
         by one."""
         now = time.monotonic()
+        generation = self._generation()
         out: dict[ModelRef, ModelVersion | InvalidInput] = {}
         stale: list[ModelRef] = []
         with self._lock:
             for ref in refs:
                 cached = self._refs.get(ref)
-                if cached is not None and now - cached[0] < self.ref_ttl_seconds:
-                    out[ref] = cached[1]
+                if cached is not None and self._fresh(cached, now=now, generation=generation):
+                    out[ref] = cached[2]
                 else:
                     stale.append(ref)
         bare = [ref for ref in stale if ref.version is None and ref.alias is None]
@@ -332,7 +367,7 @@ class ModelLoader:
             if len(self._refs) > 10_000:
                 self._refs.clear()
             for ref, version in fresh.items():
-                self._refs[ref] = (now, version)
+                self._refs[ref] = (now, generation, version)
         return {**out, **fresh}
 
     def load(self, version: ModelVersion) -> LoadedModel:
@@ -354,8 +389,7 @@ class ModelLoader:
             release_free_memory()
         with self._lock:
             self._cache[version.id] = loaded
-            evicted = self._evict()
-            size = sum(m.nbytes for m in self._cache.values())
+            evicted, size = self._evict()
             count = len(self._cache)
         self._report(hit=False, seconds=time.perf_counter() - started, evicted=evicted)
         if self.telemetry is not None:
@@ -368,19 +402,18 @@ class ModelLoader:
         if self.host is not None and ForestScorer.supports(estimator):
             self.host.save_forest(artifact_sha256, ForestScorer(estimator))
 
-    def _evict(self) -> int:
-        """Drop least recently used versions past the bounds (never the newest)."""
+    def _evict(self) -> tuple[int, int]:
+        """Drop least recently used versions past the bounds (never the newest); how
+        many went, and the bytes of those kept."""
         evicted = 0
+        size = sum(m.nbytes for m in self._cache.values())
         while len(self._cache) > 1 and (
-            len(self._cache) > self.capacity
-            or (
-                self.capacity_bytes
-                and sum(m.nbytes for m in self._cache.values()) > self.capacity_bytes
-            )
+            len(self._cache) > self.capacity or (self.capacity_bytes and size > self.capacity_bytes)
         ):
-            self._cache.popitem(last=False)
+            _, dropped = self._cache.popitem(last=False)
+            size -= dropped.nbytes
             evicted += 1
-        return evicted
+        return evicted, size
 
     def _report(self, *, hit: bool, seconds: float = 0.0, evicted: int = 0) -> None:
         if self.telemetry is not None:

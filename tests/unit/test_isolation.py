@@ -127,3 +127,49 @@ def _anonymous_kb() -> int:
         if line.startswith("Anonymous:"):
             return int(line.split()[1])
     raise AssertionError("no Anonymous line")
+
+
+class _Finalized:
+    """Garbage in a reference cycle whose finalizer leaves a mark, as an inherited
+    psycopg connection's warns."""
+
+    def __init__(self, mark: Path) -> None:
+        self.mark = mark
+        self.cycle = self
+
+    def __del__(self) -> None:
+        self.mark.write_text(str(os.getpid()))
+
+
+def test_the_child_does_not_finalize_what_the_parent_left_for_the_gc(tmp_path: Path) -> None:
+    # Given cyclic garbage the parent has not collected yet
+    import gc
+
+    mark = tmp_path / "finalized"
+    gc.disable()
+    try:
+        _Finalized(mark)
+
+        # When the isolated work collects garbage (as any allocation-heavy import may)
+        collected = ForkedIsolation().run(lambda: gc.collect() >= 0)
+
+        # Then the child finalized none of it (a finalizer that imports, run inside an
+        # import, failed that import on Python 3.11)
+        assert collected
+        assert not mark.exists()
+    finally:
+        gc.enable()
+        gc.collect()
+    # and the parent still does, as usual
+    assert mark.read_text() == str(os.getpid())
+
+
+def test_a_dropped_inherited_connection_does_not_warn_in_the_child() -> None:
+    import warnings
+
+    def work() -> bool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.warn("unclosed", ResourceWarning, stacklevel=1)
+        return not caught
+
+    assert ForkedIsolation().run(work)

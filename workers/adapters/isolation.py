@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import pickle
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import TypeVar, cast
 
@@ -77,6 +79,15 @@ class ForkedIsolation:
         code = 0
         try:
             _die_with_parent(parent)
+            # What the parent allocated is not this child's to finalize. The cyclic GC,
+            # run by allocations in the middle of an import, finalized inherited psycopg
+            # connections; their ResourceWarning imported in turn, and Python 3.11's
+            # module lock bookkeeping (one entry per thread, not re-entrant) failed the
+            # outer import with ``KeyError: <thread id>`` (seen in training's skl2onnx
+            # import and in calibration). Inherited objects stay frozen, and a dropped
+            # inherited connection does not warn.
+            gc.freeze()
+            warnings.simplefilter("ignore", ResourceWarning)
             self._after_fork()
             try:
                 payload = pickle.dumps((True, work()), protocol=pickle.HIGHEST_PROTOCOL)

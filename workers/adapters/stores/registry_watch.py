@@ -27,6 +27,8 @@ from sqlalchemy import Engine
 log = logging.getLogger(__name__)
 
 CHANNEL = "pynomaly_registry"
+_INHERITED: list[Any] = []
+"""Connections a forked process inherited: never used, never finalized there."""
 RECONNECT_SECONDS = 5.0
 """The least time between two attempts to open the listening connection."""
 
@@ -46,6 +48,8 @@ class PgRegistryWatch:
         """A number that grows each time the registry of this schema changed (as heard
         so far); None when changes cannot be heard now."""
         if self._pid != os.getpid():  # forked: the parent's connection is not ours
+            if self._conn is not None:  # kept, unused: dropping it would finalize it here
+                _INHERITED.append(self._conn)
             self._conn, self._pid = None, os.getpid()
         if self._conn is None and not self._connect():
             return None

@@ -313,11 +313,18 @@ class ModelLoader:
         if cached is not None and self._fresh(cached, now=now, generation=generation):
             return cached[2]
         version = self.store.get_model(ref)
+        self._remember({ref: version}, now=now, generation=generation)
+        return version
+
+    def _remember(
+        self, versions: dict[ModelRef, ModelVersion], *, now: float, generation: int | None
+    ) -> None:
+        """Keep what ``versions`` resolved to, read at ``now`` under ``generation``."""
         with self._lock:
             if len(self._refs) > 10_000:
                 self._refs.clear()
-            self._refs[ref] = (now, generation, version)
-        return version
+            for ref, version in versions.items():
+                self._refs[ref] = (now, generation, version)
 
     def _generation(self) -> int | None:
         return self.watch.generation() if self.watch is not None else None
@@ -363,11 +370,7 @@ class ModelLoader:
                 fresh[ref] = version if version is not None else self.store.get_model(ref)
             except InvalidInput as exc:  # UnknownModel: the store's message says why
                 out[ref] = exc
-        with self._lock:
-            if len(self._refs) > 10_000:
-                self._refs.clear()
-            for ref, version in fresh.items():
-                self._refs[ref] = (now, generation, version)
+        self._remember(fresh, now=now, generation=generation)
         return {**out, **fresh}
 
     def load(self, version: ModelVersion) -> LoadedModel:

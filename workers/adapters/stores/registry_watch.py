@@ -40,6 +40,7 @@ class PgRegistryWatch:
         self.engine = engine
         self._pid = 0
         self._conn: Any = None
+        self._poller: Any = None
         self._schema = ""
         self._generation = 0
         self._next_attempt = 0.0
@@ -63,9 +64,7 @@ class PgRegistryWatch:
         return self._generation
 
     def _readable(self) -> bool:
-        poller = select.poll()
-        poller.register(self._conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
-        return bool(poller.poll(0))
+        return bool(self._poller.poll(0))
 
     def _drain(self) -> None:
         mine = 0
@@ -93,6 +92,8 @@ class PgRegistryWatch:
             log.warning("cannot LISTEN for registry changes (%s); re-reading after the TTL", exc)
             return False
         self._conn = conn
+        self._poller = select.poll()  # one per connection: checked on every micro-batch
+        self._poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
         # What was resolved before now may predate a change we could not hear.
         self._generation += 1
         return True

@@ -3,6 +3,11 @@ is flagged, the others are not, and unshifted data flags nothing."""
 
 from __future__ import annotations
 
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -14,7 +19,7 @@ from pynomaly_workers.domain.drift import (
 from pynomaly_workers.domain.models import ModelVersion
 from pynomaly_workers.domain.profile import bin_counts, profile_training_data
 from pynomaly_workers.domain.scoring import fit_score_stats
-from pynomaly_workers.services.drift import drift_report
+from pynomaly_workers.services.drift import DriftProfiler, drift_report
 
 WIDTH, N_TRAIN, N_RECENT = 5, 20_000, 5_000
 
@@ -127,3 +132,108 @@ def test_folding_a_matrix_counts_each_feature_as_binning_its_column_would(
         np.testing.assert_array_equal(counts.features[j, : len(alone)], alone)
         assert counts.features[j, len(alone) :].sum() == 0
     assert counts.n_records == n_rows
+
+
+class RecordingStore:
+    """A drift store that records each flush, optionally holding it until released."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.flushes: list[tuple[threading.Thread, dict[Any, DriftCounts]]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def add_drift_counts(self, counts: Any, *, now: datetime) -> None:
+        self.entered.set()
+        assert self.release.wait(5.0)
+        self.flushes.append((threading.current_thread(), dict(counts)))
+
+
+def observe_one(profiler: DriftProfiler, version: ModelVersion, now: datetime) -> None:
+    rows = np.zeros((1, WIDTH))
+    profiler.observe(version, rows, np.abs(rows).sum(axis=1), now=now)
+
+
+def wait_for(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
+
+
+def test_a_due_flush_is_stored_by_the_flusher_thread_not_by_the_observing_job() -> None:
+    # Given a profiler flushing every 10 s, with a store that holds each flush
+    version, _ = version_and_profile()
+    store = RecordingStore(hold=True)
+    profiler = DriftProfiler(store, window_seconds=3600, flush_seconds=10)  # type: ignore[arg-type]
+
+    # When observations run past the first flush's (random) moment in the first period
+    for second in range(12):
+        observe_one(profiler, version, NOW + timedelta(seconds=second))
+
+    # Then observing returned while the flush was still held, and the flush runs on
+    # another thread
+    assert store.entered.wait(5.0)
+    assert not store.flushes
+    store.release.set()
+    wait_for(lambda: len(store.flushes) == 1)
+    thread, counts = store.flushes[0]
+    assert thread is not threading.current_thread()
+    assert thread.name == "drift-flush"
+    assert sum(c.n_records for c in counts.values()) >= 1
+
+
+def test_a_flush_at_exit_waits_for_the_one_in_flight_and_stores_the_rest() -> None:
+    # Given a background flush held in the store, and more counted meanwhile
+    version, _ = version_and_profile()
+    store = RecordingStore(hold=True)
+    profiler = DriftProfiler(store, window_seconds=3600, flush_seconds=10)  # type: ignore[arg-type]
+    for second in range(11):
+        observe_one(profiler, version, NOW + timedelta(seconds=second))
+    assert store.entered.wait(5.0)
+    observe_one(profiler, version, NOW + timedelta(seconds=11))
+
+    # When the process flushes at exit (while the background flush is held)
+    exiting = threading.Thread(target=profiler.flush, kwargs={"now": NOW})
+    exiting.start()
+    time.sleep(0.1)
+    assert exiting.is_alive()  # waiting for the flush in flight
+    store.release.set()
+    exiting.join(5.0)
+
+    # Then both flushes were stored, every record counted once
+    assert len(store.flushes) == 2
+    assert sum(c.n_records for _, flush in store.flushes for c in flush.values()) == 12
+
+
+def test_with_flush_seconds_zero_each_observation_is_stored_before_observe_returns() -> None:
+    version, _ = version_and_profile()
+    store = RecordingStore()
+    profiler = DriftProfiler(store, window_seconds=3600, flush_seconds=0)  # type: ignore[arg-type]
+
+    observe_one(profiler, version, NOW)
+
+    assert [thread for thread, _ in store.flushes] == [threading.current_thread()]
+
+
+def test_the_pool_processes_first_flushes_are_spread_over_the_first_period() -> None:
+    # Given ten profilers (processes) seeing the same traffic from the same moment
+    version, _ = version_and_profile()
+    first: list[int] = []
+    for _ in range(10):
+        store = RecordingStore()
+        profiler = DriftProfiler(store, window_seconds=3600, flush_seconds=10)  # type: ignore[arg-type]
+        second = 0
+        while not store.entered.is_set() and second <= 10:
+            observe_one(profiler, version, NOW + timedelta(seconds=second))
+            store.entered.wait(0.2)
+            second += 1
+        first.append(second)
+
+    # Then their first flushes did not all come at the first observation
+    assert len(set(first)) > 1
+    assert max(first) <= 11

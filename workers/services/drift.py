@@ -21,9 +21,13 @@ page people for nothing.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
-from threading import Lock
+import os
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from threading import Event, Lock, Thread
 from typing import Any
+from weakref import WeakSet
 
 import numpy as np
 import numpy.typing as npt
@@ -45,19 +49,63 @@ log = logging.getLogger(__name__)
 _MAX_EDGE_SETS = 10_000
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+_PROFILERS: WeakSet[DriftProfiler] = WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts each profiler afresh: its locks may have been held by the
+    parent's flusher thread at the fork, and what the parent counted is the parent's to
+    store (the child storing it too would count it twice)."""
+    for profiler in list(_PROFILERS):
+        profiler._reset_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class DriftProfiler:
     """Folds scored records into per-(version, window) counts and adds them to the store
-    at most every ``flush_seconds`` (counts of a process that dies before a flush are
-    lost: monitoring, not accounting)."""
+    every ``flush_seconds`` (counts of a process that dies before a flush are lost:
+    monitoring, not accounting).
 
-    def __init__(self, store: DriftStore, *, window_seconds: int, flush_seconds: float) -> None:
+    The flush runs on a thread of the process, not inside the job that found it due: a
+    worker serving many models adds hundreds of windows a flush (tens to hundreds of
+    milliseconds), which held up the one-record job that happened to trigger it and
+    every job queued behind it. A process's first flush comes at a random point of its
+    first period, so the pool's processes, started together, do not all flush (and race
+    to insert the same new windows) at once. With ``flush_seconds`` 0 every observation
+    is stored before ``observe`` returns."""
+
+    def __init__(
+        self,
+        store: DriftStore,
+        *,
+        window_seconds: int,
+        flush_seconds: float,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
         self.store = store
         self.window_seconds = window_seconds
         self.flush_seconds = flush_seconds
+        self._clock = clock
         self._pending: dict[tuple[int, datetime], DriftCounts] = {}
-        self._last_flush: datetime | None = None
+        self._next_flush: datetime | None = None
         self._lock = Lock()
+        self._storing = Lock()
+        """Held while counts are written: a flush at exit waits for one in flight."""
+        self._wake = Event()
+        self._flusher: Thread | None = None
         self._edges: dict[int, npt.NDArray[np.float64]] = {}
+        _PROFILERS.add(self)
+
+    def _reset_in_child(self) -> None:
+        self._lock, self._storing, self._wake = Lock(), Lock(), Event()
+        self._flusher, self._pending, self._next_flush = None, {}, None
 
     def observe(
         self, version: ModelVersion, matrix: Matrix, scores: Scores, *, now: datetime
@@ -75,11 +123,38 @@ class DriftProfiler:
                 self._pending[key].add(counts)
             else:
                 self._pending[key] = counts
-            due = self._last_flush is None or (
-                (now - self._last_flush).total_seconds() >= self.flush_seconds
-            )
-        if due:
+            if self._next_flush is None:
+                phase = random.uniform(0.0, self.flush_seconds)  # spreading, not secrecy
+                self._next_flush = now + timedelta(seconds=phase)
+            due = now >= self._next_flush
+            if due:
+                self._next_flush = now + timedelta(seconds=self.flush_seconds)
+        if not due:
+            return
+        if self.flush_seconds <= 0:
             self.flush(now=now)
+        else:
+            self._flush_in_background()
+
+    def _flush_in_background(self) -> None:
+        """Wake this process's flusher thread (started on first use; a forked child
+        starts its own)."""
+        with self._lock:
+            flusher = self._flusher
+            if flusher is None or not flusher.is_alive():
+                self._wake = Event()
+                thread = Thread(target=self._flush_loop, args=(self._wake,), daemon=True)
+                thread.name = "drift-flush"
+                self._flusher = thread
+                thread.start()
+            wake = self._wake
+        wake.set()
+
+    def _flush_loop(self, wake: Event) -> None:
+        while True:
+            wake.wait()
+            wake.clear()
+            self.flush(now=self._clock())
 
     def _fine_edges(self, version: ModelVersion) -> npt.NDArray[np.float64]:
         """The version's fine score edges, computed once per process and version."""
@@ -91,21 +166,22 @@ class DriftProfiler:
         return edges
 
     def flush(self, *, now: datetime) -> None:
-        """Add what is pending to the store; on failure keep it for the next flush."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            self._last_flush = now
-        if not pending:
-            return
-        try:
-            self.store.add_drift_counts(pending, now=now)
-        except Exception:
-            log.warning("could not store drift counts; keeping them for the next flush")
+        """Add what is pending to the store; on failure keep it for the next flush. A
+        flush in flight on the flusher thread finishes first."""
+        with self._storing:
             with self._lock:
-                for key, counts in pending.items():
-                    if key in self._pending:
-                        counts.add(self._pending[key])
-                    self._pending[key] = counts
+                pending, self._pending = self._pending, {}
+            if not pending:
+                return
+            try:
+                self.store.add_drift_counts(pending, now=now)
+            except Exception:
+                log.warning("could not store drift counts; keeping them for the next flush")
+                with self._lock:
+                    for key, counts in pending.items():
+                        if key in self._pending:
+                            counts.add(self._pending[key])
+                        self._pending[key] = counts
 
     def _window(self, now: datetime) -> datetime:
         seconds = int(now.timestamp()) // self.window_seconds * self.window_seconds

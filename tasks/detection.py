@@ -79,11 +79,16 @@ class DetectionBatches(Batches):  # type: ignore[misc]
     small_job_max_records = 1_000
     #: The broker is RabbitMQ (``Settings.is_amqp``): its priorities run the other way.
     amqp = False
+    #: The longest a delivery is held for a process to free up before it is handed to
+    #: the pool anyway: a safety net should the pool's count of busy processes be wrong.
+    hold_limit_s = 0.25
 
     def __init__(self) -> None:
         super().__init__()
         # Batches handed to the pool and not finished yet: pool result -> its requests.
         self.in_pool: dict[int, tuple[Any, Collection[Any]]] = {}
+        # When the buffer was first held back for want of an idle process (see _holding).
+        self._held_since: float | None = None
         # Every delivery passes here on its way into the buffer (see LaneSorter).
         self._buffer = LaneSorter(self.route)
 
@@ -124,6 +129,34 @@ class DetectionBatches(Batches):  # type: ignore[misc]
         self._dispatch_pending = False
         if self._buffer.qsize():
             self._do_flush()
+
+    def _do_flush(self) -> None:
+        """celery-batches' flush, which its timer calls every ``BATCH_MAX_WAIT_MS`` and a
+        full buffer (``BATCH_MAX_JOBS``) calls at once; in eager mode a buffer short of a
+        full batch is held while every pool process is busy (see :meth:`_holding`)."""
+        if self.eager and self._holding():
+            return
+        self._held_since = None
+        super()._do_flush()
+
+    def _holding(self) -> bool:
+        """Whether to keep the buffer for now: it is short of a full batch and no pool
+        process is idle (a returning batch dispatches it, and the timer checks again).
+
+        Handing it over anyway queued it behind the busy processes as a batch of one or
+        two jobs (the timer fires every 2 ms: at 150 jobs/s that is one job a flush), so a
+        busy worker stopped batching exactly when it needed to: each job then paid a
+        whole batch's overheads (a transaction, a results script, a log line), the
+        processes fell further behind, and one-record jobs at a rate a worker serves at
+        5 ms waited a second in the pool's queue."""
+        if self._buffer.qsize() + self._pending.qsize() >= self.flush_every:
+            return False
+        if idle_processes(self._pool, in_flight=len(self.in_pool)) > 0:
+            return False
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+        return now - self._held_since < self.hold_limit_s
 
     def route(self, request: Any) -> bool:
         """Take a delivery out of the small lane's buffer if it is bulk work: run it now

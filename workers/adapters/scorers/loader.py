@@ -292,6 +292,9 @@ class ModelLoader:
         self.watch = watch
         self.ref_max_age_seconds = ref_max_age_seconds
         self._cache: OrderedDict[int, LoadedModel] = OrderedDict()
+        # Each kept version's bytes as of its last use (a lazy backend built since grows
+        # it): eviction adds these up instead of asking every kept version on each load.
+        self._sizes: dict[int, int] = {}
         # ref -> (when read, the watch's generation before the read, the version)
         self._refs: dict[ModelRef, tuple[float, int | None, ModelVersion]] = {}
         self._calibrations: dict[str, Calibration] = {}
@@ -381,6 +384,7 @@ class ModelLoader:
             if cached is not None:
                 self._cache.move_to_end(version.id)
                 cached.version = version
+                self._sizes[version.id] = cached.nbytes
         if cached is not None:
             self._report(hit=True)
             return cached
@@ -392,6 +396,7 @@ class ModelLoader:
             release_free_memory()
         with self._lock:
             self._cache[version.id] = loaded
+            self._sizes[version.id] = loaded.nbytes
             evicted, size = self._evict()
             count = len(self._cache)
         self._report(hit=False, seconds=time.perf_counter() - started, evicted=evicted)
@@ -409,12 +414,12 @@ class ModelLoader:
         """Drop least recently used versions past the bounds (never the newest); how
         many went, and the bytes of those kept."""
         evicted = 0
-        size = sum(m.nbytes for m in self._cache.values())
+        size = sum(self._sizes.values())
         while len(self._cache) > 1 and (
             len(self._cache) > self.capacity or (self.capacity_bytes and size > self.capacity_bytes)
         ):
-            _, dropped = self._cache.popitem(last=False)
-            size -= dropped.nbytes
+            dropped, _ = self._cache.popitem(last=False)
+            size -= self._sizes.pop(dropped, 0)
             evicted += 1
         return evicted, size
 
@@ -443,7 +448,7 @@ class ModelLoader:
         if calibration is None:
             scorers = _faithful(scorers, version)
         else:
-            log.info(
+            log.debug(
                 "model %s: backend by batch size %s; %.2f us/row",
                 version.label,
                 {size: calibration.best(size) for size in calibration.sizes},
@@ -527,6 +532,13 @@ class ModelLoader:
                     exc_info=True,
                 )
                 return None
+            log.info(
+                "model %s: measured its backends (kept for every version of its shape): "
+                "backend by batch size %s; %.2f us/row",
+                version.label,
+                {size: calibration.best(size) for size in calibration.sizes},
+                calibration.row_cost_us(),
+            )
             if self.host is not None:
                 self.host.save_calibration(key, calibration.to_dict())
         with self._lock:

@@ -113,13 +113,16 @@ class Settings(BaseSettings):
     # Micro-batching of detection messages (celery-batches).
     batch_max_jobs: int = Field(default=64, gt=0, description="Flush after this many jobs.")
     batch_max_wait_ms: float = Field(
-        default=2.0, gt=0, description="Flush at least this often while jobs wait."
+        default=2.0,
+        gt=0,
+        description="How often the flush timer looks at waiting jobs (they go once a pool "
+        "process is idle; with BATCH_EAGER false, on every tick).",
     )
     batch_eager: bool = Field(
         default=True,
-        description="Hand a batch to a pool process as soon as one is idle; false waits "
-        "for BATCH_MAX_WAIT_MS or BATCH_MAX_JOBS even then (celery-batches' own "
-        "behaviour: larger batches at a moderate load, every job later by up to the wait).",
+        description="Hand a batch to a pool process as soon as one is idle, and hold it "
+        "while none is (until BATCH_MAX_JOBS wait); false flushes every BATCH_MAX_WAIT_MS "
+        "or BATCH_MAX_JOBS whatever the pool is doing (celery-batches' own behaviour).",
     )
     prefetch_multiplier: int = Field(
         default=64, gt=0, description="Messages each worker process may hold unacknowledged."

@@ -39,6 +39,7 @@ from pynomaly_workers.contract import DETECTION_QUEUE, FAILED, PING_TASK, SUCCEE
 from pynomaly_workers.services.context import DriftObserver
 from pynomaly_workers.services.detection.batch import detect_batch
 from pynomaly_workers.services.detection.outcomes import DetectMessage
+from pynomaly_workers.services.drift import DriftProfiler
 
 Sender = Callable[[int], Sent]
 RESULT_PREFIX = "celery-task-meta-"
@@ -367,7 +368,15 @@ def profiling_cost(
     adapters = stack.adapters
     if adapters.drift is None:
         return {"error": "the suite's adapters have drift profiling off"}
-    timed = TimedObserver(adapters.drift)
+    # Its own profiler, whose period outlasts the run: the workers' one flushes on a
+    # thread of its own, whose time would not be counted here; this one flushes only
+    # when told, below, inside the timed run.
+    profiler = DriftProfiler(
+        adapters.store,
+        window_seconds=adapters.settings.drift_window_seconds,
+        flush_seconds=24 * 3600.0,
+    )
+    timed = TimedObserver(profiler)
     with_profiling = replace(adapters, drift=timed)
     without = replace(adapters, drift=None)
     run = uuid.uuid4().hex[:6]

@@ -165,15 +165,21 @@ def wait_for(condition: Any, timeout: float = 5.0) -> None:
 NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
 
 
-def test_a_due_flush_is_stored_by_the_flusher_thread_not_by_the_observing_job() -> None:
-    # Given a profiler flushing every 10 s, with a store that holds each flush
+def held_profiler(seconds: int) -> tuple[ModelVersion, RecordingStore, DriftProfiler]:
+    """A profiler flushing every 10 s into a store that holds each flush, after one
+    record a second for ``seconds`` seconds (past its first flush's random moment)."""
     version, _ = version_and_profile()
     store = RecordingStore(hold=True)
     profiler = DriftProfiler(store, window_seconds=3600, flush_seconds=10)  # type: ignore[arg-type]
-
-    # When observations run past the first flush's (random) moment in the first period
-    for second in range(12):
+    for second in range(seconds):
         observe_one(profiler, version, NOW + timedelta(seconds=second))
+    return version, store, profiler
+
+
+def test_a_due_flush_is_stored_by_the_flusher_thread_not_by_the_observing_job() -> None:
+    # Given a profiler flushing every 10 s, with a store that holds each flush
+    # When observations run past the first flush's (random) moment in the first period
+    _, store, _ = held_profiler(12)
 
     # Then observing returned while the flush was still held, and the flush runs on
     # another thread
@@ -189,11 +195,7 @@ def test_a_due_flush_is_stored_by_the_flusher_thread_not_by_the_observing_job() 
 
 def test_a_flush_at_exit_waits_for_the_one_in_flight_and_stores_the_rest() -> None:
     # Given a background flush held in the store, and more counted meanwhile
-    version, _ = version_and_profile()
-    store = RecordingStore(hold=True)
-    profiler = DriftProfiler(store, window_seconds=3600, flush_seconds=10)  # type: ignore[arg-type]
-    for second in range(11):
-        observe_one(profiler, version, NOW + timedelta(seconds=second))
+    version, store, profiler = held_profiler(11)
     assert store.entered.wait(5.0)
     observe_one(profiler, version, NOW + timedelta(seconds=11))
 

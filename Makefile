@@ -5,9 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEPS_STAMP := $(VENV)/.deps-installed
 # The editable install is a tree of links (setuptools "strict" mode, which mypy can
-# follow); it must be rebuilt when a module is added or removed, not when one is edited.
+# follow); it must be rebuilt when a module is added or removed, not when one is edited,
+# and when the C source is edited (the install compiles it).
 MANIFEST := $(VENV)/.manifest
-_ := $(shell mkdir -p $(VENV) && find workers tasks schedules migrations -name '*.py' -o -name '*.mako' 2>/dev/null | sort > $(MANIFEST).new && (cmp -s $(MANIFEST).new $(MANIFEST) || mv $(MANIFEST).new $(MANIFEST)))
+_ := $(shell mkdir -p $(VENV) && find workers tasks schedules migrations -name '*.py' -o -name '*.mako' -o -name '*.c' 2>/dev/null | sort > $(MANIFEST).new && (cmp -s $(MANIFEST).new $(MANIFEST) || mv $(MANIFEST).new $(MANIFEST)))
 
 PYTEST_ARGS ?=
 
@@ -44,7 +45,7 @@ $(DEPS_STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]' --config-settings editable_mode=strict
 	touch $@
 
-$(VENV)/.installed: $(DEPS_STAMP) $(MANIFEST)
+$(VENV)/.installed: $(DEPS_STAMP) $(MANIFEST) $(wildcard workers/adapters/scorers/*.c)
 	$(BIN)/python -m pip install -q --no-deps -e . --config-settings editable_mode=strict
 	touch $@
 

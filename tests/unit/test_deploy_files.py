@@ -1111,7 +1111,7 @@ def test_dockerignore_lets_in_only_what_the_build_needs() -> None:
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = set(project["tool"]["setuptools"]["package-dir"].values())
-    needed |= {"pyproject.toml", "constraints.txt", project["project"]["readme"]}
+    needed |= {"pyproject.toml", "setup.py", "constraints.txt", project["project"]["readme"]}
     assert needed <= allowed
     assert not allowed & {".env", ".venv", ".git", ".pynomaly", "tests"}
 

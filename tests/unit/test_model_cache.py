@@ -18,6 +18,7 @@ from pynomaly_workers.adapters.scorers import sklearn
 from pynomaly_workers.adapters.scorers.forest import ForestScorer
 from pynomaly_workers.adapters.scorers.host_cache import HostModelCache
 from pynomaly_workers.adapters.scorers.loader import (
+    BUILD_AFTER_CALLS,
     Calibration,
     ModelLoader,
     calibration_key,
@@ -80,7 +81,7 @@ class Measuring:
         self.runs += 1
         seconds: dict[str, tuple[float, ...]] = {
             "sklearn": (1.0, 1.0, 0.1),
-            "numpy": (0.1, 0.1, 1.0),
+            "forest": (0.1, 0.1, 1.0),
         }
         return cast(T, Calibration(sizes=(1, 64, 2048), seconds=seconds))
 
@@ -120,6 +121,55 @@ def test_a_forest_from_its_saved_arrays_scores_and_explains_as_the_estimator(
     )
 
 
+def test_the_c_walks_layout_is_mapped_from_the_host_cache_or_derived_where_a_folder_lacks_it(
+    train: np.ndarray[Any, Any], tmp_path: Path
+) -> None:
+    # Given a forest saved with its walk layout, and one saved as before the C walk was
+    original = ForestScorer(fitted(train, seed=4))
+    host = HostModelCache(tmp_path)
+    host.save_forest("d" * 64, original)
+    older = ForestScorer(fitted(train, seed=4), walk=False)
+    host.save_forest("e" * 64, older)
+    assert (
+        "walk_leaf"
+        in json.loads((tmp_path / "forest" / ("d" * 64) / "meta.json").read_text())["arrays"]
+    )
+
+    # When other processes map them
+    mapped, derived = host.forest("d" * 64), host.forest("e" * 64)
+
+    # Then the first walks the mapped layout, the second one it derived, both exactly
+    assert mapped is not None
+    assert derived is not None
+    assert mapped.max_rows is None
+    assert derived.max_rows is None
+    assert isinstance(mapped.to_arrays()[0]["walk_leaf"].base, np.memmap)
+    rows = np.random.default_rng(5).normal(size=(301, FEATURES)) * 2
+    np.testing.assert_array_equal(mapped.score(rows), original.score(rows))
+    np.testing.assert_array_equal(derived.score(rows), original.score(rows))
+
+
+def test_a_walk_layout_that_does_not_fit_the_forest_is_not_walked(
+    train: np.ndarray[Any, Any], tmp_path: Path
+) -> None:
+    # Given a saved forest whose walk layout names a feature past the row's width
+    host = HostModelCache(tmp_path)
+    host.save_forest("f" * 64, ForestScorer(fitted(train, seed=6)))
+    folder = tmp_path / "forest" / ("f" * 64)
+    spec = json.loads((folder / "meta.json").read_text())["arrays"]["walk_feature"]
+    with open(folder / "arrays.bin", "r+b") as handle:
+        handle.seek(spec["offset"])
+        handle.write(np.int16(FEATURES + 3).tobytes())
+
+    # Then the mapped forest derives its own layout instead of reading past a row
+    mapped = host.forest("f" * 64)
+    assert mapped is not None
+    rows = np.random.default_rng(6).normal(size=(9, FEATURES))
+    np.testing.assert_array_equal(
+        mapped.score(rows), ForestScorer(fitted(train, seed=6)).score(rows)
+    )
+
+
 def test_an_unsaved_or_broken_forest_is_not_found(tmp_path: Path) -> None:
     host = HostModelCache(tmp_path)
     assert host.forest("b" * 64) is None
@@ -149,8 +199,12 @@ def test_a_version_loaded_once_on_a_host_loads_elsewhere_without_its_artifact(
     np.testing.assert_array_equal(scores, first.scorer_for(5).score(rows))
     assert second.explain(rows) is not None
 
-    # and scikit-learn is unpickled only when a batch calls for it
+    # and scikit-learn (which this calibration finds fastest on large batches) is
+    # unpickled only once large batches keep calling for it
     large = np.repeat(train, 8, axis=0)
+    waited = {second.scorer_for(len(large)).backend for _ in range(BUILD_AFTER_CALLS)}
+    assert waited == {"forest"}
+    assert len(store.reads) == reads_before
     assert second.scorer_for(len(large)).backend == "sklearn"
     np.testing.assert_allclose(
         second.scorer_for(len(large)).score(large),

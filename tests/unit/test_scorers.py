@@ -43,8 +43,9 @@ def data() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         {"bootstrap": True, "n_estimators": 10},
     ],
 )
-def test_numpy_forest_equals_scikit_learn(
-    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], params: dict[str, Any]
+@pytest.mark.parametrize("walk", [True, False], ids=["c-walk", "numpy-walk"])
+def test_the_forest_walk_equals_scikit_learn(
+    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], params: dict[str, Any], walk: bool
 ) -> None:
     # Given a fitted IsolationForest
     train, rows = data
@@ -52,11 +53,45 @@ def test_numpy_forest_equals_scikit_learn(
 
     # When both evaluate the same rows, one at a time and all together
     reference = sklearn.SklearnScorer(estimator).score(rows)
-    forest = ForestScorer(estimator)
+    forest = ForestScorer(estimator, walk=walk)
+    assert (forest.max_rows is None) == walk
 
-    # Then the scores agree to rounding
+    # Then the scores agree to rounding; the C walk's, bit for bit (2,500 rows: five
+    # more than a multiple of its eight lanes, so the tail loop is checked too)
+    if walk:
+        np.testing.assert_array_equal(forest.score(rows[:2500]), reference[:2500])
+        np.testing.assert_array_equal(forest.score(rows[:13]), reference[:13])
     assert np.max(np.abs(forest.score(rows) - reference)) < 1e-12
     assert forest.score(rows[:1])[0] == pytest.approx(reference[0], abs=1e-12)
+
+
+def test_the_c_walk_thresholds_round_so_float32_rows_split_as_in_scikit_learn(
+    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+) -> None:
+    # Given rows that sit exactly on, and one float32 step either side of, every split
+    train, _ = data
+    estimator = IsolationForest(random_state=0, n_estimators=5).fit(train)
+    forest = ForestScorer(estimator)
+    tree = estimator.estimators_[0].tree_
+    inner = np.flatnonzero(tree.children_left != -1)
+    on = tree.threshold[inner].astype(np.float32)
+    near = np.concatenate(
+        [on, np.nextafter(on, np.float32(np.inf)), np.nextafter(on, np.float32(-np.inf))]
+    )
+    rows = np.tile(np.median(train, axis=0), (len(near), 1))
+    rows[np.arange(len(near)), np.tile(tree.feature[inner], 3)] = near
+
+    # Then the C walk's scores are scikit-learn's, bit for bit
+    np.testing.assert_array_equal(forest.score(rows), sklearn.SklearnScorer(estimator).score(rows))
+
+
+def test_the_c_walk_refuses_rows_of_another_width(
+    data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+) -> None:
+    train, rows = data
+    forest = ForestScorer(IsolationForest(random_state=0, n_estimators=5).fit(train))
+    with pytest.raises(ValueError, match="6 features"):
+        forest.score(rows[:, :5])
 
 
 def test_numpy_forest_only_claims_isolation_forests() -> None:
@@ -86,11 +121,11 @@ def test_onnx_scores_large_batches_in_slices_identically(
 def test_calibration_picks_the_fastest_backend_per_size() -> None:
     calibration = Calibration(
         sizes=(1, 64, 2048),
-        seconds={"sklearn": (5e-3, 6e-3, 8e-3), "numpy": (1e-4, 1e-3, 3e-2)},
+        seconds={"sklearn": (5e-3, 6e-3, 8e-3), "forest": (1e-4, 1e-3, 3e-2)},
     )
 
-    assert calibration.best(1) == "numpy"
-    assert calibration.best(50) == "numpy"
+    assert calibration.best(1) == "forest"
+    assert calibration.best(50) == "forest"
     assert calibration.best(1000) == "sklearn"
     assert calibration.best(10**6) == "sklearn"
     assert calibration.row_cost_us() == pytest.approx(8e-3 / 2048 * 1e6)
@@ -102,14 +137,14 @@ def test_a_backend_that_wins_no_size_is_pruned() -> None:
         sizes=(1, 64, 2048),
         seconds={
             "sklearn": (5e-3, 6e-3, 8e-3),
-            "numpy": (1e-4, 1e-3, 3e-2),
+            "forest": (1e-4, 1e-3, 3e-2),
             "onnx": (2e-4, 2e-3, 4e-2),
         },
     )
 
     # Then it is dropped, and the choices per size do not change
     pruned = calibration.pruned()
-    assert set(pruned.seconds) == {"sklearn", "numpy"}
+    assert set(pruned.seconds) == {"sklearn", "forest"}
     assert [pruned.best(n) for n in (1, 64, 2048)] == [calibration.best(n) for n in (1, 64, 2048)]
 
 
@@ -134,7 +169,7 @@ def test_a_loaded_model_uses_the_calibrated_choice(
     estimator = IsolationForest(random_state=0, n_estimators=20).fit(train)
     scorers: dict[str, Scorer] = {
         "sklearn": sklearn.SklearnScorer(estimator),
-        "numpy": ForestScorer(estimator),
+        "forest": ForestScorer(estimator),
     }
     calibration = calibrate(scorers, n_features=6)
     version = forest_version(scorers["sklearn"], train)
@@ -142,28 +177,28 @@ def test_a_loaded_model_uses_the_calibrated_choice(
 
     for n in (1, 64, 2048):
         assert loaded.scorer_for(n) is scorers[calibration.best(n)]
-    assert set(calibration.seconds) == {"sklearn", "numpy"}
+    assert set(calibration.seconds) == {"sklearn", "forest"}
 
 
 def test_the_numpy_walk_never_gets_a_batch_past_its_limit_whatever_calibration_says(
     data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
 ) -> None:
-    # Given a calibration that found the padded NumPy walk fastest at every size
+    # Given a calibration that found the padded NumPy walk (no C walk) fastest at every size
     train, _ = data
     estimator = IsolationForest(random_state=0, n_estimators=20).fit(train)
     scorers: dict[str, Scorer] = {
         "sklearn": sklearn.SklearnScorer(estimator),
-        "numpy": ForestScorer(estimator),
+        "forest": ForestScorer(estimator, walk=False),
     }
     calibration = Calibration(
-        sizes=(1, 64, 2048), seconds={"sklearn": (1.0, 1.0, 1.0), "numpy": (0.1, 0.1, 0.1)}
+        sizes=(1, 64, 2048), seconds={"sklearn": (1.0, 1.0, 1.0), "forest": (0.1, 0.1, 0.1)}
     ).pruned()
     version = forest_version(scorers["sklearn"], train)
     loaded = LoadedModel(version=version, scorers=scorers, calibration=calibration)
 
     # Then it scores small batches, and a 100,000-row chunk goes to scikit-learn
-    assert loaded.scorer_for(64) is scorers["numpy"]
-    assert loaded.scorer_for(ForestScorer.max_rows) is scorers["numpy"]
+    assert loaded.scorer_for(64) is scorers["forest"]
+    assert loaded.scorer_for(ForestScorer.PADDED_MAX_ROWS) is scorers["forest"]
     assert loaded.scorer_for(100_000) is scorers["sklearn"]
 
 
@@ -222,7 +257,7 @@ class _Measured:
 
 
 @pytest.mark.parametrize(
-    ("winners", "sessions"), [(("sklearn", "numpy"), 0), (("onnx", "sklearn"), 1)]
+    ("winners", "sessions"), [(("sklearn", "forest"), 0), (("onnx", "sklearn"), 1)]
 )
 def test_an_onnx_session_is_built_only_when_calibration_picks_onnx(
     data: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
@@ -263,7 +298,7 @@ def test_an_onnx_session_is_built_only_when_calibration_picks_onnx(
     assert ("onnx" in loaded.scorers) == bool(sessions)
     assert {"sklearn"} <= set(loaded.scorers) <= {*winners, "sklearn"}
     if sessions:
-        assert used == {"numpy", "onnx"}
+        assert used == {"forest", "onnx"}
         # the calls that wanted the session were counted until it was built, no further
         counted = loaded.waiting
         loaded.scorer_for(1)
@@ -314,7 +349,7 @@ def test_a_backend_that_saves_little_over_the_free_forest_is_never_built(
     loaded.scorer_for(1).score(data[0][:1])
 
     # Then the forest served them all, and no session was built or counted towards one
-    assert used == {"numpy"}
+    assert used == {"forest"}
     assert builds == []
     assert loaded.waiting == 0
 
@@ -332,7 +367,7 @@ def test_a_backend_that_saves_much_is_built_once_a_version_keeps_wanting_it(
     after.score(rows)
 
     # Then the forest served while the calls were counted, and the session came after
-    assert before == ["numpy"] * BUILD_AFTER_CALLS
+    assert before == ["forest"] * BUILD_AFTER_CALLS
     assert loaded.waiting == BUILD_AFTER_CALLS + 1
     assert after.backend == "onnx"
     assert builds == [1]
@@ -367,6 +402,6 @@ def test_measuring_the_backends_keeps_the_winners_only(
 
     # Then every backend left wins some batch size, and the free forest's times are kept
     assert calibration.winners() == set(calibration.seconds)
-    assert set(calibration.seconds) <= {"sklearn", "numpy", "onnx"}
+    assert set(calibration.seconds) <= {"sklearn", "forest", "onnx"}
     assert calibration.fallback is not None
     assert len(calibration.fallback) == len(calibration.sizes)

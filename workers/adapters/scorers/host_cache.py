@@ -1,14 +1,16 @@
 """What a host keeps of model versions between loads, shared by its worker processes.
 
 * **Forest arrays** (``forest/<artifact sha256>/``): an IsolationForest's node arrays
-  (``ForestScorer.ARRAYS``) back to back in one file (``arrays.bin``, each at a 64-byte
-  aligned offset that ``meta.json`` gives with its dtype and shape), memory-mapped
-  read-only by every pool process that loads the version: one copy in the page cache
-  for the whole host, one open and one map per load, no unpickling. (Folders written
-  before, one ``.npy`` file per array, are still read.) Written once, by whichever process loads the
-  version first on this host, into a temporary folder renamed into place (atomic); a
-  folder is named by the artifact's sha256, which the store checked when the artifact
-  was read, and never changes.
+  (``ForestScorer.ARRAYS``, and the C walk's layout of them, ``WALK_ARRAYS``, which a
+  process derives from the others where a folder written before it lacks it) back to
+  back in one file (``arrays.bin``, each at a 64-byte aligned offset that ``meta.json``
+  gives with its dtype and shape), memory-mapped read-only by every pool process that
+  loads the version: one copy in the page cache for the whole host, one open and one map
+  per load, no unpickling. (Folders written before, one ``.npy`` file per array, are
+  still read.) Written once, by whichever process loads the version first on this host,
+  into a temporary folder renamed into place (atomic); a folder is named by the
+  artifact's sha256, which the store checked when the artifact was read, and never
+  changes.
 * **Calibrations** (``calibration/<key>.json``): the measured seconds per call of each
   backend at each batch size, keyed by what the cost depends on (algorithm, features,
   training rows, parameters, backends), not by the version: a thousand models of one
@@ -60,7 +62,11 @@ class HostModelCache:
                         buffer=mapped,
                         offset=int(spec["offset"]),
                     )
-                    for name, spec in ((n, layout[n]) for n in ForestScorer.ARRAYS)
+                    for name, spec in (
+                        (n, layout[n])
+                        for n in (*ForestScorer.ARRAYS, *ForestScorer.WALK_ARRAYS)
+                        if n in layout or n in ForestScorer.ARRAYS
+                    )
                 }
             else:  # a folder of the earlier layout: one .npy file per array
                 arrays = {

@@ -2,16 +2,17 @@
 bounded per-process cache.
 
 Backends differ by batch size: for a 100-tree IsolationForest one row costs about 5 ms in
-scikit-learn, 1 ms in ONNX Runtime and 0.1 ms in the vectorised NumPy forest
-(``forest.py``), while scikit-learn's compiled traversal wins large batches. Rather than
-guess, each load times every backend on a few batch sizes, and every later call uses the
-fastest for its size. A backend that does not reproduce scikit-learn's scores within the
-version's parity tolerance on the calibration rows is not used.
+scikit-learn, 1 ms in ONNX Runtime and a few microseconds in the project's own forest walk
+(``forest.py``, in C; 0.1 ms where it falls back to NumPy, whose walk loses large batches
+to scikit-learn's). Rather than guess, each load times every backend on a few batch
+sizes, and every later call uses the fastest for its size. A backend that does not
+reproduce scikit-learn's scores within the version's parity tolerance on the
+calibration rows is not used.
 
 The measuring runs isolated (a forked child in a worker), and only the backends that win
 are then built here: an ONNX Runtime session that loses every batch size would otherwise
 cost the process its runtime's setup and the calibration's garbage for nothing (~25 MB
-for the benchmark's IsolationForest, where the NumPy walk and scikit-learn win).
+for the benchmark's IsolationForest, where the forest walk wins).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 from pynomaly_workers.adapters.heap import release_free_memory
 from pynomaly_workers.adapters.scorers import sklearn
 from pynomaly_workers.adapters.scorers.explain import Explainer, explainer_for
-from pynomaly_workers.adapters.scorers.forest import ForestScorer
+from pynomaly_workers.adapters.scorers.forest import ForestScorer, compiled
 from pynomaly_workers.adapters.scorers.host_cache import HostModelCache
 from pynomaly_workers.adapters.scorers.onnx import OnnxScorer
 from pynomaly_workers.domain.errors import InvalidInput
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_SIZES = (1, 64, 2048)
 BUILD_AFTER_CALLS = 64
 """A backend that must be built (an ONNX session, ~5-8 ms; an unpickled estimator) is
-built once a version has wanted it this many times in a process; the NumPy forest,
+built once a version has wanted it this many times in a process; the forest walk,
 about 0.1 ms slower a call, serves until then."""
 BUILD_MIN_SAVING_S = 1e-3
 """...and only for batches on which it saves at least this much a call over that free
@@ -74,7 +75,7 @@ class Calibration:
     sizes: tuple[int, ...]
     seconds: dict[str, tuple[float, ...]] = field(default_factory=dict)
     fallback: tuple[float, ...] | None = None
-    """The free backend's (the memory-mapped NumPy forest's) seconds at each size, kept
+    """The free backend's (the memory-mapped forest walk's) seconds at each size, kept
     even where it wins no size: what building another backend would save over it."""
 
     def best(self, n_rows: int, *, among: set[str] | None = None) -> str:
@@ -146,7 +147,7 @@ class LoadedModel:
     calibration: Calibration | None = None
     explainer: Explainer | None = None
     fallback: Scorer | None = None
-    """A backend that costs nothing to hold (the memory-mapped NumPy forest), used
+    """A backend that costs nothing to hold (the memory-mapped forest walk), used
     while the measured best one is not built yet and has not been asked for often."""
     waiting: int = 0
     """Calls that wanted a backend not built yet."""
@@ -176,15 +177,13 @@ class LoadedModel:
             return self.sklearn
         # A backend measured on small batches only is not extrapolated past its limit.
         eligible = {
-            name
-            for name, scorer in self.scorers.items()
-            if n_rows <= getattr(scorer, "max_rows", n_rows)
+            name for name, scorer in self.scorers.items() if n_rows <= _max_rows(scorer, n_rows)
         }
         best = self.calibration.best(n_rows, among=eligible)
         chosen = self.scorers[best]
         if getattr(chosen, "built", True) or self.fallback is None:
             return chosen
-        if n_rows > getattr(self.fallback, "max_rows", n_rows):
+        if n_rows > _max_rows(self.fallback, n_rows):
             return chosen
         saving = self.calibration.saving(best, n_rows)
         if saving is not None and saving < BUILD_MIN_SAVING_S:
@@ -439,12 +438,12 @@ class ModelLoader:
                 forest = self.host.forest(version.artifact_sha256) or forest
                 estimator, size = None, 0
         calibration = self._calibration(version, has_forest=forest is not None)
-        wanted = {"sklearn", "numpy", "onnx"} if calibration is None else {*calibration.seconds}
+        wanted = {"sklearn", "forest", "onnx"} if calibration is None else {*calibration.seconds}
         scorers: dict[str, Scorer] = {"sklearn": self._sklearn(version, estimator, size)}
         if version.onnx_sha256 is not None and "onnx" in wanted:
             scorers["onnx"] = self._onnx(version, lazy=calibration is not None)
-        if forest is not None and "numpy" in wanted:
-            scorers["numpy"] = forest
+        if forest is not None and "forest" in wanted:
+            scorers["forest"] = forest
         if calibration is None:
             scorers = _faithful(scorers, version)
         else:
@@ -549,15 +548,22 @@ class ModelLoader:
         return work() if self.isolation is None else self.isolation.run(work)
 
 
+def _max_rows(scorer: Scorer, n_rows: int) -> int:
+    """The largest batch ``scorer`` takes (any: ``n_rows``)."""
+    limit = getattr(scorer, "max_rows", None)
+    return n_rows if limit is None else int(limit)
+
+
 def _sized(scorer: Scorer, nbytes: int) -> Scorer:
     setattr(scorer, "nbytes", nbytes)  # noqa: B010 - every backend class declares it
     return scorer
 
 
 _SHAPELESS = frozenset({"random_state", "n_jobs", "verbose", "warm_start", "contamination"})
-CALIBRATION_FORMAT = 2
+CALIBRATION_FORMAT = 3
 """Part of every calibration key: a host measures again the shapes it calibrated before
-the free backend's times were kept (format 1)."""
+the free backend's times were kept (format 1) and before the forest was walked in C
+(format 2)."""
 
 
 def calibration_key(version: ModelVersion, *, has_forest: bool) -> str:
@@ -573,7 +579,8 @@ def calibration_key(version: ModelVersion, *, has_forest: bool) -> str:
         "backends": sorted(
             [
                 "sklearn",
-                *(["numpy"] if has_forest else []),
+                # the C walk and the NumPy one it falls back to cost very differently
+                *([f"forest-{'c' if compiled() else 'numpy'}"] if has_forest else []),
                 *(["onnx"] if version.onnx_sha256 else []),
             ]
         ),
@@ -589,7 +596,7 @@ def _scorers(
     if onnx is not None:
         scorers["onnx"] = OnnxScorer(onnx, threads=threads)
     if forest is not None:
-        scorers["numpy"] = forest
+        scorers["forest"] = forest
     return scorers
 
 
@@ -601,7 +608,7 @@ def measure_backends(
     forest = ForestScorer(estimator) if ForestScorer.supports(estimator) else None
     scorers = _faithful(_scorers(estimator, onnx=onnx, forest=forest, threads=threads), version)
     measured = calibrate(scorers, n_features=version.n_features, profile=version.profile)
-    free = measured.seconds.get("numpy")  # the loader's fallback, when it is faithful
+    free = measured.seconds.get("forest")  # the loader's fallback, when it is faithful
     return dataclasses.replace(measured, fallback=free).pruned()
 
 

@@ -126,9 +126,10 @@ def test_explanations_keep_the_top_features_largest_first() -> None:
     assert by_index["top"] == [{"feature": 1, "contribution": 3.0}]
 
 
+@pytest.mark.parametrize("walk", [True, False], ids=["c-walk", "numpy-walk"])
 @pytest.mark.parametrize("max_features", [1.0, 0.5])
 def test_isolation_bits_from_the_node_table_equal_a_walk_crediting_each_split(
-    training: np.ndarray, max_features: float
+    training: np.ndarray, max_features: float, walk: bool
 ) -> None:
     # Given forests with and without feature subsampling
     from sklearn.ensemble import IsolationForest
@@ -138,7 +139,7 @@ def test_isolation_bits_from_the_node_table_equal_a_walk_crediting_each_split(
     estimator = IsolationForest(n_estimators=30, max_features=max_features, random_state=3).fit(
         training
     )
-    scorer = ForestScorer(estimator)
+    scorer = ForestScorer(estimator, walk=walk)
     rows = np.vstack([planted(1, n=7), training[:100]])
 
     # When credits come from the per-node table (a handful of rows only walk: no table
@@ -148,7 +149,11 @@ def test_isolation_bits_from_the_node_table_equal_a_walk_crediting_each_split(
     tabled = scorer.isolation_bits(rows)
     walked = scorer._isolation_bits_walking(np.asarray(rows, dtype=np.float32).astype(np.float64))
 
-    # Then every row's credit per feature is the same
-    assert scorer._credit_table is not None
+    # Then every row's credit per feature is the same (the C walk reads the node
+    # table at its leaf positions)
+    if walk:
+        assert scorer._leaf_table is not None
+    else:
+        assert scorer._credit_table is not None
     np.testing.assert_allclose(tabled, walked, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(few, walked[:10], rtol=1e-9, atol=1e-12)

@@ -149,6 +149,32 @@ def test_the_c_walks_layout_is_mapped_from_the_host_cache_or_derived_where_a_fol
     np.testing.assert_array_equal(derived.score(rows), original.score(rows))
 
 
+def test_explanations_through_the_c_walk_equal_the_numpy_walks(
+    train: np.ndarray[Any, Any], tmp_path: Path
+) -> None:
+    # Given one forest with the C walk (also as mapped from the host cache) and without
+    estimator = fitted(train, seed=7)
+    walked, padded = ForestScorer(estimator), ForestScorer(estimator, walk=False)
+    host = HostModelCache(tmp_path)
+    host.save_forest("9" * 64, walked)
+    mapped = host.forest("9" * 64)
+    assert mapped is not None
+    rows = np.random.default_rng(7).normal(size=(300, FEATURES)) * 3
+
+    # When each explains more rows than a walk without the table would take
+    expected = padded.isolation_bits(rows)
+
+    # Then the C walk's sums of per-leaf credits are the same bits, and a handful of
+    # rows explained afterwards reads the same table
+    for forest in (walked, mapped):
+        np.testing.assert_allclose(forest.isolation_bits(rows), expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            forest.isolation_bits(rows[:5]), expected[:5], rtol=0, atol=1e-12
+        )
+    assert walked._leaf_table is not None
+    assert walked._credit_table is None  # replaced by the leaf table
+
+
 def test_a_walk_layout_that_does_not_fit_the_forest_is_not_walked(
     train: np.ndarray[Any, Any], tmp_path: Path
 ) -> None:

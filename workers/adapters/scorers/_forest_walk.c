@@ -69,6 +69,34 @@ walk(const float *rows, Py_ssize_t n_rows, Py_ssize_t n_features, const int16_t 
     }
 }
 
+/* Into out (n_rows x width, zeroed by the caller): each row's sum over trees of the
+ * `width` values its leaf holds in `table` (n_trees x 2**depth x width). Same walk. */
+static void
+walk_table(const float *rows, Py_ssize_t n_rows, Py_ssize_t n_features, const int16_t *feature,
+           const float *threshold, const double *table, Py_ssize_t width, Py_ssize_t n_trees,
+           int depth, double *out)
+{
+    const Py_ssize_t inner = ((Py_ssize_t)1 << depth) - 1;
+    const Py_ssize_t leaves = inner + 1;
+
+    for (Py_ssize_t i = 0; i < n_rows; i++) {
+        const float *x = rows + i * n_features;
+        double *sum = out + i * width;
+        for (Py_ssize_t t = 0; t < n_trees; t++) {
+            const int16_t *f = feature + t * inner;
+            const float *th = threshold + t * inner;
+            Py_ssize_t k = 0;
+            for (int level = 0; level < depth; level++) {
+                k = 2 * k + 1 + (x[f[k]] > th[k]);
+            }
+            const double *value = table + (t * leaves + k - inner) * width;
+            for (Py_ssize_t c = 0; c < width; c++) {
+                sum[c] += value[c];
+            }
+        }
+    }
+}
+
 static int
 sized(Py_buffer *buffer, Py_ssize_t items, Py_ssize_t itemsize, const char *what)
 {
@@ -128,8 +156,56 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(table_sums_doc,
+"table_sums(rows, feature, threshold, table, out, n_rows, n_features, n_trees, depth, width)\n\n"
+"Into out (float64, n_rows x width, zeroed): each row's sum over trees of its leaf's row\n"
+"of table (float64, n_trees x 2**depth x width). Other arguments as leaf_sums.");
+
+static PyObject *
+table_sums(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer rows, feature, threshold, table, out;
+    Py_ssize_t n_rows, n_features, n_trees, width;
+    int depth;
+    PyObject *result = NULL;
+
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*nnnin", &rows, &feature, &threshold, &table, &out,
+                          &n_rows, &n_features, &n_trees, &depth, &width)) {
+        return NULL;
+    }
+    if (depth < 1 || depth > 20 || n_rows < 0 || n_features < 1 || n_trees < 1 || width < 1) {
+        PyErr_SetString(PyExc_ValueError, "table_sums: shape out of range");
+        goto done;
+    }
+    {
+        Py_ssize_t inner = ((Py_ssize_t)1 << depth) - 1;
+        if (!sized(&rows, n_rows * n_features, 4, "rows") ||
+            !sized(&feature, n_trees * inner, 2, "feature") ||
+            !sized(&threshold, n_trees * inner, 4, "threshold") ||
+            !sized(&table, n_trees * (inner + 1) * width, 8, "table") ||
+            !sized(&out, n_rows * width, 8, "out")) {
+            goto done;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    walk_table((const float *)rows.buf, n_rows, n_features, (const int16_t *)feature.buf,
+               (const float *)threshold.buf, (const double *)table.buf, width, n_trees, depth,
+               (double *)out.buf);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&feature);
+    PyBuffer_Release(&threshold);
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"leaf_sums", leaf_sums, METH_VARARGS, leaf_sums_doc},
+    {"table_sums", table_sums, METH_VARARGS, table_sums_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -65,7 +65,7 @@ class ForestScorer:
     ARRAYS = ("left", "right", "feature", "threshold", "leaf_depth", "log_samples")
     """What a forest is, as arrays: saved once per host and memory-mapped by every pool
     process (``host_cache.py``), so a load costs no unpickling and no copy."""
-    WALK_ARRAYS = ("walk_feature", "walk_threshold", "walk_leaf")
+    WALK_ARRAYS = ("walk_feature", "walk_threshold", "walk_leaf", "walk_node")
     """The C walk's layout of the same trees (:func:`walk_layout`), saved and mapped
     beside them; derived from them where a host cache folder predates it."""
 
@@ -106,15 +106,14 @@ class ForestScorer:
         self.n_features = int(estimator.n_features_in_)
         self._tree_index = np.arange(len(trees))
         self._credit_table: npt.NDArray[np.float64] | None = None
+        self._leaf_table: npt.NDArray[np.float64] | None = None
         self._trees: list[tuple[Any, npt.NDArray[np.int64] | None]] | None = [
             (tree, np.asarray(features) if subsample else None)
             for tree, features in zip(trees, estimator.estimators_features_, strict=True)
         ]
         self._walk = self._walk_layout() if walk else None
 
-    def _walk_layout(
-        self,
-    ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.float32], npt.NDArray[np.float64]] | None:
+    def _walk_layout(self) -> Walk | None:
         """The C walk's arrays for this forest, or None when it cannot walk it."""
         if _forest_walk is None or self.depth > WALK_MAX_DEPTH or self.depth < 1:
             return None
@@ -151,11 +150,14 @@ class ForestScorer:
         scorer.n_features = int(meta["n_features"])
         scorer._tree_index = np.arange(arrays["left"].shape[0])
         scorer._credit_table = None
+        scorer._leaf_table = None
         scorer._trees = None
         scorer._walk = None
         if all(name in arrays for name in cls.WALK_ARRAYS) and _forest_walk is not None:
             walk = tuple(arrays[name] for name in cls.WALK_ARRAYS)
-            scorer._walk = _checked_walk(walk, n_features=scorer.n_features)
+            scorer._walk = _checked_walk(
+                walk, n_features=scorer.n_features, width=scorer.left.shape[1]
+            )
         if scorer._walk is None:  # saved before the C walk, or not as walk_layout writes
             scorer._walk = scorer._walk_layout()
         return scorer
@@ -163,7 +165,7 @@ class ForestScorer:
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays (mapped or owned), and of the credit table once built."""
-        table = self._credit_table.nbytes if self._credit_table is not None else 0
+        table = sum(t.nbytes for t in (self._credit_table, self._leaf_table) if t is not None)
         walk = sum(int(array.nbytes) for array in self._walk) if self._walk is not None else 0
         return sum(int(getattr(self, name).nbytes) for name in self.ARRAYS) + table + walk
 
@@ -180,7 +182,7 @@ class ForestScorer:
                     f"rows of shape {exact.shape} for a forest of {self.n_features} features"
                 )
             depths = np.empty(len(exact), dtype=np.float64)
-            feature, threshold, leaf = self._walk
+            feature, threshold, leaf, _ = self._walk
             _forest_walk.leaf_sums(
                 exact,
                 feature,
@@ -209,7 +211,15 @@ class ForestScorer:
 
         A node's credits depend only on the path to it, so they are summed once per node
         (:meth:`_node_credits`); a row then costs a descent to its leaves and one gather.
-        Forests too wide for that table walk and credit as they go."""
+        Forests too wide for that table walk and credit as they go.
+
+        With the C walk, the table is kept per leaf position of its layout and the C
+        code sums each row's leaves' credits."""
+        walk_table = self._walk is not None and (
+            self._leaf_table is not None or len(matrix) > _WALK_ROWS
+        )
+        if walk_table and (leaf_table := self._leaf_credits()) is not None:
+            return self._walked_bits(matrix, leaf_table)
         if self._credit_table is None and len(matrix) <= _WALK_ROWS:
             # a handful of flagged rows: walking costs less than building the table, and
             # a worker serving many models keeps no table per model it ever explained
@@ -256,6 +266,50 @@ class ForestScorer:
             step = np.where(go_left, left, self.right[self._tree_index, nodes])
             nodes = np.where(leaf, nodes, step)
         return nodes
+
+    def _leaf_credits(self) -> npt.NDArray[np.float64] | None:
+        """``(trees, leaf positions, features)``: the node credit table read at each leaf
+        position of the C walk's layout, built on first use (it replaces the node table:
+        1.6 MB for a 100-tree forest of depth 8 at 8 features), or None when too big."""
+        if self._leaf_table is not None:
+            return self._leaf_table
+        assert self._walk is not None
+        node = self._walk[3]
+        if node.size * self.n_features > _CREDIT_TABLE_LIMIT:
+            return None
+        table = self._node_credits()
+        if table is None:
+            return None
+        self._leaf_table = np.ascontiguousarray(table[self._tree_index[:, None], node])
+        self._credit_table = None  # the walk reads only the leaf table from now on
+        return self._leaf_table
+
+    def _walked_bits(
+        self, matrix: Matrix, table: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        assert self._walk is not None
+        assert _forest_walk is not None
+        exact = np.ascontiguousarray(matrix, dtype=np.float32)
+        if exact.ndim != 2 or exact.shape[1] != self.n_features:
+            raise ValueError(
+                f"rows of shape {exact.shape} for a forest of {self.n_features} features"
+            )
+        feature, threshold, _, _ = self._walk
+        credits = np.zeros((len(exact), self.n_features), dtype=np.float64)
+        _forest_walk.table_sums(
+            exact,
+            feature,
+            threshold,
+            table,
+            credits,
+            len(exact),
+            self.n_features,
+            len(feature),
+            table.shape[1].bit_length() - 1,  # 2**depth leaf positions a tree
+            self.n_features,
+        )
+        credits /= len(feature)
+        return credits
 
     def _node_credits(self) -> npt.NDArray[np.float64] | None:
         """``(trees, nodes, features)``: the credits a path to each node has collected,
@@ -313,17 +367,24 @@ class ForestScorer:
         return credits / n_trees
 
 
+Walk = tuple[
+    npt.NDArray[np.int16], npt.NDArray[np.float32], npt.NDArray[np.float64], npt.NDArray[np.int16]
+]
+"""The C walk's layout: split features, thresholds, leaf values, and the padded node
+each leaf position stands for (which explanations read the credit table at)."""
+
+
 def walk_layout(
     left: npt.NDArray[Any],
     right: npt.NDArray[Any],
     feature: npt.NDArray[Any],
     threshold: npt.NDArray[np.float64],
     leaf_depth: npt.NDArray[np.float64],
-) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+) -> Walk:
     """The padded trees as complete binary trees of the forest's depth, for the C walk:
     per tree, the split feature and threshold of inner node k (children 2k+1, 2k+2,
-    level by level) and the leaf value (``leaf_depth``) at each of the 2**depth
-    positions of the last level. A leaf above the last level fills every position
+    level by level), and the leaf value (``leaf_depth``) and padded node at each of the
+    2**depth positions of the last level. A leaf above the last level fills every position
     below it, so any path through it ends on its value.
 
     Thresholds are float32, rounded towards minus infinity: for a float32 row value x,
@@ -356,15 +417,17 @@ def walk_layout(
         np.ascontiguousarray(split, dtype=np.int16),
         np.ascontiguousarray(rounded),
         np.ascontiguousarray(leaf_depth[trees, nodes], dtype=np.float64),
+        np.ascontiguousarray(nodes, dtype=np.int16),
     )
 
 
 def _checked_walk(
-    walk: tuple[npt.NDArray[Any], ...], *, n_features: int
-) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.float32], npt.NDArray[np.float64]] | None:
+    walk: tuple[npt.NDArray[Any], ...], *, n_features: int, width: int
+) -> Walk | None:
     """Mapped walk arrays, if they have the layout :func:`walk_layout` writes; the C
-    walk reads rows at these feature ids, so they are checked against the row width."""
-    feature, threshold, leaf = walk
+    walk reads rows at these feature ids, so they are checked against the row width,
+    and the padded node ids against the padded arrays' width."""
+    feature, threshold, leaf, node = walk
     leaves = leaf.shape[-1] if leaf.ndim == 2 else 0
     inner = leaves - 1
     ok = (
@@ -379,8 +442,12 @@ def _checked_walk(
         and threshold.shape == feature.shape
         and leaf.shape == (feature.shape[0], inner + 1)
         and (feature.size == 0 or (int(feature.min()) >= 0 and int(feature.max()) < n_features))
+        and node.dtype == np.int16
+        and node.shape == leaf.shape
+        and int(node.min()) >= 0
+        and int(node.max()) < width
     )
-    return (feature, threshold, leaf) if ok else None
+    return (feature, threshold, leaf, node) if ok else None
 
 
 def _average_path_length(n_samples: int) -> float:

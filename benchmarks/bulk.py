@@ -26,6 +26,7 @@ from benchmarks.stack import Stack
 from benchmarks.stats import rate
 from pynomaly_workers.adapters.scorers import sklearn
 from pynomaly_workers.adapters.scorers.explain import explainer_for
+from pynomaly_workers.adapters.scorers.forest import ForestScorer
 from pynomaly_workers.adapters.scorers.onnx import OnnxScorer
 from pynomaly_workers.contract import SUCCEEDED
 from pynomaly_workers.domain.models import ModelRef, ModelVersion
@@ -102,7 +103,10 @@ def best_scorer(stack: Stack, version: ModelVersion, backend: str) -> Scorer:
     store = stack.adapters.store
     if backend == "onnx" and version.onnx_sha256 is not None:
         return OnnxScorer(store.load_artifact(version.onnx_sha256), threads=ONNX_THREADS)
-    return sklearn.SklearnScorer(sklearn.load(store.load_artifact(version.artifact_sha256)))
+    estimator = sklearn.load(store.load_artifact(version.artifact_sha256))
+    if backend == "forest" and ForestScorer.supports(estimator):
+        return ForestScorer(estimator)
+    return sklearn.SklearnScorer(estimator)
 
 
 def csv_blocks(source: Path) -> Iterator[Matrix]:

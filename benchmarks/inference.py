@@ -1,5 +1,6 @@
-"""Raw scoring speed in this process: scikit-learn against ONNX Runtime, large batches and
-single rows, for an IsolationForest (100 trees) on 16 features.
+"""Raw scoring speed in this process: scikit-learn, ONNX Runtime and the project's forest
+walk (C, or NumPy where the C module is not built), large batches and single rows, for
+an IsolationForest (100 trees) on 16 features.
 
 It is measured on the version ``pynomaly.train`` registered (loaded from the store as a
 worker loads it), while the worker processes sit idle; exporting a second copy to ONNX
@@ -16,6 +17,7 @@ from benchmarks.config import CONTAMINATION, Sizes
 from benchmarks.data import Matrix, normal_rows, readings
 from benchmarks.stats import median
 from pynomaly_workers.adapters.scorers import onnx, sklearn
+from pynomaly_workers.adapters.scorers.forest import ForestScorer, compiled
 from pynomaly_workers.domain.models import ModelRef
 from pynomaly_workers.domain.ports import ModelStore, Scorer
 from pynomaly_workers.domain.scoring import parity_error
@@ -57,10 +59,11 @@ class Backends:
     origin: str
 
     def scorers(self) -> dict[str, Scorer]:
-        """The two backends behind the project's scorer interface."""
+        """The three backends behind the project's scorer interface."""
         return {
             "sklearn": sklearn.SklearnScorer(self.estimator),
             "onnx": onnx.OnnxScorer(self.onnx_bytes, threads=ONNX_THREADS),
+            "forest": ForestScorer(self.estimator),
         }
 
 
@@ -102,6 +105,8 @@ def measure_inference(sizes: Sizes, backends: Backends) -> dict[str, Any]:
     scorers = backends.scorers()
     rows_per_s: dict[str, float] = {}
     for name, scorer in scorers.items():
+        if len(batch) > (getattr(scorer, "max_rows", None) or len(batch)):
+            continue  # the NumPy walk (no C module) is never handed a batch this large
         seconds = best_batch_seconds(scorer, batch, repeats=sizes.batch_repeats)
         rows_per_s[name] = round(len(batch) / seconds, 1)
     best = max(rows_per_s, key=lambda name: rows_per_s[name])
@@ -113,16 +118,19 @@ def measure_inference(sizes: Sizes, backends: Backends) -> dict[str, Any]:
         "rows": len(batch),
         "sklearn_rows_per_s": rows_per_s["sklearn"],
         "onnx_rows_per_s": rows_per_s["onnx"],
+        "forest_rows_per_s": rows_per_s.get("forest"),
+        "forest_walk": "c" if compiled() else "numpy",
         "best_rows_per_s": rows_per_s[best],
         "best_backend": best,
         "onnx_threads": ONNX_THREADS,
-        "parity_max_error": _parity(scorers, batch[: sizes.parity_rows]),
+        "parity_max_error": _parity(scorers, batch[: sizes.parity_rows], "onnx"),
+        "forest_parity_max_error": _parity(scorers, batch[: sizes.parity_rows], "forest"),
         "single_row_us": _single_rows(sizes, batch, scorers),
     }
 
 
-def _parity(scorers: dict[str, Scorer], rows: Matrix) -> float:
-    return parity_error(scorers["sklearn"].score(rows), scorers["onnx"].score(rows))
+def _parity(scorers: dict[str, Scorer], rows: Matrix, backend: str) -> float:
+    return parity_error(scorers["sklearn"].score(rows), scorers[backend].score(rows))
 
 
 def _single_rows(sizes: Sizes, rows: Matrix, scorers: dict[str, Scorer]) -> dict[str, float]:

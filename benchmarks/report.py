@@ -13,8 +13,10 @@ from benchmarks.targets import lookup
 ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("inference sklearn", ("inference", "sklearn_rows_per_s"), "rows/s"),
     ("inference onnx", ("inference", "onnx_rows_per_s"), "rows/s"),
+    ("inference forest walk", ("inference", "forest_rows_per_s"), "rows/s"),
     ("single row sklearn", ("inference", "single_row_us", "sklearn"), "us"),
     ("single row onnx", ("inference", "single_row_us", "onnx"), "us"),
+    ("single row forest walk", ("inference", "single_row_us", "forest"), "us"),
     ("bulk job", ("bulk", "records_per_s"), "records/s"),
     ("bulk one-process limit", ("bulk", "limit_records_per_s"), "records/s"),
     ("bulk / limit", ("bulk", "ratio_to_limit"), "x"),

@@ -109,60 +109,14 @@ sized(Py_buffer *buffer, Py_ssize_t items, Py_ssize_t itemsize, const char *what
 }
 
 PyDoc_STRVAR(leaf_sums_doc,
-"leaf_sums(rows, feature, threshold, leaf, out, n_rows, n_features, n_trees, depth)\n\n"
-"Into out (float64, n_rows): each row's sum over trees of its leaf's value. rows:\n"
-"float32 (n_rows, n_features); feature: int16 and threshold: float32 (n_trees,\n"
-"2**depth - 1); leaf: float64 (n_trees, 2**depth). All C-contiguous.");
+"leaf_sums(rows, feature, threshold, table, out, n_rows, n_features, n_trees, depth, width)\n\n"
+"Into out (float64, n_rows x width; zeroed by the caller when width > 1): each row's\n"
+"sum over trees of its leaf's `width` values in table (float64, n_trees x 2**depth x\n"
+"width: the leaf values when scoring, width 1). rows: float32 (n_rows, n_features);\n"
+"feature: int16 and threshold: float32 (n_trees, 2**depth - 1). All C-contiguous.");
 
 static PyObject *
 leaf_sums(PyObject *Py_UNUSED(self), PyObject *args)
-{
-    Py_buffer rows, feature, threshold, leaf, out;
-    Py_ssize_t n_rows, n_features, n_trees;
-    int depth;
-    PyObject *result = NULL;
-
-    if (!PyArg_ParseTuple(args, "y*y*y*y*w*nnni", &rows, &feature, &threshold, &leaf, &out,
-                          &n_rows, &n_features, &n_trees, &depth)) {
-        return NULL;
-    }
-    if (depth < 1 || depth > 20 || n_rows < 0 || n_features < 1 || n_trees < 1) {
-        PyErr_SetString(PyExc_ValueError, "leaf_sums: shape out of range");
-        goto done;
-    }
-    {
-        Py_ssize_t inner = ((Py_ssize_t)1 << depth) - 1;
-        if (!sized(&rows, n_rows * n_features, 4, "rows") ||
-            !sized(&feature, n_trees * inner, 2, "feature") ||
-            !sized(&threshold, n_trees * inner, 4, "threshold") ||
-            !sized(&leaf, n_trees * (inner + 1), 8, "leaf") ||
-            !sized(&out, n_rows, 8, "out")) {
-            goto done;
-        }
-    }
-    Py_BEGIN_ALLOW_THREADS
-    walk((const float *)rows.buf, n_rows, n_features, (const int16_t *)feature.buf,
-         (const float *)threshold.buf, (const double *)leaf.buf, n_trees, depth,
-         (double *)out.buf);
-    Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    PyBuffer_Release(&rows);
-    PyBuffer_Release(&feature);
-    PyBuffer_Release(&threshold);
-    PyBuffer_Release(&leaf);
-    PyBuffer_Release(&out);
-    return result;
-}
-
-PyDoc_STRVAR(table_sums_doc,
-"table_sums(rows, feature, threshold, table, out, n_rows, n_features, n_trees, depth, width)\n\n"
-"Into out (float64, n_rows x width, zeroed): each row's sum over trees of its leaf's row\n"
-"of table (float64, n_trees x 2**depth x width). Other arguments as leaf_sums.");
-
-static PyObject *
-table_sums(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer rows, feature, threshold, table, out;
     Py_ssize_t n_rows, n_features, n_trees, width;
@@ -174,7 +128,7 @@ table_sums(PyObject *Py_UNUSED(self), PyObject *args)
         return NULL;
     }
     if (depth < 1 || depth > 20 || n_rows < 0 || n_features < 1 || n_trees < 1 || width < 1) {
-        PyErr_SetString(PyExc_ValueError, "table_sums: shape out of range");
+        PyErr_SetString(PyExc_ValueError, "leaf_sums: shape out of range");
         goto done;
     }
     {
@@ -188,9 +142,16 @@ table_sums(PyObject *Py_UNUSED(self), PyObject *args)
         }
     }
     Py_BEGIN_ALLOW_THREADS
-    walk_table((const float *)rows.buf, n_rows, n_features, (const int16_t *)feature.buf,
-               (const float *)threshold.buf, (const double *)table.buf, width, n_trees, depth,
-               (double *)out.buf);
+    if (width == 1) {  /* scoring: eight rows side by side */
+        walk((const float *)rows.buf, n_rows, n_features, (const int16_t *)feature.buf,
+             (const float *)threshold.buf, (const double *)table.buf, n_trees, depth,
+             (double *)out.buf);
+    }
+    else {
+        walk_table((const float *)rows.buf, n_rows, n_features, (const int16_t *)feature.buf,
+                   (const float *)threshold.buf, (const double *)table.buf, width, n_trees,
+                   depth, (double *)out.buf);
+    }
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
@@ -205,7 +166,6 @@ done:
 
 static PyMethodDef methods[] = {
     {"leaf_sums", leaf_sums, METH_VARARGS, leaf_sums_doc},
-    {"table_sums", table_sums, METH_VARARGS, table_sums_doc},
     {NULL, NULL, 0, NULL},
 };
 

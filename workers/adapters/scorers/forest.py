@@ -175,25 +175,8 @@ class ForestScorer:
         return type(estimator).__name__ == "IsolationForest" and hasattr(estimator, "offset_")
 
     def score(self, matrix: Matrix) -> Scores:
-        if self._walk is not None and _forest_walk is not None:
-            exact = np.ascontiguousarray(matrix, dtype=np.float32)
-            if exact.ndim != 2 or exact.shape[1] != self.n_features:
-                raise ValueError(
-                    f"rows of shape {exact.shape} for a forest of {self.n_features} features"
-                )
-            depths = np.empty(len(exact), dtype=np.float64)
-            feature, threshold, leaf, _ = self._walk
-            _forest_walk.leaf_sums(
-                exact,
-                feature,
-                threshold,
-                leaf,
-                depths,
-                len(exact),
-                self.n_features,
-                len(feature),
-                leaf.shape[1].bit_length() - 1,  # 2**depth leaves a tree
-            )
+        if self._walk is not None:
+            depths = self._walked_sums(matrix, self._walk[2], width=1)[:, 0]
         else:
             rows = np.asarray(matrix, dtype=np.float32).astype(np.float64)
             leaves = self._leaves(rows)
@@ -287,6 +270,15 @@ class ForestScorer:
     def _walked_bits(
         self, matrix: Matrix, table: npt.NDArray[np.float64]
     ) -> npt.NDArray[np.float64]:
+        credits = self._walked_sums(matrix, table, width=self.n_features)
+        credits /= len(table)
+        return credits
+
+    def _walked_sums(
+        self, matrix: Matrix, table: npt.NDArray[np.float64], *, width: int
+    ) -> npt.NDArray[np.float64]:
+        """``(rows, width)``: each row's sum over trees of its leaf's ``width`` values in
+        ``table`` (trees x leaf positions [x width]), by the C walk."""
         assert self._walk is not None
         assert _forest_walk is not None
         exact = np.ascontiguousarray(matrix, dtype=np.float32)
@@ -295,21 +287,20 @@ class ForestScorer:
                 f"rows of shape {exact.shape} for a forest of {self.n_features} features"
             )
         feature, threshold, _, _ = self._walk
-        credits = np.zeros((len(exact), self.n_features), dtype=np.float64)
-        _forest_walk.table_sums(
+        sums = np.zeros((len(exact), width), dtype=np.float64)
+        _forest_walk.leaf_sums(
             exact,
             feature,
             threshold,
             table,
-            credits,
+            sums,
             len(exact),
             self.n_features,
             len(feature),
             table.shape[1].bit_length() - 1,  # 2**depth leaf positions a tree
-            self.n_features,
+            width,
         )
-        credits /= len(feature)
-        return credits
+        return sums
 
     def _node_credits(self) -> npt.NDArray[np.float64] | None:
         """``(trees, nodes, features)``: the credits a path to each node has collected,

@@ -40,9 +40,12 @@ def json_worker(
 
 
 def job_lines(worker: WorkerProcess, job_id: str) -> list[dict[str, Any]]:
-    """The worker's job lines about ``job_id`` (every other line must be JSON too)."""
+    """The worker's job lines about ``job_id`` (every other line must be JSON too). A
+    last line without its newline is still being written by the worker: left for the
+    next read."""
     found = []
-    for text in worker.log_path.read_text().splitlines():
+    written, _, _ = worker.log_path.read_text().rpartition("\n")
+    for text in written.splitlines():
         if not text.strip():
             continue
         data = json.loads(text)  # JSON logs: one object a line, nothing else

@@ -34,6 +34,10 @@ def stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
         headers.setdefault(SENT_AT_HEADER, time.time())
 
 
+PREFORK_POOL = "pynomaly_workers.pool:TaskPool"
+"""The pool a worker runs unless told otherwise (``--pool prefork`` means it too)."""
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours (publishing clients use the same)."""
     return {
@@ -77,6 +81,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # One process per core, plus one for the small lane (workers/lanes.py).
         "worker_concurrency": default_concurrency(settings, QUEUES),
         "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024 or None,
+        # Celery's prefork pool, without its 30 s stall at a warm shutdown (workers/pool.py).
+        "worker_pool": PREFORK_POOL,
         "worker_hijack_root_logger": False,
         **amqp_config(settings),
     }

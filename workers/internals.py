@@ -12,7 +12,10 @@ changing behaviour silently:
 - celery-batches' ``Batches``: the buffers and flush timer ``tasks.detection.release_stale``
   empties after a consumer restart (``_buffer``, ``_pending``, ``_tref``, ``_count``).
 - billiard/Celery's ``AsynPool``: the process sets ``tasks.detection.idle_processes``
-  reads (``_all_inqueues``, ``_busy_workers``, ``outbound_buffer``).
+  reads (``_all_inqueues``, ``_busy_workers``, ``outbound_buffer``), and what
+  ``pool.ResultHandler`` reads on with at a warm shutdown (``fileno_to_outq``,
+  ``join_exited_workers``, ``_flush_outqueue``, ``_state``; ``on_state_change`` is made
+  at start).
 - kombu's transport registry (``TRANSPORT_ALIASES``, ``_transport_cache``), where
   ``celery_config.transport_name`` installs the Redis transport under kombu's own alias.
 """
@@ -42,7 +45,7 @@ def _has(cls: type, name: str) -> bool:
 
 def missing_internals() -> list[str]:
     """Every relied-on internal the installed libraries lack, as ``module.Class.name``."""
-    from celery.concurrency.asynpool import AsynPool
+    from celery.concurrency.asynpool import AsynPool, ResultHandler
     from celery_batches import Batches
     from kombu import transport as kombu_transport
 
@@ -52,6 +55,10 @@ def missing_internals() -> list[str]:
     for cls, names in (
         (Batches, ("_buffer", "_pending", "_tref", "_count")),
         (AsynPool, ("_all_inqueues", "_busy_workers", "outbound_buffer")),
+        (
+            ResultHandler,
+            ("fileno_to_outq", "join_exited_workers", "_flush_outqueue", "_state"),
+        ),
     ):
         missing += [f"{cls.__module__}.{cls.__name__}.{n}" for n in names if not _has(cls, n)]
     for name in ("TRANSPORT_ALIASES", "_transport_cache"):

@@ -55,7 +55,9 @@ def worker(
     processes = layout_for(chosen, concurrency=concurrency or settings.worker_concurrency)
     argv.append(f"--concurrency={processes.processes}")
     if pool:
-        argv.append(f"--pool={pool}")
+        from pynomaly_workers.celery_config import PREFORK_POOL
+
+        argv.append(f"--pool={PREFORK_POOL if pool == 'prefork' else pool}")
     if hostname:
         argv.append(f"--hostname={hostname}")
     if settings.metrics_port:

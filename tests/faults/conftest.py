@@ -79,7 +79,11 @@ class FaultBroker(Protocol):
 
 
 def _port_is_free(port: int) -> bool:
+    """Whether redis-server could listen on ``port``: nothing listens there. It binds
+    with SO_REUSEADDR, so the closed connections of a server stopped on that port less
+    than a minute ago (TIME_WAIT) do not stand in its way, and the probe ignores them too."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

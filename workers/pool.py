@@ -18,7 +18,6 @@ no-op. ``celery_config`` makes it the workers' pool (Celery's ``worker_pool``).
 from __future__ import annotations
 
 import select
-import time
 from typing import Any
 
 from billiard.pool import TERMINATE, WorkersJoined
@@ -42,7 +41,7 @@ class ResultHandler(asynpool.ResultHandler):
                 handler.join_exited_workers(shutdown=True)
             except WorkersJoined:
                 return
-            poller = select.poll()
+            poller = select.poll()  # with no pipe left, poll() just waits
             for fd in outqueues:
                 poller.register(fd, select.POLLIN)
             # A process's pipe is readable with a message, or at its end (EOF).
@@ -50,8 +49,6 @@ class ResultHandler(asynpool.ResultHandler):
                 handler._flush_outqueue(
                     fd, outqueues.discard, handler.fileno_to_outq, handler.on_state_change
                 )
-            if not outqueues:
-                time.sleep(_READ_WAIT_MS / 1000)
 
 
 class AsynPool(asynpool.AsynPool):

@@ -31,6 +31,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def finished_lines(log: Path) -> list[str]:
+    """The non-blank lines of a worker's ``log``; a last line without its newline is
+    still being written, and is left for the next read."""
+    written, _, _ = log.read_text().rpartition("\n")
+    return [line for line in written.splitlines() if line.strip()]
+
+
 def redis_db(db: int) -> str:
     return f"{REDIS_URL.rstrip('/')}/{db}"
 

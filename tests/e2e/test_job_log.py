@@ -18,6 +18,7 @@ from pynomaly_workers.client import submit_detection, submit_training
 from pynomaly_workers.demo import WorkerProcess, wait_for
 from pynomaly_workers.services.context import Adapters
 from pynomaly_workers.services.health import check_health
+from tests.e2e.conftest import finished_lines
 from tests.e2e.test_worker import wait_job
 from tests.factories import rows_with_outliers, training_rows, write_csv
 
@@ -40,14 +41,10 @@ def json_worker(
 
 
 def job_lines(worker: WorkerProcess, job_id: str) -> list[dict[str, Any]]:
-    """The worker's job lines about ``job_id`` (every other line must be JSON too). A
-    last line without its newline is still being written by the worker: left for the
-    next read."""
+    """The worker's finished job lines about ``job_id`` (every other line must be JSON
+    too)."""
     found = []
-    written, _, _ = worker.log_path.read_text().rpartition("\n")
-    for text in written.splitlines():
-        if not text.strip():
-            continue
+    for text in finished_lines(worker.log_path):
         data = json.loads(text)  # JSON logs: one object a line, nothing else
         if data.get("event") == "job_finished" and data.get("job_id") == job_id:
             found.append(data)

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from pynomaly_workers.demo import WorkerProcess, wait_for
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import finished_lines, free_port
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "pr0be-s3cret"
@@ -143,9 +143,7 @@ def test_json_logs_name_the_task_and_mask_the_password(
     probe_worker: WorkerProcess, probe_env: dict[str, str]
 ) -> None:
     assert health(probe_env, "--timeout", "30") == 0
-    # a last line without its newline is still being written by the worker
-    written, _, _ = probe_worker.log_path.read_text().rpartition("\n")
-    lines = [line for line in written.splitlines() if line.strip()]
+    lines = finished_lines(probe_worker.log_path)
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all(PASSWORD not in line for line in lines)
     assert any(":***@" in r["message"] for r in records)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -92,6 +94,27 @@ def test_a_lost_connection_falls_back_to_the_ttl_and_comes_back(
         # resolved meanwhile may predate a change it did not hear
         assert eventually(lambda: (watch.generation() or 0) > start)
         assert watch._conn.info.backend_pid != backend
+    finally:
+        watch.close()
+        engine.dispose()
+
+
+def test_a_connection_that_cannot_listen_is_closed_not_left_to_the_collector(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a watch whose LISTEN fails after the connection opened
+    monkeypatch.setattr(registry_watch, "CHANNEL", "no such channel")
+    engine = build_engine(pg_url)
+    watch = PgRegistryWatch(engine)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # When it tries to listen
+            assert watch.generation() is None
+            gc.collect()
+        # Then it falls back to the TTL and left no open connection to be collected
+        assert watch._conn is None
+        assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     finally:
         watch.close()
         engine.dispose()

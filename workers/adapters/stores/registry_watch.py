@@ -81,6 +81,7 @@ class PgRegistryWatch:
         if now < self._next_attempt:
             return False
         self._next_attempt = now + RECONNECT_SECONDS
+        conn = None
         try:
             import psycopg
 
@@ -89,6 +90,9 @@ class PgRegistryWatch:
             self._schema = str(conn.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
             conn.execute(f"LISTEN {CHANNEL}")
         except Exception as exc:
+            if conn is not None:  # connected, then failed: not left open for the collector
+                with contextlib.suppress(Exception):
+                    conn.close()
             log.warning("cannot LISTEN for registry changes (%s); re-reading after the TTL", exc)
             return False
         self._conn = conn

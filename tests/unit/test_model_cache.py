@@ -472,6 +472,29 @@ def test_a_resolution_is_kept_past_the_ttl_until_a_registry_change_is_heard(
     assert registry.single[-2:] == ["m1", "m1"]
 
 
+def test_a_change_heard_moments_after_a_read_is_read_again_at_once_whatever_the_ttl(
+    train: np.ndarray[Any, Any],
+) -> None:
+    # Given a loader that hears of registry changes, with a long TTL, and a ref just read
+    store = Store()
+    registry = Registry({"m1": store.add(fitted(train, seed=1), version_id=1)})
+    watch = Watch()
+    models = ModelLoader(cast(ModelStore, registry), capacity=10, ref_ttl_seconds=60, watch=watch)
+    exact = ModelRef("m1", version=1)
+    models.resolve(exact)
+    models.resolve_many({exact, ModelRef("m1")})
+    assert sorted(registry.single) == ["m1", "m1@1"]
+
+    # When a change is heard well within the TTL of those reads
+    watch.value = 1
+
+    # Then the next job's resolution reads them again (a changed threshold applies at
+    # once, in every process that heard it, not a TTL later)
+    models.resolve(exact)
+    models.resolve_many({ModelRef("m1")})
+    assert sorted(registry.single[2:]) == ["m1", "m1@1"]
+
+
 def test_a_forest_saved_in_one_file_maps_back_read_only_and_scores_the_same(
     tmp_path: Path, train: np.ndarray[Any, Any]
 ) -> None:

@@ -338,11 +338,13 @@ class ModelLoader:
         now: float,
         generation: int | None,
     ) -> bool:
-        """Whether a remembered resolution still holds: nothing heard since it was read
-        (and it is younger than the safety net), else younger than the TTL."""
+        """Whether a remembered resolution still holds. While changes can be heard: only
+        if none was heard since it was read (and it is younger than the safety net), so
+        a change reaches the next job however recently the name was read. While they
+        cannot: if it is younger than the TTL."""
         read_at, read_generation, _ = entry
-        if generation is not None and read_generation == generation:
-            return now - read_at < self.ref_max_age_seconds
+        if generation is not None:
+            return read_generation == generation and now - read_at < self.ref_max_age_seconds
         return now - read_at < self.ref_ttl_seconds
 
     def resolve_many(

@@ -440,14 +440,24 @@ class Watch:
         return self.value
 
 
+def watched_loader(
+    train: np.ndarray[Any, Any], *, ttl_seconds: float
+) -> tuple[Registry, Watch, ModelLoader]:
+    """A loader over a registry holding ``m1`` (version 1), with a watch moved by hand."""
+    store = Store()
+    registry = Registry({"m1": store.add(fitted(train, seed=1), version_id=1)})
+    watch = Watch()
+    loader = ModelLoader(
+        cast(ModelStore, registry), capacity=10, ref_ttl_seconds=ttl_seconds, watch=watch
+    )
+    return registry, watch, loader
+
+
 def test_a_resolution_is_kept_past_the_ttl_until_a_registry_change_is_heard(
     train: np.ndarray[Any, Any],
 ) -> None:
     # Given a loader that hears of registry changes, with a TTL of zero
-    store = Store()
-    registry = Registry({"m1": store.add(fitted(train, seed=1), version_id=1)})
-    watch = Watch()
-    models = ModelLoader(cast(ModelStore, registry), capacity=10, ref_ttl_seconds=0, watch=watch)
+    registry, watch, models = watched_loader(train, ttl_seconds=0)
     exact = ModelRef("m1", version=1)
     models.resolve_many({ModelRef("m1"), exact})
     assert sorted(registry.single) == ["m1", "m1@1"]
@@ -476,10 +486,7 @@ def test_a_change_heard_moments_after_a_read_is_read_again_at_once_whatever_the_
     train: np.ndarray[Any, Any],
 ) -> None:
     # Given a loader that hears of registry changes, with a long TTL, and a ref just read
-    store = Store()
-    registry = Registry({"m1": store.add(fitted(train, seed=1), version_id=1)})
-    watch = Watch()
-    models = ModelLoader(cast(ModelStore, registry), capacity=10, ref_ttl_seconds=60, watch=watch)
+    registry, watch, models = watched_loader(train, ttl_seconds=60)
     exact = ModelRef("m1", version=1)
     models.resolve(exact)
     models.resolve_many({exact, ModelRef("m1")})
